@@ -140,7 +140,7 @@ class Manifest(Frozen):
 # --- the result of a verification --------------------------------------------------------
 
 Status = Literal["pass", "fail", "warn", "skip"]
-Evidence = Literal["host", "inside", "manifest"]
+Evidence = Literal["host", "inside", "host+inside", "signature"]
 
 
 class Finding(Frozen):

@@ -1,0 +1,409 @@
+"""lockd's environment probe: what one Python environment looks like from inside.
+
+This file runs INSIDE the target, streamed as ``python3 -c <source>`` or ``python3 - < file``
+by whatever Python >= 3.8 the target has, with nothing of lockd installed there. So it uses
+the standard library only, imports nothing of lockd, never shells out, and prints exactly
+one compact JSON document (sort_keys) to stdout: a ``ProbeReport`` (lockd/model.py).
+On an unexpected error it prints a traceback to stderr and exits 1.
+
+lockd treats the output as untrusted: the host caps its size, times it out and validates it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+TYPE_CHECKING = False  # typing costs an import; mypy treats this name as True
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
+
+if __name__ == "__main__":
+    # ``-c`` and ``-`` put the working directory first on sys.path: a json.py or csv.py
+    # there would shadow the standard library imported below. The report drops it too.
+    sys.path[:] = [entry for entry in sys.path if entry]
+
+import csv  # noqa: E402
+import hashlib  # noqa: E402
+import importlib  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import re  # noqa: E402
+import traceback  # noqa: E402
+
+PROBE_VERSION = 1
+
+ENV_PREFIXES = ("CUDA_", "NCCL_", "NVIDIA_", "PYTORCH_", "TORCH_", "CUBLAS_")
+ENV_NAMES = ("LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONPATH", "PYTHONHOME")
+ENV_EXCLUDED_SUFFIX = "_VISIBLE_DEVICES"  # which GPUs a run sees is scheduling, not environment
+OS_RELEASE_FILES = ("/etc/os-release", "/usr/lib/os-release")
+ERROR_LIMIT = 1000
+
+_NORMALISE = re.compile(r"[-_.]+")
+
+
+def normalise_name(name: str) -> str:
+    """PEP 503 normalised distribution name."""
+    return _NORMALISE.sub("-", name).lower()
+
+
+def text(value: object) -> str:
+    """A str that encodes to UTF-8: lone surrogates (undecodable bytes) become U+FFFD."""
+    value = str(value)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        try:  # back to the bytes the OS gave, so each bad byte becomes one U+FFFD
+            data = value.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            data = value.encode("utf-8", "surrogatepass")
+        value = data.decode("utf-8", "replace")
+    return value
+
+
+def optional_text(value: object) -> str | None:
+    return None if value is None else text(value)
+
+
+# --- python ---------------------------------------------------------------------------------
+
+
+def python_info() -> dict[str, Any]:
+    return {
+        "version": platform.python_version(),
+        "implementation": sys.implementation.name.lower(),
+        "executable": text(sys.executable or ""),
+        "prefix": text(sys.prefix),
+        "base_prefix": text(getattr(sys, "base_prefix", sys.prefix)),
+        "path": [text(entry) for entry in sys.path if entry],
+        "platform": sys.platform,
+    }
+
+
+# --- distributions --------------------------------------------------------------------------
+#
+# Directories on sys.path are scanned directly, the way importlib.metadata's path finder does
+# (``*.dist-info`` and ``*.egg-info`` entries, in sys.path order): importing importlib.metadata
+# alone costs 80-130 ms, more than the whole probe may take. Other entries (zip archives) go
+# through importlib.metadata.
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def _decode(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
+def _headers(metadata: str) -> dict[str, str]:
+    """The first value of each header of a METADATA/PKG-INFO file (lower-case names)."""
+    fields: dict[str, str] = {}
+    head = metadata.split("\n\n", 1)[0]  # the headers end at the first blank line
+    for line in head.splitlines():
+        if not line.strip():
+            break
+        if line[0] in " \t":  # a continuation line of a folded header
+            continue
+        key, separator, value = line.partition(":")
+        if separator:
+            fields.setdefault(key.strip().lower(), value.strip())
+    return fields
+
+
+def _count_rows(data: bytes) -> int:
+    """RECORD's rows: its CSV records, not counting blank lines."""
+    if b'"' not in data:  # no quoted field can span lines: one record a non-blank line
+        return sum(1 for line in data.splitlines() if line.strip())
+    decoded = data.decode("utf-8", "replace")
+    try:
+        return sum(1 for row in csv.reader(io.StringIO(decoded, newline="")) if row)
+    except csv.Error:  # e.g. a NUL byte on Python < 3.11: count the lines instead
+        return sum(1 for line in decoded.splitlines() if line.strip())
+
+
+def distribution_record(
+    metadata: str | None,
+    record: bytes | None,
+    installer: str | None,
+    location: str,
+) -> dict[str, Any] | None:
+    """One distribution's entry, or None when its metadata is broken (no Name or Version)."""
+    if metadata is None:
+        return None
+    headers = _headers(metadata)
+    name = headers.get("name")
+    version = headers.get("version")
+    if not name or not version:
+        return None
+    return {
+        "name": text(normalise_name(name)),
+        "version": text(version),
+        "installer": None if installer is None else text(installer.strip()),
+        "location": text(os.path.abspath(location)),
+        "record_sha256": None if record is None else hashlib.sha256(record).hexdigest(),
+        "files": 0 if record is None else _count_rows(record),
+    }
+
+
+def _from_metadata_dir(location: str, entry: os.DirEntry[str]) -> dict[str, Any] | None:
+    if not entry.is_dir():  # a single-file .egg-info (distutils): the file is PKG-INFO
+        data = _read(entry.path)
+        return distribution_record(None if data is None else _decode(data), None, None, location)
+    data = _read(os.path.join(entry.path, "METADATA")) or _read(
+        os.path.join(entry.path, "PKG-INFO")
+    )
+    installer = _read(os.path.join(entry.path, "INSTALLER"))
+    return distribution_record(
+        None if data is None else _decode(data),
+        _read(os.path.join(entry.path, "RECORD")),
+        None if installer is None else _decode(installer),
+        location,
+    )
+
+
+def _scan_directory(location: str) -> list[dict[str, Any]]:
+    try:
+        with os.scandir(location) as scan:
+            entries = [
+                entry for entry in scan if entry.name.lower().endswith((".dist-info", ".egg-info"))
+            ]
+    except OSError:
+        return []
+    found = []
+    for entry in sorted(entries, key=lambda entry: entry.name):
+        info = _from_metadata_dir(location, entry)
+        if info is not None:
+            found.append(info)
+    return found
+
+
+def _scan_other(location: str) -> list[dict[str, Any]]:
+    """Distributions in a sys.path entry that is not a directory (a zip archive)."""
+    import importlib.metadata
+
+    found = []
+    for dist in importlib.metadata.distributions(path=[location]):
+        try:
+            metadata = dist.read_text("METADATA") or dist.read_text("PKG-INFO")
+            record = dist.read_text("RECORD")
+            installer = dist.read_text("INSTALLER")
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue
+        info = distribution_record(
+            metadata,
+            None if record is None else record.encode("utf-8", "surrogateescape"),
+            installer,
+            location,
+        )
+        if info is not None:
+            found.append(info)
+    return found
+
+
+def distributions() -> list[dict[str, Any]]:
+    """Installed distributions on sys.path, sorted by name; where a name repeats (one
+    shadows another further down sys.path), the first: the one Python imports."""
+    found: dict[str, dict[str, Any]] = {}
+    for location in sys.path:
+        if not location:
+            continue
+        if os.path.isdir(location):
+            infos = _scan_directory(location)
+        elif os.path.exists(location):
+            infos = _scan_other(location)
+        else:
+            continue
+        for info in infos:
+            found.setdefault(info["name"], info)
+    return [found[name] for name in sorted(found)]
+
+
+# --- operating system -----------------------------------------------------------------------
+
+
+def _unquote(value: str) -> str:
+    value = value.strip()
+    quote = value[:1]
+    if len(value) >= 2 and quote in ("'", '"') and value[-1] == quote:
+        value = value[1:-1]
+        if quote == '"':  # shell double quotes: backslash escapes the next character
+            value = re.sub(r"\\(.)", r"\1", value)
+    return value
+
+
+def os_release() -> dict[str, str]:
+    for path in OS_RELEASE_FILES:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                content = handle.read(65536)
+        except OSError:
+            continue
+        fields = {}
+        for line in content.splitlines():
+            line = line.strip()
+            if not line or line.startswith("#") or "=" not in line:
+                continue
+            key, _, value = line.partition("=")
+            fields[key.strip()] = _unquote(value)
+        return fields
+    return {}
+
+
+def glibc_version() -> str | None:
+    try:
+        confstr = os.confstr("CS_GNU_LIBC_VERSION")
+    except (AttributeError, OSError, ValueError):
+        confstr = None
+    if confstr:
+        library, _, version = confstr.partition(" ")
+        if library == "glibc" and version:
+            return version
+    try:
+        library, version = platform.libc_ver()
+    except (OSError, ValueError):
+        return None
+    if library == "glibc" and version:
+        return version
+    return None
+
+
+def os_info() -> dict[str, Any]:
+    release = os_release()
+    return {
+        "id": optional_text(release.get("ID")),
+        "version_id": optional_text(release.get("VERSION_ID")),
+        "pretty_name": optional_text(release.get("PRETTY_NAME")),
+        "glibc": glibc_version(),
+        "machine": text(platform.machine()),
+    }
+
+
+# --- environment variables ------------------------------------------------------------------
+
+
+def selected_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    environ = os.environ if environ is None else environ
+    selected = {}
+    for name, value in environ.items():
+        if name.endswith(ENV_EXCLUDED_SUFFIX):
+            continue
+        if name in ENV_NAMES or name.startswith(ENV_PREFIXES):
+            selected[text(name)] = text(value)
+    return selected
+
+
+# --- torch ----------------------------------------------------------------------------------
+
+
+def dotted_version(code: Any) -> str:
+    """cuDNN/NCCL integer version codes: 91900 -> 9.19.0 (>= 10000: major*10000 + minor*100
+    + patch, cuDNN 9 and NCCL >= 2.9), 8902 -> 8.9.2 (major*1000 + minor*100 + patch)."""
+    if isinstance(code, (tuple, list)):
+        return ".".join(str(part) for part in code)
+    number = int(code)
+    if number >= 10000:
+        return "%d.%d.%d" % (number // 10000, (number % 10000) // 100, number % 100)
+    return "%d.%d.%d" % (number // 1000, (number % 1000) // 100, number % 100)
+
+
+def _guarded(read: Callable[[], object]) -> str | None:
+    try:
+        value = read()
+    except Exception:
+        return None
+    return None if value is None else text(value)
+
+
+def _exception_text(error: BaseException) -> str:
+    message = "%s: %s" % (type(error).__name__, error)
+    return text(message)[:ERROR_LIMIT]
+
+
+def torch_info(installed_version: str) -> dict[str, Any]:
+    """What torch says about itself; only called when a torch distribution is installed."""
+    try:
+        torch = importlib.import_module("torch")
+    except (Exception, SystemExit) as error:
+        return {"version": text(installed_version), "error": _exception_text(error)}
+    return {
+        "version": _guarded(lambda: torch.__version__) or text(installed_version),
+        "git_version": _guarded(lambda: torch.version.git_version),
+        "cuda": _guarded(lambda: torch.version.cuda),
+        "cudnn": _guarded(lambda: _optional_dotted(torch.backends.cudnn.version())),
+        "nccl": _guarded(lambda: _optional_dotted(torch.cuda.nccl.version())),
+        "arch_flags": _guarded(lambda: torch._C._cuda_getArchFlags()),
+    }
+
+
+def _optional_dotted(code: Any) -> str | None:
+    return None if code is None else dotted_version(code)
+
+
+# --- the report -----------------------------------------------------------------------------
+
+
+def collect() -> dict[str, Any]:
+    """The whole report as a JSON-ready dict."""
+    dists = distributions()
+    report: dict[str, Any] = {
+        "probe_version": PROBE_VERSION,
+        "python": python_info(),
+        "distributions": dists,
+        "os": os_info(),
+        "env": selected_env(),
+        "torch": None,
+    }
+    # torch last: importing it may touch sys.path and os.environ (CUDA_MODULE_LOADING),
+    # which the report must show as the environment had them.
+    for dist in dists:
+        if dist["name"] == "torch":
+            report["torch"] = torch_info(dist["version"])
+    return report
+
+
+def render(report: Mapping[str, Any]) -> str:
+    return json.dumps(report, sort_keys=True, separators=(",", ":"), ensure_ascii=True) + "\n"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
+
+
+def main() -> None:
+    # Whatever else prints to stdout while we work (a noisy import of torch, a C library)
+    # goes to stderr: the real stdout carries the one JSON document and nothing else.
+    sys.stdout.flush()
+    out: int | None = None
+    try:
+        out = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no stdout or stderr to juggle: write where stdout is
+        if out is not None:
+            os.close(out)
+        out = None
+    try:
+        document = render(collect()).encode("ascii")
+    except Exception:
+        traceback.print_exc()
+        sys.stderr.flush()
+        sys.exit(1)
+    sys.stdout.flush()
+    if out is None:
+        sys.stdout.write(document.decode("ascii"))
+        sys.stdout.flush()
+    else:
+        _write_all(out, document)
+        os.close(out)
+
+
+if __name__ == "__main__":
+    main()

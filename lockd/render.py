@@ -1,0 +1,131 @@
+"""Reports and manifests for people (rich tables) and machines (JSON)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from lockd.model import Check, Finding, Manifest, Report
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from lockd.statement import Subject
+
+STYLE = {"pass": "green", "fail": "bold red", "warn": "yellow", "skip": "dim"}
+EVIDENCE = {
+    "host": "host (trusted)",
+    "inside": "inside (self-reported)",
+    "host+inside": "host + inside",
+    "signature": "signature",
+}
+MAX_FINDINGS_SHOWN = 25
+
+
+def report_json(report: Report) -> str:
+    return report.model_dump_json(indent=2, exclude_none=True)
+
+
+def _finding_line(f: Finding) -> str:
+    subject = f.name or f.path or ""
+    if f.name and f.path and f.kind == "added":
+        subject = f"{f.name} ({f.path})"
+    values = ""
+    if f.expected is not None or f.observed is not None:
+        values = f": {f.expected if f.expected is not None else '-'} -> "
+        values += f.observed if f.observed is not None else "-"
+    note = f"  [{f.message}]" if f.message else ""
+    return f"{f.kind} {subject}{values}{note}"
+
+
+def _details(check: Check) -> str:
+    lines = [check.message] if check.message else []
+    shown = check.findings[:MAX_FINDINGS_SHOWN]
+    lines += [f"  {_finding_line(f)}" for f in shown]
+    if len(check.findings) > len(shown):
+        lines.append(f"  ... and {len(check.findings) - len(shown)} more (see --json)")
+    return "\n".join(lines)
+
+
+def checks_table(checks: Sequence[Check], title: str) -> object:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_lines=True)
+    table.add_column("check", style="bold")
+    table.add_column("status")
+    table.add_column("evidence")
+    table.add_column("details", overflow="fold")
+    for check in checks:
+        style = STYLE[check.status]
+        table.add_row(
+            check.id,
+            f"[{style}]{check.status.upper()}[/]",
+            EVIDENCE[check.evidence],
+            escape(_details(check)),
+            style="red" if check.status == "fail" else None,
+        )
+    return table
+
+
+def print_report(report: Report, console: Console) -> None:
+    target = report.target
+    title = f"lockd verify {target['kind']}:{target['ref']}  against {report.manifest.path}"
+    console.print(checks_table(report.checks, title))
+    if report.verified:
+        console.print("[bold green]VERIFIED[/]: the target is the recorded environment")
+    else:
+        failed = ", ".join(c.id for c in report.checks if c.status == "fail")
+        console.print(f"[bold red]NOT VERIFIED[/]: failing checks: {failed}")
+    console.print(
+        "[dim]evidence: host = from the Docker daemon and the host's view of the container's "
+        "files (trusted); inside = what the target's own probe reported (a compromised "
+        "container can fake it)[/]"
+    )
+
+
+def print_manifest(
+    subjects: Sequence[Subject], manifest: Manifest, signers: Sequence[str], console: Console
+) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    obs = manifest.observation
+    console.print(f"[bold]lockd manifest[/] of {obs.target.kind}:{escape(obs.target.ref)}")
+    console.print(f"recorded {manifest.recorded_at} by lockd {manifest.lockd_version}")
+    if signers:
+        console.print(f"signatures (keyid, not checked by show): {', '.join(signers)}")
+    for s in subjects:
+        console.print(f"subject {escape(s.name)}  sha256:{s.digest['sha256']}")
+    if obs.host is not None:
+        host = obs.host
+        console.print(f"image {host.image_id}  tags {', '.join(host.repo_tags) or '-'}")
+        console.print(
+            f"filesystem changes since the image: {len(host.changes)} ({host.changes_source})"
+        )
+        for m in host.mounts:
+            console.print(f"mount {escape(m.destination)} <- {m.type} {escape(m.source)}")
+    if obs.probe is None:
+        console.print(f"[yellow]no probe report[/]: {escape(obs.probe_error or '')}")
+        return
+    probe = obs.probe
+    py = probe.python
+    console.print(f"python {py.implementation} {py.version} at {escape(py.executable)}")
+    console.print(
+        f"os {probe.os.pretty_name or probe.os.id} glibc {probe.os.glibc} {probe.os.machine}"
+    )
+    if probe.torch is not None:
+        t = probe.torch
+        console.print(
+            f"torch {t.version}  CUDA {t.cuda or '-'}  cuDNN {t.cudnn or '-'}  "
+            f"NCCL {t.nccl or '-'}  arch {t.arch_flags or '-'}"
+            + (f"  [red]import failed: {escape(t.error)}[/]" if t.error else "")
+        )
+    for name, value in sorted(probe.env.items()):
+        console.print(f"env {name}={escape(value)}")
+    table = Table(title=f"{len(probe.distributions)} distributions", title_justify="left")
+    for column in ("name", "version", "installer", "files", "location"):
+        table.add_column(column)
+    for d in probe.distributions:
+        table.add_row(d.name, d.version, d.installer or "-", str(d.files), escape(d.location))
+    console.print(table)

@@ -1,0 +1,1 @@
+"""Targets: where lockd runs its probe and gathers evidence (local Python, Docker)."""

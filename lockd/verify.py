@@ -1,0 +1,102 @@
+"""verify: trust the envelope, observe the target again, compare under a policy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lockd.compare import compare, verified
+from lockd.errors import SignatureError
+from lockd.fileio import read_capped
+from lockd.model import Check, Manifest, Observation, Report, ReportManifest, TargetInfo
+from lockd.statement import Subject, parse_statement
+
+if TYPE_CHECKING:
+    from lockd.dsse import Envelope
+    from lockd.keys import PublicKey
+    from lockd.policy import Policy
+    from lockd.targets.base import Target
+
+MAX_ENVELOPE_BYTES = 64 * 1024 * 1024
+LATER_CHECKS = ("image", "packages", "filesystem", "python", "env", "system")
+
+
+def load_envelope(path: Path) -> Envelope:
+    """Raises InputError / ManifestError naming `path`."""
+    from lockd.dsse import parse_envelope
+
+    data = read_capped(path, limit=MAX_ENVELOPE_BYTES, what="manifest")
+    return parse_envelope(data, str(path))
+
+
+def check_signature(envelope: Envelope, trusted: Sequence[PublicKey]) -> tuple[Check, list[str]]:
+    from lockd import dsse
+
+    try:
+        keyids = dsse.verify(envelope, trusted)
+    except SignatureError as e:
+        return Check(id="signature", status="fail", evidence="signature", message=str(e)), []
+    return (
+        Check(
+            id="signature",
+            status="pass",
+            evidence="signature",
+            message=f"signed by keyid {', '.join(keyids)}",
+        ),
+        keyids,
+    )
+
+
+def open_manifest(
+    path: Path, trusted: Sequence[PublicKey]
+) -> tuple[Check, list[str], tuple[list[Subject], Manifest] | None]:
+    """The signature check, the keyids that verified and, when trusted, the parsed Statement."""
+    envelope = load_envelope(path)
+    signature, keyids = check_signature(envelope, trusted)
+    if signature.status == "fail":
+        return signature, keyids, None
+    return signature, keyids, parse_statement(envelope.payload_bytes(), str(path))
+
+
+def _target_summary(info: TargetInfo, observation: Observation | None) -> dict[str, object]:
+    summary: dict[str, object] = {"kind": info.kind, "ref": info.ref}
+    if observation is not None and observation.host is not None:
+        summary["image_id"] = observation.host.image_id
+    return summary
+
+
+def verify_target(
+    manifest_path: Path, trusted: Sequence[PublicKey], target: Target, policy: Policy
+) -> Report:
+    """Verify `target` against the signed manifest at `manifest_path` under `policy`.
+
+    An untrusted envelope fails `signature` and nothing else is compared: the target is not
+    even probed, since nothing it says could be held against an untrusted record.
+    """
+    signature, keyids, statement = open_manifest(manifest_path, trusted)
+    if statement is None:
+        untrusted = "not compared: the manifest's signature is not trusted"
+        checks = [signature] + [
+            Check(id=c, status="skip", evidence="signature", message=untrusted)
+            for c in LATER_CHECKS
+        ]
+        return Report(
+            verified=False,
+            target=_target_summary(target.info, None),
+            manifest=ReportManifest(path=str(manifest_path)),
+            checks=checks,
+        )
+    subjects, manifest = statement
+    observation = target.observe()
+    checks = [signature, *compare(manifest, observation, policy)]
+    return Report(
+        verified=verified(checks),
+        target=_target_summary(target.info, observation),
+        manifest=ReportManifest(
+            path=str(manifest_path),
+            subject=[s.model_dump() for s in subjects],
+            keyid=keyids[0] if keyids else None,
+        ),
+        checks=checks,
+    )

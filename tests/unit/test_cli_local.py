@@ -1,0 +1,128 @@
+"""The CLI end to end on the local target (no Docker): keygen, record, verify, show, diff."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PASSWORD = "pw"
+
+
+def lockd(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lockd", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LOCKD_PASSWORD": PASSWORD, "COLUMNS": "200", **(env or {})},
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    prefix = tmp_path_factory.mktemp("k") / "local"
+    result = lockd("keygen", "--output-key-prefix", prefix)
+    assert result.returncode == 0, result.stderr
+    return prefix.with_suffix(".key"), prefix.with_suffix(".pub")
+
+
+def test_record_and_verify_this_interpreter(keys: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest = tmp_path / "local.dsse.json"
+    result = lockd("record", "local", "--key", keys[0], "--output", manifest)
+    assert result.returncode == 0, result.stderr
+    result = lockd("verify", "local", "--manifest", manifest, "--key", keys[1], "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    statuses = {c["id"]: c["status"] for c in report["checks"]}
+    assert statuses == {
+        "signature": "pass",
+        "image": "skip",
+        "packages": "pass",
+        "filesystem": "skip",
+        "python": "pass",
+        "env": "pass",
+        "system": "pass",
+    }
+
+
+def test_env_drift_on_the_local_target(keys: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest = tmp_path / "local.dsse.json"
+    assert lockd("record", "local", "--key", keys[0], "-o", manifest).returncode == 0
+    result = lockd(
+        "verify",
+        "local",
+        "--manifest",
+        manifest,
+        "--key",
+        keys[1],
+        "--json",
+        env={"CUDA_LAUNCH_BLOCKING": "1"},
+    )
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    [env] = [c for c in report["checks"] if c["id"] == "env"]
+    assert env["findings"] == [
+        {
+            "kind": "added",
+            "name": "CUDA_LAUNCH_BLOCKING",
+            "observed": "1",
+            "message": "process (inside)",
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (
+            ["verify", "local", "--manifest", "missing.json", "--key", "{pub}"],
+            2,
+            "missing.json: no such manifest file",
+        ),
+        (["verify", "local", "--manifest", "{manifest}", "--key", "missing.pub"], 2, "missing.pub"),
+        (
+            ["verify", "local", "--manifest", "{manifest}", "--key", "{pub}", "--policy", "nope"],
+            2,
+            "nope: no such policy",
+        ),
+        (["record", "local", "--key", "{pub}", "-o", "out.json"], 2, "{pub}"),
+        (
+            ["record", "local", "--key", "{key}", "-o", "out.json", "--python", "/no/python"],
+            3,
+            "/no/python",
+        ),
+        (["verify"], 2, "Missing argument 'target'"),
+        (["bogus"], 2, "No such command 'bogus'"),
+    ],
+)
+def test_bad_input_exit_codes(
+    keys: tuple[Path, Path], tmp_path: Path, args: list[str], code: int, message: str
+) -> None:
+    manifest = tmp_path / "m.json"
+    assert lockd("record", "local", "--key", keys[0], "-o", manifest).returncode == 0
+    values = {"pub": str(keys[1]), "key": str(keys[0]), "manifest": str(manifest)}
+    result = lockd(*[a.format(**values) for a in args], env={"PWD": str(tmp_path)})
+    assert result.returncode == code, result.stderr
+    assert message.format(**values) in result.stderr
+    assert not (Path.cwd() / "out.json").exists()
+
+
+def test_bad_probe_timeout_value(keys: tuple[Path, Path], tmp_path: Path) -> None:
+    result = lockd("observe", "local", env={"LOCKD_PROBE_TIMEOUT": "soon"})
+    assert result.returncode == 2
+    assert "LOCKD_PROBE_TIMEOUT='soon': give seconds between 0 and 3600" in result.stderr
+
+
+def test_show_and_diff_local(keys: tuple[Path, Path], tmp_path: Path) -> None:
+    manifest = tmp_path / "m.json"
+    assert lockd("record", "local", "--key", keys[0], "-o", manifest).returncode == 0
+    shown = lockd("show", manifest)
+    assert shown.returncode == 0
+    assert "pydantic" in shown.stdout
+    assert lockd("diff", manifest, manifest).returncode == 0
