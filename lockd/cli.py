@@ -187,6 +187,30 @@ def diff(
     raise typer.Exit(1 if differing else 0)
 
 
+@app.command()
+def compat(
+    source: Annotated[
+        Path, typer.Argument(help="a manifest (envelope or Statement) or a requirements.txt lock")
+    ],
+    driver: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--driver", help="an NVIDIA driver version, e.g. 535.104.05"),
+    ] = None,
+    gpu: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option("--gpu", help="a GPU model (H100, RTX 4090) or sm_XY; repeat for several"),
+    ] = None,
+    json: Annotated[bool, typer.Option("--json", help="print the assessment as JSON")] = False,
+) -> None:
+    """Which GPUs and drivers a torch/CUDA build runs on; with --driver/--gpu, exit 0 when it
+    runs there, 1 when not."""
+    from lockd.compat import assess, load_build, render_text
+
+    result = assess(load_build(source), driver=driver, gpus=gpu or [])
+    sys.stdout.write(result.to_json() + "\n" if json else render_text(result))
+    raise typer.Exit(0 if result.verdict is None or result.verdict.runs else 1)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: LockdError becomes its message and exit code; anything else is a bug.
 

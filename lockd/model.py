@@ -68,6 +68,21 @@ class TorchInfo(Frozen):
     error: Str | None = None  # torch is installed but failed to import: the exception
 
 
+class PipArchive(Frozen):
+    """One distribution pip installed, as its installation report (`pip install --report`)
+    records it: the archive's sha256, or None when it was not installed from an archive."""
+
+    name: Name  # PEP 503 normalised
+    version: Name
+    sha256: Hex64 | None = None
+
+
+class PipReport(Frozen):
+    path: Str
+    archives: Annotated[list[PipArchive], Field(max_length=20000)] = []
+    error: Str | None = None  # the report exists but could not be read
+
+
 class ProbeReport(Frozen):
     probe_version: Literal[1]
     python: PythonInfo
@@ -75,6 +90,7 @@ class ProbeReport(Frozen):
     os: OsInfo
     env: Annotated[dict[Name, Str], Field(max_length=512)]
     torch: TorchInfo | None = None
+    pip_report: PipReport | None = None  # pip's installation report kept in the image
 
 
 # --- what the host says (trusted) --------------------------------------------------------
@@ -129,12 +145,30 @@ class Observation(Frozen):
 PREDICATE_TYPE = "https://lockd.dev/manifest/v1"
 
 
+class LockPin(Frozen):
+    name: Name  # PEP 503 normalised
+    version: Name
+    hashes: Annotated[list[Hex64], Field(max_length=4096)] = []  # allowed archive sha256s
+
+
+class LockInfo(Frozen):
+    """A lock (pinned, hashed requirements.txt) as it applies to the recorded target: pins whose
+    environment markers do not hold for the target are left out."""
+
+    path: Str  # the file's name
+    sha256: Hex64  # of the whole file
+    python: Str | None = None  # the target the lock was compiled for (lockd's header), if known
+    platform: Str | None = None
+    pins: Annotated[list[LockPin], Field(max_length=20000)] = []
+
+
 class Manifest(Frozen):
     """The predicate of lockd's in-toto Statement: an Observation plus metadata."""
 
     lockd_version: Str
     recorded_at: Str  # RFC 3339, UTC
     observation: Observation
+    lock: LockInfo | None = None  # the lock the environment was recorded against (--lock)
 
 
 # --- the result of a verification --------------------------------------------------------

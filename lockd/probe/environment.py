@@ -346,6 +346,57 @@ def _optional_dotted(code: Any) -> str | None:
     return None if code is None else dotted_version(code)
 
 
+# --- pip's installation report (optional) ---------------------------------------------------
+#
+# An image built with ``pip install --report /etc/lockd/pip-report.json`` kept the sha256 of
+# every archive pip installed; lockd checks them against its lock's allowed hashes.
+
+PIP_REPORT = "/etc/lockd/pip-report.json"
+PIP_REPORT_LIMIT = 64 * 1024 * 1024
+
+
+def _archive(item: Any) -> dict[str, Any] | None:
+    metadata = item.get("metadata") if isinstance(item, dict) else None
+    if not isinstance(metadata, dict) or not metadata.get("name") or not metadata.get("version"):
+        return None
+    info = item.get("download_info")
+    archive = info.get("archive_info") if isinstance(info, dict) else None
+    digest = None
+    if isinstance(archive, dict):
+        hashes = archive.get("hashes")
+        digest = hashes.get("sha256") if isinstance(hashes, dict) else None
+        legacy = archive.get("hash")
+        if digest is None and isinstance(legacy, str) and legacy.startswith("sha256="):
+            digest = legacy[len("sha256=") :]
+    if not (isinstance(digest, str) and re.match(r"^[0-9a-f]{64}$", digest)):
+        digest = None
+    return {
+        "name": text(normalise_name(str(metadata["name"]))),
+        "version": text(metadata["version"]),
+        "sha256": digest,
+    }
+
+
+def pip_report(path: str | None = None) -> dict[str, Any] | None:
+    """The archives a kept pip installation report lists ($LOCKD_PIP_REPORT overrides the
+    path), None when there is no report; a report that cannot be read gives its error."""
+    path = path or os.environ.get("LOCKD_PIP_REPORT") or PIP_REPORT
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(PIP_REPORT_LIMIT + 1)
+        if len(data) > PIP_REPORT_LIMIT:
+            raise ValueError("larger than %d bytes" % PIP_REPORT_LIMIT)
+        items = json.loads(data.decode("utf-8")).get("install")
+        if not isinstance(items, list):
+            raise ValueError("no 'install' list")
+    except Exception as error:
+        return {"path": text(path), "archives": [], "error": _exception_text(error)}
+    archives = [a for a in (_archive(item) for item in items) if a is not None]
+    return {"path": text(path), "archives": sorted(archives, key=lambda a: a["name"])}
+
+
 # --- the report -----------------------------------------------------------------------------
 
 
@@ -360,6 +411,9 @@ def collect() -> dict[str, Any]:
         "env": selected_env(),
         "torch": None,
     }
+    kept = pip_report()
+    if kept is not None:
+        report["pip_report"] = kept
     # torch last: importing it may touch sys.path and os.environ (CUDA_MODULE_LOADING),
     # which the report must show as the environment had them.
     for dist in dists:

@@ -193,14 +193,15 @@ def test_another_image_with_the_same_distributions(
 ) -> None:
     manifest = record(app.name)
     twin = app.commit(repository="lockd-test/app-twin", tag="latest", changes=["LABEL twin=1"])
+    other = run_container("lockd-test/app-twin:latest")
     try:
-        other = run_container("lockd-test/app-twin:latest")
         code, report = verify(other.name, manifest, keypair[1])
         assert code == 1
         assert failing(report) == ["image"]
         assert check(report, "image")["observed"] == twin.id
         assert check(report, "packages")["status"] == "pass"
     finally:
+        other.remove(force=True)
         docker_client.images.remove(twin.id, force=True)
 
 
