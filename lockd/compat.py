@@ -359,7 +359,7 @@ def _pins(text: str, source: str) -> dict[str, list[tuple[str | None, str]]]:
     for line in requirement_lines(text):
         if line.startswith("-"):
             continue  # --hash on its own line, -r, --index-url, -e ...
-        requirement = line.split(" --", 1)[0].strip()
+        requirement = re.split(r"\s--", line, maxsplit=1)[0].strip()
         match = _REQUIREMENT.match(requirement)
         if not match:
             raise InputError(f"{source}: cannot read the requirement {requirement[:80]!r}")

@@ -31,7 +31,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from lockd.errors import InputError, ProbeError, TargetError
 from lockd.model import ChangeKind, FileChange, HostEvidence, Mount, Observation, TargetInfo
 from lockd.probe import probe_source
-from lockd.targets.base import MAX_PROBE_OUTPUT, PROBE_TIMEOUT, STDERR_TAIL, parse_probe_output
+from lockd.targets.base import (
+    MAX_PROBE_OUTPUT,
+    PROBE_TIMEOUT,
+    _stderr_tail,
+    parse_probe_output,
+)
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -499,11 +504,6 @@ def _size(n: int) -> str:
     return f"{n} bytes"
 
 
-def _tail(stderr: bytes) -> str:
-    text = stderr.decode("utf-8", "replace").strip()[-STDERR_TAIL:]
-    return text or "(nothing on stderr)"
-
-
 def _stopped(source: str, status: str, timeout: float, max_output: int) -> ProbeError:
     if status == "timeout":
         return ProbeError(
@@ -513,6 +513,12 @@ def _stopped(source: str, status: str, timeout: float, max_output: int) -> Probe
     return ProbeError(
         f"{source}: probe output exceeds {_size(max_output)}; something in the target floods "
         "stdout (is its python a real Python interpreter?)"
+    )
+
+
+def _exited(source: str, python: str, code: int, stderr: bytes) -> ProbeError:
+    return ProbeError(
+        f"{source}: probe ({python}) exited with status {code}: {_stderr_tail(stderr)}"
     )
 
 
@@ -641,9 +647,7 @@ class ContainerTarget:
         if code in _NOT_FOUND_EXIT_CODES:
             return None
         if code != 0:
-            raise ProbeError(
-                f"{self._source}: probe ({python}) exited with status {code}: {_tail(stderr)}"
-            )
+            raise _exited(self._source, python, code, stderr)
         return stdout
 
     def _exit_code(self, exec_id: str) -> int | None:
@@ -787,9 +791,7 @@ class ImageTarget:
         if code in _NOT_FOUND_EXIT_CODES:
             return None
         if code != 0:
-            raise ProbeError(
-                f"{self._source}: probe ({python}) exited with status {code}: {_tail(stderr)}"
-            )
+            raise _exited(self._source, python, code, stderr)
         return stdout
 
     def _remove(self, container_id: str, *, quiet: bool) -> None:

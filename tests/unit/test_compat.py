@@ -381,6 +381,7 @@ def test_requirement_lines_join_continuations_and_drop_comments() -> None:
     [
         ("torch==2.6.0+cu124\n", "12.4", "9.1.0.70", "sm_50"),  # libraries from the table
         ("Torch === 2.6.0 ; sys_platform == 'linux'\n", "12.4", "9.1.0.70", "sm_50"),
+        ("torch==2.6.0\t--hash=sha256:00\r\n", "12.4", "9.1.0.70", "sm_50"),
         ("torch==2.8.0\nnvidia_cudnn_cu12==9.10.2.21\n", "12.8", "9.10.2.21", "sm_70"),
         (
             "torch @ file:///wheels/torch-2.6.0%2Bcu124-cp311-cp311-linux_x86_64.whl\n",
@@ -486,7 +487,7 @@ def loaded_torch(**changes: str | None) -> TorchInfo:
         "arch_flags": FLAGS_2_6,
     }
     base.update(changes)
-    return TorchInfo(**base)  # type: ignore[arg-type]
+    return TorchInfo(**base)
 
 
 def test_a_statement_file_gives_what_torch_reported() -> None:
