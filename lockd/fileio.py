@@ -47,15 +47,21 @@ def refuse_existing(path: Path, *, force: bool) -> None:
         raise OutputExistsError(f"{path} exists; pass --force to replace it")
 
 
-def read_capped(path: Path, *, limit: int, what: str) -> bytes:
-    """Read a whole input file, refusing one larger than `limit` bytes. Raises InputError."""
+def read_capped(
+    path: Path, *, limit: int, what: str, error: type[InputError] = InputError
+) -> bytes:
+    """Read a whole input file, refusing one larger than `limit` bytes.
+
+    Raises `error` (an InputError) naming the path and saying what to check.
+    """
     try:
         with path.open("rb") as f:
             data = f.read(limit + 1)
     except FileNotFoundError as e:
-        raise InputError(f"{path}: no such {what} file") from e
+        raise error(f"{path}: no such {what} file; check the path") from e
     except OSError as e:
-        raise InputError(f"{path}: cannot read the {what}: {e.strerror}") from e
+        raise error(f"{path}: cannot read the {what} file: {e.strerror or e}") from e
     if len(data) > limit:
-        raise InputError(f"{path}: the {what} is larger than {limit // (1024 * 1024)} MiB")
+        size = f"{limit // (1024 * 1024)} MiB" if limit >= 1024 * 1024 else f"{limit // 1024} KiB"
+        raise error(f"{path}: larger than {size}, too large to be a {what} file")
     return data

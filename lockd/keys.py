@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from lockd.errors import InputError, KeyFileError, OutputExistsError
+from lockd.fileio import read_capped
 
 PrivateKey: TypeAlias = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 PublicKey: TypeAlias = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
@@ -336,18 +337,7 @@ def _b64_field(doc: Any, name: str, source: str, where: str) -> bytes:
 
 
 def _read_key_file(path: Path) -> bytes:
-    try:
-        with path.open("rb") as f:
-            data = f.read(_MAX_KEY_FILE_BYTES + 1)
-    except FileNotFoundError as e:
-        raise KeyFileError(f"{path}: no such key file; check the path") from e
-    except OSError as e:
-        raise KeyFileError(f"{path}: cannot read key file: {e.strerror or e}") from e
-    if len(data) > _MAX_KEY_FILE_BYTES:
-        raise KeyFileError(
-            f"{path}: larger than {_MAX_KEY_FILE_BYTES // 1024} KiB, too large to be a key file"
-        )
-    return data
+    return read_capped(path, limit=_MAX_KEY_FILE_BYTES, what="key", error=KeyFileError)
 
 
 def load_private_key(path: Path, password: bytes) -> PrivateKey:

@@ -61,6 +61,7 @@ class Checks(_Strict):
     python: Level = "required"
     env: Level = "required"
     system: Level = "required"
+    lock: Level = "required"
 
 
 class PackagesPolicy(_Strict):

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from lockd.targets.base import Target
 
 MAX_ENVELOPE_BYTES = 64 * 1024 * 1024
-LATER_CHECKS = ("image", "packages", "filesystem", "python", "env", "system")
+LATER_CHECKS = ("image", "packages", "filesystem", "python", "env", "system", "lock")
 
 
 def load_envelope(path: Path) -> Envelope:

@@ -26,8 +26,17 @@ def by_id(checks: list[Check]) -> dict[str, Check]:
 
 def test_identical_environment_passes_every_check() -> None:
     checks = compare(manifest(), observation(), STRICT)
-    assert [c.id for c in checks] == ["image", "packages", "filesystem", "python", "env", "system"]
-    assert {c.status for c in checks} == {"pass"}
+    assert [c.id for c in checks] == [
+        "image",
+        "packages",
+        "filesystem",
+        "python",
+        "env",
+        "system",
+        "lock",
+    ]
+    assert {c.status for c in checks} == {"pass", "skip"}
+    assert by_id(checks)["lock"].status == "skip"
     assert verified(checks)
 
 
@@ -218,5 +227,5 @@ def test_audit_policy_never_fails() -> None:
         report=probe(distributions=[dist("six", "1.17.0")]),
     )
     checks = compare(manifest(), seen, audit)
-    assert {c.status for c in checks} == {"warn", "pass"}
+    assert {c.status for c in checks} == {"warn", "pass", "skip"}  # skip: no lock
     assert verified(checks)
