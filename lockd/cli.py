@@ -78,23 +78,34 @@ def record(
     ] = None,
     python: PythonOpt = None,
     force: Annotated[bool, typer.Option(help="replace an existing output file")] = False,
+    lock: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="a hashed requirements.txt the target must agree with (else refused)"),
+    ] = None,
+    allow_unhashed: Annotated[
+        bool, typer.Option(help="accept a --lock whose pins carry no --hash")
+    ] = False,
 ) -> None:
     """Observe TARGET and write its signed manifest (a DSSE envelope)."""
     from lockd import keys
     from lockd.fileio import refuse_existing, write_atomic
-    from lockd.record import build_manifest, sign_manifest
+    from lockd.record import bind_lock, build_manifest, load_lock, sign_manifest
 
     out = output or Path(_safe_name(target) + ".dsse.json")
     refuse_existing(out, force=force)
+    locked = None if lock is None else load_lock(lock, allow_unhashed=allow_unhashed)
     private = keys.load_private_key(key, keys.read_password(purpose=str(key)))
     observation = _open_target(target, python).observe()
-    recorded = sign_manifest(build_manifest(observation), private)
+    bound = None if locked is None else bind_lock(observation, locked)
+    recorded = sign_manifest(build_manifest(observation, lock=bound), private)
     write_atomic(out, recorded.envelope.to_json(), force=force)
     console = _console()
     for s in recorded.subjects:
         console.print(f"subject {s.name} sha256:{s.digest['sha256']}")
     if observation.probe is None:
         console.print(f"[yellow]warning[/]: no probe report: {observation.probe_error}")
+    if bound is not None:
+        console.print(f"lock {lock}: the target agrees with its {len(bound.pins)} pins")
     console.print(f"wrote {out} (signed by keyid {recorded.keyid})")
 
 
@@ -171,7 +182,7 @@ def diff(
     """What differs between two recorded environments; exit 0 when nothing does, 1 otherwise."""
     from lockd.compare import compare
     from lockd.policy import default_policy
-    from lockd.render import checks_table
+    from lockd.render import print_checks
 
     _, first, _ = _read_manifest(a)
     _, second, _ = _read_manifest(b)
@@ -182,7 +193,7 @@ def diff(
         sys.stdout.write(body + "\n")
     else:
         console = _console()
-        console.print(checks_table(checks, f"lockd diff {a} -> {b}"))
+        print_checks(checks, f"lockd diff {a} -> {b}", console)
         console.print("no differences" if not differing else f"{len(differing)} aspect(s) differ")
     raise typer.Exit(1 if differing else 0)
 
@@ -209,6 +220,75 @@ def compat(
     result = assess(load_build(source), driver=driver, gpus=gpu or [])
     sys.stdout.write(result.to_json() + "\n" if json else render_text(result))
     raise typer.Exit(0 if result.verdict is None or result.verdict.runs else 1)
+
+
+@app.command()
+def lock(
+    requirements_in: Annotated[
+        Path, typer.Argument(help="the requirements.in to compile", show_default=False)
+    ],
+    output: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--output", "-o", help="the lock (default: requirements.txt beside the .in)"),
+    ] = None,
+    python_version: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="the target's Python as X.Y (default: this interpreter's)"),
+    ] = None,
+    platform: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="the target's wheel platform tag, e.g. manylinux_2_28_x86_64"),
+    ] = None,
+    index_url: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="the package index (default: the resolver's default)"),
+    ] = None,
+    extra_index_url: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(help="another package index to search (repeat for several)"),
+    ] = None,
+) -> None:
+    """Compile REQUIREMENTS_IN into a pinned, hashed lock (pip-tools; uv for another target)."""
+    from lockd.lockfile import LockRequest, compile_lock
+
+    compiled = compile_lock(
+        LockRequest(
+            requirements_in=requirements_in,
+            output=output,
+            python_version=python_version,
+            platform=platform,
+            index_url=index_url,
+            extra_index_urls=tuple(extra_index_url or ()),
+        )
+    )
+    _console().print(
+        f"wrote {compiled.path}: {compiled.pins} pins for CPython {compiled.python_version} "
+        f"on {compiled.platform} (resolved by {compiled.resolver})"
+    )
+
+
+@app.command()
+def sbom(
+    manifest: Annotated[Path, typer.Argument(help="a manifest envelope or Statement")],
+    output: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--output", "-o", help="write the SBOM here (default: standard output)"),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="replace an existing output file")] = False,
+) -> None:
+    """A CycloneDX 1.6 JSON SBOM of a recorded environment (the signature is not checked)."""
+    from lockd.fileio import refuse_existing, write_atomic
+    from lockd.sbom import sbom_json
+
+    if output is not None:
+        refuse_existing(output, force=force)
+    subjects, recorded, _ = _read_manifest(manifest)
+    document = sbom_json(recorded, subjects)
+    if output is None:
+        sys.stdout.write(document)
+    else:
+        write_atomic(output, document.encode("utf-8"), force=force)
+        _console(stderr=True).print(f"wrote {output}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -521,7 +522,9 @@ def default_index_url() -> str:
 
     Raises InputError when pip-tools is not installed beside lockd."""
     try:
-        from piptools.repositories.base import BaseRepository
+        with warnings.catch_warnings():  # pip-tools imports pip's vendored pkg_resources
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from piptools.repositories.base import BaseRepository
     except ImportError as e:
         raise InputError(
             f"lockd lock needs pip-tools in lockd's environment ({sys.executable}): "

@@ -38,40 +38,52 @@ def _finding_line(f: Finding) -> str:
     return f"{f.kind} {subject}{values}{note}"
 
 
-def _details(check: Check) -> str:
-    lines = [check.message] if check.message else []
-    shown = check.findings[:MAX_FINDINGS_SHOWN]
-    lines += [f"  {_finding_line(f)}" for f in shown]
-    if len(check.findings) > len(shown):
-        lines.append(f"  ... and {len(check.findings) - len(shown)} more (see --json)")
-    return "\n".join(lines)
-
-
 def checks_table(checks: Sequence[Check], title: str) -> object:
+    """One row per check; the findings follow the table (see print_checks)."""
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left", show_lines=True)
-    table.add_column("check", style="bold")
-    table.add_column("status")
-    table.add_column("evidence")
-    table.add_column("details", overflow="fold")
+    table = Table(title=title, title_justify="left", box=None, pad_edge=False)
+    table.add_column("check", style="bold", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("evidence", no_wrap=True)
+    table.add_column("summary", overflow="fold")
     for check in checks:
-        style = STYLE[check.status]
         table.add_row(
             check.id,
-            f"[{style}]{check.status.upper()}[/]",
+            f"[{STYLE[check.status]}]{check.status.upper()}[/]",
             EVIDENCE[check.evidence],
-            escape(_details(check)),
-            style="red" if check.status == "fail" else None,
+            escape(check.message),
         )
     return table
 
 
+def print_checks(checks: Sequence[Check], title: str, console: Console) -> None:
+    """The table, then each check's findings one per line (paths are never wrapped)."""
+    from rich.markup import escape
+
+    console.print(checks_table(checks, title))
+    for check in checks:
+        if not check.findings:
+            continue
+        style = STYLE[check.status]
+        console.print(
+            f"\n[bold]{check.id}[/] [{style}]{check.status.upper()}[/] "
+            f"({EVIDENCE[check.evidence]}):"
+        )
+        shown = check.findings[:MAX_FINDINGS_SHOWN]
+        for finding in shown:
+            console.print(f"  [{style}]{escape(_finding_line(finding))}[/]", soft_wrap=True)
+        if len(check.findings) > len(shown):
+            more = len(check.findings) - len(shown)
+            console.print(f"  ... and {more} more (see --json)")
+
+
 def print_report(report: Report, console: Console) -> None:
     target = report.target
-    title = f"lockd verify {target['kind']}:{target['ref']}  against {report.manifest.path}"
-    console.print(checks_table(report.checks, title))
+    title = f"lockd verify {target['kind']}:{target['ref']} against {report.manifest.path}"
+    print_checks(report.checks, title, console)
+    console.print()
     if report.verified:
         console.print("[bold green]VERIFIED[/]: the target is the recorded environment")
     else:

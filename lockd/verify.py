@@ -42,7 +42,7 @@ def check_signature(envelope: Envelope, trusted: Sequence[PublicKey]) -> tuple[C
             id="signature",
             status="pass",
             evidence="signature",
-            message=f"signed by keyid {', '.join(keyids)}",
+            message=f"signed by keyid {', '.join(k[:16] for k in keyids)}",
         ),
         keyids,
     )

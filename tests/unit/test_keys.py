@@ -371,7 +371,7 @@ def test_missing_private_key_file(tmp_path: Path) -> None:
 
 
 def test_unreadable_key_file_is_a_directory(tmp_path: Path) -> None:
-    with pytest.raises(KeyFileError, match="cannot read key file") as info:
+    with pytest.raises(KeyFileError, match="cannot read the key file") as info:
         keys.load_private_key(tmp_path, PASSWORD)
     assert str(tmp_path) in str(info.value)
 

@@ -1,0 +1,493 @@
+"""The repository: every read and write of the service's database, each write in one transaction
+with its audit entry, so a write is stored together with its place in the chain or not at all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, get_args
+
+from sqlalchemy import Connection, Engine, Row, and_, exists, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from lockd.errors import InputError
+from lockd.store import tables as t
+from lockd.store.audit import ChainCheck, ChainChecker, entry_hash
+from lockd.store.engine import WRITE, is_postgres, make_engine
+
+Role = Literal["reader", "recorder", "admin"]
+ROLES: tuple[Role, ...] = get_args(Role)
+RANK: dict[str, int] = {role: rank for rank, role in enumerate(ROLES)}
+TOKEN_PREFIX = "lockd_"
+
+__all__ = [
+    "RANK",
+    "ROLES",
+    "AuditEntry",
+    "ManifestRecord",
+    "Principal",
+    "Role",
+    "Store",
+    "VerificationRecord",
+    "hash_token",
+    "now",
+]
+
+
+def now() -> str:
+    """The current time as RFC 3339 text, UTC, microseconds (how every table keeps time)."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def hash_token(token: str) -> str:
+    """How a token is kept: the hex sha256 (tokens are 256-bit random, so no slow hash is
+    needed to stop guessing)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a token's name (never the token) and its role."""
+
+    name: str
+    role: Role
+
+
+@dataclass(frozen=True)
+class ManifestRecord:
+    digest: str
+    name: str
+    payload_type: str
+    envelope: str
+    keyids: list[str]
+    created_at: str
+    created_by: str
+    subjects: list[tuple[str, str]] = field(default_factory=list)  # (name, sha256:hex)
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VerificationRecord:
+    id: int
+    created_at: str
+    actor: str
+    source: str
+    subject: str | None
+    manifest_digest: str | None
+    policy: str | None
+    verified: bool
+    report: str
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    seq: int
+    time: str
+    actor: str
+    action: str
+    subject: str | None
+    body_digest: str | None
+    prev_hash: str
+    hash: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_AUDIT_COLUMNS = (
+    t.audit_log.c.seq,
+    t.audit_log.c.time,
+    t.audit_log.c.actor,
+    t.audit_log.c.action,
+    t.audit_log.c.subject,
+    t.audit_log.c.body_digest,
+    t.audit_log.c.prev_hash,
+    t.audit_log.c.hash,
+)
+
+
+class Store:
+    """The service's database. Thread-safe (each call takes a pooled connection)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        """Raises InputError for a bad URL (nothing connects yet)."""
+        return cls(make_engine(url))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- transactions ----------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[tuple[Connection, Row[Any]]]:
+        """A write transaction holding the audit head (SQLite: the one write lock, taken by
+        BEGIN IMMEDIATE; PostgreSQL: a row lock), so appends are serialized."""
+        with self.engine.connect().execution_options(**{WRITE: True}) as conn, conn.begin():
+            head = conn.execute(
+                select(t.audit_head.c.seq, t.audit_head.c.hash)
+                .where(t.audit_head.c.id == 1)
+                .with_for_update()
+            ).one()
+            yield conn, head
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[Connection]:
+        """A read transaction that sees one state of the database throughout."""
+        with self.engine.connect() as conn:
+            if is_postgres(self.engine):
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
+
+    @staticmethod
+    def _append(
+        conn: Connection,
+        head: Row[Any],
+        *,
+        time: str,
+        actor: str,
+        action: str,
+        subject: str | None,
+        body_digest: str | None,
+    ) -> AuditEntry:
+        entry: dict[str, Any] = {
+            "seq": head.seq + 1,
+            "time": time,
+            "actor": actor,
+            "action": action,
+            "subject": subject,
+            "body_digest": body_digest,
+            "prev_hash": head.hash,
+        }
+        digest = entry_hash(entry)
+        conn.execute(insert(t.audit_log).values(**entry, hash=digest))
+        conn.execute(
+            update(t.audit_head)
+            .where(t.audit_head.c.id == 1)
+            .values(seq=entry["seq"], hash=digest)
+        )
+        return AuditEntry(**entry, hash=digest)
+
+    # --- manifests ---------------------------------------------------------------------------
+
+    def add_manifest(
+        self,
+        *,
+        digest: str,
+        name: str,
+        payload_type: str,
+        envelope: str,
+        keyids: Sequence[str],
+        subjects: Sequence[tuple[str, str]],
+        labels: Mapping[str, str],
+        actor: str,
+    ) -> tuple[ManifestRecord, bool]:
+        """Store a trusted envelope once: ``(record, True)`` when new, ``(stored, False)`` when
+        an envelope with this payload digest is stored already (nothing changes then)."""
+        time = now()
+        with self._write() as (conn, head):
+            existing = conn.execute(
+                select(t.manifests.c.id).where(t.manifests.c.digest == digest)
+            ).first()
+            if existing is None:
+                manifest_id = conn.execute(
+                    insert(t.manifests)
+                    .values(
+                        digest=digest,
+                        name=name,
+                        payload_type=payload_type,
+                        envelope=envelope,
+                        keyids=json.dumps(list(keyids)),
+                        created_at=time,
+                        created_by=actor,
+                    )
+                    .returning(t.manifests.c.id)
+                ).scalar_one()
+                conn.execute(
+                    insert(t.manifest_subjects),
+                    [
+                        {"manifest_id": manifest_id, "name": s_name, "digest": s_digest}
+                        for s_name, s_digest in subjects
+                    ],
+                )
+                if labels:
+                    conn.execute(
+                        insert(t.manifest_labels),
+                        [
+                            {"manifest_id": manifest_id, "key": k, "value": v}
+                            for k, v in sorted(labels.items())
+                        ],
+                    )
+                body = "sha256:" + hashlib.sha256(envelope.encode("utf-8")).hexdigest()
+                self._append(
+                    conn,
+                    head,
+                    time=time,
+                    actor=actor,
+                    action="manifest.create",
+                    subject=digest,
+                    body_digest=body,
+                )
+        record = self.get_manifest(digest)
+        if record is None:  # pragma: no cover - it was found or written above
+            raise RuntimeError(f"manifest {digest} vanished")
+        return record, existing is None
+
+    def get_manifest(self, digest: str) -> ManifestRecord | None:
+        records = self._manifests(select(t.manifests).where(t.manifests.c.digest == digest))
+        return records[0] if records else None
+
+    def find_manifests(
+        self,
+        *,
+        subject: str | None = None,
+        name: str | None = None,
+        labels: Mapping[str, str | None] | None = None,
+        limit: int = 100,
+    ) -> list[ManifestRecord]:
+        """Newest first. A label given with None matches any value."""
+        query = select(t.manifests)
+        if subject is not None:
+            query = query.where(
+                exists().where(
+                    and_(
+                        t.manifest_subjects.c.manifest_id == t.manifests.c.id,
+                        t.manifest_subjects.c.digest == subject,
+                    )
+                )
+            )
+        if name is not None:
+            query = query.where(t.manifests.c.name == name)
+        for key, value in (labels or {}).items():
+            condition = and_(
+                t.manifest_labels.c.manifest_id == t.manifests.c.id,
+                t.manifest_labels.c.key == key,
+            )
+            if value is not None:
+                condition = and_(condition, t.manifest_labels.c.value == value)
+            query = query.where(exists().where(condition))
+        return self._manifests(query.order_by(t.manifests.c.id.desc()).limit(limit))
+
+    def latest_manifest_digest(self, subjects: Sequence[str]) -> str | None:
+        """The newest stored manifest one of whose subjects is in ``subjects``."""
+        if not subjects:
+            return None
+        query = (
+            select(t.manifests.c.digest)
+            .join(t.manifest_subjects, t.manifest_subjects.c.manifest_id == t.manifests.c.id)
+            .where(t.manifest_subjects.c.digest.in_(list(subjects)))
+            .order_by(t.manifests.c.id.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            found: str | None = conn.execute(query).scalar()
+        return found
+
+    def envelope_of(self, digest: str) -> str | None:
+        with self.engine.connect() as conn:
+            found: str | None = conn.execute(
+                select(t.manifests.c.envelope).where(t.manifests.c.digest == digest)
+            ).scalar()
+        return found
+
+    def _manifests(self, query: Any) -> list[ManifestRecord]:
+        with self._snapshot() as conn:
+            rows = conn.execute(query).mappings().all()
+            if not rows:
+                return []
+            ids = [row["id"] for row in rows]
+            subjects: dict[int, list[tuple[str, str]]] = {i: [] for i in ids}
+            for s in conn.execute(
+                select(
+                    t.manifest_subjects.c.manifest_id,
+                    t.manifest_subjects.c.name,
+                    t.manifest_subjects.c.digest,
+                )
+                .where(t.manifest_subjects.c.manifest_id.in_(ids))
+                .order_by(t.manifest_subjects.c.id)
+            ):
+                subjects[s.manifest_id].append((s.name, s.digest))
+            labels: dict[int, dict[str, str]] = {i: {} for i in ids}
+            for label in conn.execute(
+                select(t.manifest_labels).where(t.manifest_labels.c.manifest_id.in_(ids))
+            ):
+                labels[label.manifest_id][label.key] = label.value
+        return [
+            ManifestRecord(
+                digest=row["digest"],
+                name=row["name"],
+                payload_type=row["payload_type"],
+                envelope=row["envelope"],
+                keyids=json.loads(row["keyids"]),
+                created_at=row["created_at"],
+                created_by=row["created_by"],
+                subjects=subjects[row["id"]],
+                labels=labels[row["id"]],
+            )
+            for row in rows
+        ]
+
+    # --- verifications ---------------------------------------------------------------------
+
+    def add_verification(
+        self,
+        *,
+        actor: str,
+        source: Literal["server", "client"],
+        subject: str | None,
+        manifest_digest: str | None,
+        policy: str | None,
+        verified: bool,
+        report: str,
+    ) -> VerificationRecord:
+        time = now()
+        body = "sha256:" + hashlib.sha256(report.encode("utf-8")).hexdigest()
+        values = {
+            "created_at": time,
+            "actor": actor,
+            "source": source,
+            "subject": subject,
+            "manifest_digest": manifest_digest,
+            "policy": policy,
+            "verified": verified,
+            "report": report,
+        }
+        with self._write() as (conn, head):
+            new_id = conn.execute(
+                insert(t.verifications).values(**values).returning(t.verifications.c.id)
+            ).scalar_one()
+            self._append(
+                conn,
+                head,
+                time=time,
+                actor=actor,
+                action="verification.create",
+                subject=subject,
+                body_digest=body,
+            )
+        return VerificationRecord(id=new_id, **values)  # type: ignore[arg-type]
+
+    def get_verification(self, verification_id: int) -> VerificationRecord | None:
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(
+                    select(t.verifications).where(t.verifications.c.id == verification_id)
+                )
+                .mappings()
+                .first()
+            )
+        return None if row is None else VerificationRecord(**row)
+
+    def list_verifications(
+        self, *, subject: str | None = None, limit: int = 100
+    ) -> list[VerificationRecord]:
+        """Newest first."""
+        query = select(t.verifications).order_by(t.verifications.c.id.desc()).limit(limit)
+        if subject is not None:
+            query = query.where(t.verifications.c.subject == subject)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [VerificationRecord(**row) for row in rows]
+
+    def count_verifications(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(t.verifications)).scalar_one())
+
+    # --- tokens -----------------------------------------------------------------------------
+
+    def create_token(self, name: str, role: Role, *, actor: str) -> str:
+        """A new random token for ``name``; only its hash is kept, so this is the one time it
+        is seen.
+
+        Raises:
+            InputError: a token of that name exists, or an unknown role.
+        """
+        if role not in ROLES:
+            raise InputError(f"role {role!r}: give one of {', '.join(ROLES)}")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        time = now()
+        try:
+            with self._write() as (conn, head):
+                conn.execute(
+                    insert(t.tokens).values(
+                        name=name,
+                        role=role,
+                        token_hash=hash_token(token),
+                        created_at=time,
+                        created_by=actor,
+                    )
+                )
+                self._append(
+                    conn,
+                    head,
+                    time=time,
+                    actor=actor,
+                    action=f"token.create:{role}",
+                    subject=name,
+                    body_digest=None,
+                )
+        except IntegrityError as e:
+            raise InputError(
+                f"a token named {name!r} exists already; pick another name"
+            ) from e
+        return token
+
+    def principal_for(self, token: str) -> Principal | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(t.tokens.c.name, t.tokens.c.role).where(
+                    t.tokens.c.token_hash == hash_token(token)
+                )
+            ).first()
+        if row is None or row.role not in ROLES:
+            return None
+        return Principal(name=row.name, role=row.role)
+
+    # --- audit ------------------------------------------------------------------------------
+
+    def audit_entries(self, *, after: int = 0, limit: int = 1000) -> list[AuditEntry]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(*_AUDIT_COLUMNS)
+                .where(t.audit_log.c.seq > after)
+                .order_by(t.audit_log.c.seq)
+                .limit(limit)
+            ).all()
+        return [AuditEntry(*row) for row in rows]
+
+    def verify_audit(self, *, batch: int = 5000) -> ChainCheck:
+        """Re-hash the whole log, in seq order, against itself and the head."""
+        checker = ChainChecker()
+        with self._snapshot() as conn:
+            head = conn.execute(
+                select(t.audit_head.c.seq, t.audit_head.c.hash).where(t.audit_head.c.id == 1)
+            ).one()
+            last = None
+            while True:
+                query = select(*_AUDIT_COLUMNS).order_by(t.audit_log.c.seq).limit(batch)
+                if last is not None:
+                    query = query.where(t.audit_log.c.seq > last)
+                rows = conn.execute(query).mappings().all()
+                for row in rows:
+                    checker.add(row)
+                if len(rows) < batch:
+                    break
+                last = rows[-1]["seq"]
+        return checker.result((head.seq, head.hash))
+
+    # --- health -----------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Raises SQLAlchemyError when the database does not answer."""
+        with self.engine.connect() as conn:
+            conn.execute(select(1)).scalar()

@@ -1,0 +1,115 @@
+"""The service's tables (SQLAlchemy Core). The API's schemas live apart, in lockd.server.schemas.
+
+Times are kept as RFC 3339 text (UTC, microseconds) so an audit entry hashes to the same value
+on every database. Digests are ``sha256:<hex>``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING)
+
+DIGEST = 71  # len("sha256:") + 64
+TIME = 32
+
+manifests = Table(
+    "manifests",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("digest", String(DIGEST), nullable=False, unique=True),  # sha256 of the payload
+    Column("name", String(256), nullable=False),
+    Column("payload_type", String(256), nullable=False),
+    Column("envelope", Text, nullable=False),  # the envelope's JSON (sorted keys)
+    Column("keyids", Text, nullable=False),  # JSON list: the trusted keys that signed
+    Column("created_at", String(TIME), nullable=False),
+    Column("created_by", String(64), nullable=False),
+)
+Index("ix_manifests_name", manifests.c.name)
+
+manifest_subjects = Table(
+    "manifest_subjects",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("manifest_id", Integer, ForeignKey("manifests.id"), nullable=False),
+    Column("digest", String(DIGEST), nullable=False),
+    Column("name", Text, nullable=False),
+)
+Index("ix_manifest_subjects_digest", manifest_subjects.c.digest, manifest_subjects.c.manifest_id)
+
+manifest_labels = Table(
+    "manifest_labels",
+    metadata,
+    Column("manifest_id", Integer, ForeignKey("manifests.id"), primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("value", String(256), nullable=False),
+)
+Index("ix_manifest_labels_key_value", manifest_labels.c.key, manifest_labels.c.value)
+
+verifications = Table(
+    "verifications",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", String(TIME), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("source", String(16), nullable=False),  # "server" (compared here) or "client"
+    Column("subject", String(DIGEST), nullable=True),  # the target's image digest
+    Column("manifest_digest", String(DIGEST), nullable=True),
+    Column("policy", String(64), nullable=True),
+    Column("verified", Boolean, nullable=False),
+    Column("report", Text, nullable=False),  # the Report's JSON
+)
+Index("ix_verifications_subject", verifications.c.subject, verifications.c.id)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),  # sha256 hex of the token
+    Column("created_at", String(TIME), nullable=False),
+    Column("created_by", String(64), nullable=False),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("time", String(TIME), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("subject", String(256), nullable=True),
+    Column("body_digest", String(DIGEST), nullable=True),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+# One row (id 1): the last entry's seq and hash. Appends lock it (SELECT ... FOR UPDATE on
+# PostgreSQL; SQLite has one writer at a time), so concurrent writers never fork the chain; it
+# also shows when the newest entries were deleted.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", Integer, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
