@@ -134,7 +134,7 @@ def verify(
 
     chosen = load_policy(policy)
     trusted = [keys.load_public_key(k) for k in key]
-    report = verify_target(manifest, trusted, _open_target(target, python), chosen)
+    report = verify_target(manifest, trusted, lambda: _open_target(target, python), chosen)
     if json:
         sys.stdout.write(report_json(report) + "\n")
     else:

@@ -66,6 +66,26 @@ class TorchInfo(Frozen):
     nccl: Str | None = None
     arch_flags: Str | None = None
     error: Str | None = None  # torch is installed but failed to import: the exception
+    cublas: Str | None = None  # cuBLAS as loaded (cublasGetProperty of the mapped libcublas)
+
+
+class DriverInfo(Frozen):
+    """The NVIDIA driver the target sees (NVML, else /proc/driver/nvidia/version)."""
+
+    version: Str  # the driver release, e.g. 580.159.04
+    cuda: Str | None = None  # the newest CUDA the driver supports (NVML), e.g. 13.0
+    source: Literal["nvml", "proc"]
+
+
+class GpuInfo(Frozen):
+    """One GPU visible in the target (through torch, else NVML: then no SM count)."""
+
+    index: Annotated[int, Field(ge=0, le=1024)]
+    name: Str
+    compute_capability: Annotated[str, StringConstraints(pattern=r"^\d{1,2}\.\d{1,2}$")]
+    sm_count: Annotated[int, Field(ge=0)] | None = None
+    memory_bytes: Annotated[int, Field(ge=0)] | None = None
+    uuid_sha256: Hex64 | None = None  # sha256 of the UUID (never the UUID itself)
 
 
 class PipArchive(Frozen):
@@ -91,6 +111,90 @@ class ProbeReport(Frozen):
     env: Annotated[dict[Name, Str], Field(max_length=512)]
     torch: TorchInfo | None = None
     pip_report: PipReport | None = None  # pip's installation report kept in the image
+    driver: DriverInfo | None = None
+    gpus: Annotated[list[GpuInfo], Field(max_length=256)] = []
+
+
+# --- what the GPU validation suite prints (from inside the target: untrusted) ---------------
+
+
+class GpuSuiteSettings(Frozen):
+    """The deterministic settings the suite ran under, as torch read them back."""
+
+    deterministic_algorithms: bool
+    cudnn_deterministic: bool
+    cudnn_benchmark: bool
+    cublas_workspace_config: Str
+    matmul_allow_tf32: bool
+    cudnn_allow_tf32: bool
+    float32_matmul_precision: Str
+    seed: int
+    threads: int | None = None  # CPU runs: intra-op threads (1)
+
+
+class GpuSuiteKey(Frozen):
+    """What must match for two suite runs to be compared bit for bit."""
+
+    device: Literal["cuda", "cpu"]
+    torch: Str
+    torch_git: Str | None = None
+    cuda: Str | None = None
+    cudnn: Str | None = None
+    cublas: Str | None = None
+    compute_capability: Str | None = None
+    sm_count: int | None = None
+    cpu_capability: Str | None = None  # CPU runs: the kernels' instruction set (AVX2…)
+    machine: Str
+    settings: GpuSuiteSettings
+
+
+class GpuTestStats(Frozen):
+    numel: Annotated[int, Field(ge=0)]
+    nonfinite: Annotated[int, Field(ge=0)]
+    sum: float
+    mean: float
+    l1: float
+    l2: float
+    absmax: float
+    samples: Annotated[list[float | None], Field(max_length=16)]
+
+
+GpuTestStatus = Literal["ok", "skipped", "n/a", "error"]
+
+
+class GpuTestResult(Frozen):
+    name: Name
+    status: GpuTestStatus
+    reason: Str | None = None  # why it did not run, or the error
+    dtype: Str | None = None
+    shape: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=8)] | None = None
+    sha256: Hex64 | None = None  # of the output's dtype, shape and bits
+    stats: GpuTestStats | None = None
+    seconds: Annotated[float, Field(ge=0)]
+
+
+class GpuSuiteTiming(Frozen):
+    import_torch: float
+    suite: float  # the tests without torch.compile and the all-reduce
+    compile: float | None = None
+    allreduce: float | None = None
+    total: float
+
+
+class GpuSuiteResult(Frozen):
+    """One run of the GPU validation suite (lockd/probe/gpu.py) on one GPU model, or the CPU."""
+
+    suite_version: Literal[1]
+    device: Literal["cuda", "cpu"]
+    gpu_name: Str | None = None
+    gpu_uuid_sha256: Hex64 | None = None
+    gpu_count: Annotated[int, Field(ge=0)]
+    key: GpuSuiteKey
+    overrides: Annotated[list[Name], Field(max_length=16)] = []
+    tests: Annotated[list[GpuTestResult], Field(max_length=64)]
+    signature: Hex64
+    timing: GpuSuiteTiming
+    recorded_at: Str | None = None  # set by lockd on the host when it records the result
 
 
 # --- what the host says (trusted) --------------------------------------------------------
@@ -138,6 +242,7 @@ class Observation(Frozen):
     host: HostEvidence | None = None
     probe: ProbeReport | None = None
     probe_error: Str | None = None  # why there is no probe report (no Python in the target…)
+    gpu_suite: GpuSuiteResult | None = None  # this run of the GPU validation suite (--gpu)
 
 
 # --- the signed record -------------------------------------------------------------------
@@ -169,6 +274,8 @@ class Manifest(Frozen):
     recorded_at: Str  # RFC 3339, UTC
     observation: Observation
     lock: LockInfo | None = None  # the lock the environment was recorded against (--lock)
+    # GPU validation suite results, one per GPU model (comparison key): record --gpu [--append]
+    gpu_suites: Annotated[list[GpuSuiteResult], Field(max_length=64)] = []
 
 
 # --- the result of a verification --------------------------------------------------------

@@ -62,6 +62,9 @@ class Checks(_Strict):
     env: Level = "required"
     system: Level = "required"
     lock: Level = "required"
+    cuda: Level = "required"
+    driver: Level = "required"
+    gpu: Level = "required"
 
 
 class PackagesPolicy(_Strict):

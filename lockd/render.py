@@ -133,6 +133,17 @@ def print_manifest(
             f"NCCL {t.nccl or '-'}  arch {t.arch_flags or '-'}"
             + (f"  [red]import failed: {escape(t.error)}[/]" if t.error else "")
         )
+    if manifest.lock is not None:
+        from lockd.lockfile import cuda_stack
+
+        lock = manifest.lock
+        target = f" for {lock.python} {lock.platform}" if lock.python and lock.platform else ""
+        console.print(
+            f"lock {escape(lock.path)} sha256:{lock.sha256}: {len(lock.pins)} pins{target}"
+        )
+        pinned = cuda_stack(lock.pins)
+        if pinned:
+            console.print("lock pins " + "  ".join(f"{k} {v}" for k, v in pinned.items()))
     for name, value in sorted(probe.env.items()):
         console.print(f"env {name}={escape(value)}")
     table = Table(title=f"{len(probe.distributions)} distributions", title_justify="left")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lockd.compare import compare, verified
-from lockd.errors import SignatureError
+from lockd.errors import LockdError, SignatureError
 from lockd.fileio import read_capped
 from lockd.model import Check, Manifest, Observation, Report, ReportManifest, TargetInfo
 from lockd.statement import Subject, parse_statement
@@ -66,29 +67,45 @@ def _target_summary(info: TargetInfo, observation: Observation | None) -> dict[s
     return summary
 
 
-def verify_target(
-    manifest_path: Path, trusted: Sequence[PublicKey], target: Target, policy: Policy
-) -> Report:
-    """Verify `target` against the signed manifest at `manifest_path` under `policy`.
+def _reach_and_observe(reach: Callable[[], Target]) -> tuple[Target, Observation]:
+    target = reach()
+    return target, target.observe()
 
-    An untrusted envelope fails `signature` and nothing else is compared: the target is not
-    even probed, since nothing it says could be held against an untrusted record.
+
+def verify_target(
+    manifest_path: Path,
+    trusted: Sequence[PublicKey],
+    reach: Callable[[], Target],
+    policy: Policy,
+) -> Report:
+    """Verify the target `reach()` opens against the signed manifest under `policy`.
+
+    The target is reached and probed in a worker thread while the envelope is read and its
+    signature checked: the probe mostly waits on the container, so this hides its latency.
+    An untrusted envelope fails `signature` and nothing else is compared: whatever the target
+    says cannot be held against an untrusted record (a target error then does not matter).
     """
-    signature, keyids, statement = open_manifest(manifest_path, trusted)
-    if statement is None:
-        untrusted = "not compared: the manifest's signature is not trusted"
-        checks = [signature] + [
-            Check(id=c, status="skip", evidence="signature", message=untrusted)
-            for c in LATER_CHECKS
-        ]
-        return Report(
-            verified=False,
-            target=_target_summary(target.info, None),
-            manifest=ReportManifest(path=str(manifest_path)),
-            checks=checks,
-        )
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockd-probe") as pool:
+        observing = pool.submit(_reach_and_observe, reach)
+        signature, keyids, statement = open_manifest(manifest_path, trusted)
+        if statement is None:
+            untrusted = "not compared: the manifest's signature is not trusted"
+            checks = [signature] + [
+                Check(id=c, status="skip", evidence="signature", message=untrusted)
+                for c in LATER_CHECKS
+            ]
+            try:
+                target_summary = _target_summary(observing.result()[0].info, None)
+            except LockdError as e:
+                target_summary = {"error": e.diagnostics()}
+            return Report(
+                verified=False,
+                target=target_summary,
+                manifest=ReportManifest(path=str(manifest_path)),
+                checks=checks,
+            )
+        target, observation = observing.result()
     subjects, manifest = statement
-    observation = target.observe()
     checks = [signature, *compare(manifest, observation, policy)]
     return Report(
         verified=verified(checks),

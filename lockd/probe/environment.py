@@ -339,11 +339,183 @@ def torch_info(installed_version: str) -> dict[str, Any]:
         "cudnn": _guarded(lambda: _optional_dotted(torch.backends.cudnn.version())),
         "nccl": _guarded(lambda: _optional_dotted(torch.cuda.nccl.version())),
         "arch_flags": _guarded(lambda: torch._C._cuda_getArchFlags()),
+        "cublas": _guarded(cublas_version),
     }
 
 
 def _optional_dotted(code: Any) -> str | None:
     return None if code is None else dotted_version(code)
+
+
+# --- the CUDA stack as loaded, the driver, the GPUs -------------------------------------------
+#
+# torch has no getter for cuBLAS: its version comes from the libcublas this process mapped
+# (cublasGetProperty needs no CUDA context). The driver and the GPUs come from NVML through
+# ctypes (the library nvidia-ml-py's pynvml wraps, so that package is not needed), else the
+# driver from /proc/driver/nvidia/version. The probe never shells out, so no nvidia-smi: it
+# reads the same NVML. A GPU's UUID is recorded only as its sha256.
+
+NVML_SUCCESS = 0
+DRIVER_PROC = "/proc/driver/nvidia/version"
+_DRIVER_VERSION = re.compile(r"Kernel Module(?: for [A-Za-z0-9_]+)?\s+([0-9]+(?:\.[0-9]+)+)")
+
+
+def mapped_library(stem: str, maps: str = "/proc/self/maps") -> str | None:
+    """The path of a shared library this process mapped whose file name starts with stem."""
+    try:
+        with open(maps, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                fields = line.split(None, 5)
+                if len(fields) == 6:
+                    path = fields[5].strip()
+                    name = os.path.basename(path)
+                    if name.startswith(stem) and ".so" in name:
+                        return path
+    except OSError:
+        return None
+    return None
+
+
+def cublas_version() -> str | None:
+    path = mapped_library("libcublas.so")
+    if path is None:
+        return None
+    import ctypes
+
+    library = ctypes.CDLL(path)
+    parts = []
+    for kind in (0, 1, 2):  # MAJOR_VERSION, MINOR_VERSION, PATCH_LEVEL
+        value = ctypes.c_int()
+        if library.cublasGetProperty(kind, ctypes.byref(value)) != 0:
+            return None
+        parts.append(value.value)
+    return "%d.%d.%d" % tuple(parts)
+
+
+def uuid_digest(uuid: object) -> str | None:
+    """sha256 of a GPU UUID as NVML prints it (GPU-xxxxxxxx-...), whatever the source."""
+    value = str(uuid or "").strip().lower()
+    if not value:
+        return None
+    if not value.startswith("gpu-") and not value.startswith("mig-"):
+        value = "gpu-" + value
+    return hashlib.sha256(value.encode("ascii", "replace")).hexdigest()
+
+
+def torch_gpus(torch: Any) -> list[dict[str, Any]]:
+    """The GPUs torch sees (CUDA_VISIBLE_DEVICES applies), with SM counts."""
+    if not torch.cuda.is_available():
+        return []
+    gpus = []
+    for index in range(int(torch.cuda.device_count())):
+        props = torch.cuda.get_device_properties(index)
+        gpus.append(
+            {
+                "index": index,
+                "name": text(props.name),
+                "compute_capability": "%d.%d" % (props.major, props.minor),
+                "sm_count": int(props.multi_processor_count),
+                "memory_bytes": int(props.total_memory),
+                "uuid_sha256": uuid_digest(_guarded(lambda: props.uuid)),
+            }
+        )
+    return gpus
+
+
+def _nvml_text(call: Callable[[Any, int], int], size: int = 96) -> str | None:
+    import ctypes
+
+    buffer = ctypes.create_string_buffer(size)
+    if call(buffer, size) != NVML_SUCCESS:
+        return None
+    return text(buffer.value.decode("utf-8", "replace"))
+
+
+def nvml() -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The driver and every GPU the driver shows, through NVML; (None, []) without NVML."""
+    import ctypes
+
+    try:
+        library = ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return None, []
+    if library.nvmlInit_v2() != NVML_SUCCESS:
+        return None, []
+    try:
+        version = _nvml_text(library.nvmlSystemGetDriverVersion, 80)
+        if version is None:
+            return None, []
+        driver: dict[str, Any] = {"version": version, "cuda": None, "source": "nvml"}
+        code = ctypes.c_int()
+        if library.nvmlSystemGetCudaDriverVersion(ctypes.byref(code)) == NVML_SUCCESS:
+            driver["cuda"] = "%d.%d" % (code.value // 1000, (code.value % 1000) // 10)
+        count = ctypes.c_uint()
+        if library.nvmlDeviceGetCount_v2(ctypes.byref(count)) != NVML_SUCCESS:
+            return driver, []
+        gpus = []
+        for index in range(count.value):
+            handle = ctypes.c_void_p()
+            if library.nvmlDeviceGetHandleByIndex_v2(index, ctypes.byref(handle)) != 0:
+                continue
+            major, minor = ctypes.c_int(), ctypes.c_int()
+            if (
+                library.nvmlDeviceGetCudaComputeCapability(
+                    handle, ctypes.byref(major), ctypes.byref(minor)
+                )
+                != NVML_SUCCESS
+            ):
+                continue
+            memory = (ctypes.c_ulonglong * 3)()  # nvmlMemory_t: total, free, used
+            has_memory = library.nvmlDeviceGetMemoryInfo(handle, memory) == NVML_SUCCESS
+            name = _nvml_text(lambda b, n, h=handle: library.nvmlDeviceGetName(h, b, n))
+            uuid = _nvml_text(lambda b, n, h=handle: library.nvmlDeviceGetUUID(h, b, n))
+            gpus.append(
+                {
+                    "index": index,
+                    "name": name or "unknown",
+                    "compute_capability": "%d.%d" % (major.value, minor.value),
+                    "sm_count": None,
+                    "memory_bytes": int(memory[0]) if has_memory else None,
+                    "uuid_sha256": uuid_digest(uuid),
+                }
+            )
+        return driver, gpus
+    finally:
+        library.nvmlShutdown()
+
+
+def proc_driver(path: str = DRIVER_PROC) -> dict[str, Any] | None:
+    """The kernel module's version from /proc (no CUDA version there)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            content = handle.read(4096)
+    except OSError:
+        return None
+    match = _DRIVER_VERSION.search(content)
+    if match is None:
+        return None
+    return {"version": match.group(1), "cuda": None, "source": "proc"}
+
+
+def driver_and_gpus(torch: Any) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    try:
+        driver, gpus = nvml()
+    except Exception:  # a broken NVML must not cost the whole report
+        driver, gpus = None, []
+    if driver is None:
+        driver = proc_driver()
+    if torch is not None:
+        seen = _guarded_list(lambda: torch_gpus(torch))
+        if seen:
+            gpus = seen
+    return driver, gpus
+
+
+def _guarded_list(read: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    try:
+        return read()
+    except Exception:
+        return []
 
 
 # --- pip's installation report (optional) ---------------------------------------------------
@@ -419,6 +591,14 @@ def collect() -> dict[str, Any]:
     for dist in dists:
         if dist["name"] == "torch":
             report["torch"] = torch_info(dist["version"])
+    imported = None
+    if report["torch"] is not None and "error" not in report["torch"]:
+        imported = sys.modules.get("torch")
+    driver, gpus = driver_and_gpus(imported)
+    if driver is not None:
+        report["driver"] = driver
+    if gpus:
+        report["gpus"] = gpus
     return report
 
 

@@ -600,12 +600,21 @@ def nccl_allreduce(torch: Any, gpus: int) -> Any:
 # --- the run ---------------------------------------------------------------------------------
 
 
+def uuid_digest(uuid: object) -> str | None:
+    """sha256 of a GPU UUID as NVML prints it (GPU-xxxxxxxx-...): the probe's digest too."""
+    value = str(uuid or "").strip().lower()
+    if not value:
+        return None
+    if not value.startswith("gpu-") and not value.startswith("mig-"):
+        value = "gpu-" + value
+    return hashlib.sha256(value.encode("ascii", "replace")).hexdigest()
+
+
 def gpu_identity(torch: Any) -> dict[str, Any]:
     props = torch.cuda.get_device_properties(0)
-    uuid = _guarded(lambda: str(props.uuid))
     return {
         "gpu_name": text(props.name, 256),
-        "gpu_uuid_sha256": None if not uuid else hashlib.sha256(uuid.encode()).hexdigest(),
+        "gpu_uuid_sha256": uuid_digest(_guarded(lambda: props.uuid)),
         "gpu_count": int(torch.cuda.device_count()),
     }
 

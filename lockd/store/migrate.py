@@ -49,18 +49,21 @@ def upgrade(engine: Engine) -> None:
     """
     config = _config()
     try:
-        with engine.connect().execution_options(**{WRITE: True}) as connection:
-            with connection.begin():
-                if is_postgres(engine):
-                    connection.execute(
-                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
-                    )
-                config.attributes["connection"] = connection
-                command.upgrade(config, "head")
+        with (
+            engine.connect().execution_options(**{WRITE: True}) as connection,
+            connection.begin(),
+        ):
+            if is_postgres(engine):
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
+                )
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
     except SQLAlchemyError as e:
         where = engine.url.render_as_string(hide_password=True)
+        cause = getattr(e, "orig", None) or e
         raise InputError(
-            f"{where}: cannot migrate the database ({type(e).__name__}: {e.orig or e}); check "
+            f"{where}: cannot migrate the database ({type(e).__name__}: {cause}); check "
             "LOCKD_DATABASE_URL and that the database server is running"
         ) from e
 

@@ -24,7 +24,7 @@ from lockd.store.engine import WRITE, is_postgres, make_engine
 Role = Literal["reader", "recorder", "admin"]
 ROLES: tuple[Role, ...] = get_args(Role)
 RANK: dict[str, int] = {role: rank for rank, role in enumerate(ROLES)}
-TOKEN_PREFIX = "lockd_"
+TOKEN_PREFIX = "lockd_"  # noqa: S105 (a prefix, not a secret)
 
 __all__ = [
     "RANK",
@@ -129,7 +129,7 @@ class Store:
     # --- transactions ----------------------------------------------------------------------
 
     @contextmanager
-    def _write(self) -> Iterator[tuple[Connection, Row[Any]]]:
+    def _write(self) -> Iterator[tuple[Connection, Row[Any, Any]]]:
         """A write transaction holding the audit head (SQLite: the one write lock, taken by
         BEGIN IMMEDIATE; PostgreSQL: a row lock), so appends are serialized."""
         with self.engine.connect().execution_options(**{WRITE: True}) as conn, conn.begin():
@@ -143,16 +143,14 @@ class Store:
     @contextmanager
     def _snapshot(self) -> Iterator[Connection]:
         """A read transaction that sees one state of the database throughout."""
-        with self.engine.connect() as conn:
-            if is_postgres(self.engine):
-                conn = conn.execution_options(isolation_level="REPEATABLE READ")
-            with conn.begin():
-                yield conn
+        options = {"isolation_level": "REPEATABLE READ"} if is_postgres(self.engine) else {}
+        with self.engine.connect().execution_options(**options) as conn, conn.begin():
+            yield conn
 
     @staticmethod
     def _append(
         conn: Connection,
-        head: Row[Any],
+        head: Row[Any, Any],
         *,
         time: str,
         actor: str,
@@ -172,9 +170,7 @@ class Store:
         digest = entry_hash(entry)
         conn.execute(insert(t.audit_log).values(**entry, hash=digest))
         conn.execute(
-            update(t.audit_head)
-            .where(t.audit_head.c.id == 1)
-            .values(seq=entry["seq"], hash=digest)
+            update(t.audit_head).where(t.audit_head.c.id == 1).values(seq=entry["seq"], hash=digest)
         )
         return AuditEntry(**entry, hash=digest)
 
@@ -380,9 +376,7 @@ class Store:
     def get_verification(self, verification_id: int) -> VerificationRecord | None:
         with self.engine.connect() as conn:
             row = (
-                conn.execute(
-                    select(t.verifications).where(t.verifications.c.id == verification_id)
-                )
+                conn.execute(select(t.verifications).where(t.verifications.c.id == verification_id))
                 .mappings()
                 .first()
             )
@@ -437,9 +431,7 @@ class Store:
                     body_digest=None,
                 )
         except IntegrityError as e:
-            raise InputError(
-                f"a token named {name!r} exists already; pick another name"
-            ) from e
+            raise InputError(f"a token named {name!r} exists already; pick another name") from e
         return token
 
     def principal_for(self, token: str) -> Principal | None:
@@ -479,7 +471,7 @@ class Store:
                     query = query.where(t.audit_log.c.seq > last)
                 rows = conn.execute(query).mappings().all()
                 for row in rows:
-                    checker.add(row)
+                    checker.add(dict(row))
                 if len(rows) < batch:
                     break
                 last = rows[-1]["seq"]

@@ -45,9 +45,7 @@ def upgrade() -> None:
             name="fk_manifest_subjects_manifest_id_manifests",
         ),
     )
-    op.create_index(
-        "ix_manifest_subjects_digest", "manifest_subjects", ["digest", "manifest_id"]
-    )
+    op.create_index("ix_manifest_subjects_digest", "manifest_subjects", ["digest", "manifest_id"])
     op.create_table(
         "manifest_labels",
         sa.Column("manifest_id", sa.Integer, nullable=False),

@@ -1,0 +1,638 @@
+"""The GPU validation suite from the host: run it in a target, read its output, compare results.
+
+The suite itself (lockd/probe/gpu.py) runs inside the target, streamed like the probe. Its
+output is untrusted: it is read with a deadline and a size cap, parsed as strict JSON, checked
+against ``GpuSuiteResult`` and its signature is recomputed here.
+
+Comparing two results (pure, no I/O):
+
+* the same comparison key (device, compute capability, SM count, torch build, CUDA, cuDNN,
+  cuBLAS, the deterministic settings) -> bit for bit: every test's sha256 must match;
+* otherwise -> tolerance: each test's statistics must agree within the test's tolerance
+  (``TOLERANCES``, justified in docs/gpu.md); a changed setting (TF32, cudnn.benchmark,
+  CUBLAS_WORKSPACE_CONFIG, determinism) fails on its own, whatever the numbers say.
+
+A manifest may hold results for several GPU models; the observed run is compared with the
+recorded result of the same key, else with the closest one of the same device kind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import ValidationError
+
+from lockd.errors import InputError, ProbeError, RefusedError
+
+if TYPE_CHECKING:
+    from lockd.model import GpuSuiteKey, GpuSuiteResult, GpuTestResult, GpuTestStats
+    from lockd.targets.base import Target
+
+__all__ = [
+    "DEVICE_ENV",
+    "MAX_SUITE_OUTPUT",
+    "OVERRIDES_ENV",
+    "SUITE_TIMEOUT",
+    "TOLERANCES",
+    "KeyDifference",
+    "SuiteComparison",
+    "TestOutcome",
+    "Tolerance",
+    "compare_suites",
+    "deviation",
+    "key_differences",
+    "merge_result",
+    "parse_suite_output",
+    "run_suite",
+    "suite_argv",
+    "suite_signature",
+    "suite_source",
+]
+
+MAX_SUITE_OUTPUT = 1024 * 1024
+"""Bytes of suite output lockd reads at most (a real result is about 15 KB)."""
+
+SUITE_TIMEOUT = 600.0
+"""Seconds the suite may run: importing torch, torch.compile on a cold cache, NCCL start-up."""
+
+OVERRIDES_ENV = "LOCKD_GPU_SUITE_OVERRIDES"
+"""JSON object of settings to change in the suite, for testing that verify notices them."""
+
+DEVICE_ENV = "LOCKD_GPU_DEVICE"
+"""auto (default: the GPU when torch sees one, else the CPU), cuda, or cpu."""
+
+TIMEOUT_ENV = "LOCKD_GPU_TIMEOUT"
+
+ALLREDUCE = "nccl_allreduce"
+
+
+# --- the suite's source and arguments ---------------------------------------------------------
+
+
+@functools.cache
+def suite_source() -> str:
+    """The source text of the suite, to run as ``python3 -c <source> [options]``."""
+    return (Path(__file__).parent / "probe" / "gpu.py").read_text(encoding="utf-8")
+
+
+def suite_options() -> tuple[str, str | None, float]:
+    """(device, overrides, timeout) from LOCKD_GPU_DEVICE, LOCKD_GPU_SUITE_OVERRIDES and
+    LOCKD_GPU_TIMEOUT. Raises InputError for a bad value."""
+    device = os.environ.get(DEVICE_ENV) or "auto"
+    if device not in ("auto", "cuda", "cpu"):
+        raise InputError(f"{DEVICE_ENV}={device!r}: give auto, cuda or cpu")
+    overrides = os.environ.get(OVERRIDES_ENV) or None
+    if overrides is not None:
+        try:
+            parsed = json.loads(overrides)
+        except ValueError as e:
+            raise InputError(f"{OVERRIDES_ENV}: not JSON: {e}") from e
+        if not isinstance(parsed, dict):
+            raise InputError(f"{OVERRIDES_ENV}: give a JSON object, e.g. '{{\"cudnn_benchmark\": true}}'")
+    raw = os.environ.get(TIMEOUT_ENV)
+    timeout = SUITE_TIMEOUT
+    if raw:
+        try:
+            timeout = float(raw)
+        except ValueError:
+            timeout = -1.0
+        if not 0 < timeout <= 3600:
+            raise InputError(f"{TIMEOUT_ENV}={raw!r}: give seconds between 0 and 3600")
+    return device, overrides, timeout
+
+
+def suite_argv(
+    python: str,
+    *,
+    device: str = "auto",
+    overrides: str | None = None,
+    only: Sequence[str] = (),
+    skip: Sequence[str] = (),
+) -> list[str]:
+    argv = [python, "-c", suite_source(), "--device", device]
+    if overrides:
+        argv += ["--overrides", overrides]
+    if only:
+        argv += ["--only", ",".join(only)]
+    if skip:
+        argv += ["--skip", ",".join(skip)]
+    return argv
+
+
+# --- reading the output ------------------------------------------------------------------------
+
+
+def canonical(value: object) -> bytes:
+    """The suite's canonical JSON (ASCII, sorted keys, no spaces)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def suite_signature(result: GpuSuiteResult) -> str:
+    """sha256 of the canonical JSON of the key and each test's digest (the suite's rule)."""
+    digests = {t.name: t.sha256 if t.status == "ok" else t.status for t in result.tests}
+    return hashlib.sha256(
+        canonical({"key": result.key.model_dump(mode="json"), "tests": digests})
+    ).hexdigest()
+
+
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKeyError(key)
+        result[key] = value
+    return result
+
+
+def _first_error(error: ValidationError) -> str:
+    first = error.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(part)[:80] for part in first["loc"]) or "(document)"
+    more = error.error_count() - 1
+    return f"{where}: {first['msg']}" + (f" (and {more} more)" if more else "")
+
+
+def parse_suite_output(stdout: bytes, source: str) -> GpuSuiteResult:
+    """Parse and check what the suite printed in ``source`` (a name for messages).
+
+    Raises:
+        ProbeError: too large, not one JSON object, not a GpuSuiteResult, a test named twice,
+            a test without its digest, or a signature that does not match the content.
+    """
+    from lockd.model import GpuSuiteResult
+
+    if len(stdout) > MAX_SUITE_OUTPUT:
+        raise ProbeError(
+            f"{source}: GPU suite output exceeds {MAX_SUITE_OUTPUT // 1024} KiB "
+            f"({len(stdout)} bytes); something in the target floods stdout"
+        )
+    try:
+        value = json.loads(stdout.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except _DuplicateKeyError as e:
+        raise ProbeError(f"{source}: GPU suite printed a key twice: {str(e)[:80]!r}") from e
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        start = stdout[:120].decode("utf-8", "replace")
+        raise ProbeError(
+            f"{source}: GPU suite printed invalid JSON ({e}); the output starts {start!r}"
+        ) from e
+    if not isinstance(value, dict):
+        raise ProbeError(f"{source}: GPU suite printed a JSON {type(value).__name__}, not an object")
+    try:
+        result = GpuSuiteResult.model_validate(value, strict=True)
+    except ValidationError as e:
+        raise ProbeError(
+            f"{source}: GPU suite output failed validation: {_first_error(e)}; the suite and "
+            "this lockd may differ in version, or the target is tampered with"
+        ) from e
+    names = [t.name for t in result.tests]
+    if len(set(names)) != len(names):
+        raise ProbeError(f"{source}: GPU suite output names a test twice")
+    for test in result.tests:
+        if test.status == "ok" and (test.sha256 is None or test.stats is None):
+            raise ProbeError(f"{source}: GPU suite test {test.name} is ok but has no digest")
+    if result.key.device != result.device:
+        raise ProbeError(f"{source}: GPU suite output's key is for another device")
+    if suite_signature(result) != result.signature:
+        raise ProbeError(
+            f"{source}: GPU suite signature does not match its content; the target is "
+            "tampered with, or its suite is not this lockd's"
+        )
+    return result
+
+
+# --- running it in a target --------------------------------------------------------------------
+
+
+def run_suite(
+    target: Target,
+    python: str,
+    *,
+    device: str = "auto",
+    overrides: str | None = None,
+    timeout: float = SUITE_TIMEOUT,
+) -> GpuSuiteResult:
+    """Run the suite in ``target`` with its interpreter ``python`` (the one the probe used) and
+    return the checked result, stamped with the time it was recorded.
+
+    Raises:
+        TargetError: the target cannot be reached.
+        ProbeError: the suite failed (no torch, --device cuda without a GPU), hung, flooded
+            its output or printed something that is not a valid result.
+    """
+    argv = suite_argv(python, device=device, overrides=overrides)
+    kind = target.info.kind
+    if kind == "local":
+        from lockd.targets.base import run_probe_subprocess
+
+        source = f"local Python {python} (GPU suite)"
+        stdout = run_probe_subprocess(argv, source, timeout=timeout, max_output=MAX_SUITE_OUTPUT)
+    elif kind == "container":
+        source = f"container {target.info.ref} (GPU suite)"
+        stdout = _run_in_container(target, argv, source, timeout)
+    else:
+        source = f"image {target.info.ref} (GPU suite)"
+        stdout = _run_in_image(target, argv, source, timeout, gpus=device != "cpu")
+    result = parse_suite_output(stdout, source)
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return result.model_copy(update={"recorded_at": now})
+
+
+def _run_in_container(target: Target, argv: list[str], source: str, timeout: float) -> bytes:
+    """``docker exec`` the suite in a running container: bounded like the probe."""
+    import time
+
+    from lockd.targets import docker as d
+
+    assert isinstance(target, d.ContainerTarget)
+    api = target.client.api
+    deadline = time.monotonic() + timeout
+    with d._docker_errors(f"{source}: cannot run the GPU suite"):
+        target.container.reload()
+        state = target.container.attrs.get("State") or {}
+        exec_id = api.exec_create(target.container.id, argv, stdin=False, tty=False)["Id"]
+        sock = api.exec_start(exec_id, socket=True)
+    try:
+        with d._docker_errors(f"{source}: lost the GPU suite's output"):
+            stdout, stderr, end = d._read_frames(sock, deadline, MAX_SUITE_OUTPUT)
+    finally:
+        d._close_socket(sock)
+    if end != "eof":
+        target._kill(exec_id, state)
+        raise d._stopped(source, end, timeout, MAX_SUITE_OUTPUT)
+    code = target._exit_code(exec_id)
+    if code != 0:
+        if code is None:
+            target._kill(exec_id, state)
+        raise ProbeError(f"{source}: the GPU suite exited with status {code}: {d._tail(stderr)}")
+    return stdout
+
+
+def _run_in_image(
+    target: Target, argv: list[str], source: str, timeout: float, *, gpus: bool
+) -> bytes:
+    """The suite as the only process of a throw-away container of the image, with every GPU
+    (Docker's device requests: the NVIDIA container runtime must be installed)."""
+    import time
+
+    from docker.types import DeviceRequest
+
+    from lockd.targets import docker as d
+
+    assert isinstance(target, d.ImageTarget)
+    api = target.client.api
+    python, arguments = argv[0], argv[1:]
+    extra: dict[str, Any] = {}
+    if gpus:
+        extra = {
+            "device_requests": [DeviceRequest(count=-1, capabilities=[["gpu"]])],
+            "shm_size": "1g",  # NCCL needs more shared memory than Docker's 64 MiB
+        }
+    with d._docker_errors(f"{source}: cannot create a container to run the GPU suite"):
+        created = api.create_container(
+            str(target.image.id),
+            command=arguments,
+            entrypoint=[python],
+            network_disabled=True,
+            labels={d.THROWAWAY_LABEL: "1"},
+            host_config=api.create_host_config(
+                network_mode="none", log_config={"Type": "none", "Config": {}}, **extra
+            ),
+        )
+    container_id = str(created["Id"])
+    deadline = time.monotonic() + timeout
+    try:
+        stdout = target._run_in(container_id, python, deadline)
+    except BaseException:
+        target._remove(container_id, quiet=True)
+        raise
+    target._remove(container_id, quiet=False)
+    if stdout is None:
+        raise ProbeError(f"{source}: there is no interpreter {python} in the image")
+    return stdout
+
+
+# --- tolerances ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """The largest deviation (see ``deviation``) two runs of a test may show and still agree."""
+
+    rtol: float
+    why: str
+
+
+# Deviations are relative to the output's scale (absmax for values, l1 for sums, l2 for l2), so
+# one number per test. docs/gpu.md gives the measurements behind each value.
+TOLERANCES: dict[str, Tolerance] = {
+    "fp32_matmul": Tolerance(
+        1e-5,
+        "fp32, K=1024: different blockings differ by about sqrt(K)*2^-24*|x| (~2e-6 of absmax); "
+        "TF32 inputs (10-bit mantissa) move it by ~1e-4",
+    ),
+    "tf32_matmul": Tolerance(
+        2e-3, "TF32 rounds inputs to 10 bits (2^-11 ~ 5e-4): implementations may differ by that"
+    ),
+    "fp16_matmul": Tolerance(
+        2e-3, "fp16 output: one rounding step is 2^-11 ~ 5e-4 of the value, plus accumulation"
+    ),
+    "bf16_matmul": Tolerance(
+        1.6e-2, "bf16 output: one rounding step is 2^-8 ~ 4e-3 of the value, plus accumulation"
+    ),
+    "conv2d_fp32": Tolerance(1e-5, "fp32, reduction over 288 terms: as fp32_matmul"),
+    "conv2d_fp16": Tolerance(2e-3, "fp16 output: as fp16_matmul"),
+    "sdpa": Tolerance(
+        4e-3, "fp16 attention (fp32 on the CPU): fp16 rounding of inputs and outputs"
+    ),
+    "softmax": Tolerance(1e-5, "fp32 exp: vendor libraries differ by a few ulps (~1e-7)"),
+    "layer_norm": Tolerance(1e-5, "fp32 mean and variance over 1024 terms"),
+    "mlp_train": Tolerance(
+        1e-4, "fp32, three SGD steps: forward and backward differences compound over the steps"
+    ),
+    "compiled": Tolerance(
+        1e-5, "fp32 sin, cos and a row sum: fast-math differences of a few ulps"
+    ),
+    ALLREDUCE: Tolerance(
+        2e-3, "fp32 and fp16 sums: a different ring or tree order rounds the fp16 part"
+    ),
+}
+DEFAULT_TOLERANCE = Tolerance(1e-5, "a test this lockd does not know: fp32 by default")
+
+
+def _relative(a: float, b: float, scale: float) -> float:
+    if a == b:
+        return 0.0
+    return abs(a - b) / scale if scale > 0 else math.inf
+
+
+def deviation(expected: GpuTestStats, observed: GpuTestStats) -> float:
+    """How far apart two outputs' statistics are, relative to their scale; inf when they
+    cannot be compared (sizes, non-finite values or sampled values disagree in kind)."""
+    if expected.numel != observed.numel or expected.nonfinite != observed.nonfinite:
+        return math.inf
+    if len(expected.samples) != len(observed.samples):
+        return math.inf
+    absmax = max(expected.absmax, observed.absmax)
+    l1 = max(expected.l1, observed.l1)
+    l2 = max(expected.l2, observed.l2)
+    parts = [
+        _relative(expected.absmax, observed.absmax, absmax),
+        _relative(expected.sum, observed.sum, l1),
+        _relative(expected.mean * expected.numel, observed.mean * observed.numel, l1),
+        _relative(expected.l1, observed.l1, l1),
+        _relative(expected.l2, observed.l2, l2),
+    ]
+    for e, o in zip(expected.samples, observed.samples, strict=True):
+        if (e is None) != (o is None):
+            return math.inf
+        if e is not None and o is not None:
+            parts.append(_relative(e, o, absmax))
+    return max(parts)
+
+
+# --- comparing results ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyDifference:
+    field: str  # e.g. "compute_capability", "settings.matmul_allow_tf32"
+    expected: str | None
+    observed: str | None
+
+    @property
+    def setting(self) -> bool:
+        """A deterministic setting: lockd prescribes it, so a change is itself a failure."""
+        return self.field.startswith("settings.")
+
+
+def _flat(key: GpuSuiteKey) -> dict[str, str | None]:
+    values = key.model_dump(mode="json")
+    settings = values.pop("settings")
+    flat = {name: value for name, value in values.items()}
+    flat.update({f"settings.{name}": value for name, value in settings.items()})
+    return {name: None if value is None else str(value) for name, value in flat.items()}
+
+
+def key_differences(expected: GpuSuiteKey, observed: GpuSuiteKey) -> list[KeyDifference]:
+    want, have = _flat(expected), _flat(observed)
+    return [
+        KeyDifference(name, want.get(name), have.get(name))
+        for name in sorted(want.keys() | have.keys())
+        if want.get(name) != have.get(name)
+    ]
+
+
+OutcomeKind = Literal[
+    "same", "within", "bits", "tolerance", "incomparable", "error", "not-run", "new"
+]
+
+
+@dataclass(frozen=True)
+class TestOutcome:
+    name: str
+    kind: OutcomeKind
+    failed: bool
+    message: str
+    expected: str | None = None
+    observed: str | None = None
+    deviation: float | None = None
+
+
+@dataclass(frozen=True)
+class SuiteComparison:
+    mode: Literal["bits", "tolerance", "none"]
+    reference: GpuSuiteResult | None
+    key_diffs: tuple[KeyDifference, ...]
+    outcomes: tuple[TestOutcome, ...]
+    message: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return (
+            self.mode == "none"
+            or any(d.setting for d in self.key_diffs)
+            or any(o.failed for o in self.outcomes)
+        )
+
+    @property
+    def differing(self) -> list[str]:
+        """The tests that failed, by name."""
+        return [o.name for o in self.outcomes if o.failed]
+
+
+def describe(result: GpuSuiteResult) -> str:
+    key = result.key
+    if result.device == "cpu":
+        return f"the CPU ({key.cpu_capability or key.machine}, torch {key.torch})"
+    return (
+        f"{result.gpu_name or 'a GPU'} (sm_{(key.compute_capability or '?').replace('.', '')}, "
+        f"{key.sm_count} SMs, torch {key.torch})"
+    )
+
+
+def _reference(
+    recorded: Sequence[GpuSuiteResult], observed: GpuSuiteResult
+) -> tuple[GpuSuiteResult | None, bool]:
+    """The recorded result to compare with, and whether its key is the observed key."""
+    same_device = [r for r in recorded if r.device == observed.device]
+    for result in reversed(same_device):
+        if result.key == observed.key:
+            return result, True
+    if not same_device:
+        return None, False
+    ranked = sorted(
+        same_device,
+        key=lambda r: (
+            r.key.compute_capability != observed.key.compute_capability,
+            r.key.sm_count != observed.key.sm_count,
+            len(key_differences(r.key, observed.key)),
+        ),
+    )
+    return ranked[0], False
+
+
+def _tests(result: GpuSuiteResult) -> dict[str, GpuTestResult]:
+    return {t.name: t for t in result.tests}
+
+
+def _outcome(
+    name: str,
+    expected: GpuTestResult | None,
+    observed: GpuTestResult | None,
+    bits: bool,
+    observed_gpus: int,
+) -> TestOutcome | None:
+    if expected is None or expected.status != "ok":
+        if observed is not None and observed.status == "ok":
+            return TestOutcome(
+                name, "new", False, "ran here, but the recorded run has no result to compare"
+            )
+        return None
+    if observed is None or observed.status != "ok":
+        status = "missing" if observed is None else observed.status
+        reason = "" if observed is None or observed.reason is None else observed.reason
+        if observed is not None and observed.status == "error":
+            return TestOutcome(name, "error", True, f"failed here: {reason}", observed="error")
+        soft = name == ALLREDUCE and observed_gpus < 2
+        return TestOutcome(
+            name,
+            "not-run",
+            not soft,
+            f"recorded, but {status} here" + (f": {reason}" if reason else ""),
+            expected="ok",
+            observed=status,
+        )
+    assert expected.stats is not None and observed.stats is not None
+    if (expected.dtype, expected.shape) != (observed.dtype, observed.shape):
+        return TestOutcome(
+            name,
+            "incomparable",
+            True,
+            "different output dtype or shape",
+            expected=f"{expected.dtype} {expected.shape}",
+            observed=f"{observed.dtype} {observed.shape}",
+        )
+    tolerance = TOLERANCES.get(name, DEFAULT_TOLERANCE)
+    off = deviation(expected.stats, observed.stats)
+    if bits:
+        if expected.sha256 == observed.sha256:
+            return TestOutcome(name, "same", False, "bit-identical")
+        return TestOutcome(
+            name,
+            "bits",
+            True,
+            f"bits differ under the same key (deviation {off:.2e}, tolerance {tolerance.rtol:.0e})",
+            expected=expected.sha256,
+            observed=observed.sha256,
+            deviation=off,
+        )
+    if off <= tolerance.rtol:
+        return TestOutcome(
+            name, "within", False, f"deviation {off:.2e} <= {tolerance.rtol:.0e}", deviation=off
+        )
+    return TestOutcome(
+        name,
+        "tolerance",
+        True,
+        f"deviation {off:.2e} > tolerance {tolerance.rtol:.0e}",
+        expected=expected.sha256,
+        observed=observed.sha256,
+        deviation=off,
+    )
+
+
+def compare_suites(
+    recorded: Sequence[GpuSuiteResult], observed: GpuSuiteResult
+) -> SuiteComparison:
+    """Compare one run with the recorded results: bit for bit against the result of the same
+    key, else within tolerance against the closest result of the same device kind."""
+    reference, same_key = _reference(recorded, observed)
+    if reference is None:
+        kinds = ", ".join(sorted({describe(r) for r in recorded}))
+        return SuiteComparison(
+            mode="none",
+            reference=None,
+            key_diffs=(),
+            outcomes=(),
+            message=f"this run is on {describe(observed)}; the manifest holds results for "
+            f"{kinds} only: nothing to compare with (record this device with --append)",
+        )
+    want, have = _tests(reference), _tests(observed)
+    names = [t.name for t in reference.tests] + [n for n in have if n not in want]
+    outcomes = [
+        outcome
+        for name in names
+        if (
+            outcome := _outcome(
+                name, want.get(name), have.get(name), same_key, observed.gpu_count
+            )
+        )
+        is not None
+    ]
+    diffs = () if same_key else tuple(key_differences(reference.key, observed.key))
+    return SuiteComparison(
+        mode="bits" if same_key else "tolerance",
+        reference=reference,
+        key_diffs=diffs,
+        outcomes=tuple(outcomes),
+    )
+
+
+# --- manifests with results for several GPU models -------------------------------------------------
+
+
+def merge_result(
+    recorded: Sequence[GpuSuiteResult], new: GpuSuiteResult, source: str
+) -> list[GpuSuiteResult]:
+    """The recorded results with ``new`` added; a result of the same key is replaced when it
+    has the same signature.
+
+    Raises:
+        RefusedError: a recorded result has the same key but another signature: this GPU
+            computes other bits than the recorded one, which is drift, not a new GPU model.
+    """
+    kept = []
+    for result in recorded:
+        if result.key != new.key:
+            kept.append(result)
+        elif result.signature != new.signature:
+            changed = compare_suites([result], new).differing
+            raise RefusedError(
+                f"{source}: already holds a result with this comparison key "
+                f"({describe(result)}) and this run computed other bits "
+                f"({', '.join(changed) or 'signature'} differ); run `lockd verify --gpu` "
+                "to see the difference, or record a new manifest"
+            )
+    return [*kept, new]

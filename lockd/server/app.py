@@ -1,0 +1,108 @@
+"""The app factory: ``create_app(settings)`` builds the FastAPI app (nothing is created at import
+time); ``app_from_env()`` is the factory uvicorn's workers call."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from lockd import __version__
+from lockd.errors import InputError, LockdError, SignatureError
+from lockd.server.middleware import BodyLimit, RequestMetrics
+from lockd.server.routes import audit, health, manifests, tokens, verifications
+from lockd.server.service import NotFoundError, Service
+from lockd.server.settings import Settings
+from lockd.store.repository import Store
+
+DESCRIPTION = """Signed environments (DSSE envelopes of lockd manifests), the verification
+reports made against them, and a hash-chained audit log of every write and decision."""
+
+
+def _status_of(error: LockdError) -> int:
+    if isinstance(error, NotFoundError):
+        return 404
+    if isinstance(error, (SignatureError, InputError)):
+        return 422
+    return 500
+
+
+async def _lockd_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, LockdError)
+    return JSONResponse({"detail": error.diagnostics()}, status_code=_status_of(error))
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        kind, rest = parts[0], parts[1:]
+        return f"{kind} {'.'.join(rest)}" if rest else kind
+    return ".".join(parts) or "request"
+
+
+async def _validation_error(_: Request, error: Exception) -> JSONResponse:
+    """One readable line per problem; a body that is not JSON at all is a 400."""
+    assert isinstance(error, RequestValidationError)
+    errors: list[Any] = list(error.errors())
+    if any(e.get("type") == "json_invalid" for e in errors):
+        first = next(e for e in errors if e.get("type") == "json_invalid")
+        why = first.get("ctx", {}).get("error", "invalid JSON")
+        return JSONResponse(
+            {"detail": f"the request body is not valid JSON ({why}); nothing was stored"},
+            status_code=400,
+        )
+    lines = []
+    for e in errors[:10]:
+        message = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+        if e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body",):
+            message = "a JSON body is required"
+        lines.append(f"{_where(tuple(e.get('loc', ())))}: {message}")
+    more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
+    return JSONResponse({"detail": "; ".join(lines) + more}, status_code=422)
+
+
+def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
+    """The lockd service for ``settings``. Trusted keys are read now (a bad key file fails here,
+    naming the file); the database is opened lazily and closed at shutdown unless ``store`` was
+    handed in. Migrations are not run here: ``lockd serve`` runs them before it starts.
+
+    Raises:
+        KeyFileError: a trusted key file cannot be read.
+        InputError: a bad database URL.
+    """
+    from lockd import keys
+
+    trusted = [keys.load_public_key(path) for path in settings.trusted_keys]
+    owned = store is None
+    the_store = store if store is not None else Store.open(settings.database_url)
+    service = Service(settings, the_store, trusted)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owned:
+            the_store.close()
+
+    app = FastAPI(
+        title="lockd",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    for module in (health, manifests, verifications, audit, tokens):
+        app.include_router(module.router)
+    app.add_exception_handler(LockdError, _lockd_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=service.metrics)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """For ``uvicorn --factory lockd.server.app:app_from_env`` (several workers)."""
+    return create_app(Settings.from_env())

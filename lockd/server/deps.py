@@ -1,0 +1,65 @@
+"""FastAPI dependencies: the service, and who is calling (bearer tokens with roles)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from lockd.server.service import Service
+from lockd.store.repository import RANK, Principal, Role
+
+bearer = HTTPBearer(
+    auto_error=False,
+    description="a token made by `lockd token create NAME --role reader|recorder|admin`",
+)
+ANONYMOUS = Principal(name="anonymous", role="reader")
+
+
+def get_service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(
+        status_code=status.HTTP_401_UNAUTHORIZED,
+        detail=detail,
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def require(role: Role) -> Callable[[ServiceDep, CredentialsDep], Principal]:
+    """A dependency that admits a token of ``role`` or a stronger one."""
+
+    def dependency(service: ServiceDep, credentials: CredentialsDep) -> Principal:
+        if credentials is None:
+            if role == "reader" and service.settings.allow_anonymous_read:
+                return ANONYMOUS
+            raise _unauthorized(
+                "this needs a bearer token (header 'Authorization: Bearer <token>'); an admin "
+                "makes one with `lockd token create NAME --role ROLE`"
+            )
+        principal = service.principal(credentials.credentials)
+        if principal is None:
+            raise _unauthorized("the bearer token is not known to this service")
+        if RANK[principal.role] < RANK[role]:
+            raise HTTPException(
+                status_code=status.HTTP_403_FORBIDDEN,
+                detail=f"token {principal.name!r} has the role {principal.role}; this needs "
+                f"{role} or stronger",
+            )
+        return principal
+
+    return dependency
+
+
+ReaderDep = Annotated[Principal, Depends(require("reader"))]
+RecorderDep = Annotated[Principal, Depends(require("recorder"))]
+AdminDep = Annotated[Principal, Depends(require("admin"))]

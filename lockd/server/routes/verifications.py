@@ -1,0 +1,85 @@
+"""``/v1/verifications``: reports, compared here from an observation or made by a client."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response
+
+from lockd.model import Report
+from lockd.server.deps import ReaderDep, RecorderDep, ServiceDep
+from lockd.server.routes import problems
+from lockd.server.routes.manifests import DigestQuery
+from lockd.server.schemas import VerificationOut, VerificationRequest
+from lockd.server.service import NotFoundError
+from lockd.store.repository import VerificationRecord
+
+router = APIRouter(prefix="/v1/verifications", tags=["verifications"])
+
+
+def out(record: VerificationRecord) -> VerificationOut:
+    return VerificationOut(
+        id=record.id,
+        created_at=record.created_at,
+        actor=record.actor,
+        source="server" if record.source == "server" else "client",
+        subject=record.subject,
+        manifest_digest=record.manifest_digest,
+        policy=record.policy,
+        verified=record.verified,
+        report=Report.model_validate_json(record.report),
+    )
+
+
+@router.post(
+    "",
+    response_model=Report,
+    responses={
+        200: {
+            "description": "the report, stored; its address is in the Location header",
+            "headers": {"Location": {"schema": {"type": "string"}}},
+        },
+        **problems(400, 401, 403, 404, 413, 422),
+    },
+)
+def post_verification(
+    body: VerificationRequest, service: ServiceDep, principal: RecorderDep
+) -> Response:
+    """With ``observation``: compare it with the newest trusted manifest for its image under
+    ``policy`` (404 when none is stored). With ``report``: store a client's report as is."""
+    if body.observation is not None:
+        record, _ = service.verify_observation(body.observation, body.policy, actor=principal.name)
+    else:
+        assert body.report is not None  # the model admits exactly one of the two
+        record = service.record_report(body.report, actor=principal.name)
+    service.metrics.verifications.labels(
+        record.source, "verified" if record.verified else "not-verified"
+    ).inc()
+    return Response(
+        content=record.report,
+        media_type="application/json",
+        headers={"Location": f"/v1/verifications/{record.id}"},
+    )
+
+
+@router.get("", response_model=list[VerificationOut], responses=problems(401, 403, 422))
+def list_verifications(
+    service: ServiceDep,
+    _: ReaderDep,
+    subject: DigestQuery = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[VerificationOut]:
+    """Stored reports, newest first, optionally for one image digest."""
+    return [out(r) for r in service.store.list_verifications(subject=subject, limit=limit)]
+
+
+@router.get(
+    "/{verification_id}", response_model=VerificationOut, responses=problems(401, 403, 404, 422)
+)
+def get_verification(
+    verification_id: Annotated[int, Path(ge=1, le=2**62)], service: ServiceDep, _: ReaderDep
+) -> VerificationOut:
+    record = service.store.get_verification(verification_id)
+    if record is None:
+        raise NotFoundError(f"no verification {verification_id} is stored")
+    return out(record)

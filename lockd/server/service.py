@@ -1,0 +1,339 @@
+"""What the service does, apart from HTTP: accept trusted envelopes, compare observations with
+them, keep reports, answer who a token is. Raises LockdError subclasses; the routes turn them
+into HTTP answers.
+
+The hot path (``POST /v1/verifications`` with an observation) parses and checks a stored
+envelope once per process: trusted manifests are cached by payload digest (content-addressed,
+so an entry never goes stale), policies by file modification time, tokens' principals briefly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lockd import dsse
+from lockd.compare import compare, verified
+from lockd.errors import InputError, LockdError, PolicyError, SignatureError
+from lockd.model import Check, Manifest, Observation, Report, ReportManifest
+from lockd.policy import Policy, default_policy, parse_policy
+from lockd.server.metrics import Metrics
+from lockd.statement import Subject, parse_statement, subjects_for
+
+if TYPE_CHECKING:
+    from lockd.keys import PublicKey
+    from lockd.server.settings import Settings
+    from lockd.store.repository import ManifestRecord, Principal, Store, VerificationRecord
+
+LATER_CHECKS = ("image", "packages", "filesystem", "python", "env", "system", "lock")
+_POLICY_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MANIFEST_CACHE = 1024
+TOKEN_TTL_S = 30.0
+
+
+class NotFoundError(LockdError):
+    """What a request names is not stored (HTTP 404)."""
+
+
+@dataclass(frozen=True)
+class TrustedManifest:
+    """A stored envelope whose signature verified in this process, parsed."""
+
+    digest: str
+    subjects: list[Subject]
+    manifest: Manifest
+    keyids: list[str]
+
+
+def payload_digest(envelope: dsse.Envelope) -> str:
+    return "sha256:" + hashlib.sha256(envelope.payload_bytes()).hexdigest()
+
+
+def check_name(name: str) -> str:
+    """A manifest name: printable, at most 256 characters, and no path tricks.
+
+    Raises:
+        InputError: naming what is wrong.
+    """
+    if not 0 < len(name) <= 256:
+        raise InputError(f"name {name[:40]!r}: give 1 to 256 characters")
+    if _CONTROL.search(name) or "\\" in name:
+        raise InputError(f"name {name!r}: control characters and backslashes are not allowed")
+    if name.startswith("/") or any(part in ("", ".", "..") for part in name.split("/")):
+        raise InputError(
+            f"name {name!r}: no leading '/', empty, '.' or '..' path segments (names are not paths)"
+        )
+    return name
+
+
+def parse_labels(raw: Sequence[str], *, need_value: bool) -> dict[str, str | None]:
+    """``key=value`` items (``key`` alone matches any value, when searching).
+
+    Raises:
+        InputError: a malformed key or value, a missing value, or a key given twice.
+    """
+    labels: dict[str, str | None] = {}
+    for item in raw:
+        key, sep, value = item.partition("=")
+        if not _LABEL_KEY.match(key) or ".." in key.split("/"):
+            raise InputError(
+                f"label {item!r}: the key must be 1-64 of A-Z a-z 0-9 . _ / - (starting with a "
+                "letter or digit), then '=value'"
+            )
+        if not sep:
+            if need_value:
+                raise InputError(f"label {item!r}: give key=value (e.g. experiment=42)")
+            labels[key] = None
+            continue
+        if len(value) > 256 or _CONTROL.search(value):
+            raise InputError(f"label {key!r}: the value must be printable, at most 256 chars")
+        if key in labels:
+            raise InputError(f"label {key!r} is given twice")
+        labels[key] = value
+    return labels
+
+
+def _target_summary(observation: Observation) -> dict[str, object]:
+    summary: dict[str, object] = {
+        "kind": observation.target.kind,
+        "ref": observation.target.ref,
+    }
+    if observation.host is not None:
+        summary["image_id"] = observation.host.image_id
+    return summary
+
+
+class Service:
+    def __init__(self, settings: Settings, store: Store, trusted: Sequence[PublicKey]) -> None:
+        self.settings = settings
+        self.store = store
+        self.trusted = list(trusted)
+        self.metrics = Metrics()
+        self._manifests: OrderedDict[str, TrustedManifest] = OrderedDict()
+        self._manifests_lock = threading.Lock()
+        self._policies: dict[str, tuple[int, Policy]] = {}
+        self._tokens: dict[str, tuple[float, Principal]] = {}
+
+    # --- trust ------------------------------------------------------------------------------
+
+    def _verify_envelope(self, envelope: dsse.Envelope, source: str) -> list[str]:
+        if not self.trusted:
+            raise SignatureError(
+                f"{source}: this service trusts no keys yet; start it with LOCKD_TRUSTED_KEYS "
+                "naming the signers' public key files"
+            )
+        return dsse.verify(envelope, self.trusted, source=source)
+
+    def accept_manifest(
+        self,
+        envelope: dsse.Envelope,
+        *,
+        name: str | None,
+        labels: Mapping[str, str],
+        actor: str,
+    ) -> tuple[ManifestRecord, bool]:
+        """Store an envelope that verifies against a trusted key and carries a lockd Statement;
+        ``(record, created)``.
+
+        Raises:
+            SignatureError: no trusted key signed it.
+            ManifestError: the payload is not a lockd in-toto Statement.
+            InputError: a bad name.
+        """
+        digest = payload_digest(envelope)
+        keyids = self._verify_envelope(envelope, "the envelope")
+        subjects, manifest = parse_statement(envelope.payload_bytes(), "the envelope's payload")
+        chosen = check_name(name if name is not None else subjects[0].name[:256])
+        record, created = self.store.add_manifest(
+            digest=digest,
+            name=chosen,
+            payload_type=envelope.payloadType,
+            envelope=envelope.to_json().decode("utf-8"),
+            keyids=keyids,
+            subjects=[(s.name, "sha256:" + s.digest["sha256"]) for s in subjects],
+            labels=labels,
+            actor=actor,
+        )
+        if created:
+            self._remember(TrustedManifest(digest, subjects, manifest, keyids))
+        return record, created
+
+    def _remember(self, trusted: TrustedManifest) -> None:
+        with self._manifests_lock:
+            self._manifests[trusted.digest] = trusted
+            self._manifests.move_to_end(trusted.digest)
+            while len(self._manifests) > MANIFEST_CACHE:
+                self._manifests.popitem(last=False)
+
+    def trusted_manifest(self, digest: str) -> TrustedManifest:
+        """The stored envelope with this payload digest, checked against today's trusted keys
+        (once per process).
+
+        Raises:
+            NotFoundError: nothing stored under the digest.
+            SignatureError: it no longer verifies (its key is no longer trusted).
+        """
+        with self._manifests_lock:
+            cached = self._manifests.get(digest)
+        if cached is not None:
+            return cached
+        text = self.store.envelope_of(digest)
+        if text is None:
+            raise NotFoundError(f"no manifest {digest} is stored")
+        source = f"stored manifest {digest}"
+        envelope = dsse.parse_envelope(text.encode("utf-8"), source)
+        keyids = self._verify_envelope(envelope, source)
+        subjects, manifest = parse_statement(envelope.payload_bytes(), source)
+        trusted = TrustedManifest(digest, subjects, manifest, keyids)
+        self._remember(trusted)
+        return trusted
+
+    # --- policies ---------------------------------------------------------------------------
+
+    def policy(self, name: str) -> Policy:
+        """A policy by name from the policies folder (``default`` falls back to the strict
+        built-in one). Reread when its file changes.
+
+        Raises:
+            PolicyError: a bad name, no such policy, or a malformed policy file.
+        """
+        if not _POLICY_NAME.match(name):
+            raise PolicyError(f"policy {name!r}: a policy name is 1-64 of A-Z a-z 0-9 _ -")
+        path = Path(self.settings.policies) / f"{name}.yaml"
+        try:
+            mtime = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            if name == "default":
+                return default_policy()
+            raise PolicyError(
+                f"no policy named {name!r} in the service's policies ({self.settings.policies})"
+            ) from None
+        cached = self._policies.get(name)
+        if cached is not None and cached[0] == mtime:
+            return cached[1]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise PolicyError(f"policy {name!r}: cannot read {path}: {e}") from e
+        policy = parse_policy(text, f"policy {name!r}")
+        self._policies[name] = (mtime, policy)
+        return policy
+
+    # --- verifications ----------------------------------------------------------------------
+
+    def verify_observation(
+        self, observation: Observation, policy_name: str | None, *, actor: str
+    ) -> tuple[VerificationRecord, Report]:
+        """Compare an observation with the newest trusted manifest for its image, store the
+        report and return it.
+
+        Raises:
+            NotFoundError: no manifest is stored for the observation's subjects.
+            PolicyError: no such policy.
+        """
+        chosen = policy_name or "default"
+        policy = self.policy(chosen)
+        subjects = ["sha256:" + s.digest["sha256"] for s in subjects_for(observation)]
+        digest = self.store.latest_manifest_digest(subjects)
+        if digest is None:
+            raise NotFoundError(
+                f"no manifest is stored for {subjects[0]} (the observation's "
+                f"{'image' if observation.host else 'environment'}); record one and push it "
+                "first (lockd push)"
+            )
+        report = self._judge(digest, observation, policy)
+        record = self.store.add_verification(
+            actor=actor,
+            source="server",
+            subject=subjects[0],
+            manifest_digest=digest,
+            policy=chosen,
+            verified=report.verified,
+            report=report.model_dump_json(exclude_none=True),
+        )
+        return record, report
+
+    def _judge(self, digest: str, observation: Observation, policy: Policy) -> Report:
+        target = _target_summary(observation)
+        path = f"/v1/manifests/{digest}"
+        try:
+            trusted = self.trusted_manifest(digest)
+        except SignatureError as e:
+            untrusted = "not compared: the manifest's signature is not trusted"
+            return Report(
+                verified=False,
+                target=target,
+                manifest=ReportManifest(path=path),
+                checks=[
+                    Check(id="signature", status="fail", evidence="signature", message=str(e)),
+                    *(
+                        Check(id=c, status="skip", evidence="signature", message=untrusted)
+                        for c in LATER_CHECKS
+                    ),
+                ],
+            )
+        signature = Check(
+            id="signature",
+            status="pass",
+            evidence="signature",
+            message=f"signed by keyid {', '.join(trusted.keyids)}",
+        )
+        checks = [signature, *compare(trusted.manifest, observation, policy)]
+        return Report(
+            verified=verified(checks),
+            target=target,
+            manifest=ReportManifest(
+                path=path,
+                subject=[s.model_dump() for s in trusted.subjects],
+                keyid=trusted.keyids[0],
+            ),
+            checks=checks,
+        )
+
+    def record_report(self, report: Report, *, actor: str) -> VerificationRecord:
+        """Store a report a client made (``lockd verify --server``) as that client's claim."""
+        image = report.target.get("image_id")
+        subject: str | None = image if isinstance(image, str) else None
+        if subject is None and report.manifest.subject:
+            digest = report.manifest.subject[0].get("digest")
+            if isinstance(digest, dict) and isinstance(digest.get("sha256"), str):
+                subject = "sha256:" + digest["sha256"]
+        if subject is not None and len(subject) > 71:
+            subject = None
+        return self.store.add_verification(
+            actor=actor,
+            source="client",
+            subject=subject,
+            manifest_digest=None,
+            policy=None,
+            verified=report.verified,
+            report=report.model_dump_json(exclude_none=True),
+        )
+
+    # --- tokens -----------------------------------------------------------------------------
+
+    def principal(self, token: str) -> Principal | None:
+        """Who holds ``token`` (None: nobody). Known tokens are remembered for a few seconds;
+        the cache is keyed by the token's hash, never the token."""
+        from lockd.store.repository import hash_token
+
+        key = hash_token(token)
+        now = time.monotonic()
+        cached = self._tokens.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        principal = self.store.principal_for(token)
+        if principal is not None:
+            if len(self._tokens) > 10_000:
+                self._tokens.clear()
+            self._tokens[key] = (now + TOKEN_TTL_S, principal)
+        return principal
