@@ -34,6 +34,15 @@ TargetArg = Annotated[
         show_default=False,
     ),
 ]
+ServerOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--server",
+        envvar="LOCKD_SERVER",
+        help="a lockd service's URL (token from LOCKD_TOKEN)",
+        show_envvar=False,
+    ),
+]
 PythonOpt = Annotated[
     Optional[str],  # noqa: UP045 (typer reads the annotation at run time on Python 3.10)
     typer.Option("--python", help="the interpreter to probe (default: python3, then python)"),
@@ -85,21 +94,68 @@ def record(
     allow_unhashed: Annotated[
         bool, typer.Option(help="accept a --lock whose pins carry no --hash")
     ] = False,
+    gpu: Annotated[
+        bool,
+        typer.Option(
+            "--gpu", help="run the GPU validation suite in the target and sign its results"
+        ),
+    ] = False,
+    append: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--append",
+            metavar="MANIFEST",
+            help="with --gpu: add this GPU's results to MANIFEST (same subject) and re-sign it "
+            "(written back to MANIFEST unless --output is given)",
+        ),
+    ] = None,
 ) -> None:
     """Observe TARGET and write its signed manifest (a DSSE envelope)."""
     from lockd import keys
+    from lockd.errors import InputError
     from lockd.fileio import refuse_existing, write_atomic
-    from lockd.record import bind_lock, build_manifest, load_lock, sign_manifest
+    from lockd.record import (
+        append_gpu_result,
+        bind_lock,
+        build_manifest,
+        load_lock,
+        sign_manifest,
+    )
 
-    out = output or Path(_safe_name(target) + ".dsse.json")
-    refuse_existing(out, force=force)
+    if append is not None and not gpu:
+        raise InputError(f"--append {append}: appends GPU results; add --gpu")
+    if append is not None and lock is not None:
+        raise InputError(f"--append {append}: the manifest keeps its own lock; drop --lock")
+    in_place = append is not None and output is None
+    out = output or append or Path(_safe_name(target) + ".dsse.json")
+    if not in_place:
+        refuse_existing(out, force=force)
     locked = None if lock is None else load_lock(lock, allow_unhashed=allow_unhashed)
     private = keys.load_private_key(key, keys.read_password(purpose=str(key)))
-    observation = _open_target(target, python).observe()
-    bound = None if locked is None else bind_lock(observation, locked)
-    recorded = sign_manifest(build_manifest(observation, lock=bound), private)
-    write_atomic(out, recorded.envelope.to_json(), force=force)
+    opened = _open_target(target, python)
+    if gpu:
+        from lockd.gpu import observe_with_suite
+
+        observation = observe_with_suite(opened)
+    else:
+        observation = opened.observe()
+    if append is not None:
+        manifest = append_gpu_result(append, private, observation)
+        bound = None
+    else:
+        bound = None if locked is None else bind_lock(observation, locked)
+        manifest = build_manifest(observation, lock=bound)
+    recorded = sign_manifest(manifest, private)
+    write_atomic(out, recorded.envelope.to_json(), force=force or in_place)
     console = _console()
+    if observation.gpu_suite is not None:
+        from lockd.gpu import summary
+
+        console.print(summary(observation.gpu_suite))
+        if append is not None:
+            console.print(f"the manifest now holds {len(manifest.gpu_suites)} GPU result(s)")
+    elif gpu:
+        console.print("[yellow]warning[/]: the GPU suite did not run (no Python in the target)")
     for s in recorded.subjects:
         console.print(f"subject {s.name} sha256:{s.digest['sha256']}")
     if observation.probe is None:
@@ -117,24 +173,56 @@ def _safe_name(ref: str) -> str:
 @app.command()
 def verify(
     target: TargetArg,
-    manifest: Annotated[Path, typer.Option(help="the signed manifest (DSSE envelope)")],
     key: Annotated[list[Path], typer.Option(help="a trusted public key (repeat for several)")],
+    manifest: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="the signed manifest (DSSE envelope); else fetched from --server"),
+    ] = None,
     policy: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(help="a policy file or the name of a shipped policy (default: strict)"),
     ] = None,
     python: PythonOpt = None,
     json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    gpu: Annotated[
+        bool,
+        typer.Option("--gpu", help="run the GPU validation suite and compare its results"),
+    ] = False,
+    server: ServerOpt = None,
 ) -> None:
-    """Verify TARGET against a signed manifest; exit 0 when verified, 1 when not."""
+    """Verify TARGET against a signed manifest; exit 0 when verified, 1 when not. With --server
+    (token: LOCKD_TOKEN) the manifest for TARGET's image comes from a lockd service (its
+    signature is still checked here, against --key) and the report is pushed there."""
     from lockd import keys
+    from lockd.errors import InputError
     from lockd.policy import load_policy
     from lockd.render import print_report, report_json
     from lockd.verify import verify_target
 
+    if manifest is None and server is None:
+        raise InputError("give --manifest FILE, or --server URL to fetch it from a lockd service")
     chosen = load_policy(policy)
     trusted = [keys.load_public_key(k) for k in key]
-    report = verify_target(manifest, trusted, lambda: _open_target(target, python), chosen)
+    if manifest is None:
+        from lockd.client import Client, verify_remote
+
+        client = Client.from_env(str(server))
+        opened = _open_target(target, python)
+        if gpu:
+            from lockd.gpu import observe_with_suite
+
+            observation = observe_with_suite(opened)
+        else:
+            observation = opened.observe()
+        report = verify_remote(client, observation, trusted, chosen)
+    else:
+        report = verify_target(
+            manifest, trusted, lambda: _open_target(target, python), chosen, gpu=gpu
+        )
+        if server is not None:
+            from lockd.client import Client
+
+            Client.from_env(server).push_report(report)
     if json:
         sys.stdout.write(report_json(report) + "\n")
     else:
@@ -289,6 +377,103 @@ def sbom(
     else:
         write_atomic(output, document.encode("utf-8"), force=force)
         _console(stderr=True).print(f"wrote {output}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="the address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="the port to listen on")] = 8080,
+    workers: Annotated[int, typer.Option(min=1, help="worker processes")] = 1,
+    migrate: Annotated[
+        bool, typer.Option(help="bring the database to the newest schema before serving")
+    ] = True,
+) -> None:
+    """Run the lockd service (settings from LOCKD_DATABASE_URL, LOCKD_TRUSTED_KEYS,
+    LOCKD_POLICIES, LOCKD_ALLOW_ANONYMOUS_READ)."""
+    from lockd.server.run import serve as run
+    from lockd.server.settings import Settings
+
+    run(Settings.from_env(), host=host, port=port, workers=workers, migrate=migrate)
+
+
+token_app = typer.Typer(help="API tokens of the lockd service.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Argument(help="who or what holds the token (shown in the audit)")],
+    role: Annotated[str, typer.Option(help="reader, recorder (may write) or admin")] = "reader",
+) -> None:
+    """Make a token in LOCKD_DATABASE_URL's database and print it, this once (only its hash is
+    kept)."""
+    from lockd.server.run import create_token
+    from lockd.server.settings import Settings
+
+    token = create_token(Settings.from_env(), name, role)
+    _console(stderr=True).print(f"token {name!r} ({role}); it is shown only this once:")
+    sys.stdout.write(token + "\n")
+
+
+@app.command()
+def push(
+    envelope: Annotated[Path, typer.Argument(help="a signed manifest (DSSE envelope)")],
+    server: ServerOpt = None,
+    name: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="the name to file it under (default: its first subject's)"),
+    ] = None,
+    label: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(help="key=value, e.g. experiment=42 or doi=10.5281/… (repeat)"),
+    ] = None,
+) -> None:
+    """Store a signed manifest in a lockd service (it must verify against a key it trusts)."""
+    from lockd.client import Client
+    from lockd.errors import InputError
+    from lockd.fileio import read_capped
+    from lockd.verify import load_envelope
+
+    if server is None:
+        raise InputError("give --server URL (or set LOCKD_SERVER)")
+    load_envelope(envelope)  # a malformed file fails here, naming it
+    data = read_capped(envelope, limit=5 * 1024 * 1024, what="manifest")
+    summary, created = Client.from_env(server).push(data, name=name, labels=label or [])
+    state = "stored" if created else "already stored"
+    _console().print(f"{envelope}: {state} as {summary['digest']} ({summary['name']})")
+
+
+audit_app = typer.Typer(help="The lockd service's audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    server: ServerOpt = None,
+    json: Annotated[bool, typer.Option("--json", help="print the verdict as JSON")] = False,
+) -> None:
+    """Fetch the service's whole audit log and re-check its hash chain here; exit 0 when it
+    holds, 1 naming the first bad entry."""
+    from dataclasses import asdict
+
+    from lockd.client import Client, check_remote_audit
+    from lockd.errors import InputError
+
+    if server is None:
+        raise InputError("give --server URL (or set LOCKD_SERVER)")
+    verdict = check_remote_audit(Client.from_env(server))
+    if json:
+        import json as json_module
+
+        sys.stdout.write(json_module.dumps(asdict(verdict), sort_keys=True) + "\n")
+    elif verdict.ok:
+        _console().print(f"the audit chain holds: {verdict.entries} entries")
+    else:
+        _console().print(
+            f"[bold red]the audit chain is broken[/] at entry {verdict.first_bad} "
+            f"({verdict.entries} entries read): {verdict.reason}"
+        )
+    raise typer.Exit(0 if verdict.ok else 1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -627,7 +627,10 @@ def compare(manifest: Manifest, observation: Observation, policy: Policy) -> lis
         check_lock(manifest, observation, policy),
         _inside_check("cuda", recorded.probe, observation, lambda e, o: check_cuda(e, o, policy)),
         _inside_check(
-            "driver", recorded.probe, observation, lambda e, o: check_driver(manifest, observation, policy)
+            "driver",
+            recorded.probe,
+            observation,
+            lambda e, o: check_driver(manifest, observation, policy),
         ),
         check_gpu(manifest, observation, policy),
     ]

@@ -38,6 +38,10 @@ class OutputExistsError(InputError):
     """An output file exists and --force was not given (exit 2)."""
 
 
+class ServerError(InputError):
+    """A lockd service could not be reached, or refused or failed a request (exit 2)."""
+
+
 class TargetError(LockdError):
     """The target could not be inspected: no daemon, no such container, probe timed out (exit 3)."""
 

@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from lockd.errors import InputError, ProbeError, RefusedError
 
 if TYPE_CHECKING:
-    from lockd.model import GpuSuiteKey, GpuSuiteResult, GpuTestResult, GpuTestStats
+    from lockd.model import GpuSuiteKey, GpuSuiteResult, GpuTestResult, GpuTestStats, Observation
     from lockd.targets.base import Target
 
 __all__ = [
@@ -51,11 +51,13 @@ __all__ = [
     "deviation",
     "key_differences",
     "merge_result",
+    "observe_with_suite",
     "parse_suite_output",
     "run_suite",
     "suite_argv",
     "suite_signature",
     "suite_source",
+    "summary",
 ]
 
 MAX_SUITE_OUTPUT = 1024 * 1024
@@ -97,7 +99,9 @@ def suite_options() -> tuple[str, str | None, float]:
         except ValueError as e:
             raise InputError(f"{OVERRIDES_ENV}: not JSON: {e}") from e
         if not isinstance(parsed, dict):
-            raise InputError(f"{OVERRIDES_ENV}: give a JSON object, e.g. '{{\"cudnn_benchmark\": true}}'")
+            raise InputError(
+                f"{OVERRIDES_ENV}: give a JSON object, e.g. '{{\"cudnn_benchmark\": true}}'"
+            )
     raw = os.environ.get(TIMEOUT_ENV)
     timeout = SUITE_TIMEOUT
     if raw:
@@ -188,7 +192,9 @@ def parse_suite_output(stdout: bytes, source: str) -> GpuSuiteResult:
             f"{source}: GPU suite printed invalid JSON ({e}); the output starts {start!r}"
         ) from e
     if not isinstance(value, dict):
-        raise ProbeError(f"{source}: GPU suite printed a JSON {type(value).__name__}, not an object")
+        raise ProbeError(
+            f"{source}: GPU suite printed a JSON {type(value).__name__}, not an object"
+        )
     try:
         result = GpuSuiteResult.model_validate(value, strict=True)
     except ValidationError as e:
@@ -254,6 +260,7 @@ def _run_in_container(target: Target, argv: list[str], source: str, timeout: flo
     import time
 
     from lockd.targets import docker as d
+    from lockd.targets.base import _stderr_tail
 
     assert isinstance(target, d.ContainerTarget)
     api = target.client.api
@@ -275,7 +282,9 @@ def _run_in_container(target: Target, argv: list[str], source: str, timeout: flo
     if code != 0:
         if code is None:
             target._kill(exec_id, state)
-        raise ProbeError(f"{source}: the GPU suite exited with status {code}: {d._tail(stderr)}")
+        raise ProbeError(
+            f"{source}: the GPU suite exited with status {code}: {_stderr_tail(stderr)}"
+        )
     return stdout
 
 
@@ -361,9 +370,7 @@ TOLERANCES: dict[str, Tolerance] = {
     "mlp_train": Tolerance(
         1e-4, "fp32, three SGD steps: forward and backward differences compound over the steps"
     ),
-    "compiled": Tolerance(
-        1e-5, "fp32 sin, cos and a row sum: fast-math differences of a few ulps"
-    ),
+    "compiled": Tolerance(1e-5, "fp32 sin, cos and a row sum: fast-math differences of a few ulps"),
     ALLREDUCE: Tolerance(
         2e-3, "fp32 and fp16 sums: a different ring or tree order rounds the fp16 part"
     ),
@@ -420,7 +427,7 @@ class KeyDifference:
 def _flat(key: GpuSuiteKey) -> dict[str, str | None]:
     values = key.model_dump(mode="json")
     settings = values.pop("settings")
-    flat = {name: value for name, value in values.items()}
+    flat = dict(values)
     flat.update({f"settings.{name}": value for name, value in settings.items()})
     return {name: None if value is None else str(value) for name, value in flat.items()}
 
@@ -573,9 +580,7 @@ def _outcome(
     )
 
 
-def compare_suites(
-    recorded: Sequence[GpuSuiteResult], observed: GpuSuiteResult
-) -> SuiteComparison:
+def compare_suites(recorded: Sequence[GpuSuiteResult], observed: GpuSuiteResult) -> SuiteComparison:
     """Compare one run with the recorded results: bit for bit against the result of the same
     key, else within tolerance against the closest result of the same device kind."""
     reference, same_key = _reference(recorded, observed)
@@ -594,11 +599,7 @@ def compare_suites(
     outcomes = [
         outcome
         for name in names
-        if (
-            outcome := _outcome(
-                name, want.get(name), have.get(name), same_key, observed.gpu_count
-            )
-        )
+        if (outcome := _outcome(name, want.get(name), have.get(name), same_key, observed.gpu_count))
         is not None
     ]
     diffs = () if same_key else tuple(key_differences(reference.key, observed.key))
@@ -610,7 +611,7 @@ def compare_suites(
     )
 
 
-# --- manifests with results for several GPU models -------------------------------------------------
+# --- manifests with results for several GPU models ---------------------------------------------
 
 
 def merge_result(
@@ -636,3 +637,61 @@ def merge_result(
                 "to see the difference, or record a new manifest"
             )
     return [*kept, new]
+
+
+# --- observing a target with the suite ---------------------------------------------------------
+
+
+def observe_with_suite(target: Target) -> Observation:
+    """The target's Observation with a run of the GPU suite in it (``gpu_suite``).
+
+    Where the interpreter is known up front (a local target, --python) the suite runs beside
+    the probe, so the two imports of torch overlap; otherwise after it, with the interpreter
+    the probe found. Device, overrides and timeout come from LOCKD_GPU_DEVICE,
+    LOCKD_GPU_SUITE_OVERRIDES and LOCKD_GPU_TIMEOUT.
+
+    Raises:
+        InputError: a bad value in one of those variables.
+        TargetError, ProbeError: as Target.observe and run_suite.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    device, overrides, timeout = suite_options()
+    python: str | None = getattr(target, "python", None)
+    if python:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockd-gpu-suite") as pool:
+            running = pool.submit(
+                run_suite, target, python, device=device, overrides=overrides, timeout=timeout
+            )
+            observation = target.observe()
+            result = running.result()
+    else:
+        observation = target.observe()
+        if observation.probe is None:
+            return observation  # no Python in the target: nothing can run the suite
+        result = run_suite(
+            target,
+            observation.probe.python.executable,
+            device=device,
+            overrides=overrides,
+            timeout=timeout,
+        )
+    return observation.model_copy(update={"gpu_suite": result})
+
+
+def summary(result: GpuSuiteResult) -> str:
+    """One line for people: where it ran, how many tests, the signature, the times."""
+    ran = sum(t.status == "ok" for t in result.tests)
+    timing = result.timing
+    parts = [
+        f"GPU suite on {describe(result)}: {ran} of {len(result.tests)} tests ran",
+        f"signature {result.signature[:16]}",
+        f"suite {timing.suite:.2f} s",
+    ]
+    if timing.compile is not None:
+        parts.append(f"torch.compile {timing.compile:.2f} s")
+    if timing.allreduce is not None:
+        parts.append(f"all-reduce over {result.gpu_count} GPUs {timing.allreduce:.2f} s")
+    if result.overrides:
+        parts.append(f"overridden: {', '.join(result.overrides)}")
+    return "; ".join(parts)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform as platform_module
 import re
 import shutil
 import subprocess
@@ -616,12 +617,17 @@ def render_header(
     source_sha256: str,
     resolver: str,
     python: str,
+    resolved_as: str,
     platform: str,
     index_url: str,
     extra_index_urls: Sequence[str],
     options: Sequence[str],
 ) -> str:
-    """lockd's header: every input that shaped the lock, and nothing that changes run to run."""
+    """lockd's header: every input that shaped the lock, and nothing that changes run to run.
+
+    `resolved_as` says which patch releases the resolver assumed (Requires-Python and
+    python_full_version markers depend on them): pip-tools its own interpreter's, uv all.
+    """
     command = f"lockd lock {source.name} --python-version {python} --platform {platform}"
     if index_url != default_index_url():
         command += f" --index-url {index_url}"
@@ -630,7 +636,7 @@ def render_header(
         ("input", f"{source.name} (sha256 {source_sha256})"),
         ("lockd", __version__),
         ("resolver", resolver),
-        ("python", f"{python} (CPython)"),
+        ("python", f"{python} (CPython; resolved as {resolved_as})"),
         ("platform", platform),
         ("index-url", index_url),
         *(("extra-index-url", u) for u in extra_index_urls),
@@ -700,6 +706,7 @@ def compile_lock(request: LockRequest) -> Compiled:
         source_sha256=hashlib.sha256(data).hexdigest(),
         resolver=_resolver_versions(backend, uv),
         python=python,
+        resolved_as=platform_module.python_version() if native else f"{python}.0 and later",
         platform=platform,
         index_url=index_url,
         extra_index_urls=request.extra_index_urls,

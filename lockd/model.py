@@ -235,6 +235,25 @@ class TargetInfo(Frozen):
     ref: Str
 
 
+IntegritySource = Literal["overlay", "layers", "api", "local"]
+
+
+class Integrity(Frozen):
+    """What ``--deep`` found: every file the target's RECORDs list, hashed again where lockd
+    read it (lockd.integrity). ``findings``: modified, missing, unlisted, unstable, unreadable,
+    record-malformed, record-missing, record-mismatch (at most 1000; ``omitted`` counts more)."""
+
+    source: IntegritySource  # a container's merged dir, an image's layers, the Docker API, local
+    evidence: Literal["host", "inside"]
+    distributions: Annotated[int, Field(ge=0)]  # distributions whose RECORD was read
+    files: Annotated[int, Field(ge=0)]  # files hashed
+    bytes: Annotated[int, Field(ge=0)]
+    unhashed: Annotated[int, Field(ge=0)] = 0  # rows without a hash (RECORD itself, .pyc)
+    without_record: Annotated[list[Name], Field(max_length=20000)] = []
+    findings: Annotated[list[Finding], Field(max_length=1000)] = []
+    omitted: Annotated[int, Field(ge=0)] = 0
+
+
 class Observation(Frozen):
     """Everything lockd saw in one target."""
 
@@ -243,6 +262,7 @@ class Observation(Frozen):
     probe: ProbeReport | None = None
     probe_error: Str | None = None  # why there is no probe report (no Python in the target…)
     gpu_suite: GpuSuiteResult | None = None  # this run of the GPU validation suite (--gpu)
+    integrity: Integrity | None = None  # installed files against their RECORDs (--deep)
 
 
 # --- the signed record -------------------------------------------------------------------

@@ -23,12 +23,66 @@ def build_manifest(
     observation: Observation, *, now: dt.datetime | None = None, lock: LockInfo | None = None
 ) -> Manifest:
     moment = now or dt.datetime.now(dt.timezone.utc)
+    suites = [] if observation.gpu_suite is None else [observation.gpu_suite]
     return Manifest(
         lockd_version=__version__,
         recorded_at=moment.astimezone(dt.timezone.utc).isoformat(timespec="seconds"),
-        observation=observation,
+        observation=observation.model_copy(update={"gpu_suite": None}),
         lock=lock,
+        gpu_suites=suites,  # a GPU suite run (--gpu) is kept here, one entry per GPU model
     )
+
+
+APPEND_MUST_PASS = ("image", "packages", "python", "cuda")
+"""The checks a target must pass before its GPU results may join a manifest (--append)."""
+
+
+def append_gpu_result(manifest_path: Path, key: PrivateKey, observation: Observation) -> Manifest:
+    """The manifest at `manifest_path` with the observation's GPU suite result added: same
+    subject, same observation; a result of the same comparison key is replaced.
+
+    Raises:
+        InputError: the manifest cannot be read.
+        RefusedError: the manifest is not signed by `key`, names another subject, the target is
+            not the recorded environment (image, packages, python or CUDA stack differ), or a
+            recorded result of the same key has other bits.
+    """
+    from lockd.compare import compare
+    from lockd.gpu import merge_result
+    from lockd.policy import default_policy
+    from lockd.verify import open_manifest
+
+    result = observation.gpu_suite
+    if result is None:
+        raise RefusedError(f"{manifest_path}: no GPU suite result to append (run with --gpu)")
+    signature, _, statement = open_manifest(manifest_path, [key.public_key()])
+    if statement is None:
+        raise RefusedError(
+            f"{manifest_path}: refusing to append: {signature.message}; append with the key "
+            "that signed the manifest"
+        )
+    subjects, manifest = statement
+    recorded = {s.digest["sha256"] for s in subjects}
+    seen = {s.digest["sha256"] for s in subjects_for(observation)}
+    where = f"{observation.target.kind}:{observation.target.ref}"
+    if recorded.isdisjoint(seen):
+        raise RefusedError(
+            f"{manifest_path}: refusing to append: {where} is not the manifest's subject "
+            f"({', '.join(s.name for s in subjects)}); record it into a manifest of its own"
+        )
+    failing = [
+        c
+        for c in compare(manifest, observation, default_policy())
+        if c.id in APPEND_MUST_PASS and c.status == "fail"
+    ]
+    if failing:
+        lines = "\n".join(f"  {c.id}: {c.message}" for c in failing)
+        raise RefusedError(
+            f"{manifest_path}: refusing to append: {where} is not the recorded environment:\n"
+            f"{lines}\nrun `lockd verify` to see every difference"
+        )
+    merged = merge_result(manifest.gpu_suites, result, str(manifest_path))
+    return manifest.model_copy(update={"gpu_suites": merged})
 
 
 def load_lock(path: Path, *, allow_unhashed: bool = False) -> Lock:

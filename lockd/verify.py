@@ -20,7 +20,18 @@ if TYPE_CHECKING:
     from lockd.targets.base import Target
 
 MAX_ENVELOPE_BYTES = 64 * 1024 * 1024
-LATER_CHECKS = ("image", "packages", "filesystem", "python", "env", "system", "lock")
+LATER_CHECKS = (
+    "image",
+    "packages",
+    "filesystem",
+    "python",
+    "env",
+    "system",
+    "lock",
+    "cuda",
+    "driver",
+    "gpu",
+)
 
 
 def load_envelope(path: Path) -> Envelope:
@@ -67,8 +78,12 @@ def _target_summary(info: TargetInfo, observation: Observation | None) -> dict[s
     return summary
 
 
-def _reach_and_observe(reach: Callable[[], Target]) -> tuple[Target, Observation]:
+def _reach_and_observe(reach: Callable[[], Target], gpu: bool) -> tuple[Target, Observation]:
     target = reach()
+    if gpu:
+        from lockd.gpu import observe_with_suite
+
+        return target, observe_with_suite(target)
     return target, target.observe()
 
 
@@ -77,8 +92,11 @@ def verify_target(
     trusted: Sequence[PublicKey],
     reach: Callable[[], Target],
     policy: Policy,
+    *,
+    gpu: bool = False,
 ) -> Report:
-    """Verify the target `reach()` opens against the signed manifest under `policy`.
+    """Verify the target `reach()` opens against the signed manifest under `policy`; with
+    `gpu`, run the GPU validation suite in it too (the `gpu` check).
 
     The target is reached and probed in a worker thread while the envelope is read and its
     signature checked: the probe mostly waits on the container, so this hides its latency.
@@ -86,7 +104,7 @@ def verify_target(
     says cannot be held against an untrusted record (a target error then does not matter).
     """
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockd-probe") as pool:
-        observing = pool.submit(_reach_and_observe, reach)
+        observing = pool.submit(_reach_and_observe, reach, gpu)
         signature, keyids, statement = open_manifest(manifest_path, trusted)
         if statement is None:
             untrusted = "not compared: the manifest's signature is not trusted"

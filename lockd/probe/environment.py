@@ -416,17 +416,18 @@ def torch_gpus(torch: Any) -> list[dict[str, Any]]:
                 "compute_capability": "%d.%d" % (props.major, props.minor),
                 "sm_count": int(props.multi_processor_count),
                 "memory_bytes": int(props.total_memory),
-                "uuid_sha256": uuid_digest(_guarded(lambda: props.uuid)),
+                "uuid_sha256": uuid_digest(getattr(props, "uuid", None)),
             }
         )
     return gpus
 
 
-def _nvml_text(call: Callable[[Any, int], int], size: int = 96) -> str | None:
+def _nvml_text(call: Callable[..., int], *args: Any, size: int = 96) -> str | None:
+    """An NVML getter that fills a char buffer: call(*args, buffer, size)."""
     import ctypes
 
     buffer = ctypes.create_string_buffer(size)
-    if call(buffer, size) != NVML_SUCCESS:
+    if call(*args, buffer, size) != NVML_SUCCESS:
         return None
     return text(buffer.value.decode("utf-8", "replace"))
 
@@ -442,7 +443,7 @@ def nvml() -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     if library.nvmlInit_v2() != NVML_SUCCESS:
         return None, []
     try:
-        version = _nvml_text(library.nvmlSystemGetDriverVersion, 80)
+        version = _nvml_text(library.nvmlSystemGetDriverVersion, size=80)
         if version is None:
             return None, []
         driver: dict[str, Any] = {"version": version, "cuda": None, "source": "nvml"}
@@ -467,8 +468,8 @@ def nvml() -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
                 continue
             memory = (ctypes.c_ulonglong * 3)()  # nvmlMemory_t: total, free, used
             has_memory = library.nvmlDeviceGetMemoryInfo(handle, memory) == NVML_SUCCESS
-            name = _nvml_text(lambda b, n, h=handle: library.nvmlDeviceGetName(h, b, n))
-            uuid = _nvml_text(lambda b, n, h=handle: library.nvmlDeviceGetUUID(h, b, n))
+            name = _nvml_text(library.nvmlDeviceGetName, handle)
+            uuid = _nvml_text(library.nvmlDeviceGetUUID, handle)
             gpus.append(
                 {
                     "index": index,

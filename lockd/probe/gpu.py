@@ -53,6 +53,7 @@ import contextlib  # noqa: E402
 import ctypes  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import socket  # noqa: E402
@@ -95,7 +96,7 @@ TESTS = (
 )
 
 
-class NotRun(Exception):
+class NotRunError(Exception):
     """A test that does not run here: ``status`` is ``skipped`` or ``n/a``."""
 
     def __init__(self, status: str, reason: str) -> None:
@@ -295,7 +296,7 @@ def tensor_bytes(tensor: Any) -> bytes:
 
 
 def _number(value: float) -> float | None:
-    return value if value == value and value not in (float("inf"), float("-inf")) else None
+    return value if math.isfinite(value) else None
 
 
 def describe(torch: Any, output: Any) -> dict[str, Any]:
@@ -349,7 +350,7 @@ class Suite:
 
     def cuda_only(self, what: str) -> None:
         if self.device != "cuda":
-            raise NotRun("n/a", "%s is a CUDA feature; this run is on the CPU" % what)
+            raise NotRunError("n/a", "%s is a CUDA feature; this run is on the CPU" % what)
 
     # Matrix products: fp32 with K=1024; the half types (slow on a CPU) with K=1024 too but
     # fewer rows and columns.
@@ -443,7 +444,9 @@ class Suite:
             with torch.no_grad():
                 for i, p in enumerate(params):
                     grad = p.grad
-                    buffers[i] = grad.clone() if buffers[i] is None else buffers[i].mul_(momentum).add_(grad)
+                    buffers[i] = (
+                        grad.clone() if buffers[i] is None else buffers[i].mul_(momentum).add_(grad)
+                    )
                     p.sub_(buffers[i], alpha=lr)
             losses.append(loss.detach().reshape(1))
         with torch.no_grad():
@@ -466,7 +469,7 @@ class Suite:
             output = compiled(x, y)
             self.synchronize()
         except Exception as error:
-            raise NotRun(
+            raise NotRunError(
                 "skipped", "torch.compile is unavailable here: %s" % exception_text(error)
             ) from None
         finally:
@@ -496,7 +499,7 @@ def run_test(suite: Suite, name: str) -> dict[str, Any]:
         suite.synchronize()
         entry.update(describe(torch, output))
         entry["status"] = "ok"
-    except NotRun as not_run:
+    except NotRunError as not_run:
         entry.update(status=not_run.status, reason=text(not_run.reason))
     except Exception as error:
         entry.update(status="error", reason=exception_text(error))
@@ -549,7 +552,9 @@ def nccl_allreduce(torch: Any, gpus: int) -> Any:
     """All-reduce fp32 (4M elements) and fp16 (1M) over every visible GPU; every rank must get
     the same bits. Returns the fp32 and fp16 sums (as rank 0 saw them) concatenated."""
     if gpus < 2:
-        raise NotRun("skipped", "the all-reduce needs two or more GPUs; this run sees %d" % gpus)
+        raise NotRunError(
+            "skipped", "the all-reduce needs two or more GPUs; this run sees %d" % gpus
+        )
     import tempfile
 
     port = free_port()
@@ -649,12 +654,14 @@ def run(options: dict[str, Any]) -> dict[str, Any]:
         for name in TESTS
         if (options["only"] is None or name in options["only"]) and name not in options["skip"]
     ]
-    tests = []
+    tests: list[dict[str, Any]] = []
     allreduce_seconds = None
     suite_started = time.perf_counter()
     for name in TESTS:
         if name not in selected:
-            tests.append({"name": name, "status": "skipped", "reason": "not selected", "seconds": 0})
+            tests.append(
+                {"name": name, "status": "skipped", "reason": "not selected", "seconds": 0}
+            )
         elif name == "nccl_allreduce":
             begun = time.perf_counter()
             if device != "cuda":
@@ -670,7 +677,9 @@ def run(options: dict[str, Any]) -> dict[str, Any]:
     finished = time.perf_counter()
     # The key after the tests: cuBLAS and cuDNN are loaded by then.
     key = comparison_key(torch, device, settings)
-    timed = [t["seconds"] for t in tests if t["name"] not in ("compiled", "nccl_allreduce")]
+    timed: list[float] = [
+        t["seconds"] for t in tests if t["name"] not in ("compiled", "nccl_allreduce")
+    ]
     result = {
         "suite_version": SUITE_VERSION,
         "device": device,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -18,7 +18,11 @@ bearer = HTTPBearer(
 ANONYMOUS = Principal(name="anonymous", role="reader")
 
 
-def get_service(request: Request) -> Service:
+# The dependencies are async (they never block: the token's principal is cached) so FastAPI
+# calls them on the event loop instead of a worker thread each.
+
+
+async def get_service(request: Request) -> Service:
     service: Service = request.app.state.service
     return service
 
@@ -35,10 +39,10 @@ def _unauthorized(detail: str) -> HTTPException:
     )
 
 
-def require(role: Role) -> Callable[[ServiceDep, CredentialsDep], Principal]:
+def require(role: Role) -> Callable[[ServiceDep, CredentialsDep], Awaitable[Principal]]:
     """A dependency that admits a token of ``role`` or a stronger one."""
 
-    def dependency(service: ServiceDep, credentials: CredentialsDep) -> Principal:
+    async def dependency(service: ServiceDep, credentials: CredentialsDep) -> Principal:
         if credentials is None:
             if role == "reader" and service.settings.allow_anonymous_read:
                 return ANONYMOUS

@@ -67,10 +67,12 @@ class ChainChecker:
             )
             return
         if entry.get("prev_hash") != self._prev_hash:
+            # Entry seq-1 hashes to itself but not to what entry seq holds: it was edited and
+            # re-hashed (or seq's link was forged); the chain stops holding at seq-1.
             self._bad = (
-                seq,
-                f"entry {seq} does not hold the hash of entry {seq - 1}: "
-                f"entry {seq - 1} was edited or deleted",
+                max(seq - 1, 1),
+                f"entry {seq} does not hold the hash of entry {seq - 1}: entry {seq - 1} was "
+                f"edited and re-hashed, or the link in entry {seq} was changed",
             )
             return
         try:

@@ -13,13 +13,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
-from sqlalchemy import Connection, Engine, Row, and_, exists, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Engine, and_, exists, func, select
 
 from lockd.errors import InputError
 from lockd.store import tables as t
 from lockd.store.audit import ChainCheck, ChainChecker, entry_hash
-from lockd.store.engine import WRITE, is_postgres, make_engine
+from lockd.store.engine import is_postgres, make_engine
 
 Role = Literal["reader", "recorder", "admin"]
 ROLES: tuple[Role, ...] = get_args(Role)
@@ -112,11 +111,54 @@ _AUDIT_COLUMNS = (
 )
 
 
+class _Tx:
+    """One write transaction: plain driver statements, and the audit append."""
+
+    def __init__(self, store: Store, cursor: Any, seq: int, last: str) -> None:
+        self._store = store
+        self.cursor = cursor
+        self.seq = seq
+        self.last = last
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        self.cursor.execute(self._store._sql(statement), tuple(params))
+        return self.cursor
+
+    def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.cursor.executemany(self._store._sql(statement), [tuple(r) for r in rows])
+
+    def append(
+        self, *, time: str, actor: str, action: str, subject: str | None, body_digest: str | None
+    ) -> AuditEntry:
+        """Chain an entry onto the head this transaction holds."""
+        entry: dict[str, Any] = {
+            "seq": self.seq + 1,
+            "time": time,
+            "actor": actor,
+            "action": action,
+            "subject": subject,
+            "body_digest": body_digest,
+            "prev_hash": self.last,
+        }
+        digest = entry_hash(entry)
+        self.execute(
+            "INSERT INTO audit_log (seq, time, actor, action, subject, body_digest, prev_hash, "
+            "hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (*entry.values(), digest),
+        )
+        self.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (entry["seq"], digest))
+        self.seq, self.last = entry["seq"], digest
+        return AuditEntry(**entry, hash=digest)
+
+
 class Store:
     """The service's database. Thread-safe (each call takes a pooled connection)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._qmark = not is_postgres(engine)
+        head = "SELECT seq, hash FROM audit_head WHERE id = 1"
+        self._head_sql = head if self._qmark else head + " FOR UPDATE"
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -128,17 +170,53 @@ class Store:
 
     # --- transactions ----------------------------------------------------------------------
 
+    def _sql(self, statement: str) -> str:
+        """SQL written with ``?`` placeholders, in the driver's own style (psycopg: ``%s``)."""
+        return statement if self._qmark else statement.replace("?", "%s")
+
     @contextmanager
-    def _write(self) -> Iterator[tuple[Connection, Row[Any, Any]]]:
-        """A write transaction holding the audit head (SQLite: the one write lock, taken by
-        BEGIN IMMEDIATE; PostgreSQL: a row lock), so appends are serialized."""
-        with self.engine.connect().execution_options(**{WRITE: True}) as conn, conn.begin():
-            head = conn.execute(
-                select(t.audit_head.c.seq, t.audit_head.c.hash)
-                .where(t.audit_head.c.id == 1)
-                .with_for_update()
-            ).one()
-            yield conn, head
+    def _write(self) -> Iterator[_Tx]:
+        """A write transaction on a pooled driver connection, holding the audit head (SQLite:
+        the one write lock, taken by BEGIN IMMEDIATE; PostgreSQL: a row lock, FOR UPDATE), so
+        appends are serialized and the chain never forks. Plain driver calls: this is the hot
+        path of every write, and SQLAlchemy's statement building would cost more than SQLite."""
+        raw = self.engine.raw_connection()
+        cursor = raw.cursor()
+        try:
+            if self._qmark:
+                cursor.execute("BEGIN IMMEDIATE")
+            cursor.execute(self._head_sql)
+            head = cursor.fetchone()
+            if head is None:
+                raise InputError(
+                    "the database has no audit head: lockd did not migrate it (lockd serve "
+                    "migrates; or check LOCKD_DATABASE_URL)"
+                )
+            seq, last = head
+            tx = _Tx(self, cursor, seq, last)
+            yield tx
+            raw.commit()
+        except BaseException:
+            raw.rollback()
+            raise
+        finally:
+            cursor.close()
+            raw.close()
+
+    def _read_one(self, statement: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
+        """One row of a read on a pooled driver connection (for the hot reads)."""
+        raw = self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            try:
+                cursor.execute(self._sql(statement), tuple(params))
+                row = cursor.fetchone()
+            finally:
+                cursor.close()
+            raw.rollback()  # end the read transaction (PostgreSQL opened one)
+        finally:
+            raw.close()
+        return None if row is None else tuple(row)
 
     @contextmanager
     def _snapshot(self) -> Iterator[Connection]:
@@ -146,33 +224,6 @@ class Store:
         options = {"isolation_level": "REPEATABLE READ"} if is_postgres(self.engine) else {}
         with self.engine.connect().execution_options(**options) as conn, conn.begin():
             yield conn
-
-    @staticmethod
-    def _append(
-        conn: Connection,
-        head: Row[Any, Any],
-        *,
-        time: str,
-        actor: str,
-        action: str,
-        subject: str | None,
-        body_digest: str | None,
-    ) -> AuditEntry:
-        entry: dict[str, Any] = {
-            "seq": head.seq + 1,
-            "time": time,
-            "actor": actor,
-            "action": action,
-            "subject": subject,
-            "body_digest": body_digest,
-            "prev_hash": head.hash,
-        }
-        digest = entry_hash(entry)
-        conn.execute(insert(t.audit_log).values(**entry, hash=digest))
-        conn.execute(
-            update(t.audit_head).where(t.audit_head.c.id == 1).values(seq=entry["seq"], hash=digest)
-        )
-        return AuditEntry(**entry, hash=digest)
 
     # --- manifests ---------------------------------------------------------------------------
 
@@ -191,43 +242,25 @@ class Store:
         """Store a trusted envelope once: ``(record, True)`` when new, ``(stored, False)`` when
         an envelope with this payload digest is stored already (nothing changes then)."""
         time = now()
-        with self._write() as (conn, head):
-            existing = conn.execute(
-                select(t.manifests.c.id).where(t.manifests.c.digest == digest)
-            ).first()
+        with self._write() as tx:
+            existing = tx.execute("SELECT id FROM manifests WHERE digest = ?", (digest,)).fetchone()
             if existing is None:
-                manifest_id = conn.execute(
-                    insert(t.manifests)
-                    .values(
-                        digest=digest,
-                        name=name,
-                        payload_type=payload_type,
-                        envelope=envelope,
-                        keyids=json.dumps(list(keyids)),
-                        created_at=time,
-                        created_by=actor,
-                    )
-                    .returning(t.manifests.c.id)
-                ).scalar_one()
-                conn.execute(
-                    insert(t.manifest_subjects),
-                    [
-                        {"manifest_id": manifest_id, "name": s_name, "digest": s_digest}
-                        for s_name, s_digest in subjects
-                    ],
+                manifest_id = tx.execute(
+                    "INSERT INTO manifests (digest, name, payload_type, envelope, keyids, "
+                    "created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    (digest, name, payload_type, envelope, json.dumps(list(keyids)), time, actor),
+                ).fetchone()[0]
+                tx.executemany(
+                    "INSERT INTO manifest_subjects (manifest_id, name, digest) VALUES (?, ?, ?)",
+                    [(manifest_id, s_name, s_digest) for s_name, s_digest in subjects],
                 )
                 if labels:
-                    conn.execute(
-                        insert(t.manifest_labels),
-                        [
-                            {"manifest_id": manifest_id, "key": k, "value": v}
-                            for k, v in sorted(labels.items())
-                        ],
+                    tx.executemany(
+                        "INSERT INTO manifest_labels (manifest_id, key, value) VALUES (?, ?, ?)",
+                        [(manifest_id, k, v) for k, v in sorted(labels.items())],
                     )
                 body = "sha256:" + hashlib.sha256(envelope.encode("utf-8")).hexdigest()
-                self._append(
-                    conn,
-                    head,
+                tx.append(
                     time=time,
                     actor=actor,
                     action="manifest.create",
@@ -278,16 +311,13 @@ class Store:
         """The newest stored manifest one of whose subjects is in ``subjects``."""
         if not subjects:
             return None
-        query = (
-            select(t.manifests.c.digest)
-            .join(t.manifest_subjects, t.manifest_subjects.c.manifest_id == t.manifests.c.id)
-            .where(t.manifest_subjects.c.digest.in_(list(subjects)))
-            .order_by(t.manifests.c.id.desc())
-            .limit(1)
+        marks = ", ".join("?" * len(subjects))
+        found = self._read_one(
+            "SELECT m.digest FROM manifests m JOIN manifest_subjects s ON s.manifest_id = m.id "  # noqa: S608 (placeholders only)
+            f"WHERE s.digest IN ({marks}) ORDER BY m.id DESC LIMIT 1",
+            subjects,
         )
-        with self.engine.connect() as conn:
-            found: str | None = conn.execute(query).scalar()
-        return found
+        return None if found is None else str(found[0])
 
     def envelope_of(self, digest: str) -> str | None:
         with self.engine.connect() as conn:
@@ -358,13 +388,13 @@ class Store:
             "verified": verified,
             "report": report,
         }
-        with self._write() as (conn, head):
-            new_id = conn.execute(
-                insert(t.verifications).values(**values).returning(t.verifications.c.id)
-            ).scalar_one()
-            self._append(
-                conn,
-                head,
+        with self._write() as tx:
+            new_id = tx.execute(
+                "INSERT INTO verifications (created_at, actor, source, subject, manifest_digest, "
+                "policy, verified, report) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                tuple(values.values()),
+            ).fetchone()[0]
+            tx.append(
                 time=time,
                 actor=actor,
                 action="verification.create",
@@ -411,39 +441,30 @@ class Store:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         time = now()
         try:
-            with self._write() as (conn, head):
-                conn.execute(
-                    insert(t.tokens).values(
-                        name=name,
-                        role=role,
-                        token_hash=hash_token(token),
-                        created_at=time,
-                        created_by=actor,
-                    )
+            with self._write() as tx:
+                tx.execute(
+                    "INSERT INTO tokens (name, role, token_hash, created_at, created_by) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (name, role, hash_token(token), time, actor),
                 )
-                self._append(
-                    conn,
-                    head,
+                tx.append(
                     time=time,
                     actor=actor,
                     action=f"token.create:{role}",
                     subject=name,
                     body_digest=None,
                 )
-        except IntegrityError as e:
+        except self.engine.dialect.loaded_dbapi.IntegrityError as e:
             raise InputError(f"a token named {name!r} exists already; pick another name") from e
         return token
 
     def principal_for(self, token: str) -> Principal | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(t.tokens.c.name, t.tokens.c.role).where(
-                    t.tokens.c.token_hash == hash_token(token)
-                )
-            ).first()
-        if row is None or row.role not in ROLES:
+        row = self._read_one(
+            "SELECT name, role FROM tokens WHERE token_hash = ?", (hash_token(token),)
+        )
+        if row is None or row[1] not in ROLES:
             return None
-        return Principal(name=row.name, role=row.role)
+        return Principal(name=row[0], role=row[1])
 
     # --- audit ------------------------------------------------------------------------------
 

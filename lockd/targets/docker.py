@@ -24,7 +24,7 @@ import signal
 import stat
 import struct
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -54,6 +54,7 @@ __all__ = [
     "changes_from_overlay",
     "connect",
     "container_changes",
+    "overlay_dirs",
     "resolve",
 ]
 
@@ -431,6 +432,52 @@ def container_changes(
     return changes_from_api(container), "api"
 
 
+# --- files, for lockd.integrity (--deep) ---------------------------------------------------------
+
+Archive = tuple[Iterable[bytes], dict[str, Any]]
+"""The daemon's tar stream of a path (``docker cp``) and the path's stat."""
+
+ARCHIVE_CHUNK = 1024 * 1024
+
+
+def overlay_dirs(attrs: dict[str, Any]) -> tuple[str | None, list[str]]:
+    """(merged directory, layer directories top first) of a container's or an image's
+    overlay2 storage as the daemon reports them; (None, []) for another storage driver."""
+    driver = attrs.get("GraphDriver") or {}
+    if driver.get("Name") != "overlay2":
+        return None, []
+    data = driver.get("Data") or {}
+    layers = [str(data["UpperDir"])] if data.get("UpperDir") else []
+    layers += [p for p in str(data.get("LowerDir") or "").split(":") if p]
+    merged = data.get("MergedDir")
+    return (str(merged) if merged else None), layers
+
+
+def _readable_dir(path: str) -> bool:
+    return os.path.isdir(path) and os.access(path, os.R_OK | os.X_OK)
+
+
+def _archive_stream(chunks: Iterable[bytes], what: str) -> Iterator[bytes]:
+    """The chunks, with what the SDK raises while they arrive made a TargetError."""
+    from docker.errors import DockerException
+
+    try:
+        yield from chunks
+    except (DockerException, OSError) as e:
+        raise TargetError(f"{what}: {_cause(e)}") from e
+
+
+def _fetch_archive(fetch: Callable[[], Archive], what: str) -> Archive | None:
+    from docker.errors import NotFound
+
+    with _docker_errors(what):
+        try:
+            chunks, info = fetch()
+        except NotFound:
+            return None
+    return _archive_stream(chunks, what), info
+
+
 # --- reading a multiplexed stream from the daemon -----------------------------------------------
 
 
@@ -681,6 +728,25 @@ class ContainerTarget:
         with suppress(OSError):
             os.kill(pid, signal.SIGKILL)
 
+    def merged_dir(self) -> str | None:
+        """The container's overlay2 merged directory, when this host can read it: lockd runs
+        beside the daemon, as root, and the container's root filesystem is mounted there."""
+        merged, _ = overlay_dirs(self.container.attrs)
+        if merged is None or not _readable_dir(merged) or not os.path.ismount(merged):
+            return None
+        return merged
+
+    def fetch_archive(self, path: str) -> Archive | None:
+        """``path`` in the container as the daemon's tar stream, None when nothing is there.
+
+        Raises:
+            TargetError: the daemon failed (also while the stream arrives).
+        """
+        what = f"{self._source}: cannot read {path} through the Docker API"
+        return _fetch_archive(
+            lambda: self.container.get_archive(path, chunk_size=ARCHIVE_CHUNK), what
+        )
+
 
 # --- an image -----------------------------------------------------------------------------------
 
@@ -793,6 +859,45 @@ class ImageTarget:
         if code != 0:
             raise _exited(self._source, python, code, stderr)
         return stdout
+
+    def layer_dirs(self) -> list[str] | None:
+        """The image's overlay2 layer directories, top first, when this host can read them
+        (lockd runs beside the daemon, as root); else None."""
+        _, layers = overlay_dirs(self.image.attrs)
+        if not layers or not all(_readable_dir(layer) for layer in layers):
+            return None
+        return layers
+
+    @contextmanager
+    def archive_container(self) -> Iterator[Callable[[str], Archive | None]]:
+        """A throw-away container of the image, created and never started, to read files
+        from through the daemon's archive API: yields ``fetch(path)``; always removed.
+
+        Raises:
+            TargetError: the daemon failed.
+        """
+        api = self.client.api
+        with _docker_errors(f"{self._source}: cannot create a container to read its files"):
+            created = api.create_container(
+                str(self.image.id),
+                entrypoint=["/lockd-reads-files-never-runs"],
+                network_disabled=True,
+                labels={THROWAWAY_LABEL: "1"},
+            )
+        container_id = str(created["Id"])
+
+        def fetch(path: str) -> Archive | None:
+            what = f"{self._source}: cannot read {path} through the Docker API"
+            return _fetch_archive(
+                lambda: api.get_archive(container_id, path, chunk_size=ARCHIVE_CHUNK), what
+            )
+
+        try:
+            yield fetch
+        except BaseException:
+            self._remove(container_id, quiet=True)
+            raise
+        self._remove(container_id, quiet=False)
 
     def _remove(self, container_id: str, *, quiet: bool) -> None:
         from docker.errors import DockerException, NotFound

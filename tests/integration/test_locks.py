@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import os
+import platform
 import subprocess
 import sys
 from collections.abc import Callable
@@ -204,7 +205,9 @@ def test_pip_report_hashes_are_checked_against_the_lock(
 ) -> None:
     keep_pip_report(app)
     out = tmp_path / "m.dsse.json"
-    result = lockd("record", app.name, "--key", keypair[0], "--lock", write_lock(APP_PINS), "-o", out)
+    result = lockd(
+        "record", app.name, "--key", keypair[0], "--lock", write_lock(APP_PINS), "-o", out
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     archives = predicate(out)["observation"]["probe"]["pip_report"]["archives"]
     assert sorted(a["name"] for a in archives) == ["idna", "packaging", "six"]
@@ -222,7 +225,9 @@ def test_a_pip_install_after_recording_fails_the_lock_check(
     app: Any, keypair: tuple[Path, Path], write_lock: LockWriter, tmp_path: Path
 ) -> None:
     out = tmp_path / "m.dsse.json"
-    result = lockd("record", app.name, "--key", keypair[0], "--lock", write_lock(APP_PINS), "-o", out)
+    result = lockd(
+        "record", app.name, "--key", keypair[0], "--lock", write_lock(APP_PINS), "-o", out
+    )
     assert result.returncode == 0, result.stderr
     sh(app, f"pip install -q {WHEEL_ARGS} tomli==2.0.1 idna==3.10")
     code, report = verify_json(app.name, out, keypair[1])
@@ -251,7 +256,8 @@ def test_lock_is_deterministic_and_records_its_inputs(tmp_path: Path) -> None:
     assert (tmp_path / "again.txt").read_bytes() == once
     text = once.decode()
     assert "#   resolver: pip-tools " in text
-    assert f"#   python: {sys.version_info[0]}.{sys.version_info[1]} (CPython)" in text
+    running = platform.python_version()
+    assert f"#   python: {running.rsplit('.', 1)[0]} (CPython; resolved as {running})" in text
     assert "#   options: --generate-hashes --strip-extras --allow-unsafe" in text
     assert "#   index-url: " in text
     assert str(tmp_path) not in text  # nothing of where it ran
@@ -269,7 +275,7 @@ def test_lock_for_another_python_evaluates_that_pythons_markers(tmp_path: Path) 
     assert result.returncode == 0, result.stderr
     text = out.read_text()
     assert "#   resolver: uv " in text
-    assert "#   python: 3.10 (CPython)" in text
+    assert "#   python: 3.10 (CPython; resolved as 3.10.0 and later)" in text
     assert "#   platform: manylinux_2_28_x86_64" in text
     assert "\nexceptiongroup==" in text
     assert "\ntomli==" in text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -10,11 +12,13 @@ from observations import SITE, dist, manifest, observation, probe
 from lockd.compare import compare, lock_findings
 from lockd.errors import InputError, RefusedError
 from lockd.lockfile import (
+    Lock,
     LockRequest,
     compile_lock,
     cuda_stack,
     lock_info,
     parse_lock,
+    read_lock,
     render_header,
     require_hashes,
     uv_platform,
@@ -28,6 +32,7 @@ from lockd.model import (
     PipArchive,
     PipReport,
     PythonInfo,
+    normalise_name,
 )
 from lockd.policy import Checks, Policy, load_policy
 from lockd.record import bind_lock
@@ -197,6 +202,7 @@ def test_the_header_lockd_writes_is_the_header_it_reads() -> None:
         source_sha256="f" * 64,
         resolver="pip-tools 7.6.2 (pip 23.2.1)",
         python="3.11",
+        resolved_as="3.11.7",
         platform="manylinux_2_28_x86_64",
         index_url="https://index.invalid/simple",
         extra_index_urls=["https://extra.invalid/simple"],
@@ -207,7 +213,7 @@ def test_the_header_lockd_writes_is_the_header_it_reads() -> None:
         "input": f"requirements.in (sha256 {'f' * 64})",
         "lockd": parsed.header["lockd"],
         "resolver": "pip-tools 7.6.2 (pip 23.2.1)",
-        "python": "3.11 (CPython)",
+        "python": "3.11 (CPython; resolved as 3.11.7)",
         "platform": "manylinux_2_28_x86_64",
         "index-url": "https://index.invalid/simple",
         "extra-index-url": "https://extra.invalid/simple",
@@ -442,3 +448,124 @@ def test_bind_lock_refuses_a_target_without_a_probe() -> None:
     )
     with pytest.raises(RefusedError, match="cannot be checked without a probe report"):
         bind_lock(seen, parsed)
+
+
+def test_show_states_the_cuda_stack_a_lock_pins() -> None:
+    from rich.console import Console
+
+    from lockd.render import print_manifest
+    from lockd.statement import subjects_for
+
+    cuda = [
+        LockPin(name="nvidia-cuda-runtime-cu12", version="12.4.127"),
+        LockPin(name="nvidia-cudnn-cu12", version="9.1.0.70"),
+        LockPin(name="nvidia-nccl-cu12", version="2.21.5"),
+    ]
+    bound = LOCK.model_copy(
+        update={"pins": [*LOCK.pins, *cuda], "python": "3.11", "platform": "manylinux_2_28_x86_64"}
+    )
+    recorded = locked(lock=bound)
+    console = Console(record=True, width=200)
+    print_manifest(subjects_for(recorded.observation), recorded, [], console)
+    text = console.export_text()
+    assert f"lock requirements.txt sha256:{'e' * 64}: 5 pins for 3.11 manylinux_2_28_x86_64" in text
+    assert "lock pins CUDA runtime 12.4.127  cuDNN 9.1.0.70  NCCL 2.21.5" in text
+
+
+# --- the committed reference locks -------------------------------------------------------------
+
+LOCKS = Path(__file__).resolve().parents[2] / "locks"
+
+
+def committed(name: str) -> Lock:
+    lock = read_lock(LOCKS / name / "requirements.txt")
+    require_hashes(lock)
+    source = hashlib.sha256((LOCKS / name / "requirements.in").read_bytes()).hexdigest()
+    assert lock.header["input"] == f"requirements.in (sha256 {source})", "recompile the lock"
+    assert lock.header["python"].startswith("3.11 (CPython")
+    assert lock.header["platform"] == "manylinux_2_28_x86_64"
+    return lock
+
+
+def test_the_pytorch_cuda_reference_lock_pins_the_cuda_12_4_stack() -> None:
+    lock = committed("pytorch-cuda-2.6")
+    versions = {p.name: p.version for p in lock.pins}
+    assert {n: versions[n] for n in ("torch", "torchvision", "torchaudio", "triton")} == {
+        "torch": "2.6.0",
+        "torchvision": "0.21.0",
+        "torchaudio": "2.6.0",
+        "triton": "3.2.0",
+    }
+    assert cuda_stack(lock.pins) == {
+        "CUDA runtime": "12.4.127",
+        "cuDNN": "9.1.0.70",
+        "NCCL": "2.21.5",
+        "cuBLAS": "12.4.5.8",
+    }
+    assert {"numpy", "pandas", "matplotlib", "jupyterlab"} <= versions.keys()
+
+
+def test_lockds_own_lock_follows_pyproject() -> None:
+    import tomllib
+    from packaging.requirements import Requirement
+
+    pyproject = tomllib.loads((LOCKS.parent / "pyproject.toml").read_text())
+    dependencies = pyproject["project"]["dependencies"]
+    listed = (LOCKS / "lockd" / "requirements.in").read_text().splitlines()
+    assert sorted(line for line in listed if line and not line.startswith("#")) == sorted(
+        dependencies
+    )
+    pinned = {p.name for p in committed("lockd").pins}
+    assert {normalise_name(Requirement(d).name) for d in dependencies} <= pinned
+
+
+# --- the probe's reading of pip's installation report ------------------------------------------
+
+
+def write_report(path: Path, install: object) -> str:
+    path.write_text(json.dumps({"version": "1", "install": install}))
+    return str(path)
+
+
+def test_the_probe_reads_archive_hashes_from_a_pip_report(tmp_path: Path) -> None:
+    from lockd.probe.environment import pip_report
+
+    install = [
+        {
+            "metadata": {"name": "Six", "version": "1.16.0"},
+            "download_info": {"archive_info": {"hashes": {"sha256": H1}, "hash": f"sha256={H1}"}},
+        },
+        {  # pip < 23.1 writes only the legacy field
+            "metadata": {"name": "idna", "version": "3.7"},
+            "download_info": {"archive_info": {"hash": f"sha256={H2}"}},
+        },
+        {  # installed from a directory: no archive
+            "metadata": {"name": "local_pkg", "version": "0.1"},
+            "download_info": {"dir_info": {}},
+        },
+        {"metadata": {"name": "no-version"}},  # ignored
+    ]
+    report = pip_report(write_report(tmp_path / "r.json", install))
+    assert report is not None
+    parsed = PipReport.model_validate(report)
+    assert parsed.error is None
+    assert [(a.name, a.version, a.sha256) for a in parsed.archives] == [
+        ("idna", "3.7", H2),
+        ("local-pkg", "0.1", None),
+        ("six", "1.16.0", H1),
+    ]
+
+
+def test_the_probe_reports_no_pip_report_and_a_broken_one(tmp_path: Path) -> None:
+    from lockd.probe.environment import pip_report
+
+    assert pip_report(str(tmp_path / "absent.json")) is None
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    report = pip_report(str(broken))
+    assert report is not None
+    assert report["archives"] == []
+    assert report["error"].startswith("JSONDecodeError")
+    assert pip_report(write_report(tmp_path / "odd.json", {"a": 1}))["error"] == (  # type: ignore[index]
+        "ValueError: no 'install' list"
+    )

@@ -109,9 +109,10 @@ def test_the_same_manifest_gives_the_same_bytes_and_another_a_new_serial() -> No
     first = sbom_json(m, subjects_for(m.observation))
     assert first == sbom_json(m, subjects_for(m.observation))
     other = m.model_copy(update={"recorded_at": "2026-11-29T07:00:00+00:00"})
-    assert json.loads(first)["serialNumber"] != json.loads(
-        sbom_json(other, subjects_for(other.observation))
-    )["serialNumber"]
+    assert (
+        json.loads(first)["serialNumber"]
+        != json.loads(sbom_json(other, subjects_for(other.observation)))["serialNumber"]
+    )
 
 
 def test_the_validator_catches_an_invalid_document() -> None:

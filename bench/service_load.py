@@ -1,0 +1,179 @@
+"""Throughput and latency of `POST /v1/verifications` (server-side compare against a known
+manifest) on loopback, at fixed concurrency, for SQLite and PostgreSQL in the same run, beside a
+baseline measured in the same run: `GET /healthz` (the HTTP stack alone) on the same server.
+
+Target (issue 5), on a 2-core machine: >= 500 verifications/s with p99 <= 50 ms on SQLite.
+The load generator is a minimal HTTP/1.1 keep-alive client on asyncio (pre-built requests), so
+it costs little of the CPU the server shares with it.
+
+Usage: python bench/service_load.py [--seconds 10] [--concurrency 8] [--distributions 150]
+       [--backends sqlite,postgresql]   (PostgreSQL: $LOCKD_BENCH_POSTGRES_URL, else
+       scripts/postgres's server with a database lockd_bench made for the run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "service"))
+
+from service_helpers import Server, envelope, image, observation  # noqa: E402
+
+from lockd import keys  # noqa: E402
+from lockd.store.engine import make_engine  # noqa: E402
+from lockd.store.migrate import upgrade  # noqa: E402
+from lockd.store.repository import Store  # noqa: E402
+
+
+def postgres_url() -> str:
+    url = os.environ.get("LOCKD_BENCH_POSTGRES_URL")
+    if url:
+        return url
+    base = subprocess.run(
+        [str(ROOT / "scripts" / "postgres")], capture_output=True, text=True, check=True
+    ).stdout.strip().splitlines()[-1]
+    engine = make_engine(base)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("DROP DATABASE IF EXISTS lockd_bench")
+        conn.exec_driver_sql("CREATE DATABASE lockd_bench")
+    engine.dispose()
+    return base.rsplit("/", 1)[0] + "/lockd_bench"
+
+
+async def _worker(
+    port: int, request: bytes, stop_at: float, record_from: float, latencies: list[float]
+) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    errors = 0
+    try:
+        while True:
+            start = time.perf_counter()
+            if start >= stop_at:
+                return errors
+            writer.write(request)
+            status_line = await reader.readline()
+            length = 0
+            while True:
+                line = await reader.readline()
+                if line in (b"\r\n", b""):
+                    break
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            await reader.readexactly(length)
+            end = time.perf_counter()
+            if not status_line.startswith(b"HTTP/1.1 200"):
+                errors += 1
+            elif start >= record_from:
+                latencies.append(end - start)
+    finally:
+        writer.close()
+
+
+def load(
+    port: int, request: bytes, *, seconds: float, concurrency: int, warmup: float
+) -> dict[str, float]:
+    latencies: list[float] = []
+
+    async def run() -> int:
+        now = time.perf_counter()
+        record_from, stop_at = now + warmup, now + warmup + seconds
+        results = await asyncio.gather(
+            *(_worker(port, request, stop_at, record_from, latencies) for _ in range(concurrency))
+        )
+        return sum(results)
+
+    errors = asyncio.run(run())
+    latencies.sort()
+    if not latencies:
+        return {"rps": 0.0, "p50_ms": float("nan"), "p99_ms": float("nan"), "errors": errors}
+    return {
+        "rps": len(latencies) / seconds,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        "errors": float(errors),
+    }
+
+
+def http_request(method: str, path: str, token: str, body: bytes = b"") -> bytes:
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def bench_backend(name: str, url: str, args: argparse.Namespace, folder: Path) -> None:
+    key = keys.generate_private_key()
+    public = folder / "trusted.pub"
+    public.write_bytes(keys.public_pem(key))
+    store = Store.open(url)
+    upgrade(store.engine)
+    token = store.create_token(f"bench-{time.time_ns()}", "recorder", actor="bench")
+    store.close()
+    recorded = observation(image(1), distributions=args.distributions)
+    env = {"LOCKD_DATABASE_URL": url, "LOCKD_TRUSTED_KEYS": str(public)}
+    with (folder / f"{name}.log").open("wb") as log:
+        server = Server(env, log=log).start()
+        try:
+            push = http_request(
+                "POST", "/v1/manifests", token, envelope(key, recorded).to_json()
+            )
+            import urllib.request
+
+            request = urllib.request.Request(
+                server.url + "/v1/manifests",
+                data=envelope(key, recorded).to_json(),
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request) as answer:  # noqa: S310
+                assert answer.status in (200, 201), push[:0]
+            body = json.dumps(
+                {"observation": json.loads(recorded.model_dump_json(exclude_none=True)),
+                 "policy": "default"}
+            ).encode()
+            verify = http_request("POST", "/v1/verifications", token, body)
+            health = http_request("GET", "/healthz", token)
+            kw = {"seconds": args.seconds, "concurrency": args.concurrency, "warmup": 1.0}
+            base = load(server.port, health, **kw)
+            result = load(server.port, verify, **kw)
+        finally:
+            server.stop()
+    print(
+        f"{name:<10} POST /v1/verifications: {result['rps']:7.0f} /s  p50 {result['p50_ms']:6.2f} ms"
+        f"  p99 {result['p99_ms']:6.2f} ms  errors {result['errors']:.0f}   "
+        f"(baseline GET /healthz: {base['rps']:7.0f} /s  p50 {base['p50_ms']:.2f} ms  "
+        f"p99 {base['p99_ms']:.2f} ms)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--distributions", type=int, default=150)
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    args = parser.parse_args()
+    print(
+        f"lockd service load: {args.concurrency} concurrent keep-alive clients, {args.seconds:.0f} s "
+        f"per figure, an observation of {args.distributions} distributions, {os.cpu_count()} CPUs"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for name in args.backends.split(","):
+            url = f"sqlite:///{folder / 'bench.db'}" if name == "sqlite" else postgres_url()
+            bench_backend(name, url, args, folder)
+
+
+if __name__ == "__main__":
+    main()

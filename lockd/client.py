@@ -1,0 +1,211 @@
+"""Talking to a lockd service (``--server URL``): push envelopes, fetch manifests, push reports,
+and re-check the audit chain from outside. Standard library HTTP only, so ``lockd verify
+--server`` stays quick to start; the token comes from ``LOCKD_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from lockd.errors import ServerError
+
+if TYPE_CHECKING:
+    from lockd.keys import PublicKey
+    from lockd.model import Observation, Report
+    from lockd.policy import Policy
+    from lockd.store.audit import ChainCheck
+
+TIMEOUT_S = 30.0
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+AUDIT_PAGE = 1000
+
+__all__ = ["Client", "check_remote_audit", "verify_remote"]
+
+
+class Client:
+    """One lockd service at ``base_url``; ``token`` is sent as a bearer token (never printed)."""
+
+    def __init__(self, base_url: str, token: str | None = None, *, timeout: float = TIMEOUT_S):
+        parsed = urllib.parse.urlsplit(base_url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ServerError(
+                f"--server {base_url!r}: give the service's URL, e.g. http://127.0.0.1:8080"
+            )
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self.timeout = timeout
+
+    @classmethod
+    def from_env(cls, base_url: str) -> Client:
+        """A client with the token from ``LOCKD_TOKEN`` (none when unset)."""
+        return cls(base_url, os.environ.get("LOCKD_TOKEN") or None)
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        body: bytes | None = None,
+    ) -> tuple[int, Any]:
+        url = self.base_url + path
+        if query:
+            url += "?" + urllib.parse.urlencode(list(query))
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        request = urllib.request.Request(url, data=body, method=method, headers=headers)  # noqa: S310 (scheme checked)
+        where = f"{method} {self.base_url}{path}"
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as answer:  # noqa: S310
+                status = answer.status
+                data = answer.read(MAX_ANSWER_BYTES + 1)
+        except urllib.error.HTTPError as e:
+            raise ServerError(f"{where}: {e.code} {_detail(e.read(64 * 1024), e.reason)}") from e
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise ServerError(
+                f"{where}: cannot reach the lockd service ({reason}); check --server and that "
+                "the service is running"
+            ) from e
+        if len(data) > MAX_ANSWER_BYTES:
+            raise ServerError(f"{where}: the answer is larger than 64 MiB")
+        try:
+            return status, json.loads(data) if data else None
+        except json.JSONDecodeError as e:
+            raise ServerError(f"{where}: the answer is not JSON ({e.msg})") from e
+
+    # --- manifests --------------------------------------------------------------------------
+
+    def push(
+        self, envelope: bytes, *, name: str | None = None, labels: Sequence[str] = ()
+    ) -> tuple[dict[str, Any], bool]:
+        """Store an envelope: ``(summary, created)``."""
+        query = [("name", name)] if name else []
+        query += [("label", label) for label in labels]
+        status, answer = self._request("POST", "/v1/manifests", query=query, body=envelope)
+        return answer, status == 201
+
+    def manifests_for(self, subject: str) -> list[dict[str, Any]]:
+        _, answer = self._request("GET", "/v1/manifests", query=[("subject", subject)])
+        return list(answer)
+
+    def manifest(self, digest: str) -> dict[str, Any]:
+        _, answer = self._request("GET", f"/v1/manifests/{urllib.parse.quote(digest)}")
+        return dict(answer)
+
+    # --- verifications ----------------------------------------------------------------------
+
+    def push_report(self, report: Report) -> None:
+        body = b'{"report":' + report.model_dump_json(exclude_none=True).encode() + b"}"
+        self._request("POST", "/v1/verifications", body=body)
+
+    # --- audit ------------------------------------------------------------------------------
+
+    def audit_entries(self, page: int = AUDIT_PAGE) -> Iterator[dict[str, Any]]:
+        after = 0
+        while True:
+            _, entries = self._request(
+                "GET", "/v1/audit", query=[("after", str(after)), ("limit", str(page))]
+            )
+            if not entries:
+                return
+            yield from entries
+            last = entries[-1].get("seq")
+            if not isinstance(last, int) or last <= after:
+                raise ServerError(f"{self.base_url}/v1/audit: entries are not in seq order")
+            after = last
+
+    def audit_verdict(self) -> dict[str, Any]:
+        _, answer = self._request("GET", "/v1/audit/verify")
+        return dict(answer)
+
+
+def _detail(data: bytes, reason: str) -> str:
+    try:
+        detail = json.loads(data).get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    return str(detail) if detail else reason
+
+
+def verify_remote(
+    client: Client, observation: Observation, trusted: Sequence[PublicKey], policy: Policy
+) -> Report:
+    """Fetch the newest manifest the service holds for the observed target's image, check its
+    signature here against ``trusted`` (the service is not trusted for that), compare, and push
+    the report to the service.
+
+    Raises:
+        ServerError: the service cannot be reached or holds no manifest for the target.
+    """
+    from lockd.compare import compare, verified
+    from lockd.dsse import Envelope
+    from lockd.model import Check, Report, ReportManifest
+    from lockd.statement import parse_statement, subjects_for
+    from lockd.verify import LATER_CHECKS, check_signature
+
+    info = observation.target
+    digests = ["sha256:" + s.digest["sha256"] for s in subjects_for(observation)]
+    found = next((m for d in digests if (m := client.manifests_for(d))), None)
+    if not found:
+        raise ServerError(
+            f"{client.base_url}: no manifest for {info.ref} ({digests[0]}); record it "
+            "and push the envelope first (lockd push)"
+        )
+    digest = found[0]["digest"]
+    source = f"{client.base_url}/v1/manifests/{digest}"
+    try:
+        envelope = Envelope.model_validate(client.manifest(digest)["envelope"])
+    except (KeyError, ValueError) as e:
+        raise ServerError(f"{source}: the answer carries no valid envelope ({e})") from e
+    signature, keyids = check_signature(envelope, trusted)
+    summary: dict[str, object] = {"kind": info.kind, "ref": info.ref}
+    if observation.host is not None:
+        summary["image_id"] = observation.host.image_id
+    if signature.status == "fail":
+        untrusted = "not compared: the manifest's signature is not trusted"
+        report = Report(
+            verified=False,
+            target=summary,
+            manifest=ReportManifest(path=source),
+            checks=[
+                signature,
+                *(
+                    Check(id=c, status="skip", evidence="signature", message=untrusted)
+                    for c in LATER_CHECKS
+                ),
+            ],
+        )
+    else:
+        subjects, manifest = parse_statement(envelope.payload_bytes(), source)
+        checks = [signature, *compare(manifest, observation, policy)]
+        report = Report(
+            verified=verified(checks),
+            target=summary,
+            manifest=ReportManifest(
+                path=source, subject=[s.model_dump() for s in subjects], keyid=keyids[0]
+            ),
+            checks=checks,
+        )
+    client.push_report(report)
+    return report
+
+
+def check_remote_audit(client: Client) -> ChainCheck:
+    """Re-hash the service's whole audit log here, independently of the service's own verdict
+    (entries are checked as they are fetched, page by page)."""
+    from lockd.store.audit import ChainChecker
+
+    checker = ChainChecker()
+    for entry in client.audit_entries():
+        checker.add(entry)
+    return checker.result()

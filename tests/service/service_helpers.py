@@ -1,0 +1,149 @@
+"""Builders for the service tests: signing keys, observations, envelopes (no Docker)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from lockd import dsse, keys
+from lockd.model import (
+    Distribution,
+    HostEvidence,
+    Manifest,
+    Observation,
+    OsInfo,
+    ProbeReport,
+    PythonInfo,
+    TargetInfo,
+)
+from lockd.statement import PAYLOAD_TYPE, make_statement
+
+SITE = "/opt/venv/lib/python3.11/site-packages"
+
+
+def image(n: int) -> str:
+    return "sha256:" + f"{n:064x}"
+
+
+def observation(image_id: str, *, distributions: int = 3, **probe_changes: Any) -> Observation:
+    dists = [
+        Distribution(
+            name=f"pkg-{i}",
+            version="1.0",
+            installer="pip",
+            location=SITE,
+            record_sha256=f"{i:064x}",
+            files=10,
+        )
+        for i in range(distributions)
+    ]
+    probe: dict[str, Any] = {
+        "probe_version": 1,
+        "python": PythonInfo(
+            version="3.11.2",
+            implementation="cpython",
+            executable="/opt/venv/bin/python3",
+            prefix="/opt/venv",
+            base_prefix="/usr",
+            path=["/usr/lib/python3.11", SITE],
+            platform="linux",
+        ),
+        "distributions": dists,
+        "os": OsInfo(id="debian", version_id="12", glibc="2.36", machine="x86_64"),
+        "env": {"CUDA_HOME": "/usr/local/cuda"},
+    }
+    probe.update(probe_changes)
+    return Observation(
+        target=TargetInfo(kind="container", ref="app-1"),
+        host=HostEvidence(
+            image_id=image_id,
+            repo_tags=["app:1"],
+            container_id="c" * 64,
+            changes_source="overlay",
+            config_env={"CUDA_HOME": "/usr/local/cuda"},
+        ),
+        probe=ProbeReport(**probe),
+    )
+
+
+def manifest(obs: Observation) -> Manifest:
+    return Manifest(lockd_version="0.1.0", recorded_at="2025-01-01T00:00:00+00:00", observation=obs)
+
+
+def envelope(key: keys.PrivateKey, obs: Observation) -> dsse.Envelope:
+    return dsse.sign(make_statement(manifest(obs)), PAYLOAD_TYPE, key)
+
+
+def envelope_json(key: keys.PrivateKey, obs: Observation) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(envelope(key, obs).to_json())
+    return doc
+
+
+def observation_json(obs: Observation) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(obs.model_dump_json(exclude_none=True))
+    return doc
+
+
+# --- a real `lockd serve` process ---------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Server:
+    """``lockd serve`` in a child process on loopback; ``start()`` waits for /readyz."""
+
+    def __init__(self, env: dict[str, str], port: int | None = None, log: Any = None) -> None:
+        self.env = env
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self.process: Any = None
+
+    def start(self, timeout: float = 60.0) -> Server:
+        import os
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "lockd", "serve", "--port", str(self.port)],
+            env={**os.environ, **self.env},
+            stdout=self.log or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"lockd serve exited {self.process.returncode}")
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=2) as answer:
+                    if answer.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"lockd serve did not become ready on {self.url} in {timeout} s")
+
+    def kill(self) -> None:
+        import signal
+
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
