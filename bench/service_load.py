@@ -124,7 +124,7 @@ def bench_backend(name: str, url: str, args: argparse.Namespace, folder: Path) -
     recorded = observation(image(1), distributions=args.distributions)
     env = {"LOCKD_DATABASE_URL": url, "LOCKD_TRUSTED_KEYS": str(public)}
     with (folder / f"{name}.log").open("wb") as log:
-        server = Server(env, log=log).start()
+        server = Server(env, log=log, workers=args.workers).start()
         try:
             push = http_request(
                 "POST", "/v1/manifests", token, envelope(key, recorded).to_json()
@@ -163,6 +163,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--distributions", type=int, default=150)
     parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--workers", type=int, default=1, help="lockd serve --workers")
     args = parser.parse_args()
     print(
         f"lockd service load: {args.concurrency} concurrent keep-alive clients, {args.seconds:.0f} s "

@@ -49,6 +49,16 @@ PythonOpt = Annotated[
 ]
 
 
+DeepOpt = Annotated[
+    bool,
+    typer.Option(
+        "--deep",
+        help="hash every installed file against its distribution's RECORD (the integrity "
+        "check); record refuses to sign when any disagrees",
+    ),
+]
+
+
 def _console(stderr: bool = False) -> Console:
     from rich.console import Console
 
@@ -109,6 +119,7 @@ def record(
             "(written back to MANIFEST unless --output is given)",
         ),
     ] = None,
+    deep: DeepOpt = False,
 ) -> None:
     """Observe TARGET and write its signed manifest (a DSSE envelope)."""
     from lockd import keys
@@ -119,6 +130,7 @@ def record(
         bind_lock,
         build_manifest,
         load_lock,
+        observe,
         sign_manifest,
     )
 
@@ -132,13 +144,7 @@ def record(
         refuse_existing(out, force=force)
     locked = None if lock is None else load_lock(lock, allow_unhashed=allow_unhashed)
     private = keys.load_private_key(key, keys.read_password(purpose=str(key)))
-    opened = _open_target(target, python)
-    if gpu:
-        from lockd.gpu import observe_with_suite
-
-        observation = observe_with_suite(opened)
-    else:
-        observation = opened.observe()
+    observation = observe(_open_target(target, python), gpu=gpu, deep=deep)
     if append is not None:
         manifest = append_gpu_result(append, private, observation)
         bound = None
@@ -162,6 +168,12 @@ def record(
         console.print(f"[yellow]warning[/]: no probe report: {observation.probe_error}")
     if bound is not None:
         console.print(f"lock {lock}: the target agrees with its {len(bound.pins)} pins")
+    if observation.integrity is not None:
+        found = observation.integrity
+        console.print(
+            f"integrity: {found.files} files of {found.distributions} distributions match "
+            "their RECORD"
+        )
     console.print(f"wrote {out} (signed by keyid {recorded.keyid})")
 
 
@@ -189,6 +201,7 @@ def verify(
         typer.Option("--gpu", help="run the GPU validation suite and compare its results"),
     ] = False,
     server: ServerOpt = None,
+    deep: DeepOpt = False,
 ) -> None:
     """Verify TARGET against a signed manifest; exit 0 when verified, 1 when not. With --server
     (token: LOCKD_TOKEN) the manifest for TARGET's image comes from a lockd service (its
@@ -214,10 +227,14 @@ def verify(
             observation = observe_with_suite(opened)
         else:
             observation = opened.observe()
+        if deep:
+            from lockd.integrity import deepen
+
+            observation = deepen(opened, observation, ignore=chosen.filesystem.ignore)
         report = verify_remote(client, observation, trusted, chosen)
     else:
         report = verify_target(
-            manifest, trusted, lambda: _open_target(target, python), chosen, gpu=gpu
+            manifest, trusted, lambda: _open_target(target, python), chosen, gpu=gpu, deep=deep
         )
         if server is not None:
             from lockd.client import Client

@@ -608,6 +608,46 @@ def check_gpu(manifest: Manifest, observation: Observation, p: Policy) -> Check:
     )
 
 
+# --- installed files against their RECORDs (--deep) --------------------------------------------
+
+_INTEGRITY_SOURCES = {
+    "overlay": "the container's overlay merged directory, on the host",
+    "layers": "the image's overlay2 layers, on the host",
+    "api": "the Docker daemon's archive API",
+    "local": "the local filesystem",
+}
+
+
+def check_integrity(observation: Observation, p: Policy) -> Check:
+    """The target's installed files against their RECORDs, as --deep hashed them (the check
+    needs nothing from the manifest: `packages` already holds each RECORD to the recorded one).
+    """
+    found = observation.integrity
+    if found is None:
+        return _skip("integrity", "host", "not checked: --deep hashes every installed file")
+    where = _INTEGRITY_SOURCES[found.source]
+    count = len(found.findings) + found.omitted
+    kinds: dict[str, int] = {}
+    for f in found.findings:
+        kinds[f.kind] = kinds.get(f.kind, 0) + 1
+    summary = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+    if found.omitted:
+        summary += f" ({found.omitted} more not listed)"
+    unchecked = ""
+    if found.without_record:
+        unchecked = f"; {len(found.without_record)} without a RECORD not checked"
+    return _check(
+        "integrity",
+        p,
+        found.evidence,
+        list(found.findings),
+        ok=f"{found.files} files of {found.distributions} distributions match their RECORD "
+        f"(read from {where}){unchecked}",
+        bad=f"{count} finding(s) against the RECORDs: {summary} (read from {where})",
+        failed=count > 0,
+    )
+
+
 def compare(manifest: Manifest, observation: Observation, policy: Policy) -> list[Check]:
     """Every check except `signature` (the caller verified the envelope before trusting it)."""
     recorded = manifest.observation
@@ -633,6 +673,7 @@ def compare(manifest: Manifest, observation: Observation, policy: Policy) -> lis
             lambda e, o: check_driver(manifest, observation, policy),
         ),
         check_gpu(manifest, observation, policy),
+        check_integrity(observation, policy),
     ]
 
 

@@ -44,14 +44,16 @@ import csv
 import glob
 import hashlib
 import io
+import mmap
 import os
 import posixpath
+import re
 import stat
 import sys
 import tarfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -103,9 +105,13 @@ md5 and sha1)."""
 _MAX_LINK_HOPS = 40
 _BATCH_BYTES = 4 * 1024 * 1024
 _BATCH_FILES = 32
-_B64 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_DIGEST = re.compile(
+    "|".join(f"{name}=[A-Za-z0-9_-]{{{-(-size * 4 // 3)}}}" for name, size in HASHES.items())
+)
+"""A RECORD digest: urlsafe base64 without padding, as long as the algorithm's digest."""
 _OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 _PATH_FLAGS: int = getattr(os, "O_PATH", os.O_RDONLY)
+_MAP_MIN = 1024 * 1024  # smaller files are read: a map costs more than the copy it saves
 _TEXT_LIMIT = 4096
 _GUESSES = (
     "usr/lib/python3*/site-packages",
@@ -156,11 +162,14 @@ def _row_problem(fields: list[str]) -> str | None:
     path, digest, size = fields
     if not path:
         return "the path is empty"
-    if "\x00" in path:
+    if not path.isascii():
+        if "\x00" in path:
+            return "the path contains a NUL character"
+        if any("\udc80" <= c <= "\udcff" for c in path):
+            return "the path is not UTF-8"
+    elif "\x00" in path:
         return "the path contains a NUL character"
-    if any("\udc80" <= c <= "\udcff" for c in path):
-        return "the path is not UTF-8"
-    if digest:
+    if digest and _DIGEST.fullmatch(digest) is None:
         algorithm, separator, value = digest.partition("=")
         if not separator:
             return f"hash {digest[:80]!r} is not ALGORITHM=DIGEST"
@@ -169,14 +178,7 @@ def _row_problem(fields: list[str]) -> str | None:
                 f"unsupported hash algorithm {algorithm[:40]!r} (lockd checks "
                 f"{', '.join(HASHES)}; the wheel spec forbids md5 and sha1)"
             )
-        raw = None
-        if value and set(value) <= _B64:
-            try:
-                raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-            except ValueError:
-                raw = None
-        if raw is None or len(raw) != HASHES[algorithm]:
-            return f"{value[:80]!r} is not a {algorithm} digest in urlsafe base64"
+        return f"{value[:80]!r} is not a {algorithm} digest in urlsafe base64"
     if size and not (size.isascii() and size.isdigit()):
         return f"size {size[:40]!r} is not a whole number of bytes"
     return None
@@ -185,6 +187,8 @@ def _row_problem(fields: list[str]) -> str | None:
 def _target_path(location: str, path: str) -> str:
     """A RECORD path as a target-absolute path: RECORD paths are relative to the location and
     may climb out of it (``../../../bin/torchrun``); ``..`` stops at the root."""
+    if not path.startswith("/") and "//" not in path and "/." not in "/" + path:
+        return f"{location.rstrip('/')}/{path}"  # the usual row, normal already
     joined = path if path.startswith("/") else posixpath.join(location, path)
     return "/" + posixpath.normpath(joined).lstrip("/")
 
@@ -364,6 +368,13 @@ class _Hit:
     copies: list[str] = field(default_factory=list)  # a directory: its copy in each layer
 
 
+@dataclass
+class _Opened:
+    handle: int  # O_PATH
+    st: os.stat_result
+    hit: _Hit
+
+
 class _LoopError(Exception):
     pass
 
@@ -382,6 +393,11 @@ class HostTree(Source):
     ``..`` stops there), never on the host. With ``check_opened``, each opened file's real
     path must be the path meant: in a running container a directory may be swapped for a
     link while lockd reads, and that must not redirect lockd outside the container.
+
+    Large files are hashed through a memory map (no copy) where nothing can truncate them
+    meanwhile (a truncated map kills the process): every file of an ``immutable`` tree (an
+    image's layers), and a container's files that its writable ``upper`` layer does not hold
+    (overlayfs serves them from the image's read-only layers). Other files are read.
     """
 
     def __init__(
@@ -392,6 +408,8 @@ class HostTree(Source):
         evidence: Literal["host", "inside"],
         description: str,
         check_opened: bool = False,
+        immutable: bool = False,
+        upper: str | None = None,
     ) -> None:
         if not layers:
             raise ValueError("a HostTree needs at least one directory")
@@ -400,6 +418,8 @@ class HostTree(Source):
         self.evidence = evidence
         self.description = description
         self.check_opened = check_opened
+        self.immutable = immutable
+        self.upper = None if upper is None else os.path.realpath(upper)
         self._merging = len(self.layers) > 1
         self._dirs: dict[str, list[str]] = {"": list(self.layers)}
         self._resolved: dict[str, _Hit | None] = {}
@@ -513,54 +533,74 @@ class HostTree(Source):
         self._resolved[path] = hit
         return hit
 
-    def _file(self, path: str) -> _Hit | FileState:
-        """The regular file at ``path`` (a last link followed), or its state when there is
-        none."""
+    def _file(self, path: str) -> _Opened | FileState:
+        """The regular file at ``path`` (a last link followed) opened as a path only (O_PATH:
+        opening a device or a FIFO this way runs nothing of it), or its state when there is
+        no such file."""
         directory, _, name = path.rpartition("/")
         parent = self._directory(directory or "/")
-        hit = None
-        if parent is not None and name not in ("", ".", ".."):
+        if parent is None or name in ("", ".", ".."):
+            return FileState("missing")
+        if self._merging:
             hit = self._entry(parent.rel, name)
-        if hit is not None and hit.kind == "link":
+        else:  # one directory: open it straight away, lstat-free
+            rel = f"{parent.rel}/{name}" if parent.rel else name
+            hit = _Hit("file", rel, self._join(parent.host, name))
+        for _ in range(2):
+            if hit is None:
+                return FileState("missing")
+            if hit.kind == "dir":
+                return FileState("other", message="is a directory, not the file listed")
             try:
+                handle = os.open(hit.host, _PATH_FLAGS | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except (FileNotFoundError, NotADirectoryError):
+                return FileState("missing")
+            except OSError as e:
+                return FileState("unreadable", message=f"cannot open it: {e.strerror}")
+            st = os.fstat(handle)
+            if stat.S_ISREG(st.st_mode):
+                return _Opened(handle, st, hit)
+            os.close(handle)
+            if not stat.S_ISLNK(st.st_mode):
+                what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+                return FileState("other", message=f"is {what}, not the file listed")
+            try:  # a link: follow it inside the root
                 hit = self._resolve(path)
             except _LoopError:
                 return FileState("other", message="a loop of symbolic links")
             except OSError as e:
                 return FileState("unreadable", message=f"cannot read its link: {e.strerror}")
-        if hit is None:
-            return FileState("missing")
-        if hit.kind != "file":
-            what = "a directory" if hit.kind == "dir" else "not a regular file"
-            return FileState("other", message=f"is {what}, not the file listed")
-        return hit
+        return FileState("unstable", message="it changed while lockd opened it")
 
-    def _open(self, hit: _Hit) -> int:
-        """The regular file ``hit`` opened for reading.
-
-        It is first opened as a path only (O_PATH: nothing of a device or a FIFO swapped in
-        meanwhile runs), checked to be a regular file (and, with ``check_opened``, the file
-        meant), then opened for reading through that handle.
+    def _reopen(self, opened: _Opened) -> int:
+        """The O_PATH handle opened for reading (then closed); with ``check_opened``, only when
+        it is the file meant.
 
         Raises:
-            FileNotFoundError: it is gone.
-            _MovedError: it is not the file meant, or no longer a regular file.
+            _MovedError: the handle is not the file meant.
             OSError: it cannot be opened.
         """
-        handle = os.open(hit.host, _PATH_FLAGS | os.O_NOFOLLOW | os.O_CLOEXEC)
+        proc = f"/proc/self/fd/{opened.handle}"
         try:
-            proc = f"/proc/self/fd/{handle}"
             if self.check_opened:
                 real = os.readlink(proc)
-                if real != hit.host:
+                if real != opened.hit.host:
                     raise _MovedError(f"opened {real}")
-            if not stat.S_ISREG(os.fstat(handle).st_mode):
-                raise _MovedError("no longer a regular file")
             if _PATH_FLAGS == os.O_RDONLY:  # pragma: no cover - no O_PATH (not Linux)
-                return os.dup(handle)
+                return os.dup(opened.handle)
             return os.open(proc, os.O_RDONLY | os.O_CLOEXEC)
         finally:
-            os.close(handle)
+            os.close(opened.handle)
+
+    def _mappable(self, opened: _Opened) -> bool:
+        """Whether nothing can truncate the file while it is mapped (see the class)."""
+        if opened.st.st_size < _MAP_MIN:
+            return False
+        if self.immutable:
+            return True
+        if self.upper is None:
+            return False
+        return not os.path.lexists(self._join(self.upper, opened.hit.rel))
 
     def _names(self, hit: _Hit) -> list[str]:
         names: dict[str, None] = {}
@@ -588,7 +628,7 @@ class HostTree(Source):
                 return None
             raise OSError(found.message or "cannot be read")
         try:
-            fd = self._open(found)
+            fd = self._reopen(found)
         except FileNotFoundError:
             return None
         except _MovedError as e:
@@ -614,7 +654,7 @@ class HostTree(Source):
         if isinstance(found, FileState):
             return found
         try:
-            fd = self._open(found)
+            fd = self._reopen(found)
         except FileNotFoundError:
             return FileState("missing")
         except _MovedError as e:
@@ -622,7 +662,8 @@ class HostTree(Source):
         except OSError as e:
             return FileState("unreadable", message=f"cannot open it: {e.strerror or e}")
         try:
-            return _hash_fd(fd, found.host, algorithm, buffer)
+            mappable = self._mappable(found)
+            return _hash_fd(fd, found.hit.host, found.st, algorithm, buffer, mappable)
         finally:
             os.close(fd)
 
@@ -666,37 +707,45 @@ class HostTree(Source):
         return sorted(p for p in found if self._directory(p) is not None)
 
 
-def _hash_fd(fd: int, where: str, algorithm: str, buffer: bytearray) -> FileState:
-    """Hash an open file; ``unstable`` when it is written to or replaced meanwhile."""
-    try:
-        before = os.fstat(fd)
-    except OSError as e:
-        return FileState("unreadable", message=f"cannot stat it: {e.strerror}")
-    if not stat.S_ISREG(before.st_mode):
-        return FileState("other", message="is not a regular file")
+def _hash_fd(
+    fd: int,
+    where: str,
+    before: os.stat_result,
+    algorithm: str,
+    buffer: bytearray,
+    mappable: bool = False,
+) -> FileState:
+    """Hash an open regular file (``before``: its stat when opened), through a memory map when
+    ``mappable``; ``unstable`` when it is written to or replaced meanwhile."""
     digest = hashlib.new(algorithm)
-    view = memoryview(buffer)
     size = 0
     try:
-        while count := os.readv(fd, [buffer]):
-            digest.update(view[:count])
-            size += count
+        if mappable:
+            with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as mapped:
+                mapped.madvise(mmap.MADV_SEQUENTIAL)
+                with memoryview(mapped) as whole:
+                    digest.update(whole)
+                size = len(mapped)
+        else:
+            with memoryview(buffer) as view:
+                while count := os.readv(fd, [buffer]):
+                    digest.update(view[:count])
+                    size += count
         after = os.fstat(fd)
         now = os.stat(where, follow_symlinks=False)
     except FileNotFoundError:
         return FileState("unstable", message="removed while lockd hashed it")
-    except OSError as e:
-        return FileState("unreadable", message=f"cannot read it: {e.strerror}")
-    finally:
-        view.release()
+    except (OSError, ValueError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        return FileState("unreadable", message=f"cannot read it: {reason}")
+    if (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino):
+        return FileState("unstable", message="replaced while lockd hashed it")
     if size != after.st_size or (before.st_size, before.st_mtime_ns, before.st_ctime_ns) != (
         after.st_size,
         after.st_mtime_ns,
         after.st_ctime_ns,
     ):
         return FileState("unstable", message="written to while lockd hashed it")
-    if (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino):
-        return FileState("unstable", message="replaced while lockd hashed it")
     return FileState("file", digest=digest_text(algorithm, digest.digest()), size=size)
 
 
@@ -985,68 +1034,69 @@ _Job = tuple[str, str, int]  # path, algorithm, size listed
 
 
 class _Hasher:
-    """Hashes (path, algorithm) jobs in a thread pool, each once, largest first, in batches;
-    keeps every state for whoever asks later (the probe names its locations after hashing
-    began)."""
+    """Hashes (path, algorithm) jobs in a thread pool, each once, largest first, in batches of
+    small files; keeps every state for whoever asks later (the probe names its locations
+    after hashing began)."""
 
     def __init__(self, source: Source, pool: ThreadPoolExecutor, progress: _Progress) -> None:
         self.source = source
         self.pool = pool
         self.progress = progress
-        self.states: dict[tuple[str, str], Future[FileState]] = {}
+        self.states: dict[tuple[str, str], FileState] = {}
+        self.batches: dict[tuple[str, str], Future[None]] = {}
         self.sizes: dict[tuple[str, str], int] = {}
         self._local = threading.local()
 
-    def _run(self, batch: list[tuple[_Job, Future[FileState]]]) -> None:
+    def _run(self, batch: list[_Job]) -> None:
         buffer: bytearray | None = getattr(self._local, "buffer", None)
         if buffer is None:
             buffer = self._local.buffer = bytearray(CHUNK)
-        for (path, algorithm, size), future in batch:
-            if not future.set_running_or_notify_cancel():
-                continue
+        for path, algorithm, size in batch:
             try:
                 state = self.source.hash(path, algorithm, buffer)
             except (OSError, LockdError) as e:  # one odd file must not cost the whole check
                 state = FileState("unreadable", message=str(e))
-            except BaseException as e:  # a bug: raised again where the state is read
-                future.set_exception(e)
-                continue
-            future.set_result(state)
+            self.states[(path, algorithm)] = state
             if self.source.on_bytes is None:  # an archive source tells of its bytes itself
                 self.progress.advance(size)
 
     def submit(self, jobs: Iterable[_Job]) -> None:
-        fresh: list[tuple[_Job, Future[FileState]]] = []
+        fresh: list[_Job] = []
         for job in jobs:
             key = (job[0], job[1])
-            known = self.states.get(key)
+            known = self.batches.get(key)
             if known is None or known.cancelled():
-                self.states[key] = Future()
                 self.sizes[key] = job[2]
-                fresh.append((job, self.states[key]))
-        fresh.sort(key=lambda item: -item[0][2])
-        batch: list[tuple[_Job, Future[FileState]]] = []
+                self.batches[key] = _PENDING
+                fresh.append(job)
+        fresh.sort(key=lambda job: -job[2])
+        batch: list[_Job] = []
         weight = 0
-        for item in fresh:
-            batch.append(item)
-            weight += item[0][2]
-            if weight >= _BATCH_BYTES or len(batch) >= _BATCH_FILES:
-                self.pool.submit(self._run, batch)
+        for index, job in enumerate(fresh):
+            batch.append(job)
+            weight += job[2]
+            if weight >= _BATCH_BYTES or len(batch) >= _BATCH_FILES or index == len(fresh) - 1:
+                future = self.pool.submit(self._run, batch)
+                for path, algorithm, _ in batch:
+                    self.batches[(path, algorithm)] = future
                 batch, weight = [], 0
-        if batch:
-            self.pool.submit(self._run, batch)
 
     def cancel(self, keep: Callable[[str], bool]) -> None:
-        """Cancel the jobs not begun whose path ``keep`` rejects."""
-        for (path, _), future in self.states.items():
-            if not keep(path):
+        """Cancel the batches not begun that hold only paths ``keep`` rejects."""
+        kept = {id(f) for (path, _), f in self.batches.items() if keep(path)}
+        for future in set(self.batches.values()):
+            if id(future) not in kept:
                 future.cancel()
 
     def state(self, path: str, algorithm: str) -> FileState:
-        try:
-            return self.states[(path, algorithm)].result()
-        except CancelledError:  # pragma: no cover - submit() replaces cancelled jobs
-            return FileState("unreadable", message="not hashed (cancelled)")
+        """Raises what hashing raised that is not an OSError or a LockdError (a bug)."""
+        key = (path, algorithm)
+        if key not in self.states:
+            self.batches[key].result()
+        return self.states[key]
+
+
+_PENDING: Future[None] = Future()
 
 
 def _dist_infos(source: Source, location: str) -> dict[str, str]:

@@ -128,6 +128,8 @@ class GpuSuiteSettings(Frozen):
     matmul_allow_tf32: bool
     cudnn_allow_tf32: bool
     float32_matmul_precision: Str
+    fp16_reduced_precision_reduction: bool  # torch.backends.cuda.matmul.allow_fp16_reduced…
+    bf16_reduced_precision_reduction: bool
     seed: int
     threads: int | None = None  # CPU runs: intra-op threads (1)
 

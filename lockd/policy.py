@@ -65,6 +65,7 @@ class Checks(_Strict):
     cuda: Level = "required"
     driver: Level = "required"
     gpu: Level = "required"
+    integrity: Level = "required"
 
 
 class PackagesPolicy(_Strict):

@@ -17,6 +17,35 @@ if TYPE_CHECKING:
     from lockd.dsse import Envelope
     from lockd.keys import PrivateKey
     from lockd.lockfile import Lock
+    from lockd.targets.base import Target
+
+
+def observe(target: Target, *, gpu: bool = False, deep: bool = False) -> Observation:
+    """What record signs of ``target``: its Observation; with ``gpu``, a run of the GPU suite
+    in it; with ``deep``, its installed files hashed against their RECORDs (lockd.integrity).
+
+    Raises:
+        RefusedError: with ``deep``, installed files disagree with their RECORD, or a RECORD
+            is malformed: nothing may be signed.
+        TargetError, ProbeError: the target cannot be observed.
+    """
+    if deep and not gpu:
+        from lockd.integrity import DeepTarget
+
+        observation = DeepTarget(target).observe()  # hashing overlaps the probe
+    elif gpu:
+        from lockd.gpu import observe_with_suite
+
+        observation = observe_with_suite(target)
+    else:
+        observation = target.observe()
+    if deep:
+        from lockd.integrity import deepen, require_intact
+
+        if observation.integrity is None:
+            observation = deepen(target, observation)
+        require_intact(observation)
+    return observation
 
 
 def build_manifest(

@@ -31,6 +31,7 @@ LATER_CHECKS = (
     "cuda",
     "driver",
     "gpu",
+    "integrity",
 )
 
 
@@ -78,13 +79,27 @@ def _target_summary(info: TargetInfo, observation: Observation | None) -> dict[s
     return summary
 
 
-def _reach_and_observe(reach: Callable[[], Target], gpu: bool) -> tuple[Target, Observation]:
+def _reach_and_observe(
+    reach: Callable[[], Target], gpu: bool, deep: Sequence[str] | None = None
+) -> tuple[Target, Observation]:
+    """``deep``: check installed files against their RECORDs, not reporting unlisted files
+    that match these patterns (lockd.integrity)."""
     target = reach()
+    if deep is not None and not gpu:
+        from lockd.integrity import DeepTarget
+
+        return target, DeepTarget(target, ignore=deep).observe()
     if gpu:
         from lockd.gpu import observe_with_suite
 
-        return target, observe_with_suite(target)
-    return target, target.observe()
+        observation = observe_with_suite(target)
+    else:
+        observation = target.observe()
+    if deep is not None:
+        from lockd.integrity import deepen
+
+        observation = deepen(target, observation, ignore=deep)
+    return target, observation
 
 
 def verify_target(
@@ -94,9 +109,11 @@ def verify_target(
     policy: Policy,
     *,
     gpu: bool = False,
+    deep: bool = False,
 ) -> Report:
     """Verify the target `reach()` opens against the signed manifest under `policy`; with
-    `gpu`, run the GPU validation suite in it too (the `gpu` check).
+    `gpu`, run the GPU validation suite in it too (the `gpu` check); with `deep`, hash every
+    installed file against its RECORD (the `integrity` check).
 
     The target is reached and probed in a worker thread while the envelope is read and its
     signature checked: the probe mostly waits on the container, so this hides its latency.
@@ -104,7 +121,8 @@ def verify_target(
     says cannot be held against an untrusted record (a target error then does not matter).
     """
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockd-probe") as pool:
-        observing = pool.submit(_reach_and_observe, reach, gpu)
+        ignore = policy.filesystem.ignore if deep else None
+        observing = pool.submit(_reach_and_observe, reach, gpu, ignore)
         signature, keyids, statement = open_manifest(manifest_path, trusted)
         if statement is None:
             untrusted = "not compared: the manifest's signature is not trusted"

@@ -8,8 +8,9 @@ import datetime as dt
 import hashlib
 import json
 import secrets
+import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
@@ -159,6 +160,11 @@ class Store:
         self._qmark = not is_postgres(engine)
         head = "SELECT seq, hash FROM audit_head WHERE id = 1"
         self._head_sql = head if self._qmark else head + " FOR UPDATE"
+        # SQLite has one writer at a time; threads of this process queue here rather than in
+        # SQLite's busy handler, which polls with sleeps (other processes still wait there).
+        self._writer: AbstractContextManager[Any] = (
+            threading.Lock() if self._qmark else nullcontext()
+        )
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -180,6 +186,10 @@ class Store:
         the one write lock, taken by BEGIN IMMEDIATE; PostgreSQL: a row lock, FOR UPDATE), so
         appends are serialized and the chain never forks. Plain driver calls: this is the hot
         path of every write, and SQLAlchemy's statement building would cost more than SQLite."""
+        with self._writer:
+            yield from self._write_unlocked()
+
+    def _write_unlocked(self) -> Iterator[_Tx]:
         raw = self.engine.raw_connection()
         cursor = raw.cursor()
         try:

@@ -109,6 +109,51 @@ def app_image(build_image: Callable[..., str]) -> str:
     return build_image("app")
 
 
+@pytest.fixture(scope="session")
+def torch_cpu_image(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """locks/torch-cpu/Dockerfile built once per session (the daemon caches it across sessions)
+    as ``lockd-test/torch-cpu:latest``: torch 2.13.0 CPU and numpy in /opt/venv (about 1 GB,
+    20k+ files), non-root, from the locked wheels in $LOCKD_TORCH_WHEELS (default: torch-cpu/
+    beside $LOCKD_WHEELS). The first build takes a few minutes."""
+    from docker.errors import BuildError, ImageNotFound
+
+    try:
+        docker_client.images.get(BASE_IMAGE)
+    except ImageNotFound:
+        pytest.fail(f"the base image {BASE_IMAGE} is missing; {SETUP}")
+    lock = _HERE.parent.parent / "locks" / "torch-cpu"
+    default = Path(os.environ.get("LOCKD_WHEELS") or DEFAULT_WHEELS).parent / "torch-cpu"
+    wheels = Path(os.environ.get("LOCKD_TORCH_WHEELS") or default)
+    if not any(wheels.glob("torch-2.13.0+cpu-*.whl")):
+        pytest.fail(f"no torch 2.13.0 CPU wheel in {wheels} (LOCKD_TORCH_WHEELS); {SETUP}")
+    context = tmp_path_factory.mktemp("image-torch-cpu")
+    shutil.copytree(lock, context, dirs_exist_ok=True)
+
+    def link_or_copy(source: str, destination: str) -> None:
+        try:
+            os.link(source, destination)
+        except OSError:
+            shutil.copy2(source, destination)
+
+    shutil.copytree(wheels, context / "wheels", copy_function=link_or_copy)
+    tag = "lockd-test/torch-cpu:latest"
+    try:
+        docker_client.images.build(
+            path=str(context),
+            tag=tag,
+            pull=False,
+            rm=True,
+            forcerm=True,
+            network_mode="none",
+            labels={TEST_LABEL: "1"},
+            timeout=1800,
+        )
+    except BuildError as e:
+        log = "".join(str(line.get("stream", line.get("error", ""))) for line in e.build_log)
+        pytest.fail(f"building {lock}/Dockerfile failed: {e.msg}\n{log[-4000:]}")
+    return tag
+
+
 @pytest.fixture
 def run_container(docker_client: Any) -> Iterator[Callable[..., Any]]:
     """``run_container(image, *, name_prefix="lockd-test", **kwargs)``: start a detached

@@ -99,8 +99,11 @@ def free_port() -> int:
 class Server:
     """``lockd serve`` in a child process on loopback; ``start()`` waits for /readyz."""
 
-    def __init__(self, env: dict[str, str], port: int | None = None, log: Any = None) -> None:
+    def __init__(
+        self, env: dict[str, str], port: int | None = None, log: Any = None, workers: int = 1
+    ) -> None:
         self.env = env
+        self.workers = workers
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -114,7 +117,8 @@ class Server:
         import urllib.request
 
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "lockd", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "lockd", "serve", "--port", str(self.port),
+             "--workers", str(self.workers)],
             env={**os.environ, **self.env},
             stdout=self.log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,

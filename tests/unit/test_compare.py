@@ -34,9 +34,14 @@ def test_identical_environment_passes_every_check() -> None:
         "env",
         "system",
         "lock",
+        "cuda",
+        "driver",
+        "gpu",
+        "integrity",
     ]
     assert {c.status for c in checks} == {"pass", "skip"}
     assert by_id(checks)["lock"].status == "skip"
+    assert by_id(checks)["integrity"].status == "skip"
     assert verified(checks)
 
 

@@ -17,7 +17,7 @@ router = APIRouter(prefix="/v1/audit", tags=["audit"])
 def audit_entries(
     service: ServiceDep,
     _: ReaderDep,
-    after: Annotated[int, Query(ge=0, le=2**62, description="entries with seq > after")] = 0,
+    after: Annotated[int, Query(ge=0, le=2**31 - 1, description="entries with seq > after")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
 ) -> list[AuditEntryOut]:
     """Entries in seq order; page with ``after`` = the last seq seen."""

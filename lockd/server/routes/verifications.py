@@ -11,7 +11,7 @@ from lockd.server.deps import ReaderDep, RecorderDep, ServiceDep
 from lockd.server.routes import problems
 from lockd.server.routes.manifests import DigestQuery
 from lockd.server.schemas import VerificationOut, VerificationRequest
-from lockd.server.service import NotFoundError
+from lockd.server.service import NotFoundError, Service
 from lockd.store.repository import VerificationRecord
 
 router = APIRouter(prefix="/v1/verifications", tags=["verifications"])
@@ -42,16 +42,14 @@ def out(record: VerificationRecord) -> VerificationOut:
         **problems(400, 401, 403, 404, 413, 422),
     },
 )
-def post_verification(
-    body: VerificationRequest, service: ServiceDep, principal: RecorderDep
+async def post_verification(
+    body: VerificationRequest,
+    service: ServiceDep,
+    principal: RecorderDep,
 ) -> Response:
     """With ``observation``: compare it with the newest trusted manifest for its image under
     ``policy`` (404 when none is stored). With ``report``: store a client's report as is."""
-    if body.observation is not None:
-        record, _ = service.verify_observation(body.observation, body.policy, actor=principal.name)
-    else:
-        assert body.report is not None  # the model admits exactly one of the two
-        record = service.record_report(body.report, actor=principal.name)
+    record = await service.run(_store_verification, service, body, principal.name)
     service.metrics.verifications.labels(
         record.source, "verified" if record.verified else "not-verified"
     ).inc()
@@ -60,6 +58,16 @@ def post_verification(
         media_type="application/json",
         headers={"Location": f"/v1/verifications/{record.id}"},
     )
+
+
+def _store_verification(
+    service: Service, body: VerificationRequest, actor: str
+) -> VerificationRecord:
+    if body.observation is not None:
+        record, _ = service.verify_observation(body.observation, body.policy, actor=actor)
+        return record
+    assert body.report is not None  # the model admits exactly one of the two
+    return service.record_report(body.report, actor=actor)
 
 
 @router.get("", response_model=list[VerificationOut], responses=problems(401, 403, 422))
@@ -77,7 +85,7 @@ def list_verifications(
     "/{verification_id}", response_model=VerificationOut, responses=problems(401, 403, 404, 422)
 )
 def get_verification(
-    verification_id: Annotated[int, Path(ge=1, le=2**62)], service: ServiceDep, _: ReaderDep
+    verification_id: Annotated[int, Path(ge=1, le=2**31 - 1)], service: ServiceDep, _: ReaderDep
 ) -> VerificationOut:
     record = service.store.get_verification(verification_id)
     if record is None:
