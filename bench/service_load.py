@@ -39,9 +39,13 @@ def postgres_url() -> str:
     url = os.environ.get("LOCKD_BENCH_POSTGRES_URL")
     if url:
         return url
-    base = subprocess.run(
-        [str(ROOT / "scripts" / "postgres")], capture_output=True, text=True, check=True
-    ).stdout.strip().splitlines()[-1]
+    base = (
+        subprocess.run(
+            [str(ROOT / "scripts" / "postgres")], capture_output=True, text=True, check=True
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     engine = make_engine(base)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.exec_driver_sql("DROP DATABASE IF EXISTS lockd_bench")
@@ -126,9 +130,7 @@ def bench_backend(name: str, url: str, args: argparse.Namespace, folder: Path) -
     with (folder / f"{name}.log").open("wb") as log:
         server = Server(env, log=log, workers=args.workers).start()
         try:
-            push = http_request(
-                "POST", "/v1/manifests", token, envelope(key, recorded).to_json()
-            )
+            push = http_request("POST", "/v1/manifests", token, envelope(key, recorded).to_json())
             import urllib.request
 
             request = urllib.request.Request(
@@ -136,11 +138,13 @@ def bench_backend(name: str, url: str, args: argparse.Namespace, folder: Path) -
                 data=envelope(key, recorded).to_json(),
                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
             )
-            with urllib.request.urlopen(request) as answer:  # noqa: S310
+            with urllib.request.urlopen(request) as answer:
                 assert answer.status in (200, 201), push[:0]
             body = json.dumps(
-                {"observation": json.loads(recorded.model_dump_json(exclude_none=True)),
-                 "policy": "default"}
+                {
+                    "observation": json.loads(recorded.model_dump_json(exclude_none=True)),
+                    "policy": "default",
+                }
             ).encode()
             verify = http_request("POST", "/v1/verifications", token, body)
             health = http_request("GET", "/healthz", token)

@@ -509,5 +509,7 @@ def main(argv: list[str] | None = None) -> None:
     except LockdError as e:
         if verbose:
             raise
-        _console(stderr=True).print(f"[bold red]lockd: error:[/] {e.diagnostics()}", markup=True)
+        from rich.markup import escape
+
+        _console(stderr=True).print(f"[bold red]lockd: error:[/] {escape(e.diagnostics())}")
         sys.exit(e.exit_code)

@@ -242,5 +242,6 @@ def test_torch_cpu_image_records_and_verifies_clean_with_deep(
     assert code == 0, [c for c in report["checks"] if c["status"] == "fail"]
     integrity = check(report, "integrity")
     assert integrity["status"] == "pass"
-    assert int(integrity["message"].split(" files of ")[0]) > 20000
+    # 22k files in site-packages, of which 16k+ carry a hash (compiled .pyc files do not)
+    assert int(integrity["message"].split(" files of ")[0]) > 15000
     assert torch_container.exec_run(["id", "-u"])[1].decode().strip() == "1000"

@@ -117,8 +117,16 @@ class Server:
         import urllib.request
 
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "lockd", "serve", "--port", str(self.port),
-             "--workers", str(self.workers)],
+            [
+                sys.executable,
+                "-m",
+                "lockd",
+                "serve",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(self.workers),
+            ],
             env={**os.environ, **self.env},
             stdout=self.log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,

@@ -54,10 +54,20 @@ def test_push_stores_once_and_answers_with_digest_and_subjects(
 def test_find_manifests_by_subject_name_and_label(
     client: TestClient, tokens: Tokens, signer: Signer
 ) -> None:
-    a = push(client, tokens, envelope_json(signer.key, observation(image(1))), name="a",
-             label=["experiment=1"]).json()
-    b = push(client, tokens, envelope_json(signer.key, observation(image(2))), name="b",
-             label=["experiment=2"]).json()
+    a = push(
+        client,
+        tokens,
+        envelope_json(signer.key, observation(image(1))),
+        name="a",
+        label=["experiment=1"],
+    ).json()
+    b = push(
+        client,
+        tokens,
+        envelope_json(signer.key, observation(image(2))),
+        name="b",
+        label=["experiment=2"],
+    ).json()
     reader = tokens.header("reader")
 
     def digests(**params: object) -> list[str]:
@@ -145,8 +155,10 @@ def test_audit_policy_turns_failures_into_warnings(
     push(client, tokens, envelope_json(signer.key, observation(image(1))))
     answer = client.post(
         "/v1/verifications",
-        json={"observation": observation_json(observation(image(1), distributions=4)),
-              "policy": "audit"},
+        json={
+            "observation": observation_json(observation(image(1), distributions=4)),
+            "policy": "audit",
+        },
         headers=tokens.header("recorder"),
     )
     assert answer.status_code == 200
@@ -175,8 +187,15 @@ def test_a_clients_report_is_stored_as_given(
         "verified": False,
         "target": {"kind": "container", "ref": "web-1", "image_id": image(3)},
         "manifest": {"path": "app.dsse.json", "subject": [], "keyid": signer.keyid},
-        "checks": [{"id": "signature", "status": "fail", "evidence": "signature",
-                    "message": "untrusted", "findings": []}],
+        "checks": [
+            {
+                "id": "signature",
+                "status": "fail",
+                "evidence": "signature",
+                "message": "untrusted",
+                "findings": [],
+            }
+        ],
     }
     answer = client.post(
         "/v1/verifications", json={"report": report}, headers=tokens.header("recorder")
@@ -219,7 +238,9 @@ def test_every_write_is_in_the_audit_chain(
         prev = entry["hash"]
     stored = client.get(f"/v1/manifests/{digest}", headers=tokens.header("reader")).json()
     envelope_text = json.dumps(stored["envelope"], indent=2, sort_keys=True) + "\n"
-    assert entries[3]["body_digest"] == "sha256:" + hashlib.sha256(envelope_text.encode()).hexdigest()
+    assert (
+        entries[3]["body_digest"] == "sha256:" + hashlib.sha256(envelope_text.encode()).hexdigest()
+    )
 
     page = client.get("/v1/audit", params={"after": 3, "limit": 1}, headers=tokens.header("reader"))
     assert [e["seq"] for e in page.json()] == [4]
@@ -276,14 +297,19 @@ def test_metrics_count_requests_by_route_and_verifications_by_result(
     obs = observation(image(1))
     push(client, tokens, envelope_json(signer.key, obs))
     for o in (obs, observation(image(1), distributions=5)):
-        client.post("/v1/verifications", json={"observation": observation_json(o)},
-                    headers=tokens.header("recorder"))
+        client.post(
+            "/v1/verifications",
+            json={"observation": observation_json(o)},
+            headers=tokens.header("recorder"),
+        )
     client.get(f"/v1/manifests/sha256:{'0' * 64}", headers=tokens.header("reader"))
     answer = client.get("/metrics")
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/plain")
     lines = set(answer.text.splitlines())
-    assert 'lockd_http_requests_total{method="POST",route="/v1/manifests",status="201"} 1.0' in lines
+    assert (
+        'lockd_http_requests_total{method="POST",route="/v1/manifests",status="201"} 1.0' in lines
+    )
     assert (
         'lockd_http_requests_total{method="GET",route="/v1/manifests/{digest}",status="404"} 1.0'
         in lines

@@ -96,8 +96,9 @@ def test_push_verify_and_audit_against_a_server(
     token = lockd("token", "create", "ci", "--role", "recorder", env=server_env).stdout.strip()
     client_env = {"LOCKD_TOKEN": token}
 
-    pushed = lockd("push", local_envelope, "--server", server.url, "--label", "experiment=7",
-                   env=client_env)
+    pushed = lockd(
+        "push", local_envelope, "--server", server.url, "--label", "experiment=7", env=client_env
+    )
     assert pushed.returncode == 0, pushed.stderr
     assert "stored as sha256:" in pushed.stdout
     again = lockd("push", local_envelope, "--server", server.url, env=client_env)

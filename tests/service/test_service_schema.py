@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 import schemathesis
-from schemathesis import GenerationMode
 from conftest import Signer, Tokens
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,

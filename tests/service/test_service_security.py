@@ -25,8 +25,11 @@ from lockd.store.repository import Store
 
 
 def test_no_token_is_401_with_a_bearer_challenge(client: TestClient) -> None:
-    for method, path in [("GET", "/v1/manifests"), ("POST", "/v1/manifests"),
-                         ("GET", "/v1/audit/verify")]:
+    for method, path in [
+        ("GET", "/v1/manifests"),
+        ("POST", "/v1/manifests"),
+        ("GET", "/v1/audit/verify"),
+    ]:
         answer = client.request(method, path, json={})
         assert answer.status_code == 401, (path, answer.text)
         assert answer.headers["www-authenticate"] == "Bearer"
@@ -51,13 +54,17 @@ def test_roles_gate_writes_and_token_creation(
     assert weak.json()["detail"] == (
         "token 'ci-reader' has the role reader; this needs recorder or stronger"
     )
-    assert client.post(
-        "/v1/tokens", json={"name": "x", "role": "reader"}, headers=tokens.header("recorder")
-    ).status_code == 403
+    assert (
+        client.post(
+            "/v1/tokens", json={"name": "x", "role": "reader"}, headers=tokens.header("recorder")
+        ).status_code
+        == 403
+    )
     assert client.post("/v1/manifests", json=doc, headers=tokens.header("admin")).status_code == 201
 
     made = client.post(
-        "/v1/tokens", json={"name": "deployer", "role": "recorder"},
+        "/v1/tokens",
+        json={"name": "deployer", "role": "recorder"},
         headers=tokens.header("admin"),
     )
     assert made.status_code == 201
@@ -94,9 +101,12 @@ def _bad_manifest_pushes(signer: Signer, stranger: Signer) -> dict[str, tuple[An
     good = envelope_json(signer.key, observation(image(1)))
     unsigned = dict(good, signatures=[])
     other_type = canonical_json(
-        {"_type": "https://in-toto.io/Statement/v1", "subject": [{"name": "x", "digest":
-         {"sha256": "a" * 64}}], "predicateType": "https://slsa.dev/provenance/v1",
-         "predicate": {}}
+        {
+            "_type": "https://in-toto.io/Statement/v1",
+            "subject": [{"name": "x", "digest": {"sha256": "a" * 64}}],
+            "predicateType": "https://slsa.dev/provenance/v1",
+            "predicate": {},
+        }
     )
     return {
         "malformed JSON": (b'{"payload": "abc", ', 400, "not valid JSON"),
@@ -114,8 +124,7 @@ def _bad_manifest_pushes(signer: Signer, stranger: Signer) -> dict[str, tuple[An
             422,
             "not an in-toto Statement v1",
         ),
-        "other predicate": (json.dumps(_signed(signer, other_type)).encode(), 422,
-                            "not lockd's"),
+        "other predicate": (json.dumps(_signed(signer, other_type)).encode(), 422, "not lockd's"),
     }
 
 
@@ -144,24 +153,28 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES)
 def test_bad_envelopes_are_refused(
-    client: TestClient, tokens: Tokens, signer: Signer, stranger: Signer, case: str,
+    client: TestClient,
+    tokens: Tokens,
+    signer: Signer,
+    stranger: Signer,
+    case: str,
     nothing_stored: None,
 ) -> None:
     body, status, fragment = _bad_manifest_pushes(signer, stranger)[case]
     answer = client.post(
-        "/v1/manifests", content=body,
+        "/v1/manifests",
+        content=body,
         headers={**tokens.header("recorder"), "Content-Type": "application/json"},
     )
     assert answer.status_code == status, answer.text
     assert fragment in answer.json()["detail"]
 
 
-def test_a_body_over_5_mib_is_413(
-    client: TestClient, tokens: Tokens, nothing_stored: None
-) -> None:
+def test_a_body_over_5_mib_is_413(client: TestClient, tokens: Tokens, nothing_stored: None) -> None:
     big = b'{"payload": "' + b"A" * (5 * 1024 * 1024) + b'"}'
     answer = client.post(
-        "/v1/manifests", content=big,
+        "/v1/manifests",
+        content=big,
         headers={**tokens.header("recorder"), "Content-Type": "application/json"},
     )
     assert answer.status_code == 413
@@ -178,7 +191,8 @@ def test_a_streamed_body_over_5_mib_is_413(
         yield b'"}'
 
     answer = client.post(
-        "/v1/verifications", content=chunks(),
+        "/v1/verifications",
+        content=chunks(),
         headers={**tokens.header("recorder"), "Content-Type": "application/json"},
     )
     assert answer.status_code == 413
@@ -197,7 +211,11 @@ def test_a_streamed_body_over_5_mib_is_413(
     ],
 )
 def test_path_tricks_in_names_and_labels_are_refused(
-    client: TestClient, tokens: Tokens, signer: Signer, params: dict[str, Any], fragment: str,
+    client: TestClient,
+    tokens: Tokens,
+    signer: Signer,
+    params: dict[str, Any],
+    fragment: str,
     nothing_stored: None,
 ) -> None:
     doc = envelope_json(signer.key, observation(image(1)))
@@ -238,8 +256,10 @@ def _verification_bodies(signer: Signer) -> dict[str, tuple[Any, str]]:
             "body observation.host.image_id",
         ),
         "policy with a report": (
-            {"report": {"verified": True, "target": {}, "manifest": {}, "checks": []},
-             "policy": "default"},
+            {
+                "report": {"verified": True, "target": {}, "manifest": {}, "checks": []},
+                "policy": "default",
+            },
             "'policy' goes with 'observation'",
         ),
     }
@@ -247,14 +267,24 @@ def _verification_bodies(signer: Signer) -> dict[str, tuple[Any, str]]:
 
 @pytest.mark.parametrize(
     "case",
-    ["policy path", "unknown policy", "both forms", "neither form", "unknown key", "bad digest",
-     "policy with a report"],
+    [
+        "policy path",
+        "unknown policy",
+        "both forms",
+        "neither form",
+        "unknown key",
+        "bad digest",
+        "policy with a report",
+    ],
 )
 def test_bad_verification_bodies_are_422(
     client: TestClient, tokens: Tokens, signer: Signer, case: str
 ) -> None:
-    client.post("/v1/manifests", json=envelope_json(signer.key, observation(image(1))),
-                headers=tokens.header("recorder"))
+    client.post(
+        "/v1/manifests",
+        json=envelope_json(signer.key, observation(image(1))),
+        headers=tokens.header("recorder"),
+    )
     before = client.get("/v1/audit", headers=tokens.header("reader")).json()
     body, fragment = _verification_bodies(signer)[case]
     answer = client.post("/v1/verifications", json=body, headers=tokens.header("recorder"))
@@ -268,7 +298,10 @@ def test_bad_verification_bodies_are_422(
 
 
 def test_a_token_is_never_logged_stored_or_shown_again(
-    client: TestClient, tokens: Tokens, signer: Signer, store: Store,
+    client: TestClient,
+    tokens: Tokens,
+    signer: Signer,
+    store: Store,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -278,13 +311,22 @@ def test_a_token_is_never_logged_stored_or_shown_again(
     bot = {"Authorization": f"Bearer {made}"}
     doc = envelope_json(signer.key, observation(image(1)))
     client.post("/v1/manifests", json=doc, headers=bot)
-    client.post("/v1/verifications", json={"observation": observation_json(observation(image(1)))},
-                headers=bot)
+    client.post(
+        "/v1/verifications",
+        json={"observation": observation_json(observation(image(1)))},
+        headers=bot,
+    )
     client.get("/v1/manifests", headers={"Authorization": "Bearer lockd_wrong"})
     seen = [
         client.get(path, headers=bot).text
-        for path in ("/v1/manifests", "/v1/verifications", "/v1/audit", "/v1/audit/verify",
-                     "/metrics", "/openapi.json")
+        for path in (
+            "/v1/manifests",
+            "/v1/verifications",
+            "/v1/audit",
+            "/v1/audit/verify",
+            "/metrics",
+            "/openapi.json",
+        )
     ]
     secrets = [made, tokens.reader, tokens.recorder, tokens.admin]
     for secret in secrets:
@@ -309,10 +351,14 @@ def busy_log(client: TestClient, tokens: Tokens, signer: Signer) -> int:
     """Three tokens, two manifests, two verifications: seven entries."""
     for n in (1, 2):
         obs = observation(image(n))
-        client.post("/v1/manifests", json=envelope_json(signer.key, obs),
-                    headers=tokens.header("recorder"))
-        client.post("/v1/verifications", json={"observation": observation_json(obs)},
-                    headers=tokens.header("recorder"))
+        client.post(
+            "/v1/manifests", json=envelope_json(signer.key, obs), headers=tokens.header("recorder")
+        )
+        client.post(
+            "/v1/verifications",
+            json={"observation": observation_json(obs)},
+            headers=tokens.header("recorder"),
+        )
     verdict = client.get("/v1/audit/verify", headers=tokens.header("reader")).json()
     assert verdict == {"ok": True, "entries": 7, "first_bad": None, "reason": None}
     return 7
@@ -320,33 +366,48 @@ def busy_log(client: TestClient, tokens: Tokens, signer: Signer) -> int:
 
 def _rehash(store: Store, seq: int, **changes: Any) -> None:
     with store.engine.begin() as conn:
-        row = dict(conn.execute(select(t.audit_log).where(t.audit_log.c.seq == seq)).mappings().one())
+        row = dict(
+            conn.execute(select(t.audit_log).where(t.audit_log.c.seq == seq)).mappings().one()
+        )
         row.update(changes)
-        conn.execute(update(t.audit_log).where(t.audit_log.c.seq == seq)
-                     .values(**changes, hash=entry_hash(row)))
+        conn.execute(
+            update(t.audit_log)
+            .where(t.audit_log.c.seq == seq)
+            .values(**changes, hash=entry_hash(row))
+        )
 
 
 TAMPERS: dict[str, tuple[Callable[[Store], None], int, str]] = {
     "edit an actor": (
-        lambda s: _exec(s, update(t.audit_log).where(t.audit_log.c.seq == 4).values(actor="mallory")),
-        4, "entry 4 was edited",
+        lambda s: _exec(
+            s, update(t.audit_log).where(t.audit_log.c.seq == 4).values(actor="mallory")
+        ),
+        4,
+        "entry 4 was edited",
     ),
-    "edit and re-hash": (lambda s: _rehash(s, 5, subject="sha256:" + "f" * 64), 5,
-                         "entry 5 was edited and re-hashed"),
+    "edit and re-hash": (
+        lambda s: _rehash(s, 5, subject="sha256:" + "f" * 64),
+        5,
+        "entry 5 was edited and re-hashed",
+    ),
     "delete a middle entry": (
-        lambda s: _exec(s, delete(t.audit_log).where(t.audit_log.c.seq == 3)), 3,
+        lambda s: _exec(s, delete(t.audit_log).where(t.audit_log.c.seq == 3)),
+        3,
         "entry 3 is missing",
     ),
     "delete the first entry": (
-        lambda s: _exec(s, delete(t.audit_log).where(t.audit_log.c.seq == 1)), 1,
+        lambda s: _exec(s, delete(t.audit_log).where(t.audit_log.c.seq == 1)),
+        1,
         "entry 1 is missing",
     ),
     "delete the newest entry": (
-        lambda s: _exec(s, delete(t.audit_log).where(t.audit_log.c.seq == 7)), 7,
+        lambda s: _exec(s, delete(t.audit_log).where(t.audit_log.c.seq == 7)),
+        7,
         "the newest entries were deleted",
     ),
     "edit the body digest": (
-        lambda s: _exec(s, text("UPDATE audit_log SET body_digest = NULL WHERE seq = 6")), 6,
+        lambda s: _exec(s, text("UPDATE audit_log SET body_digest = NULL WHERE seq = 6")),
+        6,
         "entry 6 was edited",
     ),
 }

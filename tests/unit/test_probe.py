@@ -297,6 +297,7 @@ def test_torch_that_imports_reports_its_stack_and_guards_each_field(
         "nccl": None,  # raised: null, not a crash
         "arch_flags": "sm_75 sm_80 sm_90",
         "error": None,
+        "cublas": None,  # no libcublas mapped in this process
     }
 
 
