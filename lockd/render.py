@@ -131,8 +131,22 @@ def print_manifest(
         console.print(
             f"torch {t.version}  CUDA {t.cuda or '-'}  cuDNN {t.cudnn or '-'}  "
             f"NCCL {t.nccl or '-'}  arch {t.arch_flags or '-'}"
+            + (f"  cuBLAS {t.cublas}" if t.cublas else "")
             + (f"  [red]import failed: {escape(t.error)}[/]" if t.error else "")
         )
+    if probe.driver is not None:
+        drv = probe.driver
+        console.print(f"driver {drv.version} (CUDA {drv.cuda or '-'}, from {drv.source})")
+    for g in probe.gpus:
+        console.print(
+            f"gpu {g.index} {escape(g.name)}  sm_{g.compute_capability.replace('.', '')}  "
+            f"{g.sm_count or '-'} SMs  uuid sha256:{(g.uuid_sha256 or '-')[:16]}"
+        )
+    if manifest.gpu_suites:
+        from lockd.gpu import summary
+
+        for result in manifest.gpu_suites:
+            console.print(escape(summary(result)) + f" (recorded {result.recorded_at or '-'})")
     if manifest.lock is not None:
         from lockd.lockfile import cuda_stack
 

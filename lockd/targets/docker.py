@@ -728,13 +728,19 @@ class ContainerTarget:
         with suppress(OSError):
             os.kill(pid, signal.SIGKILL)
 
-    def merged_dir(self) -> str | None:
-        """The container's overlay2 merged directory, when this host can read it: lockd runs
-        beside the daemon, as root, and the container's root filesystem is mounted there."""
-        merged, _ = overlay_dirs(self.container.attrs)
-        if merged is None or not _readable_dir(merged) or not os.path.ismount(merged):
+    def overlay_storage(self) -> tuple[str, str] | None:
+        """(merged directory, upper directory) of the container's overlay2 storage, when this
+        host can read them: lockd runs beside the daemon, as root, and the container's root
+        filesystem is mounted there. The upper directory holds what the container wrote."""
+        merged, layers = overlay_dirs(self.container.attrs)
+        if (
+            merged is None
+            or not layers
+            or not _readable_dir(merged)
+            or not _readable_dir(layers[0])
+        ):
             return None
-        return merged
+        return (merged, layers[0]) if os.path.ismount(merged) else None
 
     def fetch_archive(self, path: str) -> Archive | None:
         """``path`` in the container as the daemon's tar stream, None when nothing is there.

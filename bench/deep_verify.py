@@ -1,0 +1,165 @@
+"""Median wall time of `lockd verify --deep` on the torch-cpu image beside coreutils' sha256sum
+over the same site-packages, and lockd's peak memory.
+
+On a running container of locks/torch-cpu (torch 2.13.0 CPU and numpy: about 1 GB, 22k files),
+interleaved, in the same run:
+
+* ``lockd verify <container> --deep`` (the full CLI in a subprocess: signature, probe, every
+  check, and every file of every RECORD hashed, read from the container's merged directory);
+* the baseline: ``find <site-packages> -type f -print0 | xargs -0 -P<cores> sha256sum`` on the
+  host, over the container's merged directory;
+* for context, ``lockd verify <container>`` without --deep (what the probe alone costs: it
+  imports torch inside the container).
+
+lockd's peak memory is the largest ru_maxrss of its verify --deep runs (os.wait4).
+Target (issue 3): at least 2x faster than the baseline, peak memory <= 200 MB.
+Needs the machine set up by scripts/setup (root, the daemon, the torch-cpu wheels).
+Usage: python bench/deep_verify.py [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE = "lockd-bench/torch-cpu:latest"
+SITE = "/opt/venv/lib/python3.11/site-packages"
+
+
+def torch_wheels() -> Path:
+    wheels = Path(os.environ.get("LOCKD_WHEELS", "/var/cache/lockd/wheels"))
+    return Path(os.environ.get("LOCKD_TORCH_WHEELS") or wheels.parent / "torch-cpu")
+
+
+def build_image() -> None:
+    wheels = torch_wheels()
+    if not any(wheels.glob("torch-2.13.0+cpu-*.whl")):
+        sys.exit(f"no torch 2.13.0 CPU wheel in {wheels}: run scripts/setup")
+    with tempfile.TemporaryDirectory() as context:
+        shutil.copytree(ROOT / "locks/torch-cpu", context, dirs_exist_ok=True)
+        shutil.copytree(wheels, Path(context) / "wheels")
+        subprocess.run(
+            ["docker", "build", "-q", "-t", IMAGE, context], check=True, capture_output=True
+        )
+
+
+def run(argv: list[str], env: dict[str, str], ok: tuple[int, ...] = (0,)) -> tuple[float, int]:
+    """Wall seconds and peak resident memory (KiB) of one run of ``argv``."""
+    start = time.perf_counter()
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    assert process.stderr is not None
+    errors = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    process.stderr.close()
+    if process.returncode not in ok:
+        sys.exit(f"{argv[:4]} exited {process.returncode}: {errors.decode()[-2000:]}")
+    return elapsed, usage.ru_maxrss
+
+
+def recorded_integrity(manifest: Path) -> dict[str, int]:
+    envelope = json.loads(manifest.read_text())
+    statement = json.loads(base64.b64decode(envelope["payload"]))
+    integrity: dict[str, int] = statement["predicate"]["observation"]["integrity"]
+    return integrity
+
+
+def tree_size(top: str) -> tuple[int, int]:
+    files = size = 0
+    for directory, _, names in os.walk(top):
+        for name in names:
+            st = os.lstat(os.path.join(directory, name))
+            if not os.path.islink(os.path.join(directory, name)):
+                files += 1
+                size += st.st_size
+    return files, size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args()
+    cores = len(os.sched_getaffinity(0))
+    build_image()
+    lockd = [sys.executable, "-m", "lockd"]
+    env = {**os.environ, "LOCKD_PASSWORD": "bench"}
+    name = f"lockd-bench-deep-{os.getpid()}"
+    subprocess.run(["docker", "run", "-d", "--name", name, IMAGE], check=True, capture_output=True)
+    try:
+        merged = subprocess.run(
+            ["docker", "inspect", "-f", "{{.GraphDriver.Data.MergedDir}}", name],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        site = merged + SITE
+        with tempfile.TemporaryDirectory() as tmp:
+            prefix = Path(tmp) / "k"
+            subprocess.run(
+                [*lockd, "keygen", "--output-key-prefix", str(prefix)],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
+            manifest = Path(tmp) / "m.json"
+            subprocess.run(
+                [*lockd, "record", name, "--key", f"{prefix}.key", "-o", str(manifest), "--deep"],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
+            verify = [*lockd, "verify", name, "--manifest", str(manifest)]
+            verify += ["--key", f"{prefix}.pub", "--json"]
+            deep = [*verify, "--deep"]
+            baseline = [
+                "sh",
+                "-c",
+                f"find '{site}' -type f -print0 | xargs -0 -P{cores} sha256sum > /dev/null",
+            ]
+            for argv in (deep, baseline, verify):  # warm the caches once
+                run(argv, env)
+            load_before = os.getloadavg()
+            ours, theirs, shallow, peaks = [], [], [], []
+            for _ in range(args.runs):
+                seconds, peak = run(deep, env)
+                ours.append(seconds)
+                peaks.append(peak)
+                theirs.append(run(baseline, env)[0])
+                shallow.append(run(verify, env)[0])
+            load_after = os.getloadavg()
+            integrity = recorded_integrity(manifest)
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+    files, size = tree_size(site) if os.path.isdir(site) else (0, 0)
+    m_ours, m_theirs, m_shallow = map(statistics.median, (ours, theirs, shallow))
+    print(
+        f"machine: {cores} cores ({platform.processor() or platform.machine()}), {args.runs} runs"
+    )
+    print(f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f}")
+    print(
+        f"lockd hashes {integrity['files']} files ({integrity['bytes'] / 1e6:.0f} MB) of "
+        f"{integrity['distributions']} RECORDs; the baseline {files or '?'} files "
+        f"({size / 1e6:.0f} MB) under {SITE}"
+    )
+    print(f"lockd verify --deep        median {m_ours:6.2f} s   runs {sorted(ours)}")
+    print(f"find | xargs -P{cores} sha256sum median {m_theirs:6.2f} s   runs {sorted(theirs)}")
+    print(f"lockd verify (no --deep)   median {m_shallow:6.2f} s   (the probe imports torch)")
+    print(f"speed-up over the baseline: {m_theirs / m_ours:.2f}x (target >= 2x)")
+    print(f"--deep costs over verify: {m_ours - m_shallow:.2f} s")
+    print(f"lockd peak memory (ru_maxrss): {max(peaks) / 1024:.0f} MB (target <= 200 MB)")
+
+
+if __name__ == "__main__":
+    main()
