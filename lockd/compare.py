@@ -586,12 +586,12 @@ def check_gpu(manifest: Manifest, observation: Observation, p: Policy) -> Check:
         fields = ", ".join(d.field for d in result.key_diffs)
         how = f"by tolerance (the key differs in {fields}) {against}"
         ok = f"{how}: {compared} tests within tolerance"
-    settings = [d.field for d in result.key_diffs if d.setting]
+    settings = [d.field.removeprefix("settings.") for d in result.key_diffs if d.setting]
     bad = how + ": " + "; ".join(
         part
         for part in (
             f"{', '.join(result.differing)} differ" if result.differing else "",
-            f"changed settings {', '.join(settings)}" if settings else "",
+            f"changed settings: {', '.join(settings)}" if settings else "",
         )
         if part
     )

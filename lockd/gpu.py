@@ -249,7 +249,7 @@ def run_suite(
         stdout = _run_in_container(target, argv, source, timeout)
     else:
         source = f"image {target.info.ref} (GPU suite)"
-        stdout = _run_in_image(target, argv, source, timeout, gpus=device != "cpu")
+        stdout = _run_in_image(target, argv, source, timeout, device=device)
     result = parse_suite_output(stdout, source)
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     return result.model_copy(update={"recorded_at": now})
@@ -288,11 +288,24 @@ def _run_in_container(target: Target, argv: list[str], source: str, timeout: flo
     return stdout
 
 
+def _wants_gpus(target: Target, device: str, source: str) -> bool:
+    """Whether to give the throw-away container every GPU: always for --device cuda, for auto
+    when the daemon has the NVIDIA runtime (else Docker refuses the device request)."""
+    from lockd.targets import docker as d
+
+    assert isinstance(target, d.ImageTarget)
+    if device != "auto":
+        return device == "cuda"
+    with d._docker_errors(f"{source}: cannot ask the daemon for its runtimes"):
+        runtimes = target.client.api.info().get("Runtimes") or {}
+    return "nvidia" in runtimes
+
+
 def _run_in_image(
-    target: Target, argv: list[str], source: str, timeout: float, *, gpus: bool
+    target: Target, argv: list[str], source: str, timeout: float, *, device: str
 ) -> bytes:
     """The suite as the only process of a throw-away container of the image, with every GPU
-    (Docker's device requests: the NVIDIA container runtime must be installed)."""
+    when there are any (Docker's device request: the NVIDIA container runtime)."""
     import time
 
     from docker.types import DeviceRequest
@@ -303,7 +316,7 @@ def _run_in_image(
     api = target.client.api
     python, arguments = argv[0], argv[1:]
     extra: dict[str, Any] = {}
-    if gpus:
+    if _wants_gpus(target, device, source):
         extra = {
             "device_requests": [DeviceRequest(count=-1, capabilities=[["gpu"]])],
             "shm_size": "1g",  # NCCL needs more shared memory than Docker's 64 MiB

@@ -113,6 +113,7 @@ _OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 _PATH_FLAGS: int = getattr(os, "O_PATH", os.O_RDONLY)
 _MAP_MIN = 1024 * 1024  # smaller files are read: a map costs more than the copy it saves
 _SMALL_READ = 64 * 1024
+_MAP_WINDOW = 16 * 1024 * 1024  # a multiple of mmap.ALLOCATIONGRANULARITY
 _TEXT_LIMIT = 4096
 _GUESSES = (
     "usr/lib/python3*/site-packages",
@@ -797,12 +798,14 @@ def _hash_fd(
     digest = hashlib.new(algorithm)
     size = 0
     try:
-        if mappable:
-            with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as mapped:
-                mapped.madvise(mmap.MADV_SEQUENTIAL)
-                with memoryview(mapped) as whole:
-                    digest.update(whole)
-                size = len(mapped)
+        if mappable:  # a window at a time: the pages mapped count as the process's memory
+            while size < before.st_size:
+                length = min(_MAP_WINDOW, before.st_size - size)
+                with mmap.mmap(fd, length, prot=mmap.PROT_READ, offset=size) as mapped:
+                    mapped.madvise(mmap.MADV_SEQUENTIAL)
+                    with memoryview(mapped) as window:
+                        digest.update(window)
+                size += length
         else:
             with memoryview(buffer) as whole:
                 # small reads for small files: the kernel serves a 64 KiB read of a small

@@ -65,6 +65,29 @@ async def _validation_error(_: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": "; ".join(lines) + more}, status_code=422)
 
 
+def _document_raw_bodies(app: FastAPI) -> None:
+    """Add the schemas of bodies that routes read themselves (``POST /v1/verifications``) to
+    the OpenAPI components, under names of their own so they never clash with FastAPI's."""
+    from lockd.server.schemas import VerificationRequest
+
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        if "VerificationRequest" not in components:
+            prefix = "VerificationRequest."
+            body = VerificationRequest.model_json_schema(
+                ref_template=f"#/components/schemas/{prefix}{{model}}"
+            )
+            for name, definition in body.pop("$defs", {}).items():
+                components[prefix + name] = definition
+            components["VerificationRequest"] = body
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
     """The lockd service for ``settings``. Trusted keys are read now (a bad key file fails here,
     naming the file); the database is opened lazily and closed at shutdown unless ``store`` was
@@ -94,6 +117,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
+    _document_raw_bodies(app)
     for module in (health, manifests, verifications, audit, tokens):
         app.include_router(module.router)
     app.add_exception_handler(LockdError, _lockd_error)

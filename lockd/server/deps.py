@@ -39,27 +39,45 @@ def _unauthorized(detail: str) -> HTTPException:
     )
 
 
+async def authorize(service: Service, token: str | None, role: Role) -> Principal:
+    """Who holds ``token``, admitted for ``role`` or a stronger one.
+
+    Raises:
+        HTTPException: 401 without a token or with an unknown one, 403 for too weak a role.
+    """
+    if token is None:
+        if role == "reader" and service.settings.allow_anonymous_read:
+            return ANONYMOUS
+        raise _unauthorized(
+            "this needs a bearer token (header 'Authorization: Bearer <token>'); an admin "
+            "makes one with `lockd token create NAME --role ROLE`"
+        )
+    principal = service.principal(token)
+    if principal is None:
+        raise _unauthorized("the bearer token is not known to this service")
+    if RANK[principal.role] < RANK[role]:
+        raise HTTPException(
+            status_code=status.HTTP_403_FORBIDDEN,
+            detail=f"token {principal.name!r} has the role {principal.role}; this needs "
+            f"{role} or stronger",
+        )
+    return principal
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (None for any other header)."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
 def require(role: Role) -> Callable[[ServiceDep, CredentialsDep], Awaitable[Principal]]:
     """A dependency that admits a token of ``role`` or a stronger one."""
 
     async def dependency(service: ServiceDep, credentials: CredentialsDep) -> Principal:
-        if credentials is None:
-            if role == "reader" and service.settings.allow_anonymous_read:
-                return ANONYMOUS
-            raise _unauthorized(
-                "this needs a bearer token (header 'Authorization: Bearer <token>'); an admin "
-                "makes one with `lockd token create NAME --role ROLE`"
-            )
-        principal = service.principal(credentials.credentials)
-        if principal is None:
-            raise _unauthorized("the bearer token is not known to this service")
-        if RANK[principal.role] < RANK[role]:
-            raise HTTPException(
-                status_code=status.HTTP_403_FORBIDDEN,
-                detail=f"token {principal.name!r} has the role {principal.role}; this needs "
-                f"{role} or stronger",
-            )
-        return principal
+        return await authorize(
+            service, None if credentials is None else credentials.credentials, role
+        )
 
     return dependency
 

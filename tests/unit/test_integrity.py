@@ -407,7 +407,7 @@ def test_a_file_in_an_upper_layer_hides_a_directory_below(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("options", [{"immutable": True}, {}], ids=["mapped", "read"])
 def test_large_files_hash_the_same_mapped_or_read(root: Path, options: dict[str, bool]) -> None:
-    blob = os.urandom(3 * 1024 * 1024 + 5)
+    blob = os.urandom(17 * 1024 * 1024 + 5)  # more than one 16 MiB window when mapped
     demo = install(root, "demo", "1.0", {"demo/blob.bin": blob})
     assert check_files(tree(root, **options), [demo], progress=False).findings == []
     (site(root) / "demo/blob.bin").write_bytes(blob[:-1] + b"!")
