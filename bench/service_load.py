@@ -74,9 +74,11 @@ async def _worker(
                 name, _, value = line.partition(b":")
                 if name.strip().lower() == b"content-length":
                     length = int(value)
-            await reader.readexactly(length)
+            answer = await reader.readexactly(length)
             end = time.perf_counter()
             if not status_line.startswith(b"HTTP/1.1 200"):
+                if not errors:
+                    print(f"  first error: {status_line.decode().strip()} {answer[:300]!r}")
                 errors += 1
             elif start >= record_from:
                 latencies.append(end - start)
@@ -124,7 +126,9 @@ def measured(
     result = load(server.port, request, seconds=seconds, concurrency=concurrency, warmup=1.0)
     spent = cpu_seconds(server.process.pid) - before
     answered = result["rps"] * (seconds + 1.0)  # the warm-up's requests cost CPU too
-    result["cpu_ms"] = 1000 * spent / answered if answered else float("nan")
+    # With several workers the CPU is spent in children: not measured then.
+    ok = answered and server.workers == 1
+    result["cpu_ms"] = 1000 * spent / answered if ok else float("nan")
     return result
 
 

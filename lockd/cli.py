@@ -120,6 +120,13 @@ def record(
         ),
     ] = None,
     deep: DeepOpt = False,
+    allow_incoherent: Annotated[
+        bool,
+        typer.Option(
+            help="sign a PyTorch family that does not fit its torch (verify's coherence check "
+            "then fails)"
+        ),
+    ] = False,
 ) -> None:
     """Observe TARGET and write its signed manifest (a DSSE envelope)."""
     from lockd import keys
@@ -131,6 +138,7 @@ def record(
         build_manifest,
         load_lock,
         observe,
+        require_coherent,
         sign_manifest,
     )
 
@@ -150,6 +158,8 @@ def record(
         bound = None
     else:
         bound = None if locked is None else bind_lock(observation, locked)
+        if not allow_incoherent:
+            require_coherent(observation)
         manifest = build_manifest(observation, lock=bound)
     recorded = sign_manifest(manifest, private)
     write_atomic(out, recorded.envelope.to_json(), force=force or in_place)
@@ -229,8 +239,10 @@ def verify(
             observation = opened.observe()
         if deep:
             from lockd.integrity import deepen
+            from lockd.smoke import with_family_imports
 
             observation = deepen(opened, observation, ignore=chosen.filesystem.ignore)
+            observation = with_family_imports(opened, observation)
         report = verify_remote(client, observation, trusted, chosen)
     else:
         report = verify_target(
@@ -352,8 +364,16 @@ def lock(
         Optional[list[str]],  # noqa: UP045
         typer.Option(help="another package index to search (repeat for several)"),
     ] = None,
+    resolver: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="uv or pip-tools (default: uv when installed, the faster; pip-tools resolves "
+            "only for this interpreter)"
+        ),
+    ] = None,
 ) -> None:
-    """Compile REQUIREMENTS_IN into a pinned, hashed lock (pip-tools; uv for another target)."""
+    """Compile REQUIREMENTS_IN into a pinned, hashed lock (uv or pip-tools), with the PyTorch
+    family held to its torch."""
     from lockd.lockfile import LockRequest, compile_lock
 
     compiled = compile_lock(
@@ -364,9 +384,13 @@ def lock(
             platform=platform,
             index_url=index_url,
             extra_index_urls=tuple(extra_index_url or ()),
+            resolver=resolver,
         )
     )
-    _console().print(
+    console = _console()
+    for line in compiled.constraints:
+        console.print(f"added the constraint {line} (PyTorch family coherence: lockd.coherence)")
+    console.print(
         f"wrote {compiled.path}: {compiled.pins} pins for CPython {compiled.python_version} "
         f"on {compiled.platform} (resolved by {compiled.resolver})"
     )

@@ -422,6 +422,7 @@ class HostTree(Source):
         check_opened: bool = False,
         immutable: bool = False,
         upper: str | None = None,
+        mounts: Sequence[tuple[str, str]] = (),
     ) -> None:
         if not layers:
             raise ValueError("a HostTree needs at least one directory")
@@ -435,6 +436,16 @@ class HostTree(Source):
         self._merging = len(self.layers) > 1
         self._dirs: dict[str, list[str]] = {"": list(self.layers)}
         self._resolved: dict[str, _Hit | None] = {}
+        self._mounted_files: dict[str, str] = {}
+        self._mount_points: list[str] = []
+        for destination, source in mounts:  # what the container sees there: the mount's source
+            rel = posixpath.normpath(destination).strip("/")
+            real = os.path.realpath(source)
+            self._mount_points.append("/" + rel)
+            if os.path.isdir(real):
+                self._dirs[rel] = [real]
+            else:
+                self._mounted_files[rel] = real
 
     # -- the merged view --
 
@@ -467,6 +478,8 @@ class HostTree(Source):
         copies = self._dirs.get(rel)
         if copies is not None:
             return _Hit("dir", rel, copies[0], copies)
+        if rel in self._mounted_files:  # a file bind-mounted over this path
+            return _Hit("file", rel, self._mounted_files[rel])
         copies = []
         for base in self._dirs.get(parent, ()):
             path = self._join(base, name)
@@ -557,7 +570,8 @@ class HostTree(Source):
             hit = self._entry(parent.rel, name)
         else:  # one directory: open it straight away, lstat-free
             rel = f"{parent.rel}/{name}" if parent.rel else name
-            hit = _Hit("file", rel, self._join(parent.host, name))
+            host = self._mounted_files.get(rel) or self._join(parent.host, name)
+            hit = _Hit("file", rel, host)
         for _ in range(2):
             if hit is None:
                 return FileState("missing")
@@ -610,8 +624,8 @@ class HostTree(Source):
             return False
         if self.immutable:
             return True
-        if self.upper is None:
-            return False
+        if self.upper is None or any(_under("/" + opened.hit.rel, m) for m in self._mount_points):
+            return False  # no upper layer to tell, or a mount the container may write to
         return not os.path.lexists(self._join(self.upper, opened.hit.rel))
 
     def _names(self, hit: _Hit) -> list[str]:
@@ -703,7 +717,11 @@ class HostTree(Source):
                     yield FileState("unstable", message="its directory moved while lockd read")
                 return
             for name, algorithm in jobs:
-                yield self._hash_in(dir_fd, directory, parent, name, algorithm, buffer)
+                rel = f"{parent.rel}/{name}" if parent.rel else name
+                if rel in self._mounted_files or rel in self._dirs:  # a mount point: not here
+                    yield self.hash(f"{directory}/{name}", algorithm, buffer)
+                else:
+                    yield self._hash_in(dir_fd, directory, parent, name, algorithm, buffer)
         finally:
             os.close(dir_fd)
 
@@ -759,9 +777,8 @@ class HostTree(Source):
                 for name, is_dir in entries:
                     if is_dir:
                         rel = f"{hit.rel}/{name}" if hit.rel else name
-                        child = _Hit("dir", rel, self._join(hit.host, name))
-                        child.copies = [child.host]
-                        stack.append((f"{path}/{name}", child))
+                        copies = self._dirs.get(rel) or [self._join(hit.host, name)]
+                        stack.append((f"{path}/{name}", _Hit("dir", rel, copies[0], copies)))
                     else:
                         yield f"{path}/{name}"
                 continue
@@ -1417,7 +1434,8 @@ def open_source(target: Target) -> Source:
     force_api = os.environ.get("LOCKD_DEEP_SOURCE", "") == "api"
     if isinstance(target, ContainerTarget):
         storage = None if force_api else target.overlay_storage()
-        if storage is not None:
+        mounts = target.mount_sources()
+        if storage is not None and mounts is not None:
             return HostTree(
                 [storage[0]],
                 kind="overlay",
@@ -1425,6 +1443,7 @@ def open_source(target: Target) -> Source:
                 description=f"the merged directory of container {target.name}",
                 check_opened=True,
                 upper=storage[1],
+                mounts=mounts,
             )
         return ArchiveSource(target.fetch_archive, f"container {target.name} (Docker API)")
     if isinstance(target, ImageTarget):

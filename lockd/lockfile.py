@@ -8,11 +8,17 @@ with.
 
 Compiling (``compile_lock``) runs a resolver in a subprocess with a clean configuration: the
 machine's pip configuration (constraints, extra indexes, find-links) must not leak into a lock.
-For the host's own Python and platform it runs pip-tools (``pip-compile --generate-hashes
---strip-extras --allow-unsafe``); for another Python version or platform it runs uv (``uv pip
-compile --python-version --python-platform --generate-hashes``), because pip-tools resolves with
-the running interpreter's markers and tags whatever ``--pip-args`` say (see docs/locks.md).
-Either way lockd writes the header itself, so the same inputs give the same bytes.
+Two resolvers write the same format (a pip-tools-style ``requirements.txt`` with hashes): uv
+(``uv pip compile --generate-hashes --python-version --python-platform``), the default when it
+is installed (seconds, where pip-tools takes minutes on a torch stack), and pip-tools
+(``pip-compile --generate-hashes --strip-extras --allow-unsafe``), which can only resolve for the
+running interpreter: its markers and tags, whatever ``--pip-args`` say (see docs/locks.md).
+lockd writes the header itself, so the same inputs give the same bytes.
+
+The PyTorch family is held to its torch (lockd.coherence): family members the ``.in`` leaves
+free get the release built for the pinned torch as a constraint, an explicit pin that cannot
+fit is refused, and a resolution that still pairs a member with another torch (the index's
+metadata allowed it) is resolved again with the constraint. The header lists what was added.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from lockd.model import LockInfo, LockPin, ProbeReport, normalise_name
 
 if TYPE_CHECKING:
     from packaging.requirements import Requirement
+
+    from lockd.coherence import Problem
 
 MAX_LOCK_BYTES = 16 * 1024 * 1024
 
@@ -448,6 +456,7 @@ class LockRequest:
     index_url: str | None = None  # default: the resolver's default index
     extra_index_urls: tuple[str, ...] = ()
     timeout: float | None = None
+    resolver: str | None = None  # "uv" or "pip-tools"; default: uv when installed
 
     @property
     def destination(self) -> Path:
@@ -462,6 +471,7 @@ class Compiled:
     python_version: str
     platform: str
     pins: int
+    constraints: tuple[str, ...] = ()  # what lockd added to hold the PyTorch family to torch
 
 
 def host_python() -> str:
@@ -534,16 +544,20 @@ def default_index_url() -> str:
     return str(BaseRepository.DEFAULT_INDEX_URL)
 
 
-def _uv_binary() -> str:
+def find_uv() -> str | None:
+    """The uv installed beside lockd (the uv wheel), else ``uv`` on PATH; None without one."""
     try:
         from uv import find_uv_bin
     except ImportError:
-        found = shutil.which("uv")
-    else:
-        try:
-            found = find_uv_bin()
-        except FileNotFoundError:
-            found = shutil.which("uv")
+        return shutil.which("uv")
+    try:
+        return str(find_uv_bin())
+    except FileNotFoundError:
+        return shutil.which("uv")
+
+
+def _uv_binary() -> str:
+    found = find_uv()
     if not found:
         raise InputError(
             "locking for another Python version or platform than this interpreter's needs uv "
@@ -573,29 +587,31 @@ def _command(
     index_url: str,
     output: Path,
     uv: str | None,
+    constraints: Path | None = None,
 ) -> tuple[list[str], list[str]]:
-    """(argv, the options recorded in the header)."""
+    """(argv, the options recorded in the header: the same for both resolvers, which write the
+    same lock from them; `python` is X.Y, or X.Y.Z to resolve as one patch release)."""
+    options = list(PIP_TOOLS_OPTIONS)
+    constrain = [] if constraints is None else ["--constraint", str(constraints)]
     if backend == "pip-tools":
         indexes = ["--index-url", index_url]
         for extra in request.extra_index_urls:
             indexes += ["--extra-index-url", extra]
-        options = list(PIP_TOOLS_OPTIONS)
         argv = [sys.executable, "-m", "piptools", "compile", *options, "--quiet", "--no-header"]
         argv += ["--no-emit-index-url", "--no-emit-trusted-host", "--no-emit-find-links"]
         argv += ["--no-emit-options", "--annotation-style", "split", "--newline", "lf"]
-        argv += [*indexes, "--output-file", str(output), request.requirements_in.name]
+        argv += [*indexes, *constrain, "--output-file", str(output), request.requirements_in.name]
         return argv, options
     assert uv is not None
     indexes = ["--default-index", index_url]
     for extra in request.extra_index_urls:
         indexes += ["--index", extra]
-    options = ["--generate-hashes", "--python-version", python]
-    options += ["--python-platform", uv_platform(platform)]
+    argv = [uv, "pip", "compile", *options, "--python-version", python]
+    argv += ["--python-platform", uv_platform(platform)]
     if request.extra_index_urls:  # pip's behaviour: the best match across every index
-        options += ["--index-strategy", "unsafe-best-match"]
-    argv = [uv, "pip", "compile", *options, "--quiet", "--no-header", "--no-config"]
-    argv += ["--annotation-style", "split", *indexes, "--output-file", str(output)]
-    argv.append(request.requirements_in.name)
+        argv += ["--index-strategy", "unsafe-best-match"]
+    argv += ["--quiet", "--no-header", "--no-config", "--annotation-style", "split"]
+    argv += [*indexes, *constrain, "--output-file", str(output), request.requirements_in.name]
     return argv, options
 
 
@@ -622,6 +638,7 @@ def render_header(
     index_url: str,
     extra_index_urls: Sequence[str],
     options: Sequence[str],
+    constraints: Sequence[str] = (),
 ) -> str:
     """lockd's header: every input that shaped the lock, and nothing that changes run to run.
 
@@ -642,6 +659,8 @@ def render_header(
         *(("extra-index-url", u) for u in extra_index_urls),
         ("options", " ".join(options)),
     ]
+    if constraints:
+        rows.append(("constraints", f"{' '.join(constraints)} ({COHERENCE_NOTE})"))
     lines = [
         "# This lock was compiled by lockd; do not edit it: change the .in file and run",
         f"#    {command}",
@@ -652,14 +671,64 @@ def render_header(
     return "\n".join(lines) + "\n"
 
 
-def compile_lock(request: LockRequest) -> Compiled:
-    """Resolve `request.requirements_in` into a hashed lock and write it (atomically).
+RESOLVERS = ("uv", "pip-tools")
+COHERENCE_NOTE = "lockd: the PyTorch family of this torch, see docs/locks.md"
+_CONSTRAINTS_FILE = "lockd-coherence.txt"
+_CONSTRAINTS_ANNOTATION = re.compile(r"-c \S*" + re.escape(_CONSTRAINTS_FILE))
 
-    Raises InputError (exit 2) naming the .in when it cannot be read or resolved; nothing is
-    written then.
-    """
-    source = request.requirements_in
-    data = read_capped(source, limit=MAX_LOCK_BYTES, what="requirements")
+
+def choose_resolver(requested: str | None, native: bool) -> tuple[str, str | None]:
+    """(resolver, uv's path): uv when installed (the faster), else pip-tools for the host's own
+    target. Raises InputError for an unknown name, pip-tools for another target, or no uv."""
+    if requested is not None and requested not in RESOLVERS:
+        raise InputError(f"--resolver {requested}: lockd resolves with uv or pip-tools")
+    if requested == "pip-tools":
+        if not native:
+            raise InputError(
+                "--resolver pip-tools resolves only for the interpreter it runs in (CPython "
+                f"{host_python()} on this machine's platform tags); use --resolver uv to lock "
+                "for another --python-version or --platform"
+            )
+        return "pip-tools", None
+    uv = find_uv()
+    if uv is not None:
+        return "uv", uv
+    if requested is None and native:
+        return "pip-tools", None
+    if requested == "uv":
+        raise InputError("--resolver uv: uv is not installed (pip install uv, or put it on PATH)")
+    return "uv", _uv_binary()  # raises: another target needs uv
+
+
+def in_requirements(text: str) -> dict[str, str]:
+    """The requirement lines of a ``.in``: PEP 503 name → specifier ("" when unpinned). Option
+    lines (-r, -c, --index-url...), URLs and what does not parse are left to the resolver."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    found: dict[str, str] = {}
+    for _, line in _logical_lines(text):
+        tokens = line.split()
+        if not tokens or tokens[0].startswith("-"):
+            continue
+        head = " ".join(t for t in tokens if not t.startswith("--"))
+        try:
+            requirement = Requirement(head)
+        except InvalidRequirement:
+            continue
+        if requirement.url is None:
+            found[normalise_name(requirement.name)] = str(requirement.specifier)
+    return found
+
+
+def _incoherence(body: str, environment: Mapping[str, str], where: str) -> list[Problem]:
+    from lockd.coherence import evaluate
+
+    versions = {p.name: p.version for p in parse_lock(body.encode("utf-8"), where).pins}
+    return evaluate(versions, environment)
+
+
+def _target(request: LockRequest) -> tuple[str, str, bool]:
+    """(X.Y, platform tag, whether that is this interpreter's own target). Raises InputError."""
     python = request.python_version or host_python()
     if not _VERSION.match(python):
         raise InputError(f"--python-version {python}: give a CPython 3 version as X.Y (e.g. 3.11)")
@@ -672,45 +741,82 @@ def compile_lock(request: LockRequest) -> Compiled:
     native = (
         python == host_python() and platform in platforms and sys.implementation.name == "cpython"
     )
-    backend = "pip-tools" if native else "uv"
-    uv = None if native else _uv_binary()
+    return python, platform, native
+
+
+def compile_lock(request: LockRequest) -> Compiled:
+    """Resolve `request.requirements_in` into a hashed lock and write it (atomically), with the
+    PyTorch family held to its torch (lockd.coherence).
+
+    Raises InputError (exit 2) naming the .in when it cannot be read or resolved, when it pins
+    a family member that cannot fit its torch (naming both and the version that fits), or when
+    the resolution cannot be made coherent; nothing is written then.
+    """
+    from lockd.coherence import (
+        IncoherentPinError,
+        in_constraints,
+        platform_environment,
+        retry_constraints,
+    )
+
+    source = request.requirements_in
+    data = read_capped(source, limit=MAX_LOCK_BYTES, what="requirements")
+    python, platform, native = _target(request)
+    backend, uv = choose_resolver(request.resolver, native)
+    if backend == "uv":
+        uv_platform(platform)  # an unknown tag is an input error before anything runs
     index_url = request.index_url or default_index_url()
+    requirements = in_requirements(data.decode("utf-8", "replace"))
+    try:
+        added = list(in_constraints(requirements).lines)
+    except IncoherentPinError as e:
+        raise InputError(f"{source}: {e}; nothing written") from e
+    # uv resolves for every X.Y.z from X.Y.0 on; for the host's own X.Y it is told the running
+    # patch release, which is what pip-tools resolves as: both then give the same lock.
+    resolved_as = platform_module.python_version() if native else f"{python}.0 and later"
+    python_arg = platform_module.python_version() if native else python
+    environment = platform_environment(python, platform)
     with tempfile.TemporaryDirectory(prefix="lockd-lock-") as scratch:
-        output = Path(scratch) / "requirements.txt"
-        argv, options = _command(backend, request, python, platform, index_url, output, uv)
-        try:
-            result = subprocess.run(
-                argv,
-                cwd=source.parent if str(source.parent) else None,
-                env=_clean_env(),
-                capture_output=True,
-                text=True,
-                timeout=request.timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as e:
-            raise InputError(
-                f"{source}: {backend} did not finish resolving within {request.timeout:.0f} s"
-            ) from e
-        except OSError as e:
-            raise InputError(f"{source}: cannot run {backend}: {e.strerror}") from e
-        if result.returncode != 0 or not output.exists():
-            tail = (result.stderr or result.stdout).strip()[-_STDERR_TAIL:]
-            raise InputError(
-                f"{source}: cannot be resolved for CPython {python} on {platform} "
-                f"({backend} exited {result.returncode}); nothing written. {backend} said:\n{tail}"
-            )
-        body = _body(output.read_text(encoding="utf-8"))
+
+        def resolve(constraints: Sequence[str]) -> str:
+            output = Path(scratch) / "requirements.txt"
+            output.unlink(missing_ok=True)
+            path = None
+            if constraints:
+                path = Path(scratch) / _CONSTRAINTS_FILE
+                path.write_text("".join(f"{line}\n" for line in constraints), encoding="utf-8")
+            argv, _ = _command(backend, request, python_arg, platform, index_url, output, uv, path)
+            _run_resolver(argv, backend, source, python, platform, request.timeout, output)
+            text = _body(output.read_text(encoding="utf-8"))
+            return _CONSTRAINTS_ANNOTATION.sub("lockd coherence constraint", text)
+
+        body = resolve(added)
+        problems = _incoherence(body, environment, str(source))
+        pinned = [name for name, spec in requirements.items() if spec.startswith("==")]
+        more = [c for c in retry_constraints(problems, pinned).lines if c not in added]
+        if more:
+            added = sorted(added + more)
+            body = resolve(added)
+            problems = _incoherence(body, environment, str(source))
+    if problems:
+        details = "; ".join(p.message for p in problems)
+        raise InputError(
+            f"{source}: the resolution does not fit its torch and lockd cannot constrain it "
+            f"({details}); pin the family members to releases built for one torch; nothing "
+            "written"
+        )
+    _, options = _command(backend, request, python_arg, platform, index_url, Path(), uv)
     header = render_header(
         source=source,
         source_sha256=hashlib.sha256(data).hexdigest(),
         resolver=_resolver_versions(backend, uv),
         python=python,
-        resolved_as=platform_module.python_version() if native else f"{python}.0 and later",
+        resolved_as=resolved_as,
         platform=platform,
         index_url=index_url,
         extra_index_urls=request.extra_index_urls,
         options=options,
+        constraints=added,
     )
     indexes = "" if request.index_url is None else f"--index-url {index_url}\n"
     indexes += "".join(f"--extra-index-url {u}\n" for u in request.extra_index_urls)
@@ -725,4 +831,39 @@ def compile_lock(request: LockRequest) -> Compiled:
         python_version=python,
         platform=platform,
         pins=len(lock.pins),
+        constraints=tuple(added),
     )
+
+
+def _run_resolver(
+    argv: list[str],
+    backend: str,
+    source: Path,
+    python: str,
+    platform: str,
+    timeout: float | None,
+    output: Path,
+) -> None:
+    """Run one resolution. Raises InputError naming the .in when it fails or times out."""
+    try:
+        result = subprocess.run(
+            argv,
+            cwd=source.parent if str(source.parent) else None,
+            env=_clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise InputError(
+            f"{source}: {backend} did not finish resolving within {timeout or 0:.0f} s"
+        ) from e
+    except OSError as e:
+        raise InputError(f"{source}: cannot run {backend}: {e.strerror}") from e
+    if result.returncode != 0 or not output.exists():
+        tail = (result.stderr or result.stdout).strip()[-_STDERR_TAIL:]
+        raise InputError(
+            f"{source}: cannot be resolved for CPython {python} on {platform} "
+            f"({backend} exited {result.returncode}); nothing written. {backend} said:\n{tail}"
+        )

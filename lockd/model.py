@@ -256,6 +256,25 @@ class Integrity(Frozen):
     omitted: Annotated[int, Field(ge=0)] = 0
 
 
+class FamilyImport(Frozen):
+    """One PyTorch-family distribution imported inside the target, a compiled op touched."""
+
+    name: Name  # the distribution (PEP 503 normalised)
+    version: Name
+    module: Str  # what was imported
+    op: Str | None = None  # the compiled op touched, e.g. torchvision.ops.nms
+    ok: bool
+    error: Str | None = None  # the exception, its causes and warnings, as the target raised it
+
+
+class FamilyImports(Frozen):
+    """The import smoke test (``--deep``): lockd/probe/environment.py --family-imports."""
+
+    python: Str  # the interpreter it ran with
+    results: Annotated[list[FamilyImport], Field(max_length=64)] = []
+    error: Str | None = None  # the smoke test itself failed (crashed, timed out): why
+
+
 class Observation(Frozen):
     """Everything lockd saw in one target."""
 
@@ -265,6 +284,7 @@ class Observation(Frozen):
     probe_error: Str | None = None  # why there is no probe report (no Python in the target…)
     gpu_suite: GpuSuiteResult | None = None  # this run of the GPU validation suite (--gpu)
     integrity: Integrity | None = None  # installed files against their RECORDs (--deep)
+    family_imports: FamilyImports | None = None  # the PyTorch family imported (--deep)
 
 
 # --- the signed record -------------------------------------------------------------------

@@ -66,6 +66,7 @@ class Checks(_Strict):
     driver: Level = "required"
     gpu: Level = "required"
     integrity: Level = "required"
+    coherence: Level = "required"
 
 
 class PackagesPolicy(_Strict):

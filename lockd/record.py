@@ -45,7 +45,32 @@ def observe(target: Target, *, gpu: bool = False, deep: bool = False) -> Observa
         if observation.integrity is None:
             observation = deepen(target, observation)
         require_intact(observation)
+        from lockd.smoke import with_family_imports
+
+        observation = with_family_imports(target, observation)  # the import smoke test
     return observation
+
+
+def require_coherent(observation: Observation) -> None:
+    """Refuse to sign a PyTorch family that does not fit its torch (lockd.coherence), or
+    (--deep) that fails to import.
+
+    Raises:
+        RefusedError: listing every finding; nothing may be signed (record --allow-incoherent
+            signs it anyway, and verify then fails its `coherence` check).
+    """
+    from lockd.compare import coherence_findings
+
+    findings = coherence_findings(observation)
+    if not findings:
+        return
+    where = f"{observation.target.kind}:{observation.target.ref}"
+    lines = "\n".join(f"  {f.kind:<11} {f.message}" for f in findings)
+    raise RefusedError(
+        f"{where}: refusing to sign: its PyTorch family does not fit its torch "
+        f"({len(findings)} finding(s)):\n{lines}\nnothing was written; install the versions "
+        "that fit (lockd lock adds them to a lock), or record with --allow-incoherent"
+    )
 
 
 def build_manifest(

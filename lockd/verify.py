@@ -32,6 +32,7 @@ LATER_CHECKS = (
     "driver",
     "gpu",
     "integrity",
+    "coherence",
 )
 
 
@@ -88,7 +89,8 @@ def _reach_and_observe(
     if deep is not None and not gpu:
         from lockd.integrity import DeepTarget
 
-        return target, DeepTarget(target, ignore=deep).observe()
+        observed = DeepTarget(target, ignore=deep).observe()
+        return target, _with_family_imports(target, observed, deep)
     if gpu:
         from lockd.gpu import observe_with_suite
 
@@ -99,7 +101,18 @@ def _reach_and_observe(
         from lockd.integrity import deepen
 
         observation = deepen(target, observation, ignore=deep)
-    return target, observation
+    return target, _with_family_imports(target, observation, deep)
+
+
+def _with_family_imports(
+    target: Target, observation: Observation, deep: Sequence[str] | None
+) -> Observation:
+    """With ``deep``: the PyTorch family's import smoke test (the `coherence` check)."""
+    if deep is None:
+        return observation
+    from lockd.smoke import with_family_imports
+
+    return with_family_imports(target, observation)
 
 
 def verify_target(

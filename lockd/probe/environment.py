@@ -570,6 +570,126 @@ def pip_report(path: str | None = None) -> dict[str, Any] | None:
     return {"path": text(path), "archives": sorted(archives, key=lambda a: a["name"])}
 
 
+# --- the PyTorch family's import smoke test (``--family-imports``) ----------------------------
+#
+# Off by default (importing torch and its family takes seconds): lockd runs this file a second
+# time, with ``--family-imports``, for ``--deep``. Each installed family member is imported and
+# one of its compiled ops run on a tiny tensor; a failure reports the exception with its causes
+# (a compiled extension built for another torch fails to load) and the warnings raised on the
+# way. The document is {"python": ..., "results": [...]} (lockd/model.py: FamilyImports).
+
+FAMILY_IMPORTS_FLAG = "--family-imports"
+
+
+def _touch_torch(module: Any) -> None:
+    module.ones(2).add(1).sum().item()
+
+
+def _touch_torchvision(module: Any) -> None:
+    torch = importlib.import_module("torch")
+
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]])
+    module.ops.nms(boxes, torch.tensor([1.0, 0.5]), 0.5)
+
+
+def _touch_torchaudio(module: Any) -> None:
+    torch = importlib.import_module("torch")
+
+    extension = sys.modules.get("torchaudio._extension")
+    if extension is not None and getattr(extension, "_IS_TORCHAUDIO_EXT_AVAILABLE", True) is False:
+        raise RuntimeError("torchaudio's compiled extension (libtorchaudio) is not available")
+    functional = importlib.import_module("torchaudio.functional")
+    one = torch.tensor([1.0, 0.0])
+    functional.lfilter(torch.zeros(8), one, one)
+
+
+def _touch_torchtext(module: Any) -> None:
+    import collections
+
+    importlib.import_module("torchtext.vocab").vocab(collections.OrderedDict([("a", 1)]))
+
+
+def _touch_xformers(module: Any) -> None:
+    importlib.import_module("xformers.ops")
+    if getattr(module, "_has_cpp_library", True) is False:
+        raise RuntimeError("xFormers' C++/CUDA extensions did not load")
+
+
+def _touch_import(name: str) -> Callable[[Any], None]:
+    def touch(module: Any) -> None:
+        importlib.import_module(name)
+
+    return touch
+
+
+# (distribution, module to import, the compiled op touched, how)
+FAMILY_IMPORTS = (
+    ("torch", "torch", "torch.add", _touch_torch),
+    ("torchvision", "torchvision", "torchvision.ops.nms", _touch_torchvision),
+    ("torchaudio", "torchaudio", "torchaudio.functional.lfilter", _touch_torchaudio),
+    ("triton", "triton", "triton._C.libtriton", _touch_import("triton._C.libtriton")),
+    ("torchtext", "torchtext", "torchtext.vocab.vocab", _touch_torchtext),
+    ("torchdata", "torchdata", None, None),
+    ("xformers", "xformers", "xformers.ops", _touch_xformers),
+    ("flash-attn", "flash_attn", "flash_attn_2_cuda", _touch_import("flash_attn_2_cuda")),
+)
+
+
+def _error_chain(error: BaseException, warned: list[Any]) -> str:
+    """The exception and its causes, then the warnings raised on the way: the exact reason."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen and len(parts) < 5:
+        seen.add(id(current))
+        parts.append("%s: %s" % (type(current).__name__, current))
+        current = current.__cause__ or current.__context__
+    message = parts[0] + "".join(" (caused by %s)" % part for part in parts[1:])
+    notes = ["%s: %s" % (w.category.__name__, w.message) for w in warned[:3]]
+    if notes:
+        message += "; warnings: " + " | ".join(notes)
+    return text(message)[: 2 * ERROR_LIMIT]
+
+
+def family_import(
+    name: str, version: str, module_name: str, op: str | None, touch: Any
+) -> dict[str, Any]:
+    """Import one family member and run its op; the outcome (never raises)."""
+    import warnings
+
+    sys.stderr.write("lockd: importing %s %s\n" % (module_name, version))
+    sys.stderr.flush()
+    result: dict[str, Any] = {"name": name, "version": text(version), "module": module_name}
+    if op is not None:
+        result["op"] = op
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        try:
+            module = importlib.import_module(module_name)
+            if touch is not None:
+                touch(module)
+        except (Exception, SystemExit) as error:
+            result["ok"] = False
+            result["error"] = _error_chain(error, list(warned))
+            return result
+    result["ok"] = True
+    return result
+
+
+def family_imports() -> dict[str, Any]:
+    """The import smoke test over the installed family members, torch first."""
+    import faulthandler
+
+    faulthandler.enable()  # a crash in a compiled extension still says where, on stderr
+    installed = {d["name"]: d["version"] for d in distributions()}
+    results = [
+        family_import(name, installed[name], module, op, touch)
+        for name, module, op, touch in FAMILY_IMPORTS
+        if name in installed
+    ]
+    return {"python": text(sys.executable or ""), "results": results}
+
+
 # --- the report -----------------------------------------------------------------------------
 
 
@@ -626,7 +746,8 @@ def main() -> None:
             os.close(out)
         out = None
     try:
-        document = render(collect()).encode("ascii")
+        report = family_imports() if FAMILY_IMPORTS_FLAG in sys.argv[1:] else collect()
+        document = render(report).encode("ascii")
     except Exception:
         traceback.print_exc()
         sys.stderr.flush()

@@ -742,6 +742,20 @@ class ContainerTarget:
             return None
         return (merged, layers[0]) if os.path.ismount(merged) else None
 
+    def mount_sources(self) -> list[tuple[str, str]] | None:
+        """(destination, host path) of each of the container's bind mounts and volumes: the
+        merged directory does not show them, so what the container sees there is read from
+        the source. None when a mount's content is not a path on this host (tmpfs, a volume
+        driver's)."""
+        found = []
+        for mount in self.container.attrs.get("Mounts") or []:
+            source = str(mount.get("Source") or "")
+            destination = str(mount.get("Destination") or "")
+            if mount.get("Type") not in ("bind", "volume") or not os.path.exists(source):
+                return None
+            found.append((destination, source))
+        return found
+
     def fetch_archive(self, path: str) -> Archive | None:
         """``path`` in the container as the daemon's tar stream, None when nothing is there.
 

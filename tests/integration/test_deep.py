@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -188,6 +189,30 @@ def test_image_layers_show_what_a_later_layer_changed(
         assert not refused.exists()
     finally:
         docker_client.images.remove(tag, force=True)
+
+
+def test_a_bind_mount_is_checked_as_the_container_sees_it(
+    docker_client: Any,
+    app_image: str,
+    run_container: Callable[..., Any],
+    keypair: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    """The merged directory does not show mounts: lockd reads the mount's source instead."""
+    clean = tmp_path / "image.dsse.json"
+    assert record(f"image:{app_image}", keypair, clean).returncode == 0
+    donor = run_container(app_image)
+    chunks, _ = donor.get_archive(f"{SITE}/idna")
+    with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
+        tar.extractall(tmp_path, filter="data")
+    (tmp_path / "idna/core.py").write_text("# replaced through a volume\n")
+    mounted = run_container(
+        app_image, volumes={str(tmp_path / "idna"): {"bind": f"{SITE}/idna", "mode": "ro"}}
+    )
+    code, report = verify_deep(mounted.name, clean, keypair[1])
+    assert code == 1
+    assert findings(report) == [("modified", f"{SITE}/idna/core.py")]
+    assert "overlay merged directory" in check(report, "integrity")["message"]
 
 
 def throwaways(docker_client: Any) -> list[str]:

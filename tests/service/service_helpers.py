@@ -137,8 +137,12 @@ class Server:
                 raise RuntimeError(f"lockd serve exited {self.process.returncode}")
             try:
                 with urllib.request.urlopen(self.url + "/readyz", timeout=2) as answer:
-                    if answer.status == 200:
-                        return self
+                    ready = answer.status == 200
+                if ready:
+                    time.sleep(0.2)  # a server of another process on this port: ours exits
+                    if self.process.poll() is not None:
+                        raise RuntimeError(f"lockd serve exited {self.process.returncode}")
+                    return self
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError(f"lockd serve did not become ready on {self.url} in {timeout} s")

@@ -38,6 +38,7 @@ def test_identical_environment_passes_every_check() -> None:
         "driver",
         "gpu",
         "integrity",
+        "coherence",
     ]
     assert {c.status for c in checks} == {"pass", "skip"}
     assert by_id(checks)["lock"].status == "skip"

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from observations import observation
@@ -74,7 +75,7 @@ def install(
     )
 
 
-def tree(*layers: Path, **options: bool) -> HostTree:
+def tree(*layers: Path, **options: Any) -> HostTree:
     return HostTree(
         [str(layer) for layer in layers],
         kind="layers" if len(layers) > 1 else "overlay",
@@ -374,6 +375,24 @@ def test_require_intact_accepts_a_clean_or_shallow_observation(
 ) -> None:
     require_intact(observation())
     require_intact(observation(integrity=check_files(tree(root), [demo], progress=False)))
+
+
+def test_mounts_are_read_from_their_source(root: Path, demo: Distribution, tmp_path: Path) -> None:
+    """A container sees a bind mount or a volume, not the merged directory below it."""
+    volume, conf = tmp_path / "volume", tmp_path / "init.py"
+    (volume / "data").mkdir(parents=True)
+    (volume / "__init__.py").write_bytes(b"from demo.core import answer\n")
+    (volume / "core.py").write_bytes(b"answer = 41\n")
+    (volume / "data/table.csv").write_bytes(b"a,b\n1,2\n")
+    (volume / "planted.py").write_bytes(b"")
+    conf.write_bytes(b"import os\n")
+    mounts = [(f"{SITE}/demo", str(volume)), (f"{SITE}/demo/__init__.py", str(conf))]
+    found = check_files(tree(root, mounts=mounts), [demo], progress=False)
+    assert kinds(found) == [
+        ("modified", f"{SITE}/demo/__init__.py"),
+        ("modified", f"{SITE}/demo/core.py"),
+        ("unlisted", f"{SITE}/demo/planted.py"),
+    ]
 
 
 # --- overlay layers, and large files through a memory map ----------------------------------------
