@@ -30,6 +30,8 @@ def _finding_line(f: Finding) -> str:
     subject = f.name or f.path or ""
     if f.name and f.path and f.kind == "added":
         subject = f"{f.name} ({f.path})"
+    elif f.name and f.path:  # a file of a distribution (integrity): the file first
+        subject = f"{f.path} ({f.name})"
     values = ""
     if f.expected is not None or f.observed is not None:
         values = f": {f.expected if f.expected is not None else '-'} -> "
