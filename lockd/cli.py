@@ -296,23 +296,22 @@ def diff(
     b: Annotated[Path, typer.Argument(help="the second manifest")],
     json: Annotated[bool, typer.Option("--json", help="print the differences as JSON")] = False,
 ) -> None:
-    """What differs between two recorded environments; exit 0 when nothing does, 1 otherwise."""
-    from lockd.compare import compare
-    from lockd.policy import default_policy
-    from lockd.render import print_checks
+    """What differs between two recorded environments (distributions, the CUDA stack, the
+    driver, GPU tests whose results moved); exit 0 when nothing does, 1 otherwise."""
+    from lockd.diffing import diff_manifests, render_text, report_json
 
-    _, first, _ = _read_manifest(a)
-    _, second, _ = _read_manifest(b)
-    checks = compare(first, second.observation, default_policy())
-    differing = [c for c in checks if c.status == "fail"]
-    if json:
-        body = "[" + ",".join(c.model_dump_json(exclude_none=True) for c in checks) + "]"
-        sys.stdout.write(body + "\n")
-    else:
-        console = _console()
-        print_checks(checks, f"lockd diff {a} -> {b}", console)
-        console.print("no differences" if not differing else f"{len(differing)} aspect(s) differ")
-    raise typer.Exit(1 if differing else 0)
+    subjects_a, first, _ = _read_manifest(a)
+    subjects_b, second, _ = _read_manifest(b)
+    report = diff_manifests(
+        first,
+        second,
+        a_label=str(a),
+        b_label=str(b),
+        a_subjects=subjects_a,
+        b_subjects=subjects_b,
+    )
+    sys.stdout.write(report_json(report) + "\n" if json else render_text(report))
+    raise typer.Exit(0 if report.same else 1)
 
 
 @app.command()
@@ -490,18 +489,24 @@ app.add_typer(audit_app, name="audit")
 
 @audit_app.command("verify")
 def audit_verify(
+    bundle: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Argument(help="an audit bundle (lockd audit export) to check offline"),
+    ] = None,
     server: ServerOpt = None,
     json: Annotated[bool, typer.Option("--json", help="print the verdict as JSON")] = False,
 ) -> None:
-    """Fetch the service's whole audit log and re-check its hash chain here; exit 0 when it
-    holds, 1 naming the first bad entry."""
+    """Check an audit bundle offline (BUNDLE), or fetch a service's whole audit log and
+    re-check its hash chain here (--server); exit 0 when it holds, 1 naming what failed."""
     from dataclasses import asdict
 
     from lockd.client import Client, check_remote_audit
     from lockd.errors import InputError
 
+    if bundle is not None:
+        _verify_bundle(bundle, json)
     if server is None:
-        raise InputError("give --server URL (or set LOCKD_SERVER)")
+        raise InputError("give a bundle file, or --server URL (or set LOCKD_SERVER)")
     verdict = check_remote_audit(Client.from_env(server))
     if json:
         import json as json_module
@@ -515,6 +520,99 @@ def audit_verify(
             f"({verdict.entries} entries read): {verdict.reason}"
         )
     raise typer.Exit(0 if verdict.ok else 1)
+
+
+def _verify_bundle(path: Path, json: bool) -> None:
+    from lockd.bundle import render_verdict, verify_bundle
+
+    verdict = verify_bundle(path)
+    if json:
+        import json as json_module
+
+        body = {
+            "ok": verdict.ok,
+            "digest": verdict.digest,
+            "keyids": verdict.keyids,
+            "checks": [{"id": c.id, "ok": c.ok, "message": c.message} for c in verdict.checks],
+        }
+        sys.stdout.write(json_module.dumps(body, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(render_verdict(verdict, str(path)))
+    raise typer.Exit(0 if verdict.ok else 1)
+
+
+@audit_app.command("export")
+def audit_export(
+    digest: Annotated[str, typer.Argument(help="the manifest's digest, sha256:<hex>")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="the bundle to write (.tar.gz)")],
+    server: ServerOpt = None,
+    key: Annotated[
+        Optional[list[Path]],  # noqa: UP045
+        typer.Option(help="a public key to bundle instead of fetching it (repeat for several)"),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="replace an existing output file")] = False,
+) -> None:
+    """Write a self-contained audit bundle of a stored manifest: the envelope, its public
+    key(s), the lock, an SBOM, its verification reports and the audit entries covering them;
+    check it anywhere with `lockd audit verify BUNDLE`."""
+    import re
+
+    from lockd import keys
+    from lockd.bundle import export_bundle
+    from lockd.client import Client
+    from lockd.errors import InputError
+
+    if server is None:
+        raise InputError("give --server URL (or set LOCKD_SERVER)")
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+        raise InputError(f"{digest!r}: give the manifest's digest as sha256:<64 hex digits>")
+    extra = [keys.load_public_key(k) for k in key or []]
+    done = export_bundle(Client.from_env(server), digest, output, extra_keys=extra, force=force)
+    _console().print(
+        f"wrote {done.path}: {done.files} files, {done.reports} report(s), signed by keyid "
+        f"{', '.join(done.keyids)}; check it with: lockd audit verify {done.path}"
+    )
+
+
+@app.command()
+def gate(
+    image: Annotated[str, typer.Argument(help="the image pinned by digest: IMAGE@sha256:<hex>")],
+    key: Annotated[list[Path], typer.Option(help="a trusted public key (repeat for several)")],
+    policy: Annotated[
+        str, typer.Option(help="a policy file or the name of a shipped policy")
+    ] = "default",
+    server: ServerOpt = None,
+    json: Annotated[bool, typer.Option("--json", help="print the verdict as JSON")] = False,
+) -> None:
+    """CI gate: exit 0 only when a manifest for IMAGE's digest, signed by a trusted --key, has
+    recorded checks that pass --policy; 1 when none does; 2 for bad input or no service."""
+    from lockd import keys
+    from lockd.client import Client
+    from lockd.errors import InputError
+    from lockd.gate import gate as run_gate
+    from lockd.policy import load_policy
+
+    if server is None:
+        raise InputError("give --server URL (or set LOCKD_SERVER)")
+    chosen = load_policy(policy)
+    trusted = [keys.load_public_key(k) for k in key]
+    result = run_gate(image, trusted, chosen, policy, client=Client.from_env(server))
+    if json:
+        import json as json_module
+
+        sys.stdout.write(json_module.dumps(result.as_dict(), sort_keys=True) + "\n")
+    elif result.allowed:
+        _console().print(
+            f"{image}: allowed under {policy} (manifest {result.manifest}, signed by "
+            f"{', '.join(k[:16] for k in result.keyids)})"
+        )
+    else:
+        from rich.markup import escape
+
+        _console().print(f"[bold red]{escape(image)}: not allowed[/] under {escape(policy)}")
+        for reason in result.reasons:
+            _console().print(f"  - {escape(reason)}")
+    raise typer.Exit(0 if result.allowed else 1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -102,7 +102,19 @@ class Client:
         _, answer = self._request("GET", f"/v1/manifests/{urllib.parse.quote(digest)}")
         return dict(answer)
 
+    def public_key(self, keyid: str) -> dict[str, Any]:
+        """``{"keyid", "pem"}``: a key the service trusts (``GET /keys/{keyid}``)."""
+        _, answer = self._request("GET", f"/keys/{urllib.parse.quote(keyid)}")
+        return dict(answer)
+
     # --- verifications ----------------------------------------------------------------------
+
+    def verifications(self, subject: str, limit: int = 1000) -> list[dict[str, Any]]:
+        """Stored reports for an image digest, newest first."""
+        _, answer = self._request(
+            "GET", "/v1/verifications", query=[("subject", subject), ("limit", str(limit))]
+        )
+        return list(answer)
 
     def push_report(self, report: Report) -> None:
         body = b'{"report":' + report.model_dump_json(exclude_none=True).encode() + b"}"

@@ -711,15 +711,14 @@ def check_coherence(observation: Observation, p: Policy) -> Check:
         smoke = "import smoke test not run (--deep runs it)"
     else:
         passed = sum(r.ok for r in imports.results)
-        smoke = f"import smoke test: {passed} of {len(imports.results)} imported, ops ran"
+        smoke = f"import smoke test: {passed} of {len(imports.results)} imported, op run"
     return _check(
         "coherence",
         p,
         "inside",
         findings,
         ok=f"torch {torch}" + (f" with {members}" if members else "") + f": coherent; {smoke}",
-        bad=f"{len(findings)} finding(s): the PyTorch family does not fit torch {torch} "
-        f"({smoke})",
+        bad=f"{len(findings)} finding(s): the PyTorch family does not fit torch {torch} ({smoke})",
     )
 
 

@@ -82,8 +82,12 @@ ALLREDUCE = "nccl_allreduce"
 
 @functools.cache
 def suite_source() -> str:
-    """The source text of the suite, to run as ``python3 -c <source> [options]``."""
-    return (Path(__file__).parent / "probe" / "gpu.py").read_text(encoding="utf-8")
+    """The source text of the suite, to run as ``python3 -c <source> [options]``, with
+    lockd/fatbin.py embedded (the suite's record of what its process loaded)."""
+    from lockd.libraries import embed_reader
+
+    source = (Path(__file__).parent / "probe" / "gpu.py").read_text(encoding="utf-8")
+    return embed_reader(source, "lockd/probe/gpu.py")
 
 
 def suite_options() -> tuple[str, str | None, float]:

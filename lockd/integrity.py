@@ -410,6 +410,9 @@ class HostTree(Source):
     meanwhile (a truncated map kills the process): every file of an ``immutable`` tree (an
     image's layers), and a container's files that its writable ``upper`` layer does not hold
     (overlayfs serves them from the image's read-only layers). Other files are read.
+
+    ``mounts`` (destination, host path): a container's bind mounts and volumes, which its
+    merged directory does not show, are read from their sources, as the container sees them.
     """
 
     def __init__(
@@ -583,7 +586,11 @@ class HostTree(Source):
                 return FileState("missing")
             except OSError as e:
                 return FileState("unreadable", message=f"cannot open it: {e.strerror}")
-            st = os.fstat(handle)
+            try:
+                st = os.fstat(handle)
+            except OSError as e:
+                os.close(handle)
+                return FileState("unreadable", message=f"cannot stat it: {e.strerror}")
             if stat.S_ISREG(st.st_mode):
                 return _Opened(handle, st, hit)
             os.close(handle)
@@ -792,6 +799,8 @@ class HostTree(Source):
                     yield f"{path}/{name}"
 
     def guess_locations(self) -> list[str]:
+        if self.kind == "local":  # this host's own Python directories: rarely the target's
+            return []
         found: set[str] = set()
         for layer in self.layers:
             for pattern in _GUESSES:

@@ -103,6 +103,86 @@ class PipReport(Frozen):
     error: Str | None = None  # the report exists but could not be read
 
 
+# What the process loaded and the CUDA code of the installed extensions (lockd/fatbin.py, run
+# inside the target after `import torch`; docs/libraries.md).
+
+LibraryRole = Literal["cuda", "driver", "extension", "library-path"]
+
+
+class LibraryOwner(Frozen):
+    """Who installed a library file: a distribution's RECORD lists it, or dpkg's or conda's
+    file list of a package."""
+
+    kind: Literal["distribution", "dpkg", "conda"]
+    name: Name
+    version: Str | None = None
+    path: Str | None = None  # the path as the RECORD lists it (distribution)
+    record_sha256: Hex64 | None = None  # the file's sha256 as the RECORD lists it
+
+
+class MappedLibrary(Frozen):
+    """One shared object the process mapped (/proc/self/maps), symbolic links resolved."""
+
+    path: Str
+    role: LibraryRole
+    size: Annotated[int, Field(ge=0)] | None = None
+    sha256: Hex64 | None = None  # None: deleted or unreadable (see error)
+    soname: Str | None = None
+    version: Str | None = None
+    version_source: Literal["runtime", "file"] | None = None  # the library's getter, its name
+    owner: LibraryOwner | None = None
+    shadows: Annotated[list[Str], Field(max_length=16)] = []  # wheel files it was loaded over
+    deleted: bool = False  # the file was deleted or replaced after it was mapped
+    error: Str | None = None
+
+
+class LoadedLibraries(Frozen):
+    scope: Literal["probe", "suite"]  # after `import torch` (probe), after the GPU suite
+    libraries: Annotated[list[MappedLibrary], Field(max_length=4096)] = []
+    system: Annotated[int, Field(ge=0)] = 0  # other mapped objects (libc...), not recorded
+    bytes: Annotated[int, Field(ge=0)] = 0  # hashed
+    threads: Annotated[int, Field(ge=0)] = 0
+    seconds: Annotated[float, Field(ge=0)] = 0.0
+    env_versions: Annotated[dict[Name, Str], Field(max_length=64)] = {}  # NCCL_VERSION...
+    error: Str | None = None  # the record could not be made: why
+
+
+class FatbinGroup(Frozen):
+    """Containers (translation units) of one fat binary section that carry the same targets."""
+
+    sass: Annotated[list[Str], Field(max_length=64)] = []  # sm_80, sm_90a
+    ptx: Annotated[list[Str], Field(max_length=64)] = []  # compute_50
+    containers: Annotated[int, Field(ge=0)]
+
+
+class CudaBinary(Frozen):
+    """The CUDA code one shared object carries (its .nv_fatbin / __nv_relfatbin sections)."""
+
+    path: Str
+    name: Str  # as its distribution's RECORD lists it, else the file name
+    distribution: Name | None = None
+    size: Annotated[int, Field(ge=0)]
+    soname: Str | None = None
+    sections: Annotated[list[Str], Field(max_length=8)] = []
+    containers: Annotated[int, Field(ge=0)] = 0
+    entries: Annotated[int, Field(ge=0)] = 0
+    compressed: Annotated[int, Field(ge=0)] = 0
+    other: Annotated[int, Field(ge=0)] = 0  # entries neither PTX nor cubin
+    skipped: Annotated[int, Field(ge=0)] = 0  # bytes of padding between containers
+    sass: Annotated[list[Str], Field(max_length=64)] = []
+    ptx: Annotated[list[Str], Field(max_length=64)] = []
+    ptx_isa: Annotated[list[Str], Field(max_length=64)] = []
+    groups: Annotated[list[FatbinGroup], Field(max_length=256)] = []
+    error: Str | None = None  # the section is inconsistent past some point
+
+
+class ExtensionArchs(Frozen):
+    files: Annotated[int, Field(ge=0)] = 0  # shared objects read
+    binaries: Annotated[list[CudaBinary], Field(max_length=4096)] = []
+    errors: Annotated[int, Field(ge=0)] = 0  # files that could not be read as ELF
+    seconds: Annotated[float, Field(ge=0)] = 0.0
+
+
 class ProbeReport(Frozen):
     probe_version: Literal[1]
     python: PythonInfo
@@ -113,6 +193,8 @@ class ProbeReport(Frozen):
     pip_report: PipReport | None = None  # pip's installation report kept in the image
     driver: DriverInfo | None = None
     gpus: Annotated[list[GpuInfo], Field(max_length=256)] = []
+    libraries: LoadedLibraries | None = None  # what the process mapped after `import torch`
+    extensions: ExtensionArchs | None = None  # CUDA architectures of the installed .so files
 
 
 # --- what the GPU validation suite prints (from inside the target: untrusted) ---------------
@@ -197,6 +279,7 @@ class GpuSuiteResult(Frozen):
     signature: Hex64
     timing: GpuSuiteTiming
     recorded_at: Str | None = None  # set by lockd on the host when it records the result
+    libraries: LoadedLibraries | None = None  # what the suite's process mapped after the tests
 
 
 # --- what the host says (trusted) --------------------------------------------------------

@@ -14,5 +14,9 @@ __all__ = ["probe_source"]
 
 @functools.cache
 def probe_source() -> str:
-    """The source text of the environment probe, to run as ``python3 -c <source>``."""
-    return Path(__file__).with_name("environment.py").read_text(encoding="utf-8")
+    """The source text of the environment probe, to run as ``python3 -c <source>``, with
+    lockd/fatbin.py embedded (the probe's record of what the process loaded)."""
+    from lockd.libraries import embed_reader
+
+    source = Path(__file__).with_name("environment.py").read_text(encoding="utf-8")
+    return embed_reader(source, "lockd/probe/environment.py")

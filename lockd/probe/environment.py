@@ -31,6 +31,7 @@ import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import re  # noqa: E402
+import time  # noqa: E402
 import traceback  # noqa: E402
 
 PROBE_VERSION = 1
@@ -690,6 +691,58 @@ def family_imports() -> dict[str, Any]:
     return {"python": text(sys.executable or ""), "results": results}
 
 
+# --- what the process loaded, and the CUDA code of the installed extensions -----------------
+#
+# After ``import torch``: every shared object of the CUDA stack and the Python extensions that
+# this process mapped (/proc/self/maps), with its sha256, size, soname, version and owner, and
+# the GPU architectures (SASS and PTX) that each installed shared object carries in its CUDA
+# fat binaries. lockd/fatbin.py does the reading; lockd embeds its source below when it streams
+# this file (lockd.libraries.embed_reader), and from a checkout it is read from beside this
+# package. Without torch installed neither runs: the probe then maps only the interpreter's own
+# libraries, and stays as fast as it was. LOCKD_PROBE_LIBRARIES=0 turns both off (to measure).
+
+FATBIN_SOURCE = None  # lockd/fatbin.py's source, embedded by lockd when it streams this file
+LIBRARIES_ENV = "LOCKD_PROBE_LIBRARIES"
+
+
+def fatbin_reader() -> dict[str, Any] | None:
+    """lockd/fatbin.py's functions, from the embedded source or the file beside this package."""
+    source = FATBIN_SOURCE
+    if source is None:
+        here = globals().get("__file__")
+        data = None
+        if here:
+            package = os.path.dirname(os.path.dirname(os.path.abspath(here)))
+            data = _read(os.path.join(package, "fatbin.py"))
+        if data is None:
+            return None
+        source = data.decode("utf-8")
+    namespace: dict[str, Any] = {"__name__": "lockd_fatbin"}
+    exec(compile(source, "lockd/fatbin.py", "exec"), namespace)
+    return namespace
+
+
+def loaded_evidence() -> dict[str, Any]:
+    """``libraries`` (the mapped record) and ``extensions`` (CUDA code per installed file); a
+    failure becomes the record's ``error``, never the probe's."""
+    started = time.perf_counter()
+    try:
+        reader = fatbin_reader()
+        if reader is None:
+            raise RuntimeError("lockd/fatbin.py is not available to the probe")
+        locations = [entry for entry in sys.path if entry]
+        index = reader["record_index"](locations)
+        libraries = reader["loaded_libraries"]("probe", locations, index=index)
+        mapped = [library["path"] for library in libraries["libraries"]]
+        extensions = reader["extension_archs"](index, mapped)
+    except Exception as error:
+        seconds = round(time.perf_counter() - started, 6)
+        failed = {"scope": "probe", "libraries": [], "seconds": seconds, "threads": 0}
+        failed["error"] = _exception_text(error)
+        return {"libraries": failed}
+    return {"libraries": libraries, "extensions": extensions}
+
+
 # --- the report -----------------------------------------------------------------------------
 
 
@@ -720,6 +773,8 @@ def collect() -> dict[str, Any]:
         report["driver"] = driver
     if gpus:
         report["gpus"] = gpus
+    if report["torch"] is not None and os.environ.get(LIBRARIES_ENV) != "0":
+        report.update(loaded_evidence())  # last: NVML and torch's libraries are mapped by now
     return report
 
 

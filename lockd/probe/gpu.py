@@ -608,6 +608,40 @@ def nccl_allreduce(torch: Any, gpus: int) -> Any:
     return torch.cat([fp32, fp16.to(torch.float32)])
 
 
+# --- what this process loaded -----------------------------------------------------------------
+#
+# The same record the environment probe makes after ``import torch``, made after the tests, when
+# the libraries torch loads lazily (cuDNN's engines, cuBLAS, cuBLASLt, NVRTC...) are mapped too.
+# lockd/fatbin.py does it; lockd embeds its source below when it streams this file.
+
+FATBIN_SOURCE = None  # lockd/fatbin.py's source, embedded by lockd when it streams this file
+LIBRARIES_ENV = "LOCKD_PROBE_LIBRARIES"
+
+
+def loaded_libraries() -> dict[str, Any]:
+    """lockd/fatbin.py's mapped-library record (scope ``suite``); a failure is its ``error``."""
+    started = time.perf_counter()
+    try:
+        source = FATBIN_SOURCE
+        if source is None:  # run from a checkout: the file beside this package
+            here = os.path.abspath(globals().get("__file__") or "")
+            path = os.path.join(os.path.dirname(os.path.dirname(here)), "fatbin.py")
+            with open(path, encoding="utf-8") as handle:
+                source = handle.read()
+        namespace: dict[str, Any] = {"__name__": "lockd_fatbin"}
+        exec(compile(source, "lockd/fatbin.py", "exec"), namespace)
+        locations = [entry for entry in sys.path if entry]
+        record: dict[str, Any] = namespace["loaded_libraries"]("suite", locations)
+    except Exception as error:
+        return {
+            "scope": "suite",
+            "libraries": [],
+            "seconds": round(time.perf_counter() - started, 6),
+            "error": exception_text(error),
+        }
+    return record
+
+
 # --- the run ---------------------------------------------------------------------------------
 
 
@@ -706,6 +740,8 @@ def run(options: dict[str, Any]) -> dict[str, Any]:
         },
     }
     result.update(identity)
+    if os.environ.get(LIBRARIES_ENV) != "0":
+        result["libraries"] = loaded_libraries()  # after the tests: cuDNN, cuBLAS are mapped
     return result
 
 

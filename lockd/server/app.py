@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from lockd import __version__
 from lockd.errors import InputError, LockdError, SignatureError
 from lockd.server.middleware import BodyLimit, RequestMetrics
-from lockd.server.routes import audit, health, manifests, tokens, verifications
+from lockd.server.routes import admission, audit, health, manifests, tokens, verifications
 from lockd.server.service import NotFoundError, Service
 from lockd.server.settings import Settings
 from lockd.store.repository import Store
@@ -96,6 +96,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
     Raises:
         KeyFileError: a trusted key file cannot be read.
         InputError: a bad database URL.
+        PolicyError: a bad admission config (LOCKD_ADMISSION_CONFIG).
     """
     from lockd import keys
 
@@ -117,9 +118,13 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
+    app.state.admission = admission.Gatekeeper.from_service(service)
     _document_raw_bodies(app)
-    for module in (health, manifests, verifications, audit, tokens):
+    for module in (health, manifests, verifications, audit, tokens, admission):
         app.include_router(module.router)
+    from lockd.server import pages
+
+    app.include_router(pages.router)
     app.add_exception_handler(LockdError, _lockd_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

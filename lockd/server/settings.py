@@ -47,11 +47,13 @@ class Settings(BaseModel):
     policies: Path = Field(default_factory=default_policies)
     allow_anonymous_read: bool = False
     max_body_bytes: int = Field(default=MAX_BODY_BYTES, gt=0)
+    admission_config: Path | None = None  # YAML: namespaces -> policy + mode (lockd.admission)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """``LOCKD_DATABASE_URL``, ``LOCKD_TRUSTED_KEYS`` (files separated by the OS path
-        separator), ``LOCKD_POLICIES`` (a folder), ``LOCKD_ALLOW_ANONYMOUS_READ`` (a flag).
+        separator), ``LOCKD_POLICIES`` (a folder), ``LOCKD_ALLOW_ANONYMOUS_READ`` (a flag),
+        ``LOCKD_ADMISSION_CONFIG`` (the admission webhook's YAML, see lockd.admission).
 
         Raises:
             InputError: a flag that is not a boolean.
@@ -66,4 +68,6 @@ class Settings(BaseModel):
             allow_anonymous_read=_flag(
                 "LOCKD_ALLOW_ANONYMOUS_READ", env.get("LOCKD_ALLOW_ANONYMOUS_READ", "")
             ),
+            admission_config=Path(admission) if (admission := env.get("LOCKD_ADMISSION_CONFIG"))
+            else None,
         )

@@ -478,6 +478,19 @@ class Store:
 
     # --- audit ------------------------------------------------------------------------------
 
+    def add_audit(
+        self, *, actor: str, action: str, subject: str | None, body_digest: str | None
+    ) -> AuditEntry:
+        """Chain an entry for a decision that has no row of its own (admission decisions)."""
+        with self._write() as tx:
+            return tx.append(
+                time=now(),
+                actor=actor[:64],
+                action=action[:64],
+                subject=None if subject is None else subject[:256],
+                body_digest=body_digest,
+            )
+
     def audit_entries(self, *, after: int = 0, limit: int = 1000) -> list[AuditEntry]:
         with self.engine.connect() as conn:
             rows = conn.execute(

@@ -1,0 +1,690 @@
+"""Audit bundles: one ``.tar.gz`` that lets anyone check, offline and years later, the
+environment behind a published experiment with nothing but lockd.
+
+A bundle holds the signed manifest (the DSSE envelope exactly as the service stored it), the
+public key(s) that verified it, the manifest's lock, a CycloneDX SBOM, the verification reports
+made against the manifest, the audit-chain entries that cover all of them (a contiguous segment
+of the service's hash chain), a README, ``bundle.json`` (what is where) and ``index.json`` (the
+sha256 of every other file, canonical JSON).
+
+:func:`export_bundle` fetches it all from a service (I/O); :func:`bundle_files` and
+:func:`pack` build it (pure); :func:`read_bundle` opens one safely (no absolute paths, ``..``,
+links or oversized members; nothing is extracted); :func:`check_files` checks it (pure).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lockd import __version__
+from lockd.errors import InputError, LockdError, ServerError
+from lockd.statement import canonical_json
+
+if TYPE_CHECKING:
+    from lockd.client import Client
+    from lockd.keys import PublicKey
+
+__all__ = [
+    "FORMAT",
+    "BundleCheck",
+    "BundleVerdict",
+    "Exported",
+    "bundle_files",
+    "check_files",
+    "export_bundle",
+    "pack",
+    "read_bundle",
+    "render_verdict",
+    "verify_bundle",
+]
+
+FORMAT = "lockd-audit-bundle/1"
+INDEX = "index.json"
+MAX_MEMBER_BYTES = 64 * 1024 * 1024
+MAX_TOTAL_BYTES = 256 * 1024 * 1024
+MAX_MEMBERS = 10_000
+MAX_BUNDLE_BYTES = 256 * 1024 * 1024
+
+
+def _utc_now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- building (pure) ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReportItem:
+    """One stored verification report: its metadata and its exact stored text."""
+
+    id: int
+    created_at: str
+    actor: str
+    source: str
+    policy: str | None
+    verified: bool
+    text: str  # exactly as stored: its sha256 is its audit entry's body_digest
+
+
+README = """\
+# lockd audit bundle
+
+The environment behind `{name}`: the signed lockd manifest `{digest}`,
+exported from {server} at {exported_at} by lockd {version}.
+
+| file | what it is |
+| --- | --- |
+| `envelope.dsse.json` | the signed manifest: a DSSE envelope of an in-toto Statement v1 |
+| `keys/<keyid>.pub` | the public key(s) that verified the envelope: compare the keyid |
+| `lock.json` | the lock the environment was recorded against (pins, allowed hashes), if any |
+| `sbom.cdx.json` | a CycloneDX 1.6 SBOM of the recorded environment |
+| `reports/<id>.json` | the verification reports made against the manifest, as stored |
+| `audit.json` | the audit hash chain's segment covering the manifest and the reports |
+| `bundle.json` | what is where: the digest, the reports and their audit entries |
+| `index.json` | the sha256 of every other file (canonical JSON) |
+
+## How to check it
+
+With lockd installed (no network needed):
+
+    lockd audit verify {filename}
+
+It checks that every file matches `index.json`, that the envelope's signature verifies against
+the bundled key (and prints its keyid: compare it with the one the signer published), that the
+SBOM and the lock match the signed manifest, and that each report's audit entry hashes and
+chains correctly. It exits 0 when everything holds and 1 naming what failed.
+
+By hand: `sha256sum` every file against `index.json`; the envelope verifies with cosign
+(`cosign verify-blob-attestation --key keys/<keyid>.pub --type custom --signature
+envelope.dsse.json ...`) or any DSSE verifier (ECDSA P-256, SHA-256); an audit entry's `hash`
+is the sha256 of the canonical JSON (sorted keys, no spaces) of its fields `seq`, `time`,
+`actor`, `action`, `subject`, `body_digest` and `prev_hash`, and each entry's `prev_hash` is the
+hash of the entry before it. A report's `body_digest` is `sha256:` and the sha256 of its file.
+
+To check that this segment still belongs to the service's chain, compare the last entry's
+`hash` (seq {head_seq}: `{head_hash}`) with the service's log (`lockd audit verify --server URL`).
+"""
+
+
+def _json(value: object) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def bundle_files(
+    *,
+    digest: str,
+    name: str,
+    labels: Mapping[str, str],
+    server: str,
+    exported_at: str,
+    envelope: bytes,
+    public_keys: Sequence[PublicKey],
+    reports: Sequence[ReportItem],
+    entries: Sequence[Mapping[str, Any]],
+    filename: str = "bundle.tar.gz",
+) -> dict[str, bytes]:
+    """Every file of a bundle, ``index.json`` included (pure: the caller fetched the parts).
+
+    ``envelope`` is the envelope's JSON exactly as the service stored it; ``entries`` the audit
+    entries from the manifest's own entry to the last report's, contiguous.
+
+    Raises:
+        ManifestError: the envelope does not carry a lockd Statement.
+        InputError: an entry covering the manifest or a report is missing from ``entries``.
+    """
+    from lockd import keys
+    from lockd.dsse import parse_envelope
+    from lockd.sbom import sbom_json
+    from lockd.statement import parse_statement
+
+    parsed = parse_envelope(envelope, f"manifest {digest}")
+    subjects, manifest = parse_statement(parsed.payload_bytes(), f"manifest {digest}")
+    manifest_seq = _entry_for(entries, "manifest.create", digest, "sha256:" + sha256_hex(envelope))
+    if manifest_seq is None:
+        raise InputError(
+            f"manifest {digest}: no audit entry in the segment records its creation; export "
+            "the segment from the manifest's own entry"
+        )
+    files: dict[str, bytes] = {"envelope.dsse.json": envelope}
+    keyids = []
+    for key in public_keys:
+        keyid = keys.keyid(key)
+        keyids.append(keyid)
+        files[f"keys/{keyid}.pub"] = keys.public_pem(key)
+    if manifest.lock is not None:
+        files["lock.json"] = _json(manifest.lock.model_dump(mode="json"))
+    files["sbom.cdx.json"] = sbom_json(manifest, subjects).encode("utf-8")
+    listed = []
+    for report in sorted(reports, key=lambda r: r.id):
+        data = report.text.encode("utf-8")
+        seq = _entry_for(entries, "verification.create", None, "sha256:" + sha256_hex(data))
+        if seq is None:
+            raise InputError(
+                f"report {report.id}: no audit entry in the segment holds its digest; the "
+                "service's stored report and its audit entry disagree"
+            )
+        path = f"reports/{report.id}.json"
+        files[path] = data
+        listed.append(
+            {
+                "file": path,
+                "id": report.id,
+                "created_at": report.created_at,
+                "actor": report.actor,
+                "source": report.source,
+                "policy": report.policy,
+                "verified": report.verified,
+                "audit_seq": seq,
+            }
+        )
+    files["audit.json"] = _json([dict(e) for e in entries])
+    head = entries[-1]
+    files["bundle.json"] = _json(
+        {
+            "format": FORMAT,
+            "digest": digest,
+            "name": name,
+            "labels": dict(labels),
+            "subjects": [f"{s.name} sha256:{s.digest['sha256']}" for s in subjects],
+            "server": server,
+            "exported_at": exported_at,
+            "exported_by": f"lockd {__version__}",
+            "keyids": keyids,
+            "manifest_audit_seq": manifest_seq,
+            "reports": listed,
+        }
+    )
+    files["README.md"] = README.format(
+        name=name,
+        digest=digest,
+        server=server,
+        exported_at=exported_at,
+        version=__version__,
+        filename=filename,
+        head_seq=head["seq"],
+        head_hash=head["hash"],
+    ).encode("utf-8")
+    files[INDEX] = index_of(files)
+    return files
+
+
+def index_of(files: Mapping[str, bytes]) -> bytes:
+    """``index.json``: canonical JSON of the sha256 of every file but itself."""
+    listed = {n: sha256_hex(d) for n, d in sorted(files.items()) if n != INDEX}
+    return canonical_json({"algorithm": "sha256", "files": listed}) + b"\n"
+
+
+def _entry_for(
+    entries: Sequence[Mapping[str, Any]], action: str, subject: str | None, body: str
+) -> int | None:
+    for entry in entries:
+        if entry.get("action") != action or entry.get("body_digest") != body:
+            continue
+        if subject is None or entry.get("subject") == subject:
+            seq = entry.get("seq")
+            return seq if isinstance(seq, int) else None
+    return None
+
+
+def pack(files: Mapping[str, bytes]) -> bytes:
+    """A deterministic ``.tar.gz`` of ``files`` (sorted, mtime 0, owner 0, mode 0644)."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in sorted(files):
+            data = files[name]
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(raw.getvalue(), mtime=0)
+
+
+# --- exporting (I/O) --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Exported:
+    path: Path
+    digest: str
+    files: int
+    reports: int
+    keyids: list[str]
+
+
+def _report_text(report: Mapping[str, Any], source: str) -> str:
+    from pydantic import ValidationError
+
+    from lockd.model import Report
+
+    try:
+        return Report.model_validate(report).model_dump_json(exclude_none=True)
+    except ValidationError as e:
+        raise ServerError(f"{source}: the answer carries no valid report ({e})") from e
+
+
+def export_bundle(
+    client: Client,
+    digest: str,
+    output: Path,
+    *,
+    extra_keys: Sequence[PublicKey] = (),
+    force: bool = False,
+) -> Exported:
+    """Fetch manifest ``digest``, its signing keys, its reports and the audit entries covering
+    them from the service, check them here, and write the bundle to ``output``.
+
+    Raises:
+        ServerError: the service cannot be reached, holds no such manifest, or its audit
+            chain does not hold (a bundle of it would not verify).
+        SignatureError: the envelope does not verify against the service's keys.
+        OutputExistsError: ``output`` exists and ``force`` is false.
+    """
+    from lockd import dsse, keys
+    from lockd.fileio import refuse_existing, write_atomic
+
+    refuse_existing(output, force=force)
+    where = f"{client.base_url}/v1/manifests/{digest}"
+    detail = client.manifest(digest)
+    try:
+        envelope = dsse.Envelope.model_validate(detail["envelope"])
+    except (KeyError, ValueError) as e:
+        raise ServerError(f"{where}: the answer carries no valid envelope ({e})") from e
+    stored = envelope.to_json()
+    found = list(extra_keys)
+    for keyid in detail.get("keyids") or []:
+        if any(keys.keyid(k) == keyid for k in found):
+            continue
+        answer = client.public_key(str(keyid))
+        found.append(keys.parse_public_key(str(answer.get("pem", "")).encode(), f"key {keyid}"))
+    signers = dsse.verify(envelope, found, source=where)
+    signing = [k for k in found if keys.keyid(k) in signers]
+    subjects = [s["digest"]["sha256"] for s in detail.get("subjects") or []]
+    reports: dict[int, ReportItem] = {}
+    for subject in subjects:
+        for v in client.verifications("sha256:" + subject):
+            report = v.get("report") or {}
+            path = str((report.get("manifest") or {}).get("path") or "")
+            if v.get("manifest_digest") != digest and not path.endswith("/" + digest):
+                continue
+            reports[int(v["id"])] = ReportItem(
+                id=int(v["id"]),
+                created_at=str(v["created_at"]),
+                actor=str(v["actor"]),
+                source=str(v["source"]),
+                policy=v.get("policy"),
+                verified=bool(v["verified"]),
+                text=_report_text(report, f"{client.base_url}/v1/verifications/{v['id']}"),
+            )
+    entries = _covering_entries(client, digest, stored, reports.values())
+    files = bundle_files(
+        digest=digest,
+        name=str(detail.get("name", "")),
+        labels=dict(detail.get("labels") or {}),
+        server=client.base_url,
+        exported_at=_utc_now(),
+        envelope=stored,
+        public_keys=signing,
+        reports=list(reports.values()),
+        entries=entries,
+        filename=output.name,
+    )
+    write_atomic(output, pack(files), force=force)
+    return Exported(output, digest, len(files), len(reports), [keys.keyid(k) for k in signing])
+
+
+def _covering_entries(
+    client: Client, digest: str, envelope: bytes, reports: Sequence[ReportItem] | Any
+) -> list[dict[str, Any]]:
+    """The whole chain is fetched and checked; the segment from the manifest's entry to the
+    newest report's entry is kept."""
+    from lockd.store.audit import ChainChecker
+
+    checker = ChainChecker()
+    chain: list[dict[str, Any]] = []
+    for entry in client.audit_entries():
+        checker.add(entry)
+        chain.append(dict(entry))
+    verdict = checker.result()
+    if not verdict.ok:
+        raise ServerError(
+            f"{client.base_url}: the audit chain does not hold at entry {verdict.first_bad} "
+            f"({verdict.reason}); a bundle of it would not verify"
+        )
+    bodies = {"sha256:" + sha256_hex(r.text.encode("utf-8")): r for r in reports}
+    envelope_body = "sha256:" + sha256_hex(envelope)
+    first = next(
+        (
+            i
+            for i, e in enumerate(chain)
+            if e.get("action") == "manifest.create"
+            and e.get("subject") == digest
+            and e.get("body_digest") == envelope_body
+        ),
+        None,
+    )
+    if first is None:
+        raise ServerError(
+            f"{client.base_url}: no audit entry records the creation of {digest} with the "
+            "stored envelope's digest"
+        )
+    last = first
+    for i, e in enumerate(chain):
+        if e.get("action") == "verification.create" and e.get("body_digest") in bodies:
+            last = max(last, i)
+    return chain[first : last + 1]
+
+
+# --- reading (I/O, refusing unsafe archives) ---------------------------------------------------
+
+
+def read_bundle(path: Path) -> tuple[dict[str, bytes], list[str]]:
+    """The files of a bundle (nothing is written to disk) and the members refused as unsafe.
+
+    Raises:
+        InputError: the file cannot be read or is not a gzip-compressed tar archive.
+    """
+    from lockd.fileio import read_capped
+
+    data = read_capped(path, limit=MAX_BUNDLE_BYTES, what="bundle")
+    files: dict[str, bytes] = {}
+    refused: list[str] = []
+    total = 0
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            for count, member in enumerate(tar):
+                if count >= MAX_MEMBERS:
+                    refused.append(f"more than {MAX_MEMBERS} members: the rest was not read")
+                    break
+                name = member.name
+                parts = name.split("/")
+                if name.startswith("/") or "\\" in name or any(p in ("", ".", "..") for p in parts):
+                    refused.append(f"{name!r}: an absolute path or a '.'/'..' segment")
+                    continue
+                if not member.isreg():
+                    refused.append(f"{name!r}: not a regular file (a link, folder or device)")
+                    continue
+                if member.size > MAX_MEMBER_BYTES or total + member.size > MAX_TOTAL_BYTES:
+                    refused.append(f"{name!r}: too large ({member.size} bytes)")
+                    continue
+                if name in files:
+                    refused.append(f"{name!r}: appears twice")
+                    continue
+                extracted = tar.extractfile(member)
+                assert extracted is not None  # a regular file
+                files[name] = extracted.read(member.size)
+                total += member.size
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise InputError(
+            f"{path}: not a gzip-compressed tar archive ({e}); give a bundle written by "
+            "lockd audit export"
+        ) from e
+    return files, refused
+
+
+# --- checking (pure) -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BundleCheck:
+    id: str
+    ok: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class BundleVerdict:
+    digest: str | None
+    keyids: list[str]
+    checks: list[BundleCheck] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+    @property
+    def failed(self) -> list[BundleCheck]:
+        return [c for c in self.checks if not c.ok]
+
+
+def _load_json(files: Mapping[str, bytes], name: str) -> Any:
+    try:
+        return json.loads(files[name])
+    except KeyError:
+        raise _CheckFailedError(f"{name} is missing from the bundle") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _CheckFailedError(f"{name} is not JSON ({e})") from e
+
+
+class _CheckFailedError(Exception):
+    """One check failed: its message."""
+
+
+def _check_index(files: Mapping[str, bytes], refused: Sequence[str]) -> str:
+    if refused:
+        raise _CheckFailedError("unsafe archive members refused: " + "; ".join(refused))
+    index = _load_json(files, INDEX)
+    listed = index.get("files") if isinstance(index, dict) else None
+    if not isinstance(listed, dict) or index.get("algorithm") != "sha256":
+        raise _CheckFailedError(f"{INDEX} is not a lockd bundle index (algorithm sha256, files)")
+    problems = []
+    for name, data in sorted(files.items()):
+        if name == INDEX:
+            continue
+        want = listed.get(name)
+        if want is None:
+            problems.append(f"{name} is not listed in {INDEX} (added)")
+        elif sha256_hex(data) != want:
+            problems.append(f"{name} was altered: its sha256 differs from the one {INDEX} lists")
+    problems += [f"{n} is listed in {INDEX} but missing" for n in sorted(listed) if n not in files]
+    if files[INDEX] != canonical_json(index) + b"\n":
+        problems.append(f"{INDEX} was altered: it is not the canonical JSON lockd writes")
+    if problems:
+        raise _CheckFailedError("; ".join(problems))
+    return f"{len(listed)} files match {INDEX}"
+
+
+def _check_signature(files: Mapping[str, bytes], meta: Mapping[str, Any]) -> tuple[str, list[str]]:
+    from lockd import dsse, keys
+
+    found: list[PublicKey] = []
+    for name in sorted(n for n in files if n.startswith("keys/")):
+        try:
+            key = keys.parse_public_key(files[name], name)
+        except LockdError as e:
+            raise _CheckFailedError(str(e)) from e
+        keyid = keys.keyid(key)
+        if name != f"keys/{keyid}.pub":
+            raise _CheckFailedError(
+                f"{name}: the key's keyid is {keyid}, not the one its name says"
+            )
+        found.append(key)
+    if not found:
+        raise _CheckFailedError("the bundle holds no public key (keys/<keyid>.pub)")
+    try:
+        envelope = dsse.parse_envelope(files["envelope.dsse.json"], "envelope.dsse.json")
+        signers = dsse.verify(envelope, found, source="envelope.dsse.json")
+    except KeyError:
+        raise _CheckFailedError("envelope.dsse.json is missing from the bundle") from None
+    except LockdError as e:
+        raise _CheckFailedError(str(e)) from e
+    digest = "sha256:" + sha256_hex(envelope.payload_bytes())
+    if digest != meta.get("digest"):
+        raise _CheckFailedError(
+            f"envelope.dsse.json's payload is {digest}, not the {meta.get('digest')} "
+            "bundle.json names"
+        )
+    return f"envelope.dsse.json is signed by keyid {', '.join(signers)} (bundled key)", signers
+
+
+def _check_sbom(files: Mapping[str, bytes]) -> str:
+    from lockd.dsse import parse_envelope
+    from lockd.sbom import sbom_json
+    from lockd.statement import parse_statement
+
+    envelope = parse_envelope(files["envelope.dsse.json"], "envelope.dsse.json")
+    subjects, manifest = parse_statement(envelope.payload_bytes(), "envelope.dsse.json")
+    bundled = _load_json(files, "sbom.cdx.json")
+    expected = json.loads(sbom_json(manifest, subjects))
+
+    def essence(doc: Any) -> Any:
+        if not isinstance(doc, dict):
+            return None
+        metadata = doc.get("metadata") or {}
+        return (doc.get("serialNumber"), metadata.get("component"), doc.get("components"))
+
+    if essence(bundled) != essence(expected):
+        raise _CheckFailedError("sbom.cdx.json does not match the signed manifest's components")
+    lock = manifest.lock
+    if lock is None:
+        if "lock.json" in files:
+            raise _CheckFailedError("lock.json is bundled but the signed manifest has no lock")
+    elif _load_json(files, "lock.json") != lock.model_dump(mode="json"):
+        raise _CheckFailedError("lock.json does not match the signed manifest's lock")
+    components = len(expected.get("components") or [])
+    return f"sbom.cdx.json ({components} components) and the lock match the signed manifest"
+
+
+def _check_chain(files: Mapping[str, bytes], meta: Mapping[str, Any]) -> str:
+    from lockd.store.audit import entry_hash
+
+    entries = _load_json(files, "audit.json")
+    if not isinstance(entries, list) or not entries:
+        raise _CheckFailedError("audit.json holds no entries")
+    previous: Mapping[str, Any] | None = None
+    by_seq: dict[int, Mapping[str, Any]] = {}
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("seq"), int):
+            raise _CheckFailedError("audit.json: an entry without an integer seq")
+        seq = entry["seq"]
+        try:
+            computed = entry_hash(entry)
+        except KeyError as e:
+            raise _CheckFailedError(f"audit.json: entry {seq} lacks the field {e.args[0]}") from e
+        if entry.get("hash") != computed:
+            raise _CheckFailedError(
+                f"audit.json: entry {seq} was edited: its content no longer matches its hash"
+            )
+        if previous is not None:
+            if seq != previous["seq"] + 1:
+                raise _CheckFailedError(
+                    f"audit.json: entry {previous['seq'] + 1} is missing (next is {seq})"
+                )
+            if entry.get("prev_hash") != previous["hash"]:
+                raise _CheckFailedError(
+                    f"audit.json: entry {seq} does not hold the hash of entry {seq - 1}"
+                )
+        by_seq[seq] = entry
+        previous = entry
+    envelope_body = "sha256:" + sha256_hex(files["envelope.dsse.json"])
+    own = by_seq.get(meta.get("manifest_audit_seq"))  # type: ignore[arg-type]
+    if (
+        own is None
+        or own.get("action") != "manifest.create"
+        or own.get("subject") != meta.get("digest")
+        or own.get("body_digest") != envelope_body
+    ):
+        raise _CheckFailedError(
+            "envelope.dsse.json: no audit entry records its creation (audit.json)"
+        )
+    reports = meta.get("reports")
+    if not isinstance(reports, list):
+        raise _CheckFailedError("bundle.json lists no reports")
+    listed = {r.get("file") for r in reports if isinstance(r, dict)}
+    unlisted = sorted(n for n in files if n.startswith("reports/") and n not in listed)
+    if unlisted:
+        raise _CheckFailedError(f"{', '.join(unlisted)}: not listed in bundle.json")
+    for report in reports:
+        name = str(report.get("file"))
+        if name not in files:
+            raise _CheckFailedError(f"{name} is missing from the bundle")
+        entry = by_seq.get(report.get("audit_seq"))
+        body = "sha256:" + sha256_hex(files[name])
+        if entry is None or entry.get("action") != "verification.create":
+            raise _CheckFailedError(
+                f"{name}: its audit entry {report.get('audit_seq')} is not in audit.json"
+            )
+        if entry.get("body_digest") != body:
+            raise _CheckFailedError(
+                f"{name}: its digest is not the one audit entry {entry['seq']} holds"
+            )
+    first, last = entries[0]["seq"], entries[-1]["seq"]
+    return (
+        f"audit.json entries {first}-{last} chain correctly; they cover the manifest (entry "
+        f"{own['seq']}) and {len(reports)} report(s); last hash {entries[-1]['hash']}"
+    )
+
+
+def check_files(files: Mapping[str, bytes], refused: Sequence[str] = ()) -> BundleVerdict:
+    """Check a bundle's files offline: index, signature (against the bundled key), SBOM and
+    lock, audit chain and reports. Every check runs; each failure names its file."""
+    checks: list[BundleCheck] = []
+    keyids: list[str] = []
+    digest: str | None = None
+
+    def run(check_id: str, step: Any) -> None:
+        try:
+            checks.append(BundleCheck(check_id, True, step()))
+        except _CheckFailedError as e:
+            checks.append(BundleCheck(check_id, False, str(e)))
+        except LockdError as e:
+            checks.append(BundleCheck(check_id, False, e.diagnostics()))
+
+    run("files", lambda: _check_index(files, refused))
+    try:
+        meta = _load_json(files, "bundle.json")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise _CheckFailedError(f"bundle.json: not a {FORMAT} description")
+        digest = str(meta.get("digest"))
+    except _CheckFailedError as e:
+        checks.append(BundleCheck("bundle", False, str(e)))
+        return BundleVerdict(digest, keyids, checks)
+
+    def signature() -> str:
+        message, signers = _check_signature(files, meta)
+        keyids.extend(signers)
+        return message
+
+    run("signature", signature)
+    if "envelope.dsse.json" in files:
+        run("sbom", lambda: _check_sbom(files))
+        run("audit", lambda: _check_chain(files, meta))
+    return BundleVerdict(digest, keyids, checks)
+
+
+def verify_bundle(path: Path) -> BundleVerdict:
+    """Read and check a bundle file offline.
+
+    Raises:
+        InputError: the file cannot be read or is not a gzip-compressed tar archive.
+    """
+    files, refused = read_bundle(path)
+    return check_files(files, refused)
+
+
+def render_verdict(verdict: BundleVerdict, source: str) -> str:
+    lines = [f"{source}: audit bundle of {verdict.digest or '(unknown manifest)'}"]
+    for check in verdict.checks:
+        lines.append(f"  {'ok  ' if check.ok else 'FAIL'} {check.id:<9} {check.message}")
+    if verdict.ok:
+        lines.append(
+            f"the bundle holds: signed by keyid {', '.join(verdict.keyids)}; compare it with "
+            "the signer's published keyid"
+        )
+    else:
+        lines.append(f"the bundle does NOT hold: {', '.join(c.id for c in verdict.failed)} failed")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,140 @@
+"""The CI gate: is there a manifest for this image digest, signed by a trusted key, whose
+recorded checks pass the policy? The judging is pure (:func:`judge`); :func:`gate` gathers the
+envelopes from a lockd service or from the image's registry.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from lockd.errors import InputError, LockdError, SignatureError
+
+if TYPE_CHECKING:
+    from lockd.client import Client
+    from lockd.dsse import Envelope
+    from lockd.keys import PublicKey
+    from lockd.policy import Policy
+
+_PINNED = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
+
+__all__ = ["GateResult", "gate", "judge", "pinned_digest"]
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """``allowed`` only when one trusted manifest for ``digest`` passes ``policy``."""
+
+    allowed: bool
+    image: str
+    digest: str
+    policy: str
+    source: str
+    manifest: str | None = None  # sha256 of the payload of the manifest that passed
+    keyids: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def pinned_digest(image: str) -> str:
+    """The digest of ``IMAGE@sha256:<hex>``.
+
+    Raises:
+        InputError: the reference is not pinned by a sha256 digest.
+    """
+    if not _PINNED.match(image):
+        raise InputError(
+            f"{image!r}: give the image pinned by digest, IMAGE@sha256:<64 hex> (e.g. from "
+            "`docker buildx imagetools inspect` or the push output)"
+        )
+    return image.rpartition("@")[2]
+
+
+def judge(
+    image: str,
+    envelopes: Sequence[tuple[str, Envelope]],
+    trusted: Sequence[PublicKey],
+    policy: Policy,
+    policy_name: str,
+    source: str,
+) -> GateResult:
+    """Pure: the first of ``envelopes`` ((where, envelope), newest first) that is signed by a
+    trusted key, names the image's digest as a subject and whose recorded checks pass
+    ``policy``; reasons for each that does not."""
+    import hashlib
+
+    from lockd import dsse
+    from lockd.compare import compare
+    from lockd.statement import parse_statement
+
+    digest = pinned_digest(image)
+    reasons: list[str] = []
+    if not envelopes:
+        reasons.append(f"no lockd manifest for {digest} at {source}")
+    for where, envelope in envelopes:
+        try:
+            keyids = dsse.verify(envelope, trusted, source=where)
+            subjects, manifest = parse_statement(envelope.payload_bytes(), where)
+        except SignatureError as e:
+            reasons.append(f"{where}: not signed by a trusted key ({e})")
+            continue
+        except LockdError as e:
+            reasons.append(f"{where}: {e}")
+            continue
+        if not any("sha256:" + s.digest.get("sha256", "") == digest for s in subjects):
+            reasons.append(f"{where}: its subjects do not include {digest}")
+            continue
+        failed = [c for c in compare(manifest, manifest.observation, policy) if c.status == "fail"]
+        if failed:
+            why = ", ".join(c.id + (f" ({c.message})" if c.message else "") for c in failed)
+            reasons.append(f"{where}: fails policy {policy_name}: {why}")
+            continue
+        payload = "sha256:" + hashlib.sha256(envelope.payload_bytes()).hexdigest()
+        return GateResult(True, image, digest, policy_name, source, payload, keyids, reasons)
+    return GateResult(False, image, digest, policy_name, source, reasons=reasons)
+
+
+def envelopes_from_server(client: Client, digest: str) -> list[tuple[str, Envelope]]:
+    """Every manifest the service holds for ``digest``, newest first.
+
+    Raises:
+        ServerError: the service cannot be reached or answers garbage.
+    """
+    from lockd.dsse import Envelope
+    from lockd.errors import ServerError
+
+    found = []
+    for summary in client.manifests_for(digest):
+        where = f"{client.base_url}/v1/manifests/{summary.get('digest')}"
+        try:
+            envelope = Envelope.model_validate(client.manifest(str(summary["digest"]))["envelope"])
+        except (KeyError, ValueError) as e:
+            raise ServerError(f"{where}: the answer carries no valid envelope ({e})") from e
+        found.append((where, envelope))
+    return found
+
+
+def gate(
+    image: str,
+    trusted: Sequence[PublicKey],
+    policy: Policy,
+    policy_name: str,
+    *,
+    client: Client,
+) -> GateResult:
+    """Judge the manifests a lockd service holds for ``image`` (IMAGE@sha256:…).
+
+    Raises:
+        InputError: the image is not pinned by digest, or no trusted key is given.
+        ServerError: the service cannot be reached.
+    """
+    digest = pinned_digest(image)
+    if not trusted:
+        raise InputError("give --key PUB: the gate checks signatures itself")
+    return judge(
+        image, envelopes_from_server(client, digest), trusted, policy, policy_name, client.base_url
+    )

@@ -1,0 +1,270 @@
+"""``/v1/admission``: the ValidatingAdmissionWebhook. The Kubernetes API server POSTs an
+AdmissionReview; every image of the object must be pinned by digest and have a stored manifest
+for that digest, signed by a trusted key, whose recorded checks pass the namespace's policy.
+
+Verdicts are cached per (digest, policy) for ``cache_ttl_s``. Store lookups run in a thread and
+are waited for at most ``deadline_s``: a slow or failing store gives a decision in time under
+the failure mode (``closed`` by default). Every decision is chained into the audit log after
+the answer is sent. No bearer token: the API server calls webhooks over TLS without one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.background import BackgroundTask
+
+from lockd.admission import (
+    AdmissionConfig,
+    ContainerImage,
+    Decision,
+    Review,
+    ReviewError,
+    UnsupportedObjectError,
+    Verdict,
+    decide,
+    decision_digest,
+    digests_to_check,
+    images_of,
+    load_config,
+    parse_review,
+    plain_response,
+    review_response,
+    static_problems,
+)
+from lockd.errors import LockdError, SignatureError
+from lockd.server.routes import problems
+
+if TYPE_CHECKING:
+    from lockd.server.service import Service
+
+T = TypeVar("T")
+log = logging.getLogger("lockd.server.admission")
+router = APIRouter(tags=["admission"])
+MAX_IN_FLIGHT = 32
+CACHE_ENTRIES = 10_000
+
+
+class StoreUnavailableError(LockdError):
+    """The store did not answer in time, or failed."""
+
+
+def _short(digest: str) -> str:
+    return digest[:19]
+
+
+class Gatekeeper:
+    """Admission decisions for one service: the cache, the deadline, the audit."""
+
+    def __init__(self, service: Service, config: AdmissionConfig) -> None:
+        self.service = service
+        self.config = config
+        self._cache: dict[tuple[str, str], tuple[float, Verdict]] = {}
+        self._cache_lock = threading.Lock()
+        self._in_flight = threading.BoundedSemaphore(MAX_IN_FLIGHT)
+
+    @classmethod
+    def from_service(cls, service: Service) -> Gatekeeper:
+        """Raises PolicyError when LOCKD_ADMISSION_CONFIG's file is bad (at start-up)."""
+        path = service.settings.admission_config
+        return cls(service, AdmissionConfig() if path is None else load_config(path))
+
+    # --- verdicts ---------------------------------------------------------------------------
+
+    def verdict(self, digest: str, policy_name: str) -> Verdict:
+        """What the store holds for an image digest under a policy (blocking: store I/O).
+
+        Raises:
+            Exception: whatever the database raises when it cannot be reached.
+        """
+        service = self.service
+        try:
+            policy = service.policy(policy_name)
+        except LockdError as e:
+            return Verdict(False, f"the namespace's policy cannot be used: {e}")
+        manifest_digest = service.store.latest_manifest_digest([digest])
+        if manifest_digest is None:
+            return Verdict(
+                False,
+                f"no signed lockd manifest is stored for {_short(digest)}…; record the image "
+                "and push its manifest (lockd record, lockd push)",
+            )
+        try:
+            trusted = service.trusted_manifest(manifest_digest)
+        except SignatureError:
+            return Verdict(
+                False, f"manifest {_short(manifest_digest)}… is not signed by a trusted key"
+            )
+        except LockdError as e:
+            return Verdict(False, f"manifest {_short(manifest_digest)}… is unusable: {e}")
+        from lockd.compare import compare
+
+        recorded = trusted.manifest
+        failed = [c for c in compare(recorded, recorded.observation, policy) if c.status == "fail"]
+        if failed:
+            why = ", ".join(
+                f"{c.id}" + (f" ({c.message[:120]})" if c.message else "") for c in failed
+            )
+            return Verdict(
+                False,
+                f"manifest {_short(manifest_digest)}… fails policy {policy_name}: {why}",
+            )
+        return Verdict(
+            True,
+            f"manifest {_short(manifest_digest)}… signed by {', '.join(trusted.keyids)}",
+        )
+
+    def _cached(self, digest: str, policy: str, now: float) -> Verdict | None:
+        with self._cache_lock:
+            entry = self._cache.get((digest, policy))
+        if entry is None or entry[0] <= now:
+            return None
+        return entry[1]
+
+    def _remember(self, found: dict[str, Verdict], policy: str) -> None:
+        expires = time.monotonic() + self.config.cache_ttl_s
+        with self._cache_lock:
+            if len(self._cache) + len(found) > CACHE_ENTRIES:
+                self._cache.clear()
+            for digest, verdict in found.items():
+                self._cache[(digest, policy)] = (expires, verdict)
+
+    def forget(self) -> None:
+        """Empty the verdict cache."""
+        with self._cache_lock:
+            self._cache.clear()
+
+    def _lookup(self, digests: Sequence[str], policy: str) -> dict[str, Verdict]:
+        return {digest: self.verdict(digest, policy) for digest in digests}
+
+    async def _in_thread(self, work: Callable[..., T], *args: Any) -> T:
+        """Run blocking work on a daemon thread (a hung database never blocks exit) and wait
+        at most the deadline.
+
+        Raises:
+            StoreUnavailableError: too many lookups hang already, the deadline passed, or the
+                work failed.
+        """
+        if not self._in_flight.acquire(blocking=False):
+            raise StoreUnavailableError(f"{MAX_IN_FLIGHT} store lookups are still waiting")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def settle(result: T | None, error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)  # type: ignore[arg-type]
+
+        def run() -> None:
+            try:
+                result = work(*args)
+            except BaseException as e:
+                loop.call_soon_threadsafe(settle, None, e)
+            else:
+                loop.call_soon_threadsafe(settle, result, None)
+            finally:
+                self._in_flight.release()
+
+        threading.Thread(target=run, name="lockd-admission", daemon=True).start()
+        deadline = self.config.deadline_s
+        try:
+            return await asyncio.wait_for(future, timeout=deadline)
+        except asyncio.TimeoutError as e:
+            raise StoreUnavailableError(f"the store did not answer within {deadline:g} s") from e
+        except LockdError:
+            raise
+        except Exception as e:
+            raise StoreUnavailableError(
+                f"the store failed ({type(e).__name__}: {str(e)[:160]})"
+            ) from e
+
+    # --- decisions --------------------------------------------------------------------------
+
+    async def review(self, review: Review) -> tuple[dict[str, Any], Decision]:
+        rule = self.config.rule_for(review.namespace)
+        if review.operation not in ("CREATE", "UPDATE"):
+            decision = Decision(True, rule.mode, rule.policy, [])
+            return plain_response(review, True), decision
+        images: list[ContainerImage] = []
+        try:
+            images = images_of(review.kind, review.object)
+        except UnsupportedObjectError as e:
+            decision = decide(rule, [], [str(e)], {})
+            return review_response(review, decision), decision
+        found = static_problems(images, self.config.registries)
+        now = time.monotonic()
+        verdicts: dict[str, Verdict] = {}
+        missing: list[str] = []
+        for digest in digests_to_check(images):
+            cached = self._cached(digest, rule.policy, now)
+            if cached is None:
+                missing.append(digest)
+            else:
+                verdicts[digest] = cached
+        unavailable = None
+        if missing:
+            try:
+                fresh = await self._in_thread(self._lookup, missing, rule.policy)
+            except StoreUnavailableError as e:
+                unavailable = str(e)
+                log.warning("admission %s: %s", review.uid, unavailable)
+            else:
+                self._remember(fresh, rule.policy)
+                verdicts.update(fresh)
+        decision = decide(
+            rule, images, found, verdicts, unavailable=unavailable, failure=self.config.failure
+        )
+        return review_response(review, decision), decision
+
+    async def audit(self, review: Review, decision: Decision) -> None:
+        """Chain the decision into the audit log (after the answer is sent); a store that
+        cannot take it within the deadline is logged, not retried."""
+        subject = f"{review.namespace}/{review.kind}/{review.name}"
+        actor = f"k8s:{review.username}" if review.username else "k8s"
+        log.info(
+            "admission %s %s %s: %s",
+            review.uid,
+            subject,
+            decision.action,
+            "; ".join(decision.problems) or "ok",
+        )
+        try:
+            await self._in_thread(
+                lambda: self.service.store.add_audit(
+                    actor=actor,
+                    action=decision.action,
+                    subject=subject,
+                    body_digest=decision_digest(review, decision),
+                )
+            )
+        except StoreUnavailableError as e:
+            log.error("admission %s: the decision was not audited: %s", review.uid, e)
+
+
+@router.post(
+    "/v1/admission",
+    responses={
+        200: {"description": "an AdmissionReview with the response (allowed, status, warnings)"},
+        **problems(400, 413),
+    },
+)
+async def admission(request: Request) -> Response:
+    """A ValidatingAdmissionWebhook: answers an AdmissionReview (admission.k8s.io/v1) with the
+    same apiVersion and the request's uid. 400 only for a body that is no AdmissionReview."""
+    gate: Gatekeeper = request.app.state.admission
+    try:
+        review = parse_review(await request.body())
+    except ReviewError as e:
+        return JSONResponse({"detail": e.diagnostics()}, status_code=400)
+    answer, decision = await gate.review(review)
+    return JSONResponse(answer, background=BackgroundTask(gate.audit, review, decision))
