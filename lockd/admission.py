@@ -90,7 +90,8 @@ class Rule(_Strict):
 class AdmissionConfig(_Strict):
     """``LOCKD_ADMISSION_CONFIG``: namespaces → rules, the cache, the deadline, what to do when
     the store does not answer in time (``closed``: deny, the default; ``open``: allow with a
-    warning), and optionally the only registries images may come from."""
+    warning), optionally the only registries images may come from, and whether to take
+    manifests from an image's registry when the store has none."""
 
     namespaces: dict[str, Rule] = {}
     default: Rule = Rule()
@@ -98,6 +99,7 @@ class AdmissionConfig(_Strict):
     deadline_s: float = Field(default=2.0, gt=0, le=30)
     failure: Literal["closed", "open"] = "closed"
     registries: list[str] = []
+    registry_fallback: bool = False
 
     def rule_for(self, namespace: str) -> Rule:
         return self.namespaces.get(namespace, self.default)

@@ -722,6 +722,73 @@ def check_coherence(observation: Observation, p: Policy) -> Check:
     )
 
 
+# --- what the process loaded (lockd.libraries) --------------------------------------------------
+
+
+def check_libraries(manifest: Manifest, observation: Observation, p: Policy) -> Check:
+    """The shared objects the target's processes mapped (after `import torch`; with --gpu after
+    the suite) against the manifest's record (added, missing, moved, changed), and what is
+    wrong with them on their own (shadowed, unowned, duplicate, modified, deleted, env-version,
+    pin-version: lockd.libraries). A finding of the second kind that the manifest's own record
+    already had is reported, marked as known, and does not fail the check: it is how the
+    environment was recorded; a new one does."""
+    from lockd.libraries import (
+        compare_with_manifest,
+        finding_key,
+        intrinsic_findings,
+        library_findings,
+        manifest_records,
+        records,
+        summary,
+    )
+
+    recorded = manifest_records(manifest)
+    if not recorded:
+        return _skip("libraries", "inside", "the manifest records no mapped libraries")
+    seen = records(observation)
+    if not seen:
+        probe = observation.probe
+        why = (
+            "the probe did not run"
+            if probe is None
+            else "torch is not installed here"
+            if probe.torch is None
+            else "the target made no record (LOCKD_PROBE_LIBRARIES=0?)"
+        )
+        finding = Finding(kind="not-recorded", message=why)
+        return _check("libraries", p, "inside", [finding], ok="", bad=f"no record: {why}")
+    errors = [
+        Finding(kind="error", name=r.scope, message=r.error) for r in seen if r.error is not None
+    ]
+    failing = errors + compare_with_manifest(manifest, observation)
+    probe = manifest.observation.probe
+    known = set()
+    if probe is not None:
+        mine = manifest_records(manifest, observation.gpu_suite)
+        known = {finding_key(f) for f in intrinsic_findings(probe, mine, manifest.lock)}
+    reported: list[Finding] = []
+    for f in library_findings(observation, manifest.lock):
+        if finding_key(f) in known:
+            note = "known: the manifest's own record has it too; " + (f.message or "")
+            reported.append(f.model_copy(update={"message": note}))
+        else:
+            failing.append(f)
+    kinds: dict[str, int] = {}
+    for f in failing:
+        kinds[f.kind] = kinds.get(f.kind, 0) + 1
+    counted = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+    also = f"; {len(reported)} known finding(s) as recorded" if reported else ""
+    return _check(
+        "libraries",
+        p,
+        "inside",
+        failing + reported,
+        ok="; ".join(summary(r) for r in seen) + ": as recorded" + also,
+        bad=f"{len(failing)} finding(s) on the libraries the process loaded: {counted}{also}",
+        failed=bool(failing),
+    )
+
+
 def compare(manifest: Manifest, observation: Observation, policy: Policy) -> list[Check]:
     """Every check except `signature` (the caller verified the envelope before trusting it)."""
     recorded = manifest.observation
@@ -749,6 +816,7 @@ def compare(manifest: Manifest, observation: Observation, policy: Policy) -> lis
         check_gpu(manifest, observation, policy),
         check_integrity(observation, policy),
         check_coherence(observation, policy),
+        check_libraries(manifest, observation, policy),
     ]
 
 

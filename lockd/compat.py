@@ -247,6 +247,26 @@ def driver_floors(cuda: str) -> tuple[DriverFloors, list[str]]:
 
 
 @dataclass(frozen=True)
+class Binary:
+    """The CUDA code of one compiled extension or library, as its fat binaries carry it: the
+    distinct target sets of its containers (a GPU runs the file only if every set fits it)."""
+
+    name: str  # as its distribution's RECORD lists it, else the file name
+    distribution: str | None
+    groups: tuple[tuple[Target, ...], ...]
+    containers: tuple[int, ...]  # how many containers carry each group
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        every = {t for group in self.groups for t in group}
+        return tuple(sorted(every, key=_target_order))
+
+    @property
+    def ptx(self) -> bool:
+        return any(t.ptx for t in self.targets)
+
+
+@dataclass(frozen=True)
 class Build:
     source: str
     torch: str
@@ -255,6 +275,7 @@ class Build:
     cudnn: str | None = None
     nccl: str | None = None
     notes: tuple[str, ...] = ()
+    binaries: tuple[Binary, ...] = ()  # the environment's compiled CUDA code (a manifest's)
 
     @property
     def ptx(self) -> bool:
@@ -284,8 +305,34 @@ def torch_wheel(version: str, source: str) -> TorchWheel:
     return wheel
 
 
+def binaries_from_manifest(manifest: Manifest, source: str) -> tuple[Binary, ...]:
+    """The CUDA code of every installed shared object the probe read (``extensions``)."""
+    probe = manifest.observation.probe
+    if probe is None or probe.extensions is None:
+        return ()
+    found = []
+    for binary in probe.extensions.binaries:
+        groups, counts = [], []
+        for group in binary.groups:
+            if group.sass or group.ptx:
+                where = f"{source}: {binary.name}"
+                groups.append(parse_arch_flags([*group.sass, *group.ptx], where))
+                counts.append(group.containers)
+        if groups:
+            found.append(Binary(binary.name, binary.distribution, tuple(groups), tuple(counts)))
+    return tuple(found)
+
+
 def build_from_manifest(manifest: Manifest, source: str) -> Build:
-    """A build from what the probe saw: torch.version.cuda and the arch flags as compiled in."""
+    """A build from what the probe saw: torch.version.cuda and the arch flags as compiled in,
+    and the CUDA code of every installed extension."""
+    import dataclasses
+
+    build = _torch_build_from_manifest(manifest, source)
+    return dataclasses.replace(build, binaries=binaries_from_manifest(manifest, source))
+
+
+def _torch_build_from_manifest(manifest: Manifest, source: str) -> Build:
     probe = manifest.observation.probe
     torch = probe.torch if probe is not None else None
     if torch is None:
@@ -479,6 +526,18 @@ class GpuSupport(Frozen):
     via: str
 
 
+class ExtensionSupport(Frozen):
+    """One compiled extension's CUDA code and which known GPUs can run it."""
+
+    name: str
+    distribution: str | None
+    sass: list[str]
+    ptx: list[str]
+    containers: int
+    judged: bool  # False: NVIDIA's own library, shown but not held against a GPU
+    gpus: list[GpuSupport]
+
+
 class Verdict(Frozen):
     runs: bool
     reasons: list[str]  # when it does not run, only the reasons why not
@@ -498,6 +557,7 @@ class Compat(Frozen):
     gpus: list[GpuSupport]  # the architecture alone; the verdict adds the driver
     notes: list[str]
     verdict: Verdict | None
+    extensions: list[ExtensionSupport] = []  # every compiled extension (from a manifest)
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
@@ -511,6 +571,63 @@ def support(targets: Sequence[Target], gpu: Gpu) -> GpuSupport:
         runs=kernel is not None,
         via=via(kernel, gpu.cc),
     )
+
+
+def binary_support(binary: Binary, gpu: Gpu) -> GpuSupport:
+    """Whether a device can run ``binary``'s code: one of its cubins or its PTX must fit
+    (lockd.compat's rules over every target the file carries). ``via`` names the code a device
+    would use, and how many kernel sets (containers) have none for it: a library that picks
+    kernels by architecture (cuBLASLt's sm_100-only kernels) legitimately has such sets, an
+    extension built for one arch list should not."""
+    row = {"name": gpu.name, "compute_capability": f"{gpu.cc[0]}.{gpu.cc[1]}"}
+    kernel = kernel_for(binary.targets, gpu.cc)
+    if kernel is None:
+        return GpuSupport(**row, runs=False, via=f"no kernel image for {sm_name(gpu.cc)}")
+    lacking = sum(
+        count
+        for group, count in zip(binary.groups, binary.containers, strict=True)
+        if kernel_for(group, gpu.cc) is None
+    )
+    note = ""
+    if lacking:
+        note = f"; {lacking} of {sum(binary.containers)} kernel sets have no code for it"
+    return GpuSupport(**row, runs=True, via=via(kernel, gpu.cc) + note)
+
+
+def judged(binary: Binary) -> bool:
+    """Whether a file's fat binaries decide if the environment runs on a GPU: not for NVIDIA's
+    own libraries (nvidia-* wheels), which dispatch kernels by architecture and keep some
+    outside .nv_fatbin (cuFFT 12's holds one sm_75 container: docs/libraries.md)."""
+    return not (binary.distribution or "").startswith("nvidia-")
+
+
+def extension_reason(binary: Binary, gpu: Gpu, row: GpuSupport) -> str:
+    """Why ``binary`` does or does not run on ``gpu``, for people."""
+    sm = sm_name(gpu.cc)
+    if not row.runs:
+        ptx = [str(t) for t in binary.targets if t.ptx]
+        if not ptx:
+            return f"{binary.name} has no code for {sm} and no PTX: fails on {_label(gpu)}"
+        return (
+            f"{binary.name} has no code for {sm} (its PTX, {' '.join(ptx)}, is for newer "
+            f"GPUs): fails on {_label(gpu)}"
+        )
+    return f"{binary.name} runs via the {row.via.split(';')[0]} on {sm}"
+
+
+def _extension_rows(build: Build) -> list[ExtensionSupport]:
+    return [
+        ExtensionSupport(
+            name=b.name,
+            distribution=b.distribution,
+            sass=[str(t) for t in b.targets if not t.ptx],
+            ptx=[str(t) for t in b.targets if t.ptx],
+            containers=sum(b.containers),
+            judged=judged(b),
+            gpus=[binary_support(b, g) for g in known_gpus()],
+        )
+        for b in build.binaries
+    ]
 
 
 def assess(build: Build, *, driver: str | None = None, gpus: Sequence[str] = ()) -> Compat:
@@ -535,6 +652,7 @@ def assess(build: Build, *, driver: str | None = None, gpus: Sequence[str] = ())
         gpus=[support(build.targets, g) for g in known_gpus()],
         notes=[*build.notes, *notes],
         verdict=verdict,
+        extensions=_extension_rows(build),
     )
 
 
@@ -555,6 +673,13 @@ def _verdict(
             bad.append(row.via)
         else:
             bad.append(f"{row.via} ({gpu.name})")
+    for gpu in requested:
+        for binary in filter(judged, build.binaries):
+            row = binary_support(binary, gpu)
+            if not row.runs:
+                bad.append(extension_reason(binary, gpu, row))
+            elif not row.via.startswith(f"{sm_name(gpu.cc)} cubin"):
+                good.append(extension_reason(binary, gpu, row))
     if driver is not None:
         good_d, bad_d = _driver_reasons(build, floors, driver, requested, rows)
         good += good_d
@@ -626,6 +751,8 @@ def render_text(result: Compat) -> str:
     ]
     lines += [f"note: {n}" for n in result.notes]
     verdict = result.verdict
+    if result.extensions:
+        lines += ["", *_extension_lines(result.extensions)]
     if verdict is None:
         lines += ["", *_gpu_table(result.gpus)]
     else:
@@ -640,4 +767,17 @@ def _gpu_table(gpus: Sequence[GpuSupport]) -> list[str]:
     for gpu in gpus:
         runs = "yes" if gpu.runs else "no"
         lines.append(f"{gpu.name:<{width}}{gpu.compute_capability:<12}{runs:<6}{gpu.via}")
+    return lines
+
+
+def _extension_lines(extensions: Sequence[ExtensionSupport]) -> list[str]:
+    """One line per compiled extension: its code, and the known GPUs it does not run on."""
+    lines = [f"CUDA code in {len(extensions)} installed shared objects:"]
+    for ext in extensions:
+        ptx = " ".join(ext.ptx) or "no PTX"
+        fails = [g.name for g in ext.gpus if not g.runs]
+        where = f"not on {', '.join(fails)}" if fails else "runs on every GPU lockd knows"
+        if not ext.judged:
+            where += " (NVIDIA's library: not judged)"
+        lines.append(f"  {ext.name}: {' '.join(ext.sass) or 'no cubin'}; {ptx}; {where}")
     return lines

@@ -48,7 +48,9 @@ STRINGS_LIMIT = 4 * 1024 * 1024  # bytes of a section-name or dynamic string tab
 DYNAMIC_LIMIT = 1024 * 1024
 
 FATBIN_MAGIC = 0xBA55ED50
-FATBIN_SECTIONS = (".nv_fatbin", "__nv_relfatbin")
+FATBIN_SECTION = ".nv_fatbin"  # the code the CUDA runtime loads
+RELOCATABLE_SECTION = "__nv_relfatbin"  # relocatable device code (-rdc), for device linking
+FATBIN_SECTIONS = (FATBIN_SECTION, RELOCATABLE_SECTION)
 KIND_PTX = 1
 KIND_ELF = 2
 FLAG_COMPRESSED = 0x2000 | 0x8000  # LZ4 (CUDA 11.x/12.x), 0x8000 as CUDA 13 writes it
@@ -252,7 +254,10 @@ def scan_binary(path: str) -> dict[str, Any] | None:
 
     The result: ``sass`` (cubin targets, e.g. sm_80, sm_90a), ``ptx`` (compute_XY), ``ptx_isa``
     (PTX ISA versions, e.g. 8.4), ``groups`` (distinct target sets, with how many containers
-    have each), counts of containers, entries and compressed entries, and ``soname``.
+    have each), counts of containers, entries and compressed entries, and ``soname``; all of
+    the .nv_fatbin section, the code the CUDA runtime loads (what cuobjdump lists). Containers
+    of relocatable device code (``__nv_relfatbin``: NCCL keeps its -rdc objects there, for
+    device linking) are only counted, in ``relocatable``.
     Raises NotElfError for a file that is not ELF, OSError when it cannot be read.
     """
     fd = os.open(path, os.O_RDONLY)
@@ -264,15 +269,18 @@ def scan_binary(path: str) -> dict[str, Any] | None:
             return None
         groups: dict[tuple[str, ...], int] = {}
         isa: set[str] = set()
-        containers = entries = compressed = other = skipped = 0
+        containers = entries = compressed = other = skipped = relocatable = 0
         error = None
         for section in sections:
             if section["type"] == SHT_NOBITS or section["offset"] + section["size"] > file_size:
                 error = f"section {section['name']} lies outside the file"
                 continue
             for container in fatbin_containers(fd, section["offset"], section["size"]):
-                skipped += container["skipped"]
                 error = container.get("error") or error
+                if section["name"] != FATBIN_SECTION:
+                    relocatable += bool(container["entries"])
+                    continue
+                skipped += container["skipped"]
                 targets = set()
                 for kind, arch, flags, major, minor, packed in container["entries"]:
                     entries += 1
@@ -304,6 +312,7 @@ def scan_binary(path: str) -> dict[str, Any] | None:
         "compressed": compressed,
         "other": other,
         "skipped": skipped,
+        "relocatable": relocatable,
         "sass": sorted((t for t in every if t.startswith("sm_")), key=target_order),
         "ptx": sorted((t for t in every if t.startswith("compute_")), key=target_order),
         "ptx_isa": sorted(isa, key=lambda v: tuple(int(p) for p in v.split("."))),
@@ -766,7 +775,11 @@ def loaded_libraries(
     for item in objects:
         path = item["path"]
         owner = owners.get(path)
-        same_name = by_name.get(os.path.basename(path), [])
+        name = os.path.basename(path)
+        # Only shared libraries (lib*.so*) shadow: Python extension modules of the same file name
+        # in two packages (a _json in the standard library and one in pyarrow) are different
+        # modules, not two copies of one library.
+        same_name = by_name.get(name, []) if name.startswith("lib") else []
         shadows = [] if owner is not None else [p for p in same_name if p != path]
         role = library_role(path, owner, dirs) or ("library-path" if shadows else None)
         if role is not None:

@@ -5,6 +5,7 @@ envelopes from a lockd service or from the image's registry.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -65,8 +66,6 @@ def judge(
     """Pure: the first of ``envelopes`` ((where, envelope), newest first) that is signed by a
     trusted key, names the image's digest as a subject and whose recorded checks pass
     ``policy``; reasons for each that does not."""
-    import hashlib
-
     from lockd import dsse
     from lockd.compare import compare
     from lockd.statement import parse_statement
@@ -118,23 +117,47 @@ def envelopes_from_server(client: Client, digest: str) -> list[tuple[str, Envelo
     return found
 
 
+def envelopes_from_registry(image: str) -> list[tuple[str, Envelope]]:
+    """Every envelope stored next to ``image`` in its registry (lockd.registry.fetch).
+
+    Raises:
+        InputError: no registry host in the reference.
+        RegistryError: the registry cannot be reached or answers garbage.
+    """
+    from lockd.dsse import parse_envelope
+    from lockd.registry import fetch
+
+    found = []
+    for data in fetch(image):
+        where = f"{image} (registry attestation sha256:{hashlib.sha256(data).hexdigest()[:12]}…)"
+        try:
+            found.append((where, parse_envelope(data, where)))
+        except LockdError:
+            continue  # not a DSSE envelope of lockd's: another tool's attestation
+    return found
+
+
 def gate(
     image: str,
     trusted: Sequence[PublicKey],
     policy: Policy,
     policy_name: str,
     *,
-    client: Client,
+    client: Client | None = None,
 ) -> GateResult:
-    """Judge the manifests a lockd service holds for ``image`` (IMAGE@sha256:…).
+    """Judge the manifests for ``image`` (IMAGE@sha256:…) that a lockd service holds (with
+    ``client``), else those stored next to the image in its registry.
 
     Raises:
         InputError: the image is not pinned by digest, or no trusted key is given.
-        ServerError: the service cannot be reached.
+        ServerError / RegistryError: the service or the registry cannot be reached.
     """
     digest = pinned_digest(image)
     if not trusted:
         raise InputError("give --key PUB: the gate checks signatures itself")
+    if client is None:
+        found = envelopes_from_registry(image)
+        return judge(image, found, trusted, policy, policy_name, "the registry")
     return judge(
         image, envelopes_from_server(client, digest), trusted, policy, policy_name, client.base_url
     )

@@ -36,14 +36,18 @@ from lockd.errors import InputError, ProbeError
 from lockd.model import CudaBinary, Finding, LoadedLibraries, MappedLibrary
 
 if TYPE_CHECKING:
-    from lockd.model import LockInfo, Observation, ProbeReport
+    from lockd.model import GpuSuiteResult, LockInfo, Manifest, Observation, ProbeReport
 
 __all__ = [
     "ENV_LIBRARIES",
     "compare_records",
+    "compare_with_manifest",
     "embed_reader",
+    "finding_key",
     "identity",
+    "intrinsic_findings",
     "library_findings",
+    "manifest_records",
     "read_binary",
     "reader_source",
     "records",
@@ -123,6 +127,33 @@ def records(observation: Observation) -> list[LoadedLibraries]:
     return found
 
 
+def _suites(manifest: Manifest) -> list[GpuSuiteResult]:
+    found = list(manifest.gpu_suites)
+    if manifest.observation.gpu_suite is not None:
+        found.append(manifest.observation.gpu_suite)
+    return [s for s in found if s.libraries is not None]
+
+
+def manifest_records(
+    manifest: Manifest, suite: GpuSuiteResult | None = None
+) -> list[LoadedLibraries]:
+    """The manifest's records: the probe's and, for a GPU suite run, the record of the recorded
+    run of the same comparison key (else the last of the same device); without ``suite``, the
+    last recorded suite's."""
+    found = []
+    probe = manifest.observation.probe
+    if probe is not None and probe.libraries is not None:
+        found.append(probe.libraries)
+    recorded = _suites(manifest)
+    if suite is not None:
+        same_key = [r for r in recorded if r.key == suite.key]
+        same_device = [r for r in recorded if r.device == suite.device]
+        recorded = same_key or same_device
+    if recorded and recorded[-1].libraries is not None:
+        found.append(recorded[-1].libraries)
+    return found
+
+
 _HASHED_NAME = re.compile(r"-[0-9a-f]{8}(?=\.so)")
 
 
@@ -142,9 +173,11 @@ def _label(library: MappedLibrary) -> str:
 
 
 def _leads(reported: str, version: str) -> bool:
-    """Whether a reported version (9.1.0, 12.4) is the start of another (9.1.0.70, 12.4.1)."""
-    head = reported.split(".")
-    return version.split(".")[: len(head)] == head
+    """Whether a reported version (9.1.0, 12.4) is the start of another (9.1.0.70, 12.4.1; a
+    package revision or local label is ignored: 2.28.3-1, 2.6.0+cu124)."""
+    head = re.split(r"[-+~]", reported, maxsplit=1)[0].split(".")
+    tail = re.split(r"[-+~]", version, maxsplit=1)[0].split(".")
+    return tail[: len(head)] == head
 
 
 def _merged(found: Sequence[LoadedLibraries]) -> list[MappedLibrary]:
@@ -246,9 +279,7 @@ def _reported(libraries: Sequence[MappedLibrary], stem: str) -> list[MappedLibra
     ]
 
 
-def _env_findings(
-    libraries: Sequence[MappedLibrary], variables: dict[str, str]
-) -> list[Finding]:
+def _env_findings(libraries: Sequence[MappedLibrary], variables: dict[str, str]) -> list[Finding]:
     findings = []
     for variable, stem in ENV_LIBRARIES.items():
         claimed = variables.get(variable)
@@ -321,9 +352,16 @@ def _pin_findings(
 
 def library_findings(observation: Observation, lock: LockInfo | None = None) -> list[Finding]:
     """Every finding on what the target's processes loaded (see the module's docstring)."""
-    probe = observation.probe
-    found = records(observation)
-    if probe is None or not found:
+    if observation.probe is None:
+        return []
+    return intrinsic_findings(observation.probe, records(observation), lock)
+
+
+def intrinsic_findings(
+    probe: ProbeReport, found: Sequence[LoadedLibraries], lock: LockInfo | None = None
+) -> list[Finding]:
+    """The findings of ``library_findings`` on given records (the manifest's own, say)."""
+    if not found:
         return []
     libraries = _merged(found)
     findings: list[Finding] = []
@@ -412,9 +450,10 @@ def _changed(want: MappedLibrary, have: MappedLibrary) -> list[Finding]:
     ]
 
 
-def compare_observations(expected: Observation, observed: Observation) -> list[Finding]:
-    """Each record of ``observed`` against the manifest's record of the same scope."""
-    want = {r.scope: r for r in records(expected)}
+def compare_with_manifest(manifest: Manifest, observed: Observation) -> list[Finding]:
+    """Each record of ``observed`` against the manifest's record of the same scope (for the GPU
+    suite's, the recorded run of the same comparison key)."""
+    want = {r.scope: r for r in manifest_records(manifest, observed.gpu_suite)}
     findings: list[Finding] = []
     seen: set[tuple[str, str | None]] = set()
     for record in records(observed):
@@ -427,6 +466,10 @@ def compare_observations(expected: Observation, observed: Observation) -> list[F
                 seen.add(key)
                 findings.append(finding)
     return findings
+
+
+def finding_key(finding: Finding) -> tuple[str | None, ...]:
+    return (finding.kind, finding.name, finding.path, finding.expected, finding.observed)
 
 
 def summary(record: LoadedLibraries) -> str:

@@ -33,6 +33,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -584,17 +585,18 @@ def _command(
     request: LockRequest,
     python: str,
     platform: str,
-    index_url: str,
+    index_url: str | None,
     output: Path,
     uv: str | None,
     constraints: Path | None = None,
 ) -> tuple[list[str], list[str]]:
     """(argv, the options recorded in the header: the same for both resolvers, which write the
-    same lock from them; `python` is X.Y, or X.Y.Z to resolve as one patch release)."""
+    same lock from them; `python` is X.Y, or X.Y.Z to resolve as one patch release; no
+    `index_url`: uv's default index, which is pip's)."""
     options = list(PIP_TOOLS_OPTIONS)
     constrain = [] if constraints is None else ["--constraint", str(constraints)]
     if backend == "pip-tools":
-        indexes = ["--index-url", index_url]
+        indexes = ["--index-url", index_url or default_index_url()]
         for extra in request.extra_index_urls:
             indexes += ["--extra-index-url", extra]
         argv = [sys.executable, "-m", "piptools", "compile", *options, "--quiet", "--no-header"]
@@ -603,7 +605,7 @@ def _command(
         argv += [*indexes, *constrain, "--output-file", str(output), request.requirements_in.name]
         return argv, options
     assert uv is not None
-    indexes = ["--default-index", index_url]
+    indexes = [] if index_url is None else ["--default-index", index_url]
     for extra in request.extra_index_urls:
         indexes += ["--index", extra]
     argv = [uv, "pip", "compile", *options, "--python-version", python]
@@ -727,6 +729,15 @@ def _incoherence(body: str, environment: Mapping[str, str], where: str) -> list[
     return evaluate(versions, environment)
 
 
+def _default_index_soon() -> Future[str]:
+    """default_index_url() computed in a thread (its import of pip-tools takes a second)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockd-index")
+    try:
+        return pool.submit(default_index_url)
+    finally:
+        pool.shutdown(wait=False)
+
+
 def _target(request: LockRequest) -> tuple[str, str, bool]:
     """(X.Y, platform tag, whether that is this interpreter's own target). Raises InputError."""
     python = request.python_version or host_python()
@@ -765,7 +776,9 @@ def compile_lock(request: LockRequest) -> Compiled:
     backend, uv = choose_resolver(request.resolver, native)
     if backend == "uv":
         uv_platform(platform)  # an unknown tag is an input error before anything runs
-    index_url = request.index_url or default_index_url()
+    # pip-tools' name for the default index costs an import of pip-tools (about a second): uv,
+    # whose default index is the same, resolves meanwhile; the header needs it only at the end.
+    finding_index = _default_index_soon() if request.index_url is None else None
     requirements = in_requirements(data.decode("utf-8", "replace"))
     try:
         added = list(in_constraints(requirements).lines)
@@ -785,7 +798,9 @@ def compile_lock(request: LockRequest) -> Compiled:
             if constraints:
                 path = Path(scratch) / _CONSTRAINTS_FILE
                 path.write_text("".join(f"{line}\n" for line in constraints), encoding="utf-8")
-            argv, _ = _command(backend, request, python_arg, platform, index_url, output, uv, path)
+            argv, _ = _command(
+                backend, request, python_arg, platform, request.index_url, output, uv, path
+            )
             _run_resolver(argv, backend, source, python, platform, request.timeout, output)
             text = _body(output.read_text(encoding="utf-8"))
             return _CONSTRAINTS_ANNOTATION.sub("lockd coherence constraint", text)
@@ -805,6 +820,7 @@ def compile_lock(request: LockRequest) -> Compiled:
             f"({details}); pin the family members to releases built for one torch; nothing "
             "written"
         )
+    index_url = request.index_url or (finding_index.result() if finding_index else "")
     _, options = _command(backend, request, python_arg, platform, index_url, Path(), uv)
     header = render_header(
         source=source,

@@ -169,6 +169,7 @@ class CudaBinary(Frozen):
     compressed: Annotated[int, Field(ge=0)] = 0
     other: Annotated[int, Field(ge=0)] = 0  # entries neither PTX nor cubin
     skipped: Annotated[int, Field(ge=0)] = 0  # bytes of padding between containers
+    relocatable: Annotated[int, Field(ge=0)] = 0  # containers in __nv_relfatbin (-rdc code)
     sass: Annotated[list[Str], Field(max_length=64)] = []
     ptx: Annotated[list[Str], Field(max_length=64)] = []
     ptx_isa: Annotated[list[Str], Field(max_length=64)] = []

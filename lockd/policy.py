@@ -67,6 +67,7 @@ class Checks(_Strict):
     gpu: Level = "required"
     integrity: Level = "required"
     coherence: Level = "required"
+    libraries: Level = "required"
 
 
 class PackagesPolicy(_Strict):

@@ -149,6 +149,7 @@ def print_manifest(
 
         for result in manifest.gpu_suites:
             console.print(escape(summary(result)) + f" (recorded {result.recorded_at or '-'})")
+    print_loaded(manifest, console)
     if manifest.lock is not None:
         from lockd.lockfile import cuda_stack
 
@@ -168,3 +169,49 @@ def print_manifest(
     for d in probe.distributions:
         table.add_row(d.name, d.version, d.installer or "-", str(d.files), escape(d.location))
     console.print(table)
+
+
+def print_loaded(manifest: Manifest, console: Console) -> None:
+    """What the recorded processes mapped (lockd.libraries) and the CUDA code of each installed
+    shared object that carries some."""
+    from rich.markup import escape
+
+    from lockd.libraries import records, summary
+
+    for record in records(manifest.observation):
+        if record.error is not None:
+            console.print(f"[yellow]loaded libraries ({record.scope}): {escape(record.error)}[/]")
+            continue
+        console.print(escape(summary(record)))
+        for lib in record.libraries:
+            owner = lib.owner
+            by = f"{owner.kind} {owner.name} {owner.version or ''}".rstrip() if owner else "-"
+            digest = f"sha256:{lib.sha256[:16]}" if lib.sha256 else "no sha256"
+            note = "  [red]deleted[/]" if lib.deleted else ""
+            if lib.shadows:
+                note += f"  [red]in place of {escape(', '.join(lib.shadows))}[/]"
+            console.print(
+                f"  {lib.role:<12} {escape(lib.path)}  {escape(lib.version or '-')}  {digest}  "
+                f"{lib.size if lib.size is not None else '-'} B  {escape(by)}{note}",
+                soft_wrap=True,
+            )
+        if record.env_versions:
+            pairs = "  ".join(f"{k}={v}" for k, v in sorted(record.env_versions.items()))
+            console.print(f"  variables: {escape(pairs)}")
+    probe = manifest.observation.probe
+    found = probe.extensions if probe is not None else None
+    if found is None:
+        return
+    console.print(
+        f"CUDA code in {len(found.binaries)} of {found.files} installed shared objects "
+        f"(read in {found.seconds:.2f} s)"
+    )
+    for binary in found.binaries:
+        ptx = " ".join(binary.ptx) or "no PTX"
+        isa = f" (PTX ISA {', '.join(binary.ptx_isa)})" if binary.ptx_isa else ""
+        mixed = f"; {len(binary.groups)} kernel sets differ" if len(binary.groups) > 1 else ""
+        console.print(
+            f"  {escape(binary.name)}: {' '.join(binary.sass) or 'no cubin'}; {ptx}{isa}; "
+            f"{binary.containers} containers{mixed}",
+            soft_wrap=True,
+        )

@@ -733,6 +733,7 @@ def loaded_evidence() -> dict[str, Any]:
         locations = [entry for entry in sys.path if entry]
         index = reader["record_index"](locations)
         libraries = reader["loaded_libraries"]("probe", locations, index=index)
+        libraries["seconds"] = round(time.perf_counter() - started, 6)  # the RECORDs too
         mapped = [library["path"] for library in libraries["libraries"]]
         extensions = reader["extension_archs"](index, mapped)
     except Exception as error:

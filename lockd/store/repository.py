@@ -478,18 +478,19 @@ class Store:
 
     # --- audit ------------------------------------------------------------------------------
 
-    def add_audit(
-        self, *, actor: str, action: str, subject: str | None, body_digest: str | None
-    ) -> AuditEntry:
-        """Chain an entry for a decision that has no row of its own (admission decisions)."""
+    def add_audits(self, entries: Sequence[tuple[str, str, str | None, str | None]]) -> None:
+        """Chain entries that have no row of their own (admission decisions), in one
+        transaction: each is ``(actor, action, subject, body_digest)``."""
         with self._write() as tx:
-            return tx.append(
-                time=now(),
-                actor=actor[:64],
-                action=action[:64],
-                subject=None if subject is None else subject[:256],
-                body_digest=body_digest,
-            )
+            time = now()
+            for actor, action, subject, body_digest in entries:
+                tx.append(
+                    time=time,
+                    actor=actor[:64],
+                    action=action[:64],
+                    subject=None if subject is None else subject[:256],
+                    body_digest=body_digest,
+                )
 
     def audit_entries(self, *, after: int = 0, limit: int = 1000) -> list[AuditEntry]:
         with self.engine.connect() as conn:

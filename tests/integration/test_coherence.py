@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,24 @@ def test_verify_fails_coherence_and_deep_shows_the_import_error(
     assert message.startswith("import torchaudio and torchaudio.functional.lfilter: OSError")
     assert "Could not load this library" in message
     assert "libtorch_cuda.so: cannot open shared object file" in message
+
+
+def test_the_smoke_test_runs_in_a_running_container(
+    incoherent_image: str, run_container: Callable[..., Any]
+) -> None:
+    from lockd.smoke import with_family_imports
+    from lockd.targets.select import open_target
+
+    container = run_container(incoherent_image)
+    target = open_target(f"container:{container.name}")
+    imports = with_family_imports(target, target.observe()).family_imports
+    assert imports is not None and imports.error is None
+    assert imports.python == "/opt/venv/bin/python3"
+    assert [(r.name, r.version, r.ok) for r in imports.results] == [
+        ("torch", "2.13.0+cpu", True),
+        ("torchaudio", "2.9.1", False),
+    ]
+    assert "libtorch_cuda.so: cannot open shared object file" in (imports.results[1].error or "")
 
 
 def test_a_coherent_torch_image_passes_coherence_with_the_import_smoke_test(

@@ -65,7 +65,11 @@ def review(
             "apiVersion": group,
             "kind": kind,
             "metadata": meta,
-            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}}, "template": template},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": template,
+            },
         }
     group = {"Pod": "", "Job": "batch", "CronJob": "batch"}.get(kind, "apps")
     return {
@@ -175,8 +179,9 @@ def test_every_kind_denied_naming_each_offending_image(gate: TestClient, kind: s
 def test_tag_only_is_denied(gate: TestClient) -> None:
     response = admit(gate, review("Deployment", [f"{REG}:v1"]))
     assert response["allowed"] is False
-    assert "not pinned by digest; deploy it as reg.example:5000/team/app@sha256:<digest>" in (
-        response["status"]["message"]
+    assert (
+        "not pinned by digest; deploy it as reg.example:5000/team/app@sha256:<digest>"
+        in (response["status"]["message"])
     )
 
 
@@ -193,7 +198,10 @@ def test_audit_mode_allows_with_warnings(gate: TestClient) -> None:
 
 
 def test_an_untrusted_manifest_is_denied(
-    make_client: Callable[..., TestClient], gate: TestClient, admission_config: Path, stranger: Signer
+    make_client: Callable[..., TestClient],
+    gate: TestClient,
+    admission_config: Path,
+    stranger: Signer,
 ) -> None:
     # The same database, served by a service that trusts another key only.
     other = make_client(admission_config=admission_config, trusted_keys=(stranger.public,))
@@ -219,9 +227,7 @@ def test_every_decision_is_in_the_audit_log(gate: TestClient, store: Store) -> N
     assert store.verify_audit().ok
 
 
-def test_verdicts_are_cached_for_the_ttl(
-    gate: TestClient, tokens: Tokens, signer: Signer
-) -> None:
+def test_verdicts_are_cached_for_the_ttl(gate: TestClient, tokens: Tokens, signer: Signer) -> None:
     assert admit(gate, review("Pod", [pinned(7)]))["allowed"] is False
     doc = envelope_json(signer.key, observation(image(7)))
     assert gate.post("/v1/manifests", json=doc, headers=tokens.header("recorder")).is_success
@@ -368,9 +374,7 @@ def test_image_from_an_unknown_registry_is_denied(
 def test_bodies_that_are_no_admission_review_are_400(
     gate: TestClient, body: str | bytes, fragment: str
 ) -> None:
-    answer = gate.post(
-        "/v1/admission", content=body, headers={"Content-Type": "application/json"}
-    )
+    answer = gate.post("/v1/admission", content=body, headers={"Content-Type": "application/json"})
     assert answer.status_code == 400
     assert fragment in answer.json()["detail"]
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,5 +138,10 @@ def test_admission_on_a_running_service(served: tuple[Server, str], store: Store
     lab = admit(review("Deployment", [f"{REG}@{image(4)}", "app:1"], namespace="lab"))
     assert lab["allowed"] is True
     assert isinstance(lab["warnings"], list) and len(lab["warnings"]) == 1
-    actions = [e.action for e in store.audit_entries() if e.action.startswith("admission.")]
+    # The decision is chained into the audit log just after the answer is sent: wait for it.
+    for _ in range(100):
+        actions = [e.action for e in store.audit_entries() if e.action.startswith("admission.")]
+        if len(actions) == 3:
+            break
+        time.sleep(0.05)
     assert actions == ["admission.allow", "admission.deny", "admission.warn"]

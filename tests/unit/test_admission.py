@@ -223,8 +223,9 @@ def test_review_response_carries_uid_and_api_version() -> None:
     assert answer["response"]["uid"] == "705ab4f5-6393-11e8-b7cc-42010a800002"
     assert answer["response"]["allowed"] is False
     assert answer["response"]["status"]["code"] == 403
-    assert "app:1 (spec.containers[0] (c0)): not pinned by digest" in (
-        answer["response"]["status"]["message"]
+    assert (
+        "app:1 (spec.containers[0] (c0)): not pinned by digest"
+        in (answer["response"]["status"]["message"])
     )
 
 

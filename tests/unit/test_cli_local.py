@@ -56,6 +56,8 @@ def test_record_and_verify_this_interpreter(keys: tuple[Path, Path], tmp_path: P
         "integrity": "skip",
         # judged only where torch is installed in this interpreter (a lone torch is coherent)
         "coherence": "pass" if importlib.util.find_spec("torch") else "skip",
+        # what the process mapped after `import torch`: recorded only where torch is installed
+        "libraries": "pass" if importlib.util.find_spec("torch") else "skip",
     }
 
 

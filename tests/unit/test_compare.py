@@ -39,6 +39,7 @@ def test_identical_environment_passes_every_check() -> None:
         "gpu",
         "integrity",
         "coherence",
+        "libraries",
     ]
     assert {c.status for c in checks} == {"pass", "skip"}
     assert by_id(checks)["lock"].status == "skip"

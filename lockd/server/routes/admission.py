@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import APIRouter, Request, Response
@@ -43,12 +45,16 @@ from lockd.errors import LockdError, SignatureError
 from lockd.server.routes import problems
 
 if TYPE_CHECKING:
-    from lockd.server.service import Service
+    from lockd.policy import Policy
+    from lockd.server.service import Service, TrustedManifest
+    from lockd.store.repository import Store
 
 T = TypeVar("T")
 log = logging.getLogger("lockd.server.admission")
 router = APIRouter(tags=["admission"])
 MAX_IN_FLIGHT = 32
+AUDIT_BATCH = 256
+MAX_AUDIT_BACKLOG = 10_000
 CACHE_ENTRIES = 10_000
 
 
@@ -60,6 +66,55 @@ def _short(digest: str) -> str:
     return digest[:19]
 
 
+AuditRow = tuple[str, str, str | None, str | None]
+
+
+class AuditWriter:
+    """One thread that chains admission decisions into the audit log, many to a transaction
+    (a decision costs the request nothing: it is queued after the answer is sent)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._queue: queue.SimpleQueue[tuple[AuditRow, Future[None]]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start = threading.Lock()
+
+    def submit(self, row: AuditRow) -> Future[None]:
+        """A future that completes when the row is committed (or fails with the store's
+        error)."""
+        with self._start:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="lockd-admission-audit", daemon=True
+                )
+                self._thread.start()
+        done: Future[None] = Future()
+        if self._queue.qsize() >= MAX_AUDIT_BACKLOG:
+            done.set_exception(
+                StoreUnavailableError(f"{MAX_AUDIT_BACKLOG} decisions wait for the store already")
+            )
+            return done
+        self._queue.put((row, done))
+        return done
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < AUDIT_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self.store.add_audits([row for row, _ in batch])
+            except Exception as e:  # the driver's errors, whatever they are: handed to each waiter
+                for _, done in batch:
+                    done.set_exception(e)
+            else:
+                for _, done in batch:
+                    done.set_result(None)
+
+
 class Gatekeeper:
     """Admission decisions for one service: the cache, the deadline, the audit."""
 
@@ -69,6 +124,10 @@ class Gatekeeper:
         self._cache: dict[tuple[str, str], tuple[float, Verdict]] = {}
         self._cache_lock = threading.Lock()
         self._in_flight = threading.BoundedSemaphore(MAX_IN_FLIGHT)
+        self._audit = AuditWriter(service.store)
+        # Manifests are content-addressed: a judgement holds while the policy object is the same
+        # (the service rereads a policy file only when it changes).
+        self._judged: dict[tuple[str, str], tuple[Policy, Verdict]] = {}
 
     @classmethod
     def from_service(cls, service: Service) -> Gatekeeper:
@@ -78,8 +137,9 @@ class Gatekeeper:
 
     # --- verdicts ---------------------------------------------------------------------------
 
-    def verdict(self, digest: str, policy_name: str) -> Verdict:
-        """What the store holds for an image digest under a policy (blocking: store I/O).
+    def verdict(self, digest: str, policy_name: str, image: str | None = None) -> Verdict:
+        """What the store holds for an image digest under a policy (blocking: store I/O); with
+        ``registry_fallback`` on, the image's registry is asked when the store has nothing.
 
         Raises:
             Exception: whatever the database raises when it cannot be reached.
@@ -90,6 +150,8 @@ class Gatekeeper:
         except LockdError as e:
             return Verdict(False, f"the namespace's policy cannot be used: {e}")
         manifest_digest = service.store.latest_manifest_digest([digest])
+        if manifest_digest is None and self.config.registry_fallback and image is not None:
+            return self._registry_verdict(image, policy, policy_name)
         if manifest_digest is None:
             return Verdict(
                 False,
@@ -104,6 +166,18 @@ class Gatekeeper:
             )
         except LockdError as e:
             return Verdict(False, f"manifest {_short(manifest_digest)}… is unusable: {e}")
+        judged = self._judged.get((manifest_digest, policy_name))
+        if judged is not None and judged[0] is policy:  # the same manifest, an unchanged policy
+            return judged[1]
+        verdict = self._judge(trusted, manifest_digest, policy, policy_name)
+        if len(self._judged) > CACHE_ENTRIES:
+            self._judged.clear()
+        self._judged[(manifest_digest, policy_name)] = (policy, verdict)
+        return verdict
+
+    def _judge(
+        self, trusted: TrustedManifest, manifest_digest: str, policy: Policy, policy_name: str
+    ) -> Verdict:
         from lockd.compare import compare
 
         recorded = trusted.manifest
@@ -120,6 +194,19 @@ class Gatekeeper:
             True,
             f"manifest {_short(manifest_digest)}… signed by {', '.join(trusted.keyids)}",
         )
+
+    def _registry_verdict(self, image: str, policy: Policy, policy_name: str) -> Verdict:
+        from lockd.gate import envelopes_from_registry, judge
+
+        try:
+            found = envelopes_from_registry(image)
+        except LockdError as e:
+            return Verdict(False, f"no manifest is stored and the registry gave none: {e}")
+        result = judge(image, found, self.service.trusted, policy, policy_name, "its registry")
+        if result.allowed:
+            manifest = (result.manifest or "")[:19]
+            return Verdict(True, f"manifest {manifest}… from the registry")
+        return Verdict(False, "; ".join(result.reasons)[:1000])
 
     def _cached(self, digest: str, policy: str, now: float) -> Verdict | None:
         with self._cache_lock:
@@ -141,8 +228,8 @@ class Gatekeeper:
         with self._cache_lock:
             self._cache.clear()
 
-    def _lookup(self, digests: Sequence[str], policy: str) -> dict[str, Verdict]:
-        return {digest: self.verdict(digest, policy) for digest in digests}
+    def _lookup(self, digests: Mapping[str, str], policy: str) -> dict[str, Verdict]:
+        return {digest: self.verdict(digest, policy, image) for digest, image in digests.items()}
 
     async def _in_thread(self, work: Callable[..., T], *args: Any) -> T:
         """Run blocking work on a daemon thread (a hung database never blocks exit) and wait
@@ -204,11 +291,11 @@ class Gatekeeper:
         found = static_problems(images, self.config.registries)
         now = time.monotonic()
         verdicts: dict[str, Verdict] = {}
-        missing: list[str] = []
+        missing: dict[str, str] = {}
         for digest in digests_to_check(images):
             cached = self._cached(digest, rule.policy, now)
             if cached is None:
-                missing.append(digest)
+                missing[digest] = next(c.image for c in images if c.image.endswith(digest))
             else:
                 verdicts[digest] = cached
         unavailable = None
@@ -238,16 +325,18 @@ class Gatekeeper:
             decision.action,
             "; ".join(decision.problems) or "ok",
         )
+        row = (actor, decision.action, subject, decision_digest(review, decision))
+        deadline = self.config.deadline_s
         try:
-            await self._in_thread(
-                lambda: self.service.store.add_audit(
-                    actor=actor,
-                    action=decision.action,
-                    subject=subject,
-                    body_digest=decision_digest(review, decision),
-                )
+            await asyncio.wait_for(asyncio.wrap_future(self._audit.submit(row)), timeout=deadline)
+        except asyncio.TimeoutError:
+            log.error(
+                "admission %s: the decision was not audited within %g s (the store is slow; it "
+                "stays queued)",
+                review.uid,
+                deadline,
             )
-        except StoreUnavailableError as e:
+        except Exception as e:  # the driver's errors, whatever they are
             log.error("admission %s: the decision was not audited: %s", review.uid, e)
 
 

@@ -1,0 +1,220 @@
+"""Latency and throughput of `POST /v1/admission` for a Deployment with three digest-pinned
+images (all recorded and trusted), against a running `lockd serve` on SQLite, with the verdict
+cache warm (TTL 300 s) and cold (TTL 0: every request looks the three images up), beside a
+baseline measured in the same run on the same server: `GET /healthz` (the HTTP stack alone).
+
+Target (issue 6), on a 2-core machine: p99 <= 10 ms with a warm cache at 200 requests/s.
+Paced load: requests are sent on a fixed schedule (200/s by default) over a few keep-alive
+connections and latency counts from the scheduled time, so a stall is not hidden by sending
+less; then a closed loop at fixed concurrency gives the most requests/s.
+
+Usage: python bench/admission.py [--seconds 10] [--rate 200] [--concurrency 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "service"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from service_helpers import Server, envelope, image, observation  # noqa: E402
+from service_load import load  # noqa: E402
+
+from lockd import keys  # noqa: E402
+from lockd.store.migrate import upgrade  # noqa: E402
+from lockd.store.repository import Store  # noqa: E402
+
+REG = "registry.internal:5000/team"
+
+
+def review() -> bytes:
+    spec = {
+        "containers": [
+            {"name": "app", "image": f"{REG}/app@{image(1)}"},
+            {"name": "sidecar", "image": f"{REG}/sidecar@{image(2)}"},
+        ],
+        "initContainers": [{"name": "migrate", "image": f"{REG}/migrate@{image(3)}"}],
+    }
+    doc = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+            "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
+            "name": "web",
+            "namespace": "prod",
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:ci:deployer"},
+            "object": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "web", "namespace": "prod"},
+                "spec": {
+                    "replicas": 3,
+                    "selector": {"matchLabels": {"app": "web"}},
+                    "template": {"metadata": {"labels": {"app": "web"}}, "spec": spec},
+                },
+            },
+        },
+    }
+    return json.dumps(doc).encode()
+
+
+def http(method: str, path: str, body: bytes = b"") -> bytes:
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def _paced_worker(
+    port: int, request: bytes, times: list[float], record_from: float, latencies: list[float]
+) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    errors = 0
+    try:
+        for scheduled in times:
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            writer.write(request)
+            status = await reader.readline()
+            length = 0
+            while True:
+                line = await reader.readline()
+                if line in (b"\r\n", b""):
+                    break
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            answer = await reader.readexactly(length)
+            allowed = b"/healthz" in request[:20] or b'"allowed":true' in answer
+            if not status.startswith(b"HTTP/1.1 200") or not allowed:
+                if not errors:
+                    print(f"  first error: {status.decode().strip()} {answer[:300]!r}")
+                errors += 1
+            elif scheduled >= record_from:
+                latencies.append(time.perf_counter() - scheduled)
+    finally:
+        writer.close()
+    return errors
+
+
+def paced(port: int, request: bytes, *, rate: float, seconds: float) -> dict[str, float]:
+    """Requests at ``rate`` per second for ``seconds`` (after a 1 s warm-up) over 8 connections;
+    latency from each request's scheduled time."""
+    connections = 8
+    latencies: list[float] = []
+
+    async def run() -> int:
+        start = time.perf_counter() + 0.2
+        total = int(rate * (seconds + 1.0))
+        schedule = [start + i / rate for i in range(total)]
+        return sum(
+            await asyncio.gather(
+                *(
+                    _paced_worker(port, request, schedule[c::connections], start + 1.0, latencies)
+                    for c in range(connections)
+                )
+            )
+        )
+
+    errors = asyncio.run(run())
+    latencies.sort()
+    if not latencies:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "errors": errors, "n": 0.0}
+    return {
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        "errors": float(errors),
+        "n": float(len(latencies)),
+    }
+
+
+def serve(folder: Path, ttl: float, public: Path, database: str) -> Server:
+    config = folder / f"admission-{ttl:g}.yaml"
+    config.write_text(f"cache_ttl_s: {ttl}\ndeadline_s: 2\n")
+    env = {
+        "LOCKD_DATABASE_URL": database,
+        "LOCKD_TRUSTED_KEYS": str(public),
+        "LOCKD_ADMISSION_CONFIG": str(config),
+    }
+    log = (folder / f"server-{ttl:g}.log").open("wb")
+    return Server(env, log=log).start()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    print(
+        f"lockd admission: a Deployment with three pinned images, {args.rate:.0f} req/s paced "
+        f"and {args.concurrency} clients closed-loop, {args.seconds:.0f} s per figure, SQLite, "
+        f"{os.cpu_count()} CPUs; load average before: {os.getloadavg()[0]:.2f}"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        key = keys.generate_private_key()
+        public = folder / "trusted.pub"
+        public.write_bytes(keys.public_pem(key))
+        database = f"sqlite:///{folder / 'lockd.db'}"
+        store = Store.open(database)
+        upgrade(store.engine)
+        token = store.create_token("bench", "recorder", actor="bench")
+        store.close()
+        admission = http("POST", "/v1/admission", review())
+        health = http("GET", "/healthz")
+        for label, ttl in (("warm", 300.0), ("cold", 0.0)):
+            server = serve(folder, ttl, public, database)
+            try:
+                if label == "warm":
+                    for n in (1, 2, 3):
+                        request = urllib.request.Request(
+                            server.url + "/v1/manifests",
+                            data=envelope(key, observation(image(n), distributions=150)).to_json(),
+                            headers={
+                                "Authorization": f"Bearer {token}",
+                                "Content-Type": "application/json",
+                            },
+                        )
+                        with urllib.request.urlopen(request) as answer:
+                            assert answer.status in (200, 201)
+                base = paced(server.port, health, rate=args.rate, seconds=args.seconds)
+                result = paced(server.port, admission, rate=args.rate, seconds=args.seconds)
+                most = load(
+                    server.port,
+                    admission,
+                    seconds=args.seconds,
+                    concurrency=args.concurrency,
+                    warmup=1.0,
+                )
+            finally:
+                server.stop()
+            print(
+                f"{label} cache  POST /v1/admission at {args.rate:.0f}/s: p50 "
+                f"{result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms  errors "
+                f"{result['errors']:.0f}  | closed loop: {most['rps']:6.0f} /s  p50 "
+                f"{most['p50_ms']:6.2f} ms  p99 {most['p99_ms']:6.2f} ms\n"
+                f"{'':<11} baseline GET /healthz at {args.rate:.0f}/s: p50 {base['p50_ms']:6.2f} ms"
+                f"  p99 {base['p99_ms']:6.2f} ms"
+            )
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
