@@ -19,7 +19,7 @@ import hashlib
 import io
 import json
 import tarfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,9 +37,11 @@ __all__ = [
     "BundleCheck",
     "BundleVerdict",
     "Exported",
+    "ReportItem",
     "bundle_files",
     "check_files",
     "export_bundle",
+    "index_of",
     "pack",
     "read_bundle",
     "render_verdict",
@@ -348,7 +350,7 @@ def export_bundle(
 
 
 def _covering_entries(
-    client: Client, digest: str, envelope: bytes, reports: Sequence[ReportItem] | Any
+    client: Client, digest: str, envelope: bytes, reports: Iterable[ReportItem]
 ) -> list[dict[str, Any]]:
     """The whole chain is fetched and checked; the segment from the manifest's entry to the
     newest report's entry is kept."""

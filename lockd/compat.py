@@ -678,7 +678,7 @@ def _verdict(
             row = binary_support(binary, gpu)
             if not row.runs:
                 bad.append(extension_reason(binary, gpu, row))
-            elif not row.via.startswith(f"{sm_name(gpu.cc)} cubin"):
+            elif not re.match(rf"{sm_name(gpu.cc)}[af]? cubin", row.via):
                 good.append(extension_reason(binary, gpu, row))
     if driver is not None:
         good_d, bad_d = _driver_reasons(build, floors, driver, requested, rows)

@@ -47,6 +47,7 @@ __all__ = [
     "identity",
     "intrinsic_findings",
     "library_findings",
+    "manifest_differences",
     "manifest_records",
     "read_binary",
     "reader_source",
@@ -465,6 +466,17 @@ def compare_with_manifest(manifest: Manifest, observed: Observation) -> list[Fin
             if key not in seen:
                 seen.add(key)
                 findings.append(finding)
+    return findings
+
+
+def manifest_differences(a: Manifest, b: Manifest) -> list[Finding]:
+    """What ``lockd diff A B`` should say about the libraries: B's records against A's (added,
+    missing, moved, and ``changed``, a library file that changed under the same version)."""
+    mine = {r.scope: r for r in manifest_records(a)}
+    findings: list[Finding] = []
+    for record in manifest_records(b):
+        if record.scope in mine:
+            findings += compare_records(mine[record.scope], record)
     return findings
 
 

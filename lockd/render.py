@@ -199,6 +199,12 @@ def print_loaded(manifest: Manifest, console: Console) -> None:
             pairs = "  ".join(f"{k}={v}" for k, v in sorted(record.env_versions.items()))
             console.print(f"  variables: {escape(pairs)}")
     probe = manifest.observation.probe
+    if probe is not None:
+        from lockd.libraries import intrinsic_findings, manifest_records
+
+        for finding in intrinsic_findings(probe, manifest_records(manifest), manifest.lock):
+            line = escape(_finding_line(finding))
+            console.print(f"  [yellow]finding: {line}[/]", soft_wrap=True)
     found = probe.extensions if probe is not None else None
     if found is None:
         return

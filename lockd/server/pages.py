@@ -3,7 +3,8 @@ a citable page per manifest at ``/m/{digest}``, and ``/diff/{a}/{b}``. Also ``/k
 the public keys the service trusts (what ``lockd audit export`` bundles).
 
 Pages need the reader role like the API: a browser sends no token, so a public instance sets
-``LOCKD_ALLOW_ANONYMOUS_READ=1``.
+``LOCKD_ALLOW_ANONYMOUS_READ=1``. The routes are plain functions: FastAPI runs them in its
+thread pool, so their database reads never block the event loop.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from lockd.errors import InputError, LockdError
-from lockd.server.deps import authorize, bearer_token
+from lockd.server.deps import ReaderDep, ServiceDep
 from lockd.server.service import NotFoundError, Service, parse_labels
 
 if TYPE_CHECKING:
@@ -59,12 +60,6 @@ def short(value: str | None, n: int = 12) -> str:
 def _page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
     html = _environment().get_template(template).render(**context)
     return HTMLResponse(html, status_code=status)
-
-
-async def _reader(request: Request) -> Service:
-    service: Service = request.app.state.service
-    await authorize(service, bearer_token(request.headers.get("authorization")), "reader")
-    return service
 
 
 def _manifest_of(record: ManifestRecord) -> Manifest:
@@ -116,8 +111,9 @@ def _row(record: ManifestRecord, package: str | None) -> Row | None:
 
 
 @router.get("/", response_class=HTMLResponse)
-async def manifest_list(
-    request: Request,
+def manifest_list(
+    service: ServiceDep,
+    _: ReaderDep,
     name: Annotated[str, Query(max_length=256)] = "",
     label: Annotated[str, Query(max_length=320)] = "",
     digest: Annotated[str, Query(max_length=80)] = "",
@@ -125,7 +121,6 @@ async def manifest_list(
 ) -> HTMLResponse:
     """Stored manifests, newest first; search by name, label (key or key=value), digest (of
     the manifest or of an image it names) and package (name or name==version)."""
-    service = await _reader(request)
     error = None
     rows: list[Row] = []
     try:
@@ -263,13 +258,14 @@ def _history(service: Service, record: ManifestRecord) -> tuple[Any, list[dict[s
 
 
 @router.get("/m/{digest}", response_class=HTMLResponse)
-async def manifest_page(digest: DigestPath, request: Request) -> HTMLResponse:
+def manifest_page(
+    digest: DigestPath, request: Request, service: ServiceDep, _: ReaderDep
+) -> HTMLResponse:
     """Everything a manifest records, at a URL that stays: ``/m/sha256:<hex>``."""
     from lockd.dsse import Envelope
     from lockd.gpu import describe
     from lockd.statement import parse_statement
 
-    service = await _reader(request)
     record = service.store.get_manifest(digest)
     if record is None:
         return _page("missing.html", status=404, what=f"no manifest {digest} is stored")
@@ -329,11 +325,10 @@ def _classes(text: str) -> Iterable[tuple[str, str]]:
 
 
 @router.get("/diff/{a}/{b}", response_class=HTMLResponse)
-async def diff_page(a: DigestPath, b: DigestPath, request: Request) -> HTMLResponse:
+def diff_page(a: DigestPath, b: DigestPath, service: ServiceDep, _: ReaderDep) -> HTMLResponse:
     """What differs between two stored manifests: the report ``lockd diff`` prints."""
     from lockd.diffing import render_text
 
-    service = await _reader(request)
     missing = [d for d in (a, b) if service.store.get_manifest(d) is None]
     if missing:
         return _page("missing.html", status=404, what=f"no manifest {missing[0]} is stored")
@@ -351,13 +346,12 @@ async def diff_page(a: DigestPath, b: DigestPath, request: Request) -> HTMLRespo
 
 
 @router.get("/keys/{keyid}")
-async def public_key(
-    keyid: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")], request: Request
+def public_key(
+    keyid: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")], service: ServiceDep, _: ReaderDep
 ) -> JSONResponse:
     """A public key this service trusts, by keyid: ``{"keyid", "pem"}``."""
     from lockd import keys
 
-    service = await _reader(request)
     for key in service.trusted:
         if keys.keyid(key) == keyid:
             pem = keys.public_pem(key).decode("ascii")

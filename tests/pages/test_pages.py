@@ -180,3 +180,23 @@ def test_export_then_verify_offline(service: Service, tmp_path: Path) -> None:
         env={},
     )
     assert again.returncode == 2 and str(bundle) in " ".join(again.stderr.split())
+
+
+def test_pages_need_a_reader_unless_anonymous_reads_are_on(service: Service) -> None:
+    from fastapi.testclient import TestClient
+
+    from lockd.server.app import create_app
+    from lockd.server.settings import Settings
+
+    made = _lockd("token", "create", "page-reader", "--role", "reader", env=service.env)
+    assert made.returncode == 0, made.stderr
+    settings = Settings(
+        database_url=service.env["LOCKD_DATABASE_URL"],
+        trusted_keys=(Path(service.env["LOCKD_TRUSTED_KEYS"]),),
+    )
+    with TestClient(create_app(settings)) as client:
+        for path in ("/", f"/m/{service.digest_a}", f"/diff/{service.digest_a}/{service.digest_b}"):
+            assert client.get(path).status_code == 401
+            answer = client.get(path, headers={"Authorization": f"Bearer {made.stdout.strip()}"})
+            assert answer.status_code == 200
+            assert answer.headers["content-type"].startswith("text/html")

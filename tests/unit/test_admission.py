@@ -295,3 +295,25 @@ def test_config_bad(text: str, fragment: str) -> None:
 def test_config_unreadable(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="cannot read the admission config"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_the_shipped_kubernetes_configs_parse() -> None:
+    import yaml
+
+    folder = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
+    assert load_config(folder / "admission.yaml").failure == "closed"
+    docs = list(yaml.safe_load_all((folder / "lockd.yaml").read_text()))
+    kinds = [d["kind"] for d in docs]
+    assert kinds == [
+        "Namespace",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "ValidatingWebhookConfiguration",
+    ]
+    config = parse_config(docs[1]["data"]["admission.yaml"], "lockd.yaml ConfigMap")
+    [hook] = docs[4]["webhooks"]
+    assert hook["failurePolicy"] == "Fail"
+    assert hook["timeoutSeconds"] > config.deadline_s
+    assert hook["clientConfig"]["service"]["path"] == "/v1/admission"
+    assert hook["admissionReviewVersions"] == ["v1"]

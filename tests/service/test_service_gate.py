@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import Signer
 from service_helpers import Server, envelope, image, observation
-from test_admission import broken, review
+from test_service_admission import broken, review
 
 from lockd.store.repository import Store
 
