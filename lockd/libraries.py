@@ -162,6 +162,8 @@ def identity(library: MappedLibrary) -> str:
     """The library a file is a copy of, whatever its version or vendoring: libcudnn.so.9.1.0,
     libcudnn.so.8 -> libcudnn; libgomp-a34b3233.so.1 (auditwheel's rename) -> libgomp."""
     name = library.soname or os.path.basename(library.path)
+    if not name.startswith("lib"):  # a Python extension module: _C.cpython-311-...so -> _C
+        return name.split(".", 1)[0]
     name = _HASHED_NAME.sub("", name)
     return name.split(".so", 1)[0]
 
@@ -192,7 +194,7 @@ def _merged(found: Sequence[LoadedLibraries]) -> list[MappedLibrary]:
 def _ownership(library: MappedLibrary) -> list[Finding]:
     if library.owner is not None or library.role == "driver":
         return []
-    if library.shadows:
+    if library.shadows and os.path.basename(library.path).startswith("lib"):
         return [
             Finding(
                 kind="shadowed",
@@ -252,8 +254,9 @@ def _file_findings(library: MappedLibrary) -> list[Finding]:
 
 def _duplicates(libraries: Sequence[MappedLibrary]) -> list[Finding]:
     copies: dict[str, list[MappedLibrary]] = {}
-    for library in libraries:
-        copies.setdefault(identity(library), []).append(library)
+    for library in libraries:  # shared libraries: modules of one name in two packages differ
+        if os.path.basename(library.path).startswith("lib"):
+            copies.setdefault(identity(library), []).append(library)
     findings = []
     for name, files in sorted(copies.items()):
         if len(files) < 2:

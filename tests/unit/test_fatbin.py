@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import base64
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -173,7 +174,9 @@ def test_libtorch_cuda_of_torch_2_6_0(tmp_path: Path) -> None:
 
 
 def test_a_shared_object_without_cuda_code() -> None:
-    torch_lib = Path(__import__("torch").__file__).parent / "lib"
+    spec = importlib.util.find_spec("torch")
+    assert spec is not None and spec.origin is not None
+    torch_lib = Path(spec.origin).parent / "lib"
     assert fatbin.scan_binary(str(torch_lib / "libc10.so")) is None
 
 
