@@ -388,8 +388,8 @@ def lock(
         )
     )
     console = _console()
-    for line in compiled.constraints:
-        console.print(f"added the constraint {line} (PyTorch family coherence: lockd.coherence)")
+    for line, why in zip(compiled.constraints, compiled.reasons, strict=True):
+        console.print(f"added the constraint {line}: {why}", highlight=False)
     console.print(
         f"wrote {compiled.path}: {compiled.pins} pins for CPython {compiled.python_version} "
         f"on {compiled.platform} (resolved by {compiled.resolver})"

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +46,7 @@ from lockd.model import LockInfo, LockPin, ProbeReport, normalise_name
 if TYPE_CHECKING:
     from packaging.requirements import Requirement
 
-    from lockd.coherence import Problem
+    from lockd.coherence import Constraints, Problem
 
 MAX_LOCK_BYTES = 16 * 1024 * 1024
 
@@ -473,6 +473,7 @@ class Compiled:
     platform: str
     pins: int
     constraints: tuple[str, ...] = ()  # what lockd added to hold the PyTorch family to torch
+    reasons: tuple[str, ...] = ()  # why, one per constraint
 
 
 def host_python() -> str:
@@ -763,12 +764,7 @@ def compile_lock(request: LockRequest) -> Compiled:
     a family member that cannot fit its torch (naming both and the version that fits), or when
     the resolution cannot be made coherent; nothing is written then.
     """
-    from lockd.coherence import (
-        IncoherentPinError,
-        in_constraints,
-        platform_environment,
-        retry_constraints,
-    )
+    from lockd.coherence import IncoherentPinError, in_constraints, platform_environment
 
     source = request.requirements_in
     data = read_capped(source, limit=MAX_LOCK_BYTES, what="requirements")
@@ -781,7 +777,7 @@ def compile_lock(request: LockRequest) -> Compiled:
     finding_index = _default_index_soon() if request.index_url is None else None
     requirements = in_requirements(data.decode("utf-8", "replace"))
     try:
-        added = list(in_constraints(requirements).lines)
+        first = in_constraints(requirements)
     except IncoherentPinError as e:
         raise InputError(f"{source}: {e}; nothing written") from e
     # uv resolves for every X.Y.z from X.Y.0 on; for the host's own X.Y it is told the running
@@ -805,21 +801,9 @@ def compile_lock(request: LockRequest) -> Compiled:
             text = _body(output.read_text(encoding="utf-8"))
             return _CONSTRAINTS_ANNOTATION.sub("lockd coherence constraint", text)
 
-        body = resolve(added)
-        problems = _incoherence(body, environment, str(source))
         pinned = [name for name, spec in requirements.items() if spec.startswith("==")]
-        more = [c for c in retry_constraints(problems, pinned).lines if c not in added]
-        if more:
-            added = sorted(added + more)
-            body = resolve(added)
-            problems = _incoherence(body, environment, str(source))
-    if problems:
-        details = "; ".join(p.message for p in problems)
-        raise InputError(
-            f"{source}: the resolution does not fit its torch and lockd cannot constrain it "
-            f"({details}); pin the family members to releases built for one torch; nothing "
-            "written"
-        )
+        body, why = _resolve_coherent(resolve, first, pinned, environment, source)
+    added = list(why)
     index_url = request.index_url or (finding_index.result() if finding_index else "")
     _, options = _command(backend, request, python_arg, platform, index_url, Path(), uv)
     header = render_header(
@@ -848,7 +832,39 @@ def compile_lock(request: LockRequest) -> Compiled:
         platform=platform,
         pins=len(lock.pins),
         constraints=tuple(added),
+        reasons=tuple(why[c] for c in added),
     )
+
+
+def _resolve_coherent(
+    resolve: Callable[[Sequence[str]], str],
+    first: Constraints,
+    pinned: Sequence[str],
+    environment: Mapping[str, str],
+    source: Path,
+) -> tuple[str, dict[str, str]]:
+    """Resolve with the constraints of the .in; where a member the .in left free still lands on
+    another torch, constrain it to the resolved torch's release and resolve once more.
+    (the lock's body, {constraint: why}, sorted). Raises InputError when it still does not fit.
+    """
+    from lockd.coherence import retry_constraints
+
+    why = dict(zip(first.lines, first.reasons, strict=True))
+    body = resolve(first.lines)
+    problems = _incoherence(body, environment, str(source))
+    again = retry_constraints(problems, pinned)
+    if any(line not in why for line in again.lines):
+        why.update(zip(again.lines, again.reasons, strict=True))
+        body = resolve(sorted(why))
+        problems = _incoherence(body, environment, str(source))
+    if problems:
+        details = "; ".join(p.message for p in problems)
+        raise InputError(
+            f"{source}: the resolution does not fit its torch and lockd cannot constrain it "
+            f"({details}); pin the family members to releases built for one torch; nothing "
+            "written"
+        )
+    return body, {line: why[line] for line in sorted(why)}
 
 
 def _run_resolver(
