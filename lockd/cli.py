@@ -6,6 +6,7 @@ Exit codes: 0 verified, 1 not verified, 2 usage error or unreadable input,
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -679,6 +680,9 @@ def main(argv: list[str] | None = None) -> None:
     """
     from lockd.errors import LockdError
 
+    # pydantic scans every installed distribution for plugins at first use; lockd uses none,
+    # and `lockd verify` start-up time matters (deploy pipelines run it).
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     args = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in args or "-v" in args
     args = [a for a in args if a not in ("--verbose", "-v")]

@@ -501,9 +501,6 @@ def check_cuda(expected: ProbeReport, observed: ProbeReport, p: Policy) -> Check
 def check_driver(manifest: Manifest, observation: Observation, p: Policy) -> Check:
     """The target's NVIDIA driver and GPUs against what the recorded build needs (lockd.compat:
     the toolkit and minor-version compatibility floors, cubin and PTX rules)."""
-    from lockd import compat
-    from lockd.errors import InputError
-
     recorded = manifest.observation.probe
     torch = recorded.torch if recorded is not None else None
     probe = observation.probe
@@ -511,6 +508,9 @@ def check_driver(manifest: Manifest, observation: Observation, p: Policy) -> Che
         return _skip("driver", "inside", "the manifest records no CUDA build of torch")
     if probe is None or (probe.driver is None and not probe.gpus):
         return _skip("driver", "inside", "no NVIDIA driver or GPU visible in the target")
+    from lockd import compat  # only here: `verify` start-up time matters
+    from lockd.errors import InputError
+
     driver = probe.driver.version if probe.driver is not None else None
     capabilities = sorted({g.compute_capability for g in probe.gpus})
     seen = ", ".join(
@@ -695,11 +695,13 @@ def check_coherence(observation: Observation, p: Policy) -> Check:
     """The installed PyTorch family (torchvision, torchaudio, triton, nvidia-*...) against the
     installed torch; with --deep, each member imported and a compiled op run inside the target.
     Needs nothing from the manifest: it judges the target as it is."""
-    from lockd.coherence import family
-
     probe = observation.probe
     if probe is None:
         return _skip("coherence", "inside", "no probe report: nothing to judge")
+    if all(d.name != "torch" for d in probe.distributions):
+        return _skip("coherence", "inside", "torch is not installed: no PyTorch family to judge")
+    from lockd.coherence import family  # only here: `verify` start-up time matters
+
     versions = family({d.name: d.version for d in probe.distributions})
     torch = versions.get("torch")
     if torch is None:

@@ -4,7 +4,6 @@ The probe's output is untrusted input: ProbeReport validates it strictly (types,
 no unknown keys) before anything else reads it.
 """
 
-from __future__ import annotations
 
 import re
 from typing import Annotated, Literal
@@ -336,7 +335,7 @@ class Integrity(Frozen):
     bytes: Annotated[int, Field(ge=0)]
     unhashed: Annotated[int, Field(ge=0)] = 0  # rows without a hash (RECORD itself, .pyc)
     without_record: Annotated[list[Name], Field(max_length=20000)] = []
-    findings: Annotated[list[Finding], Field(max_length=1000)] = []
+    findings: Annotated[list["Finding"], Field(max_length=1000)] = []
     omitted: Annotated[int, Field(ge=0)] = 0
 
 

@@ -4,7 +4,6 @@ A policy is written by a person, so every unknown key is an error that names the
 The defaults of these models are the strict policy shipped as policies/default.yaml.
 """
 
-from __future__ import annotations
 
 import os
 import re
@@ -12,7 +11,6 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lockd.errors import PolicyError
@@ -108,6 +106,8 @@ def _describe(error: ValidationError) -> str:
 
 def parse_policy(text: str, source: str) -> Policy:
     """Parse policy YAML. Raises PolicyError naming `source` and the offending key."""
+    import yaml  # only when a policy file is read: the default policy needs no YAML
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
