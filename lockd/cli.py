@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from rich.console import Console
 
-    from lockd.model import Manifest
+    from lockd.model import Manifest, Observation
     from lockd.statement import Subject
     from lockd.targets.base import Target
 
@@ -218,6 +220,32 @@ def verify(
     """Verify TARGET against a signed manifest; exit 0 when verified, 1 when not. With --server
     (token: LOCKD_TOKEN) the manifest for TARGET's image comes from a lockd service (its
     signature is still checked here, against --key) and the report is pushed there."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockd-probe") as pool:
+        # The probe mostly waits on the container: start it before lockd's own imports.
+        early = pool.submit(_observe_early, target, python, gpu) if manifest and not deep else None
+        _verify(target, manifest, key, policy, python, json, gpu, deep, server, early)
+
+
+def _observe_early(ref: str, python: str | None, gpu: bool) -> tuple[Target, Observation]:
+    from lockd.verify import reach_and_observe
+
+    return reach_and_observe(lambda: _open_target(ref, python), gpu)
+
+
+def _verify(
+    target: str,
+    manifest: Path | None,
+    key: list[Path],
+    policy: str | None,
+    python: str | None,
+    json: bool,
+    gpu: bool,
+    deep: bool,
+    server: str | None,
+    early: Future[tuple[Target, Observation]] | None,
+) -> None:
     from lockd import keys
     from lockd.errors import InputError
     from lockd.policy import load_policy
@@ -248,7 +276,13 @@ def verify(
         report = verify_remote(client, observation, trusted, chosen)
     else:
         report = verify_target(
-            manifest, trusted, lambda: _open_target(target, python), chosen, gpu=gpu, deep=deep
+            manifest,
+            trusted,
+            lambda: _open_target(target, python),
+            chosen,
+            gpu=gpu,
+            deep=deep,
+            observing=early,
         )
         if server is not None:
             from lockd.client import Client

@@ -525,9 +525,11 @@ def check_driver(manifest: Manifest, observation: Observation, p: Policy) -> Che
         return _check("driver", p, "inside", [finding], ok="", bad=f"cannot judge {seen}: {e}")
     if verdict is None:
         return _skip("driver", "inside", f"nothing to judge: {seen}")
-    findings = [] if verdict.runs else [
-        Finding(kind="incompatible", message=reason) for reason in verdict.reasons
-    ]
+    findings = (
+        []
+        if verdict.runs
+        else [Finding(kind="incompatible", message=reason) for reason in verdict.reasons]
+    )
     return _check(
         "driver",
         p,
@@ -587,13 +589,17 @@ def check_gpu(manifest: Manifest, observation: Observation, p: Policy) -> Check:
         how = f"by tolerance (the key differs in {fields}) {against}"
         ok = f"{how}: {compared} tests within tolerance"
     settings = [d.field.removeprefix("settings.") for d in result.key_diffs if d.setting]
-    bad = how + ": " + "; ".join(
-        part
-        for part in (
-            f"{', '.join(result.differing)} differ" if result.differing else "",
-            f"changed settings: {', '.join(settings)}" if settings else "",
+    bad = (
+        how
+        + ": "
+        + "; ".join(
+            part
+            for part in (
+                f"{', '.join(result.differing)} differ" if result.differing else "",
+                f"changed settings: {', '.join(settings)}" if settings else "",
+            )
+            if part
         )
-        if part
     )
     return _check(
         "gpu",

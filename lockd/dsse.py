@@ -4,7 +4,6 @@ A signature covers ``PAE(payloadType, payload)``, never the JSON of the envelope
 exact bytes are what is signed; :meth:`Envelope.payload_bytes` gives them back.
 """
 
-
 import base64
 import json
 from collections.abc import Sequence

@@ -4,7 +4,6 @@ The probe's output is untrusted input: ProbeReport validates it strictly (types,
 no unknown keys) before anything else reads it.
 """
 
-
 import re
 from typing import Annotated, Literal
 

@@ -4,7 +4,6 @@ A policy is written by a person, so every unknown key is an error that names the
 The defaults of these models are the strict policy shipped as policies/default.yaml.
 """
 
-
 import os
 import re
 from functools import cache

@@ -4,7 +4,6 @@ Subjects are the image ID and each repo digest (consumers match subjects by dige
 a local target has no image, so its subject is the digest of its distribution set.
 """
 
-
 import hashlib
 import json
 from typing import Any

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,7 +80,7 @@ def _target_summary(info: TargetInfo, observation: Observation | None) -> dict[s
     return summary
 
 
-def _reach_and_observe(
+def reach_and_observe(
     reach: Callable[[], Target], gpu: bool, deep: Sequence[str] | None = None
 ) -> tuple[Target, Observation]:
     """``deep``: check installed files against their RECORDs, not reporting unlisted files
@@ -123,6 +123,7 @@ def verify_target(
     *,
     gpu: bool = False,
     deep: bool = False,
+    observing: Future[tuple[Target, Observation]] | None = None,
 ) -> Report:
     """Verify the target `reach()` opens against the signed manifest under `policy`; with
     `gpu`, run the GPU validation suite in it too (the `gpu` check); with `deep`, hash every
@@ -135,7 +136,8 @@ def verify_target(
     """
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockd-probe") as pool:
         ignore = policy.filesystem.ignore if deep else None
-        observing = pool.submit(_reach_and_observe, reach, gpu, ignore)
+        if observing is None:  # else the caller started reach_and_observe(reach, gpu) itself
+            observing = pool.submit(reach_and_observe, reach, gpu, ignore)
         signature, keyids, statement = open_manifest(manifest_path, trusted)
         if statement is None:
             untrusted = "not compared: the manifest's signature is not trusted"

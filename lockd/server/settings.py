@@ -68,6 +68,7 @@ class Settings(BaseModel):
             allow_anonymous_read=_flag(
                 "LOCKD_ALLOW_ANONYMOUS_READ", env.get("LOCKD_ALLOW_ANONYMOUS_READ", "")
             ),
-            admission_config=Path(admission) if (admission := env.get("LOCKD_ADMISSION_CONFIG"))
+            admission_config=Path(admission)
+            if (admission := env.get("LOCKD_ADMISSION_CONFIG"))
             else None,
         )
