@@ -29,6 +29,7 @@ from lockd.policy import Policy, default_policy, parse_policy
 from lockd.server.metrics import Metrics
 from lockd.statement import Subject, parse_statement, subjects_for
 from lockd.store.engine import is_sqlite
+from lockd.verify import LATER_CHECKS
 
 if TYPE_CHECKING:
     from lockd.keys import PublicKey
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 T = TypeVar("T")
-LATER_CHECKS = ("image", "packages", "filesystem", "python", "env", "system", "lock")
 _POLICY_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
