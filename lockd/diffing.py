@@ -312,9 +312,40 @@ def diff_manifests(
 ) -> DiffReport:
     """Every difference between manifest ``a`` and manifest ``b``, aspect by aspect."""
     sections = [_environment(a, b), _distributions(a, b), _cuda(a, b), *_gpu_sections(a, b)]
+    sections += _libraries(a, b)
     return DiffReport(
         a=_side(a_label, a, a_subjects), b=_side(b_label, b, b_subjects), sections=tuple(sections)
     )
+
+
+def _libraries(a: Manifest, b: Manifest) -> list[Section]:
+    """The shared objects the processes mapped, where either manifest recorded them: a file
+    that changed under the same version is `modified` (lockd.libraries compares them)."""
+    from lockd.libraries import manifest_differences, manifest_records
+
+    if not manifest_records(a) and not manifest_records(b):
+        return []
+    rows: list[Row] = []
+    for f in manifest_differences(a, b):
+        note = f.message or ""
+        kind: RowKind = "changed"  # moved, or another file under another version
+        if f.kind == "added":
+            kind = "added"
+        elif f.kind == "missing":
+            kind = "removed"
+        elif f.kind == "changed" and "same version" in note:
+            kind = "modified"
+        rows.append(
+            Row(kind=kind, name=f.name or f.path or "?", a=f.expected, b=f.observed, note=note)
+        )
+    return [
+        Section(
+            id="libraries",
+            title="Loaded libraries (mapped by the process, with sha256)",
+            rows=tuple(rows),
+            same="the same files",
+        )
+    ]
 
 
 # --- output -------------------------------------------------------------------------------

@@ -290,3 +290,30 @@ def test_a_python_module_of_the_same_name_is_no_shadow(tmp_path: Path) -> None:
     shutil.copy2(module, cache / module.name)
     record = record_in_process(cache / module.name)
     assert str(cache / module.name) not in {lib.path for lib in record.libraries}
+
+
+def test_diff_shows_a_library_file_changed_under_the_same_version() -> None:
+    from lockd.diffing import diff_manifests, render_text
+
+    manifest = h200()
+    probe = manifest.observation.probe
+    assert probe is not None and probe.libraries is not None
+    libs = list(probe.libraries.libraries)
+    nccl = next(i for i, lib in enumerate(libs) if "libnccl" in lib.path)
+    libs[nccl] = libs[nccl].model_copy(update={"sha256": "0" * 64})
+    changed = probe.model_copy(
+        update={"libraries": probe.libraries.model_copy(update={"libraries": libs})}
+    )
+    other = manifest.model_copy(
+        update={"observation": manifest.observation.model_copy(update={"probe": changed})}
+    )
+    assert not any(
+        s.id == "libraries" and s.rows for s in diff_manifests(manifest, manifest).sections
+    )
+    report = diff_manifests(manifest, other)
+    [section] = [s for s in report.sections if s.id == "libraries"]
+    [row] = section.rows
+    assert row.kind == "modified"
+    assert row.b == "sha256:" + "0" * 64
+    assert "same version" in row.note
+    assert "Loaded libraries" in render_text(report)
