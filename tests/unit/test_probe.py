@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import glob
 import hashlib
-import importlib.util
 import os
 import platform
 import shutil
@@ -258,9 +257,12 @@ def test_an_unexpected_error_prints_a_traceback_and_exits_1(tmp_path: Path) -> N
     assert b"ZeroDivisionError: injected" in result.stderr
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason="torch is installed")
 def test_no_torch_gives_null(tmp_path: Path) -> None:
-    assert run_probe(tmp_path).torch is None
+    # a fresh venv: whatever this interpreter has installed, torch is not there
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "v")], check=True)
+    report = run_probe(tmp_path, python=str(tmp_path / "v" / "bin" / "python"))
+    assert "torch" not in {d.name for d in report.distributions}
+    assert report.torch is None
 
 
 def fake_torch(site: Path, init: str) -> None:
