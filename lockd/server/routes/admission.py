@@ -11,12 +11,13 @@ the answer is sent. No bearer token: the API server calls webhooks over TLS with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import APIRouter, Request, Response
@@ -105,14 +106,18 @@ class AuditWriter:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            error: Exception | None = None
             try:
                 self.store.add_audits([row for row, _ in batch])
             except Exception as e:  # the driver's errors, whatever they are: handed to each waiter
-                for _, done in batch:
-                    done.set_exception(e)
-            else:
-                for _, done in batch:
-                    done.set_result(None)
+                error = e
+            for _, done in batch:
+                # a waiter past its deadline has cancelled its future: this thread must live on
+                with contextlib.suppress(InvalidStateError):
+                    if error is None:
+                        done.set_result(None)
+                    else:
+                        done.set_exception(error)
 
 
 class Gatekeeper:
