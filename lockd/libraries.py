@@ -261,6 +261,7 @@ def _duplicates(libraries: Sequence[MappedLibrary]) -> list[Finding]:
     for name, files in sorted(copies.items()):
         if len(files) < 2:
             continue
+        files = sorted(files, key=lambda f: f.path)  # map order varies with addresses
         described = "; ".join(
             f"{f.path} ({f.version or 'version unknown'}, {_label(f)})" for f in files
         )
