@@ -3,12 +3,14 @@ manifest) on loopback, at fixed concurrency, for SQLite and PostgreSQL in the sa
 baseline measured in the same run: `GET /healthz` (the HTTP stack alone) on the same server.
 
 Target (issue 5), on a 2-core machine: >= 500 verifications/s with p99 <= 50 ms on SQLite.
-The load generator is a minimal HTTP/1.1 keep-alive client on asyncio (pre-built requests), so
-it costs little of the CPU the server shares with it.
+The load generator is a minimal HTTP/1.1 keep-alive client on asyncio with uvloop (pre-built
+requests), so it costs little of the CPU the server shares with it; its own CPU time per request
+is printed beside the server's (the server's summed over its worker processes).
 
 Usage: python bench/service_load.py [--seconds 10] [--concurrency 8] [--distributions 150]
-       [--backends sqlite,postgresql]   (PostgreSQL: $LOCKD_BENCH_POSTGRES_URL, else
-       scripts/postgres's server with a database lockd_bench made for the run)
+       [--workers 1] [--backends sqlite,postgresql]   (PostgreSQL: $LOCKD_BENCH_POSTGRES_URL,
+       an empty database, else scripts/postgres's server with a database lockd_bench made for
+       the run)
 """
 
 from __future__ import annotations
@@ -99,7 +101,12 @@ def load(
         )
         return sum(results)
 
-    errors = asyncio.run(run())
+    try:  # the client on uvloop too: it shares the machine's CPUs with the server
+        import uvloop
+
+        errors = uvloop.run(run())
+    except ImportError:
+        errors = asyncio.run(run())
     latencies.sort()
     if not latencies:
         return {"rps": 0.0, "p50_ms": float("nan"), "p99_ms": float("nan"), "errors": errors}
@@ -112,23 +119,38 @@ def load(
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far of a process and its live descendants (uvicorn's worker
+    processes), from Linux /proc."""
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # it exited meanwhile
+                continue
+    tree, total = [pid], 0
+    while tree:
+        current = tree.pop()
+        fields = stats.get(current)
+        if fields is not None:
+            total += int(fields[11]) + int(fields[12])
+        tree += [child for child, f in stats.items() if int(f[1]) == current]
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def measured(
     server: Server, request: bytes, *, seconds: float, concurrency: int
 ) -> dict[str, float]:
-    """load() plus the server's CPU time per answered request (less sensitive than wall time
-    to other work on the machine: it says what one request costs the server)."""
-    before = cpu_seconds(server.process.pid)
+    """load() plus the CPU time per answered request of the server (its workers included) and
+    of this load generator: less sensitive than wall time to other work on the machine, it says
+    what one request costs each side."""
+    before, generator = cpu_seconds(server.process.pid), time.process_time()
     result = load(server.port, request, seconds=seconds, concurrency=concurrency, warmup=1.0)
+    generator = time.process_time() - generator
     spent = cpu_seconds(server.process.pid) - before
     answered = result["rps"] * (seconds + 1.0)  # the warm-up's requests cost CPU too
-    # With several workers the CPU is spent in children: not measured then.
-    ok = answered and server.workers == 1
-    result["cpu_ms"] = 1000 * spent / answered if ok else float("nan")
+    result["cpu_ms"] = 1000 * spent / answered if answered else float("nan")
+    result["generator_ms"] = 1000 * generator / answered if answered else float("nan")
     return result
 
 
@@ -168,18 +190,34 @@ def bench_backend(name: str, url: str, args: argparse.Namespace, folder: Path) -
                     "policy": "default",
                 }
             ).encode()
+            check = urllib.request.Request(
+                server.url + "/v1/verifications",
+                data=body,
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(check) as answer:
+                if json.loads(answer.read())["verified"] is not True:
+                    # e.g. a reused database whose stored envelope another run's key signed
+                    raise SystemExit(
+                        f"{name}: the observation does not verify; give an empty database"
+                    )
             verify = http_request("POST", "/v1/verifications", token, body)
             health = http_request("GET", "/healthz", token)
+            loads = [os.getloadavg()[0]]
             base = measured(server, health, seconds=args.seconds, concurrency=args.concurrency)
+            loads.append(os.getloadavg()[0])
             result = measured(server, verify, seconds=args.seconds, concurrency=args.concurrency)
+            loads.append(os.getloadavg()[0])
         finally:
             server.stop()
     print(
         f"{name:<10} POST /v1/verifications: {result['rps']:6.0f} /s  p50 {result['p50_ms']:6.2f} ms"
         f"  p99 {result['p99_ms']:6.2f} ms  server CPU {result['cpu_ms']:.2f} ms/req  "
-        f"errors {result['errors']:.0f}\n"
+        f"load generator CPU {result['generator_ms']:.2f} ms/req  errors {result['errors']:.0f}\n"
         f"{'':<10} baseline GET /healthz:  {base['rps']:6.0f} /s  p50 {base['p50_ms']:6.2f} ms"
-        f"  p99 {base['p99_ms']:6.2f} ms  server CPU {base['cpu_ms']:.2f} ms/req"
+        f"  p99 {base['p99_ms']:6.2f} ms  server CPU {base['cpu_ms']:.2f} ms/req  "
+        f"load generator CPU {base['generator_ms']:.2f} ms/req\n"
+        f"{'':<10} load average (1 min) {' -> '.join(f'{x:.2f}' for x in loads)}"
     )
 
 
@@ -193,7 +231,8 @@ def main() -> None:
     args = parser.parse_args()
     print(
         f"lockd service load: {args.concurrency} concurrent keep-alive clients, {args.seconds:.0f} s "
-        f"per figure, an observation of {args.distributions} distributions, {os.cpu_count()} CPUs"
+        f"per figure, an observation of {args.distributions} distributions, {os.cpu_count()} CPUs, "
+        f"lockd serve --workers {args.workers}"
     )
     print(f"load average before: {os.getloadavg()[0]:.2f} (other work on this machine)")
     with tempfile.TemporaryDirectory() as tmp:

@@ -216,22 +216,81 @@ def verify(
     ] = False,
     server: ServerOpt = None,
     deep: DeepOpt = False,
+    registry: Annotated[
+        bool,
+        typer.Option(
+            "--registry",
+            help="take the manifest from the registry of TARGET's image (what lockd attach "
+            "stored there): the newest signed by a --key that names the image; with --server, "
+            "only when the service holds none",
+        ),
+    ] = False,
 ) -> None:
     """Verify TARGET against a signed manifest; exit 0 when verified, 1 when not. With --server
     (token: LOCKD_TOKEN) the manifest for TARGET's image comes from a lockd service (its
-    signature is still checked here, against --key) and the report is pushed there."""
+    signature is still checked here, against --key) and the report is pushed there; with
+    --registry, from its image's registry."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from lockd.errors import InputError
+
+    if manifest is not None and registry:
+        raise InputError("give --manifest FILE or --registry, not both")
+    if manifest is None and server is None and not registry:
+        raise InputError(
+            "give --manifest FILE, --server URL to fetch it from a lockd service, or --registry "
+            "to take it from the image's registry"
+        )
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockd-probe") as pool:
-        # The probe mostly waits on the container: start it before lockd's own imports.
-        early = pool.submit(_observe_early, target, python, gpu) if manifest and not deep else None
-        _verify(target, manifest, key, policy, python, json, gpu, deep, server, early)
+        # The probe mostly waits on the container: start it before lockd's own imports
+        # (main() may have started it already, before Typer converted the arguments).
+        early = None
+        if not deep:
+            early = _EARLY.pop((target, python, gpu), None) or pool.submit(
+                _observe_early, target, python, gpu
+            )
+        _verify(target, manifest, key, policy, python, json, gpu, deep, server, registry, early)
 
 
 def _observe_early(ref: str, python: str | None, gpu: bool) -> tuple[Target, Observation]:
     from lockd.verify import reach_and_observe
 
     return reach_and_observe(lambda: _open_target(ref, python), gpu)
+
+
+_EARLY: dict[tuple[str, str | None, bool], Future[tuple[Target, Observation]]] = {}
+"""`lockd verify`'s observation, started by main() before Typer converted the arguments."""
+
+
+def _start_early(command: typer.core.TyperGroup, args: list[str]) -> None:
+    """Start `lockd verify TARGET --manifest M` observing TARGET now: Typer's conversion of the
+    arguments costs ~0.2 s of CPU (it imports pydantic, builds adapters) that the probe can
+    run in. Click's own parser reads the arguments, so `verify` takes this start as exactly
+    the one it would make; anything unusual (no --manifest or --key, --deep, --help, a usage
+    error) starts nothing here."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not args or args[0] != "verify":
+        return
+    try:
+        sub = command.commands["verify"]
+        parsed, rest, _ = sub.make_parser(typer.Context(sub, info_name="verify")).parse_args(
+            args[1:]
+        )
+    except Exception:  # the real parse reports it
+        return
+    target, python = parsed.get("target"), parsed.get("python")
+    wanted = (
+        parsed.get("manifest")
+        and parsed.get("key")
+        and not parsed.keys() & {"deep", "registry", "help"}
+    )
+    if rest or not wanted or not isinstance(target, str) or not isinstance(python, str | None):
+        return
+    gpu = bool(parsed.get("gpu"))
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockd-probe")
+    _EARLY[(target, python, gpu)] = pool.submit(_observe_early, target, python, gpu)
+    pool.shutdown(wait=False)
 
 
 def _verify(
@@ -244,36 +303,33 @@ def _verify(
     gpu: bool,
     deep: bool,
     server: str | None,
+    registry: bool,
     early: Future[tuple[Target, Observation]] | None,
 ) -> None:
     from lockd import keys
-    from lockd.errors import InputError
     from lockd.policy import load_policy
     from lockd.render import print_report, report_json
-    from lockd.verify import verify_target
+    from lockd.verify import reach_and_observe, verify_target
 
-    if manifest is None and server is None:
-        raise InputError("give --manifest FILE, or --server URL to fetch it from a lockd service")
     chosen = load_policy(policy)
     trusted = [keys.load_public_key(k) for k in key]
     if manifest is None:
         from lockd.client import Client, verify_remote
 
-        client = Client.from_env(str(server))
-        opened = _open_target(target, python)
-        if gpu:
-            from lockd.gpu import observe_with_suite
+        client = None if server is None else Client.from_env(server)
+        ignore = chosen.filesystem.ignore if deep else None
+        _, observation = (
+            early.result()
+            if early is not None
+            else reach_and_observe(lambda: _open_target(target, python), gpu, ignore)
+        )
+        if registry:
+            from lockd.attestations import verify_attested
 
-            observation = observe_with_suite(opened)
+            report = verify_attested(observation, trusted, chosen, client=client)
         else:
-            observation = opened.observe()
-        if deep:
-            from lockd.integrity import deepen
-            from lockd.smoke import with_family_imports
-
-            observation = deepen(opened, observation, ignore=chosen.filesystem.ignore)
-            observation = with_family_imports(opened, observation)
-        report = verify_remote(client, observation, trusted, chosen)
+            assert client is not None
+            report = verify_remote(client, observation, trusted, chosen)
     else:
         report = verify_target(
             manifest,
@@ -463,13 +519,23 @@ def serve(
     migrate: Annotated[
         bool, typer.Option(help="bring the database to the newest schema before serving")
     ] = True,
+    access_log: Annotated[
+        bool, typer.Option(help="log a line per request (writes are in the audit log anyway)")
+    ] = False,
 ) -> None:
     """Run the lockd service (settings from LOCKD_DATABASE_URL, LOCKD_TRUSTED_KEYS,
     LOCKD_POLICIES, LOCKD_ALLOW_ANONYMOUS_READ)."""
     from lockd.server.run import serve as run
     from lockd.server.settings import Settings
 
-    run(Settings.from_env(), host=host, port=port, workers=workers, migrate=migrate)
+    run(
+        Settings.from_env(),
+        host=host,
+        port=port,
+        workers=workers,
+        migrate=migrate,
+        access_log=access_log,
+    )
 
 
 token_app = typer.Typer(help="API tokens of the lockd service.", no_args_is_help=True)
@@ -611,6 +677,40 @@ def audit_export(
 
 
 @app.command()
+def status(
+    server: ServerOpt = None,
+    host: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="only this host"),
+    ] = None,
+    json: Annotated[bool, typer.Option("--json", help="print the fleet view as JSON")] = False,
+) -> None:
+    """The fleet the watch agents (lockd watch) report to a service: one line per running
+    container; exit 0 when every container passes and no host is stale, 1 otherwise."""
+    import re
+
+    from lockd.client import Client
+    from lockd.errors import InputError
+    from lockd.fleet import fleet_ok, render_fleet, summary
+
+    if server is None:
+        raise InputError("give --server URL (or set LOCKD_SERVER)")
+    if host is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,253}", host):
+        raise InputError(f"--host {host!r}: give a host name (1-253 of A-Z a-z 0-9 . _ -)")
+    client = Client.from_env(server)
+    view = client.fleet(host=host)
+    if json:
+        sys.stdout.write(view.model_dump_json(indent=2) + "\n")
+    elif host is not None and not view.hosts:
+        sys.stdout.write(f"host {host!r} has never reported to {client.base_url}\n")
+    elif not view.hosts:
+        sys.stdout.write(f"no host reports to {client.base_url} yet (run lockd watch on one)\n")
+    else:
+        sys.stdout.write(render_fleet(view) + "\n\n" + summary(view) + "\n")
+    raise typer.Exit(0 if fleet_ok(view) and (host is None or view.hosts) else 1)
+
+
+@app.command()
 def attach(
     image: Annotated[str, typer.Argument(help="REGISTRY/REPOSITORY@sha256:<hex>")],
     envelope: Annotated[Path, typer.Argument(help="a signed manifest (DSSE envelope)")],
@@ -707,6 +807,90 @@ def gate(
     raise typer.Exit(0 if result.allowed else 1)
 
 
+@app.command()
+def watch(
+    server: ServerOpt = None,
+    interval: Annotated[
+        str, typer.Option(help="how often every container is looked at again: 60s, 5m, 1h")
+    ] = "60s",
+    label_selector: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(help="only containers with this label: key=value or key (repeat: all)"),
+    ] = None,
+    policy: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="a policy file or the name of a shipped policy (default: strict)"),
+    ] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="one pass over every container, then exit")
+    ] = False,
+    host: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="this host's name in the fleet view (default: the hostname)"),
+    ] = None,
+    spool: Annotated[
+        Path, typer.Option(help="where batches wait for the service and manifests are cached")
+    ] = Path("/var/lib/lockd/watch"),
+    key: Annotated[
+        Optional[list[Path]],  # noqa: UP045
+        typer.Option(help="check manifests against this public key here (repeat for several)"),
+    ] = None,
+    metrics_addr: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="serve Prometheus metrics on HOST:PORT, e.g. 127.0.0.1:9464"),
+    ] = None,
+    probe_timeout: Annotated[
+        float, typer.Option(help="seconds one container's probe may take")
+    ] = 60.0,
+    concurrency: Annotated[int, typer.Option(help="containers probed at the same time")] = 4,
+    python: PythonOpt = None,
+) -> None:
+    """Keep every running container of this host verified against the manifest the service
+    (token: LOCKD_TOKEN) holds for its image, and report to it (docs/watch.md). With --once:
+    exit 0 when every container passes, 1 otherwise."""
+    import logging
+    import socket
+
+    from lockd.errors import InputError
+    from lockd.watch import options as watch_options
+    from lockd.watch.run import run_once
+    from lockd.watch.run import watch as run_watch
+
+    if server is None:
+        raise InputError("give --server URL (or set LOCKD_SERVER)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s lockd watch: %(message)s")
+    options = watch_options.WatchOptions(
+        server=server,
+        host=watch_options.check_host(host if host is not None else socket.gethostname()),
+        spool=spool,
+        interval_s=watch_options.parse_interval(interval),
+        selectors=watch_options.parse_selectors(label_selector or []),
+        policy=policy,
+        keys=tuple(key or ()),
+        metrics_addr=None if metrics_addr is None else watch_options.parse_address(metrics_addr),
+        probe_timeout_s=probe_timeout,
+        concurrency=concurrency,
+        python=python,
+    )
+    if not once:
+        run_watch(options)
+        return
+    summary, delivered, why = run_once(options)
+    for name, verdict in sorted(summary.containers.items()):
+        detail = summary.details.get(name, "")
+        sys.stdout.write(f"{name}\t{verdict}\t{detail}\n".replace("\t\n", "\n"))
+    if not summary.containers:
+        sys.stdout.write("no running container matches\n")
+    if not delivered:
+        from rich.markup import escape
+
+        _console(stderr=True).print(
+            f"[yellow]warning[/]: the report waits in {escape(str(spool))} (delivered by the "
+            f"next run): {escape(str(why))}"
+        )
+    raise typer.Exit(0 if all(v == "pass" for v in summary.containers.values()) else 1)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: LockdError becomes its message and exit code; anything else is a bug.
 
@@ -721,6 +905,8 @@ def main(argv: list[str] | None = None) -> None:
     verbose = "--verbose" in args or "-v" in args
     args = [a for a in args if a not in ("--verbose", "-v")]
     command = typer.main.get_command(app)
+    if isinstance(command, typer.core.TyperGroup):
+        _start_early(command, args)
     try:
         command.main(args=args, prog_name="lockd", standalone_mode=True)
     except LockdError as e:

@@ -11,16 +11,20 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lockd.errors import ServerError
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from lockd.fleet import FleetAck, FleetBatch, FleetView
     from lockd.keys import PublicKey
     from lockd.model import Observation, Report
     from lockd.policy import Policy
     from lockd.store.audit import ChainCheck
 
+M = TypeVar("M", bound="BaseModel")
 TIMEOUT_S = 30.0
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 AUDIT_PAGE = 1000
@@ -69,7 +73,8 @@ class Client:
                 status = answer.status
                 data = answer.read(MAX_ANSWER_BYTES + 1)
         except urllib.error.HTTPError as e:
-            raise ServerError(f"{where}: {e.code} {_detail(e.read(64 * 1024), e.reason)}") from e
+            detail = _detail(e.read(64 * 1024), e.reason)
+            raise ServerError(f"{where}: {e.code} {detail}", status=e.code) from e
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise ServerError(
@@ -120,6 +125,26 @@ class Client:
         body = b'{"report":' + report.model_dump_json(exclude_none=True).encode() + b"}"
         self._request("POST", "/v1/verifications", body=body)
 
+    # --- fleet ------------------------------------------------------------------------------
+
+    def push_fleet(self, batch: FleetBatch) -> FleetAck:
+        """Deliver one agent batch (``POST /v1/fleet/reports``); a redelivered one is
+        acknowledged with ``applied: false``."""
+        from lockd.fleet import FleetAck
+
+        body = batch.model_dump_json(exclude_none=True).encode("utf-8")
+        _, answer = self._request("POST", "/v1/fleet/reports", body=body)
+        return _parsed(FleetAck, answer, f"{self.base_url}/v1/fleet/reports")
+
+    def fleet(self, *, host: str | None = None, verdict: str | None = None) -> FleetView:
+        """The fleet view (``GET /v1/fleet``), optionally of one host or one verdict."""
+        from lockd.fleet import FleetView
+
+        query = [("host", host)] if host else []
+        query += [("verdict", verdict)] if verdict else []
+        _, answer = self._request("GET", "/v1/fleet", query=query)
+        return _parsed(FleetView, answer, f"{self.base_url}/v1/fleet")
+
     # --- audit ------------------------------------------------------------------------------
 
     def audit_entries(self, page: int = AUDIT_PAGE) -> Iterator[dict[str, Any]]:
@@ -139,6 +164,17 @@ class Client:
     def audit_verdict(self) -> dict[str, Any]:
         _, answer = self._request("GET", "/v1/audit/verify")
         return dict(answer)
+
+
+def _parsed(model: type[M], answer: Any, where: str) -> M:
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(answer)
+    except ValidationError as e:
+        raise ServerError(
+            f"{where}: the answer is not a {model.__name__} ({e.errors()[0]['msg']})"
+        ) from e
 
 
 def _detail(data: bytes, reason: str) -> str:

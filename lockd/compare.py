@@ -7,7 +7,8 @@ the container's filesystem, trustworthy even if the container is compromised) or
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from operator import attrgetter
 
 from lockd.model import (
     Check,
@@ -100,8 +101,12 @@ def check_image(expected: HostEvidence | None, observed: HostEvidence | None, p:
 
 
 def _dist_findings(
-    expected: Iterable[Distribution], observed: Iterable[Distribution], ignore: set[str]
+    expected: Sequence[Distribution], observed: Sequence[Distribution], ignore: set[str]
 ) -> list[Finding]:
+    if list(map(vars, expected)) == list(map(vars, observed)):
+        # The common case, a target as recorded: every field equal, in order (compared in C;
+        # the models' own == is far slower), so there is nothing to find.
+        return []
     want = {d.name: d for d in expected if d.name not in ignore}
     have = {d.name: d for d in observed if d.name not in ignore}
     findings = []
@@ -704,7 +709,7 @@ def check_coherence(observation: Observation, p: Policy) -> Check:
     probe = observation.probe
     if probe is None:
         return _skip("coherence", "inside", "no probe report: nothing to judge")
-    if all(d.name != "torch" for d in probe.distributions):
+    if "torch" not in map(attrgetter("name"), probe.distributions):  # a C loop: the hot path
         return _skip("coherence", "inside", "torch is not installed: no PyTorch family to judge")
     from lockd.coherence import family  # only here: `verify` start-up time matters
 

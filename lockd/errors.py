@@ -39,7 +39,15 @@ class OutputExistsError(InputError):
 
 
 class ServerError(InputError):
-    """A lockd service could not be reached, or refused or failed a request (exit 2)."""
+    """A lockd service could not be reached, or refused or failed a request (exit 2).
+
+    ``status``: the HTTP status the service answered with; None when it did not answer (or
+    answered something unusable).
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class TargetError(LockdError):

@@ -241,112 +241,24 @@ def run_suite(
         ProbeError: the suite failed (no torch, --device cuda without a GPU), hung, flooded
             its output or printed something that is not a valid result.
     """
+    from lockd.targets.scripts import run_script
+
     argv = suite_argv(python, device=device, overrides=overrides)
     kind = target.info.kind
-    if kind == "local":
-        from lockd.targets.base import run_probe_subprocess
-
-        source = f"local Python {python} (GPU suite)"
-        stdout = run_probe_subprocess(argv, source, timeout=timeout, max_output=MAX_SUITE_OUTPUT)
-    elif kind == "container":
-        source = f"container {target.info.ref} (GPU suite)"
-        stdout = _run_in_container(target, argv, source, timeout)
-    else:
-        source = f"image {target.info.ref} (GPU suite)"
-        stdout = _run_in_image(target, argv, source, timeout, device=device)
+    where = f"local Python {python}" if kind == "local" else f"{kind} {target.info.ref}"
+    source = f"{where} (GPU suite)"
+    stdout = run_script(
+        target,
+        argv,
+        what="the GPU suite",
+        source=source,
+        timeout=timeout,
+        max_output=MAX_SUITE_OUTPUT,
+        gpus="auto" if device == "auto" else "all" if device == "cuda" else "none",
+    )
     result = parse_suite_output(stdout, source)
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     return result.model_copy(update={"recorded_at": now})
-
-
-def _run_in_container(target: Target, argv: list[str], source: str, timeout: float) -> bytes:
-    """``docker exec`` the suite in a running container: bounded like the probe."""
-    import time
-
-    from lockd.targets import docker as d
-    from lockd.targets.base import _stderr_tail
-
-    assert isinstance(target, d.ContainerTarget)
-    api = target.client.api
-    deadline = time.monotonic() + timeout
-    with d._docker_errors(f"{source}: cannot run the GPU suite"):
-        target.container.reload()
-        state = target.container.attrs.get("State") or {}
-        exec_id = api.exec_create(target.container.id, argv, stdin=False, tty=False)["Id"]
-        sock = api.exec_start(exec_id, socket=True)
-    try:
-        with d._docker_errors(f"{source}: lost the GPU suite's output"):
-            stdout, stderr, end = d._read_frames(sock, deadline, MAX_SUITE_OUTPUT)
-    finally:
-        d._close_socket(sock)
-    if end != "eof":
-        target._kill(exec_id, state)
-        raise d._stopped(source, end, timeout, MAX_SUITE_OUTPUT)
-    code = target._exit_code(exec_id)
-    if code != 0:
-        if code is None:
-            target._kill(exec_id, state)
-        raise ProbeError(
-            f"{source}: the GPU suite exited with status {code}: {_stderr_tail(stderr)}"
-        )
-    return stdout
-
-
-def _wants_gpus(target: Target, device: str, source: str) -> bool:
-    """Whether to give the throw-away container every GPU: always for --device cuda, for auto
-    when the daemon has the NVIDIA runtime (else Docker refuses the device request)."""
-    from lockd.targets import docker as d
-
-    assert isinstance(target, d.ImageTarget)
-    if device != "auto":
-        return device == "cuda"
-    with d._docker_errors(f"{source}: cannot ask the daemon for its runtimes"):
-        runtimes = target.client.api.info().get("Runtimes") or {}
-    return "nvidia" in runtimes
-
-
-def _run_in_image(
-    target: Target, argv: list[str], source: str, timeout: float, *, device: str
-) -> bytes:
-    """The suite as the only process of a throw-away container of the image, with every GPU
-    when there are any (Docker's device request: the NVIDIA container runtime)."""
-    import time
-
-    from docker.types import DeviceRequest
-
-    from lockd.targets import docker as d
-
-    assert isinstance(target, d.ImageTarget)
-    api = target.client.api
-    python, arguments = argv[0], argv[1:]
-    extra: dict[str, Any] = {}
-    if _wants_gpus(target, device, source):
-        extra = {
-            "device_requests": [DeviceRequest(count=-1, capabilities=[["gpu"]])],
-            "shm_size": "1g",  # NCCL needs more shared memory than Docker's 64 MiB
-        }
-    with d._docker_errors(f"{source}: cannot create a container to run the GPU suite"):
-        created = api.create_container(
-            str(target.image.id),
-            command=arguments,
-            entrypoint=[python],
-            network_disabled=True,
-            labels={d.THROWAWAY_LABEL: "1"},
-            host_config=api.create_host_config(
-                network_mode="none", log_config={"Type": "none", "Config": {}}, **extra
-            ),
-        )
-    container_id = str(created["Id"])
-    deadline = time.monotonic() + timeout
-    try:
-        stdout = target._run_in(container_id, python, deadline)
-    except BaseException:
-        target._remove(container_id, quiet=True)
-        raise
-    target._remove(container_id, quiet=False)
-    if stdout is None:
-        raise ProbeError(f"{source}: there is no interpreter {python} in the image")
-    return stdout
 
 
 # --- tolerances ---------------------------------------------------------------------------------

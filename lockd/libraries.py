@@ -25,15 +25,15 @@ judged by the ``driver`` check, not here.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lockd.errors import InputError, ProbeError
+from lockd.errors import InputError
 from lockd.model import CudaBinary, Finding, LoadedLibraries, MappedLibrary
+from lockd.probe import embed_reader, reader_source  # re-exported: they live there
 
 if TYPE_CHECKING:
     from lockd.model import GpuSuiteResult, LockInfo, Manifest, Observation, ProbeReport
@@ -54,7 +54,6 @@ __all__ = [
     "records",
 ]
 
-_PLACEHOLDER = re.compile(r"^FATBIN_SOURCE = None\b.*$", re.MULTILINE)
 
 ENV_LIBRARIES = {
     "CUDNN_VERSION": "libcudnn",
@@ -75,23 +74,6 @@ _DISTRIBUTIONS = {
 
 
 # --- the reader inside targets ----------------------------------------------------------------
-
-
-@functools.cache
-def reader_source() -> str:
-    """lockd/fatbin.py's source text."""
-    return (Path(__file__).parent / "fatbin.py").read_text(encoding="utf-8")
-
-
-def embed_reader(source: str, what: str) -> str:
-    """``source`` (the probe's or the GPU suite's) with lockd/fatbin.py's source in place of its
-    ``FATBIN_SOURCE = None`` line, so that it runs self-contained inside a target."""
-    embedded, count = _PLACEHOLDER.subn(
-        lambda _: "FATBIN_SOURCE = " + repr(reader_source()), source, count=1
-    )
-    if count != 1:
-        raise ProbeError(f"{what}: no 'FATBIN_SOURCE = None' line to embed lockd/fatbin.py into")
-    return embedded
 
 
 def read_binary(path: Path) -> CudaBinary | None:
@@ -258,10 +240,10 @@ def _duplicates(libraries: Sequence[MappedLibrary]) -> list[Finding]:
         if os.path.basename(library.path).startswith("lib"):
             copies.setdefault(identity(library), []).append(library)
     findings = []
-    for name, files in sorted(copies.items()):
-        if len(files) < 2:
+    for name, mapped in sorted(copies.items()):
+        if len(mapped) < 2:
             continue
-        files = sorted(files, key=lambda f: f.path)  # map order varies with addresses
+        files = sorted(mapped, key=lambda f: f.path)  # map order varies with load addresses
         described = "; ".join(
             f"{f.path} ({f.version or 'version unknown'}, {_label(f)})" for f in files
         )

@@ -1,4 +1,8 @@
-"""verify: trust the envelope, observe the target again, compare under a policy."""
+"""verify: trust the envelope, observe the target again, compare under a policy.
+
+lockd's models are imported where used: ``reach_and_observe`` starts a container's probe
+before they have loaded (``lockd verify`` runs it in a thread while the CLI imports them).
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lockd.compare import compare, verified
 from lockd.errors import LockdError, SignatureError
 from lockd.fileio import read_capped
-from lockd.model import Check, Manifest, Observation, Report, ReportManifest, TargetInfo
-from lockd.statement import Subject, parse_statement
 
 if TYPE_CHECKING:
     from lockd.dsse import Envelope
     from lockd.keys import PublicKey
+    from lockd.model import Check, Manifest, Observation, Report, TargetInfo
     from lockd.policy import Policy
+    from lockd.statement import Subject
     from lockd.targets.base import Target
 
 MAX_ENVELOPE_BYTES = 64 * 1024 * 1024
@@ -46,19 +49,67 @@ def load_envelope(path: Path) -> Envelope:
 
 def check_signature(envelope: Envelope, trusted: Sequence[PublicKey]) -> tuple[Check, list[str]]:
     from lockd import dsse
+    from lockd.model import Check
 
     try:
         keyids = dsse.verify(envelope, trusted)
     except SignatureError as e:
         return Check(id="signature", status="fail", evidence="signature", message=str(e)), []
-    return (
-        Check(
-            id="signature",
-            status="pass",
-            evidence="signature",
-            message=f"signed by keyid {', '.join(k[:16] for k in keyids)}",
+    return check_signature_for(keyids), keyids
+
+
+def check_signature_for(keyids: Sequence[str], note: str = "") -> Check:
+    """The passing ``signature`` check of an envelope these trusted keys signed."""
+    from lockd.model import Check
+
+    message = f"signed by keyid {', '.join(k[:16] for k in keyids)}"
+    return Check(
+        id="signature",
+        status="pass",
+        evidence="signature",
+        message=f"{message}; {note}" if note else message,
+    )
+
+
+def skipped_checks(why: str) -> list[Check]:
+    """Every check after ``signature``, skipped: there is no trusted manifest to compare with."""
+    from lockd.model import Check
+
+    return [Check(id=c, status="skip", evidence="signature", message=why) for c in LATER_CHECKS]
+
+
+def report_for(
+    observation: Observation,
+    where: str,
+    signature: Check,
+    keyids: Sequence[str],
+    statement: tuple[list[Subject], Manifest] | None,
+    policy: Policy,
+) -> Report:
+    """``observation`` against the manifest from ``where``: with its trusted Statement, every
+    check; without one (``signature`` says why), the others skipped."""
+    from lockd.compare import compare, verified
+    from lockd.model import Report, ReportManifest
+
+    summary = _target_summary(observation.target, observation)
+    if statement is None:
+        return Report(
+            verified=False,
+            target=summary,
+            manifest=ReportManifest(path=where),
+            checks=[signature, *skipped_checks("not compared: no trusted manifest")],
+        )
+    subjects, manifest = statement
+    checks = [signature, *compare(manifest, observation, policy)]
+    return Report(
+        verified=verified(checks),
+        target=summary,
+        manifest=ReportManifest(
+            path=where,
+            subject=[s.model_dump() for s in subjects],
+            keyid=keyids[0] if keyids else None,
         ),
-        keyids,
+        checks=checks,
     )
 
 
@@ -66,6 +117,8 @@ def open_manifest(
     path: Path, trusted: Sequence[PublicKey]
 ) -> tuple[Check, list[str], tuple[list[Subject], Manifest] | None]:
     """The signature check, the keyids that verified and, when trusted, the parsed Statement."""
+    from lockd.statement import parse_statement
+
     envelope = load_envelope(path)
     signature, keyids = check_signature(envelope, trusted)
     if signature.status == "fail":
@@ -134,16 +187,17 @@ def verify_target(
     An untrusted envelope fails `signature` and nothing else is compared: whatever the target
     says cannot be held against an untrusted record (a target error then does not matter).
     """
+    from lockd.model import Report, ReportManifest
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockd-probe") as pool:
         ignore = policy.filesystem.ignore if deep else None
         if observing is None:  # else the caller started reach_and_observe(reach, gpu) itself
             observing = pool.submit(reach_and_observe, reach, gpu, ignore)
         signature, keyids, statement = open_manifest(manifest_path, trusted)
         if statement is None:
-            untrusted = "not compared: the manifest's signature is not trusted"
-            checks = [signature] + [
-                Check(id=c, status="skip", evidence="signature", message=untrusted)
-                for c in LATER_CHECKS
+            checks = [
+                signature,
+                *skipped_checks("not compared: the manifest's signature is not trusted"),
             ]
             try:
                 target_summary = _target_summary(observing.result()[0].info, None)
@@ -155,16 +209,5 @@ def verify_target(
                 manifest=ReportManifest(path=str(manifest_path)),
                 checks=checks,
             )
-        target, observation = observing.result()
-    subjects, manifest = statement
-    checks = [signature, *compare(manifest, observation, policy)]
-    return Report(
-        verified=verified(checks),
-        target=_target_summary(target.info, observation),
-        manifest=ReportManifest(
-            path=str(manifest_path),
-            subject=[s.model_dump() for s in subjects],
-            keyid=keyids[0] if keyids else None,
-        ),
-        checks=checks,
-    )
+        _, observation = observing.result()
+    return report_for(observation, str(manifest_path), signature, keyids, statement, policy)

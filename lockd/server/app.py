@@ -3,9 +3,10 @@ time); ``app_from_env()`` is the factory uvicorn's workers call."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,10 +15,14 @@ from fastapi.responses import JSONResponse
 from lockd import __version__
 from lockd.errors import InputError, LockdError, SignatureError
 from lockd.server.middleware import BodyLimit, RequestMetrics
-from lockd.server.routes import admission, audit, health, manifests, tokens, verifications
+from lockd.server.routes import admission, audit, fleet, health, manifests, tokens, verifications
 from lockd.server.service import NotFoundError, Service
 from lockd.server.settings import Settings
 from lockd.store.repository import Store
+
+if TYPE_CHECKING:
+    from lockd.server.metrics import FleetCounts
+    from lockd.server.webhook import WebhookWorker
 
 DESCRIPTION = """Signed environments (DSSE envelopes of lockd manifests), the verification
 reports made against them, and a hash-chained audit log of every write and decision."""
@@ -104,10 +109,14 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
     owned = store is None
     the_store = store if store is not None else Store.open(settings.database_url)
     service = Service(settings, the_store, trusted)
+    service.metrics.watch_fleet(_fleet_counts(service))
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        worker = _start_webhook(app, service)
         yield
+        if worker is not None:
+            await worker.stop()
         if owned:
             the_store.close()
 
@@ -120,18 +129,48 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
     app.state.service = service
     app.state.admission = admission.Gatekeeper.from_service(service)
     _document_raw_bodies(app)
-    for module in (health, manifests, verifications, audit, tokens, admission):
+    for module in (health, manifests, verifications, audit, tokens, admission, fleet):
         app.include_router(module.router)
     from lockd.server import pages
 
     app.include_router(pages.router)
     app.add_exception_handler(LockdError, _lockd_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    verifications.install_fast_path(app, service)  # innermost: inside the two below
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=service.metrics)
     return app
 
 
+def _fleet_counts(service: Service) -> FleetCounts:
+    def counts() -> tuple[dict[str, int], dict[str, int]]:
+        from lockd.store.fleet import fleet_counts
+
+        return fleet_counts(
+            service.store,
+            now=dt.datetime.now(dt.timezone.utc),
+            stale_after_s=service.settings.stale_after_s,
+        )
+
+    return counts
+
+
+def _start_webhook(app: FastAPI, service: Service) -> WebhookWorker | None:
+    """The transition webhook's delivery worker, when LOCKD_WEBHOOK_URL is set."""
+    if service.settings.webhook_url is None:
+        return None
+    from lockd.server.webhook import WebhookWorker
+
+    worker = WebhookWorker(service)
+    worker.start()
+    app.state.webhook = worker
+    return worker
+
+
 def app_from_env() -> FastAPI:
     """For ``uvicorn --factory lockd.server.app:app_from_env`` (several workers)."""
-    return create_app(Settings.from_env())
+    from lockd.server.run import tune_gc
+
+    app = create_app(Settings.from_env())
+    tune_gc()
+    return app

@@ -5,6 +5,8 @@ into HTTP answers.
 The hot path (``POST /v1/verifications`` with an observation) parses and checks a stored
 envelope once per process: trusted manifests are cached by payload digest (content-addressed,
 so an entry never goes stale), policies by file modification time, tokens' principals briefly.
+Its reports are stored by group commit (lockd.server.groupcommit): the requests that arrive
+together share one transaction, and each is answered after that transaction commits.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
@@ -26,15 +29,17 @@ from lockd.compare import compare, verified
 from lockd.errors import InputError, LockdError, PolicyError, SignatureError
 from lockd.model import Check, Manifest, Observation, Report, ReportManifest
 from lockd.policy import Policy, default_policy, parse_policy
+from lockd.server.groupcommit import GroupCommit
 from lockd.server.metrics import Metrics
 from lockd.statement import Subject, parse_statement, subjects_for
 from lockd.store.engine import is_sqlite
+from lockd.store.repository import NewVerification, VerificationRecord
 from lockd.verify import LATER_CHECKS
 
 if TYPE_CHECKING:
     from lockd.keys import PublicKey
     from lockd.server.settings import Settings
-    from lockd.store.repository import ManifestRecord, Principal, Store, VerificationRecord
+    from lockd.store.repository import ManifestRecord, Principal, Store
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -43,6 +48,7 @@ _LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MANIFEST_CACHE = 1024
 TOKEN_TTL_S = 30.0
+POLICY_RECHECK_S = 1.0
 
 
 class NotFoundError(LockdError):
@@ -57,6 +63,23 @@ class TrustedManifest:
     subjects: list[Subject]
     manifest: Manifest
     keyids: list[str]
+
+    @cached_property
+    def signature(self) -> Check:
+        """The signature check of every report on this manifest."""
+        keyids = ", ".join(self.keyids)
+        return Check(
+            id="signature", status="pass", evidence="signature", message=f"signed by keyid {keyids}"
+        )
+
+    @cached_property
+    def reference(self) -> ReportManifest:
+        """How every report on this manifest names it."""
+        return ReportManifest(
+            path=f"/v1/manifests/{self.digest}",
+            subject=[s.model_dump() for s in self.subjects],
+            keyid=self.keyids[0],
+        )
 
 
 def payload_digest(envelope: dsse.Envelope) -> str:
@@ -126,8 +149,14 @@ class Service:
         self._inline = is_sqlite(store.engine)
         self._manifests: OrderedDict[str, TrustedManifest] = OrderedDict()
         self._manifests_lock = threading.Lock()
-        self._policies: dict[str, tuple[int, Policy]] = {}
+        # name: (look at the file again after, its mtime (None: no file), the policy)
+        self._policies: dict[str, tuple[float, int | None, Policy]] = {}
         self._tokens: dict[str, tuple[float, Principal]] = {}
+        # Reports are stored by group commit: one transaction for the requests that arrive
+        # together, each answered after its commit (lockd.server.groupcommit).
+        self.commits: GroupCommit[NewVerification, VerificationRecord] = GroupCommit(
+            store.add_verifications, self.run
+        )
 
     async def run(self, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run blocking database work from an async route. On SQLite it runs right here on the
@@ -189,6 +218,10 @@ class Service:
             while len(self._manifests) > MANIFEST_CACHE:
                 self._manifests.popitem(last=False)
 
+    def _cached_manifest(self, digest: str) -> TrustedManifest | None:
+        with self._manifests_lock:
+            return self._manifests.get(digest)
+
     def trusted_manifest(self, digest: str) -> TrustedManifest:
         """The stored envelope with this payload digest, checked against today's trusted keys
         (once per process).
@@ -197,8 +230,7 @@ class Service:
             NotFoundError: nothing stored under the digest.
             SignatureError: it no longer verifies (its key is no longer trusted).
         """
-        with self._manifests_lock:
-            cached = self._manifests.get(digest)
+        cached = self._cached_manifest(digest)
         if cached is not None:
             return cached
         text = self.store.envelope_of(digest)
@@ -216,40 +248,48 @@ class Service:
 
     def policy(self, name: str) -> Policy:
         """A policy by name from the policies folder (``default`` falls back to the strict
-        built-in one). Reread when its file changes.
+        built-in one). Reread when its file changes (looked at once a second at most).
 
         Raises:
             PolicyError: a bad name, no such policy, or a malformed policy file.
         """
+        now = time.monotonic()
+        cached = self._policies.get(name)
+        if cached is not None and now < cached[0]:
+            return cached[2]
         if not _POLICY_NAME.match(name):
             raise PolicyError(f"policy {name!r}: a policy name is 1-64 of A-Z a-z 0-9 _ -")
         path = Path(self.settings.policies) / f"{name}.yaml"
         try:
-            mtime = path.stat().st_mtime_ns
+            mtime: int | None = path.stat().st_mtime_ns
         except FileNotFoundError:
-            if name == "default":
-                return default_policy()
-            raise PolicyError(
-                f"no policy named {name!r} in the service's policies ({self.settings.policies})"
-            ) from None
-        cached = self._policies.get(name)
-        if cached is not None and cached[0] == mtime:
-            return cached[1]
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise PolicyError(f"policy {name!r}: cannot read {path}: {e}") from e
-        policy = parse_policy(text, f"policy {name!r}")
-        self._policies[name] = (mtime, policy)
+            if name != "default":
+                raise PolicyError(
+                    f"no policy named {name!r} in the service's policies ({self.settings.policies})"
+                ) from None
+            mtime = None
+        if cached is not None and cached[1] == mtime:
+            policy = cached[2]
+        elif mtime is None:
+            policy = default_policy()
+        else:
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise PolicyError(f"policy {name!r}: cannot read {path}: {e}") from e
+            policy = parse_policy(text, f"policy {name!r}")
+        self._policies[name] = (now + POLICY_RECHECK_S, mtime, policy)
         return policy
 
     # --- verifications ----------------------------------------------------------------------
 
-    def verify_observation(
+    async def judge_observation(
         self, observation: Observation, policy_name: str | None, *, actor: str
-    ) -> tuple[VerificationRecord, Report]:
-        """Compare an observation with the newest trusted manifest for its image, store the
-        report and return it.
+    ) -> NewVerification:
+        """Compare an observation with the newest trusted manifest for its image: the report,
+        as the row to store (nothing is stored here; the caller hands it to :attr:`commits`).
+        The database is read on a worker thread on PostgreSQL (see :meth:`run`); the
+        comparison runs on the event loop.
 
         Raises:
             NotFoundError: no manifest is stored for the observation's subjects.
@@ -258,15 +298,21 @@ class Service:
         chosen = policy_name or "default"
         policy = self.policy(chosen)
         subjects = ["sha256:" + s.digest["sha256"] for s in subjects_for(observation)]
-        digest = self.store.latest_manifest_digest(subjects)
+        digest = await self.run(self.store.latest_manifest_digest, subjects)
         if digest is None:
             raise NotFoundError(
                 f"no manifest is stored for {subjects[0]} (the observation's "
                 f"{'image' if observation.host else 'environment'}); record one and push it "
                 "first (lockd push)"
             )
-        report = self._judge(digest, observation, policy)
-        record = self.store.add_verification(
+        trusted: TrustedManifest | SignatureError | None = self._cached_manifest(digest)
+        if trusted is None:
+            try:
+                trusted = await self.run(self.trusted_manifest, digest)
+            except SignatureError as e:
+                trusted = e
+        report = self._judge(digest, trusted, observation, policy)
+        return NewVerification(
             actor=actor,
             source="server",
             subject=subjects[0],
@@ -275,47 +321,40 @@ class Service:
             verified=report.verified,
             report=report.model_dump_json(exclude_none=True),
         )
-        return record, report
 
-    def _judge(self, digest: str, observation: Observation, policy: Policy) -> Report:
+    def _judge(
+        self,
+        digest: str,
+        trusted: TrustedManifest | SignatureError,
+        observation: Observation,
+        policy: Policy,
+    ) -> Report:
         target = _target_summary(observation)
         path = f"/v1/manifests/{digest}"
-        try:
-            trusted = self.trusted_manifest(digest)
-        except SignatureError as e:
+        if isinstance(trusted, SignatureError):
             untrusted = "not compared: the manifest's signature is not trusted"
             return Report(
                 verified=False,
                 target=target,
                 manifest=ReportManifest(path=path),
                 checks=[
-                    Check(id="signature", status="fail", evidence="signature", message=str(e)),
+                    Check(
+                        id="signature", status="fail", evidence="signature", message=str(trusted)
+                    ),
                     *(
                         Check(id=c, status="skip", evidence="signature", message=untrusted)
                         for c in LATER_CHECKS
                     ),
                 ],
             )
-        signature = Check(
-            id="signature",
-            status="pass",
-            evidence="signature",
-            message=f"signed by keyid {', '.join(trusted.keyids)}",
-        )
-        checks = [signature, *compare(trusted.manifest, observation, policy)]
+        checks = [trusted.signature, *compare(trusted.manifest, observation, policy)]
         return Report(
-            verified=verified(checks),
-            target=target,
-            manifest=ReportManifest(
-                path=path,
-                subject=[s.model_dump() for s in trusted.subjects],
-                keyid=trusted.keyids[0],
-            ),
-            checks=checks,
+            verified=verified(checks), target=target, manifest=trusted.reference, checks=checks
         )
 
-    def record_report(self, report: Report, *, actor: str) -> VerificationRecord:
-        """Store a report a client made (``lockd verify --server``) as that client's claim."""
+    def client_report(self, report: Report, *, actor: str) -> NewVerification:
+        """The row to store a report a client made (``lockd verify --server``) as, that
+        client's claim."""
         image = report.target.get("image_id")
         subject: str | None = image if isinstance(image, str) else None
         if subject is None and report.manifest.subject:
@@ -324,7 +363,7 @@ class Service:
                 subject = "sha256:" + digest["sha256"]
         if subject is not None and len(subject) > 71:
             subject = None
-        return self.store.add_verification(
+        return NewVerification(
             actor=actor,
             source="client",
             subject=subject,

@@ -4,14 +4,17 @@ import time: the app factory takes a Settings, so tests build their own)."""
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lockd.errors import InputError
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
+STALE_AFTER_S = 180
+WEBHOOK_MAX_ATTEMPTS = 20
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 
@@ -26,6 +29,16 @@ def default_database_url(environ: Mapping[str, str] | None = None) -> str:
 def default_policies() -> Path:
     """The policies shipped beside lockd (the repository's policies/)."""
     return Path(__file__).resolve().parents[2] / "policies"
+
+
+def _number(env: Mapping[str, str], name: str) -> float | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise InputError(f"{name}={raw!r}: give a number") from None
 
 
 def _flag(name: str, raw: str) -> bool:
@@ -48,27 +61,77 @@ class Settings(BaseModel):
     allow_anonymous_read: bool = False
     max_body_bytes: int = Field(default=MAX_BODY_BYTES, gt=0)
     admission_config: Path | None = None  # YAML: namespaces -> policy + mode (lockd.admission)
+    # The fleet (lockd.fleet): a host is stale when it has not reported for this long.
+    stale_after_s: int = Field(default=STALE_AFTER_S, gt=0)
+    # The transition webhook: POSTed on every transition to fail or unrecorded (lockd.webhook).
+    webhook_url: str | None = None
+    webhook_secret: str | None = Field(default=None, repr=False)  # HMAC-SHA256 of the body
+    webhook_max_attempts: int = Field(default=WEBHOOK_MAX_ATTEMPTS, ge=1, le=1000)
+    webhook_backoff_s: float = Field(default=1.0, gt=0, le=3600)  # first retry; doubles
+    webhook_backoff_max_s: float = Field(default=300.0, gt=0, le=86_400)
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(
+                f"LOCKD_WEBHOOK_URL {url!r}: give an http:// or https:// URL with a host"
+            )
+        return url
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """``LOCKD_DATABASE_URL``, ``LOCKD_TRUSTED_KEYS`` (files separated by the OS path
         separator), ``LOCKD_POLICIES`` (a folder), ``LOCKD_ALLOW_ANONYMOUS_READ`` (a flag),
-        ``LOCKD_ADMISSION_CONFIG`` (the admission webhook's YAML, see lockd.admission).
+        ``LOCKD_ADMISSION_CONFIG`` (the admission webhook's YAML, see lockd.admission);
+        the fleet's ``LOCKD_STALE_AFTER_S`` (seconds), ``LOCKD_WEBHOOK_URL``,
+        ``LOCKD_WEBHOOK_SECRET``, ``LOCKD_WEBHOOK_MAX_ATTEMPTS``, ``LOCKD_WEBHOOK_BACKOFF_S``,
+        ``LOCKD_WEBHOOK_BACKOFF_MAX_S``, ``LOCKD_WEBHOOK_TIMEOUT_S``.
 
         Raises:
-            InputError: a flag that is not a boolean.
+            InputError: a flag that is not a boolean, a number that is not one or out of
+                range, a webhook URL that is not http(s).
         """
         env = os.environ if environ is None else environ
         keys = tuple(Path(p) for p in env.get("LOCKD_TRUSTED_KEYS", "").split(os.pathsep) if p)
         policies = env.get("LOCKD_POLICIES")
-        return cls(
-            database_url=env.get("LOCKD_DATABASE_URL") or default_database_url(env),
-            trusted_keys=keys,
-            policies=Path(policies) if policies else default_policies(),
-            allow_anonymous_read=_flag(
-                "LOCKD_ALLOW_ANONYMOUS_READ", env.get("LOCKD_ALLOW_ANONYMOUS_READ", "")
-            ),
-            admission_config=Path(admission)
-            if (admission := env.get("LOCKD_ADMISSION_CONFIG"))
-            else None,
-        )
+        fleet: dict[str, object] = {}
+        for field, name in _FLEET_ENV.items():
+            value = _number(env, name)
+            if value is not None:
+                fleet[field] = value
+        if url := env.get("LOCKD_WEBHOOK_URL", "").strip():
+            fleet["webhook_url"] = url
+        if secret := env.get("LOCKD_WEBHOOK_SECRET", ""):
+            fleet["webhook_secret"] = secret
+        anonymous = _flag("LOCKD_ALLOW_ANONYMOUS_READ", env.get("LOCKD_ALLOW_ANONYMOUS_READ", ""))
+        admission = env.get("LOCKD_ADMISSION_CONFIG")
+        try:
+            return cls(
+                **fleet,
+                database_url=env.get("LOCKD_DATABASE_URL") or default_database_url(env),
+                trusted_keys=keys,
+                policies=Path(policies) if policies else default_policies(),
+                allow_anonymous_read=anonymous,
+                admission_config=Path(admission) if admission else None,
+            )
+        except ValidationError as e:
+            error = e.errors()[0]
+            field = str(error["loc"][0]) if error["loc"] else ""
+            message = str(error["msg"]).removeprefix("Value error, ")
+            if field == "webhook_url":
+                raise InputError(message) from None
+            raise InputError(f"{_FLEET_ENV.get(field, field)}: {message}") from None
+
+
+_FLEET_ENV = {
+    "stale_after_s": "LOCKD_STALE_AFTER_S",
+    "webhook_max_attempts": "LOCKD_WEBHOOK_MAX_ATTEMPTS",
+    "webhook_backoff_s": "LOCKD_WEBHOOK_BACKOFF_S",
+    "webhook_backoff_max_s": "LOCKD_WEBHOOK_BACKOFF_MAX_S",
+    "webhook_timeout_s": "LOCKD_WEBHOOK_TIMEOUT_S",
+}

@@ -20,6 +20,7 @@ from lockd.errors import InputError
 from lockd.store import tables as t
 from lockd.store.audit import ChainCheck, ChainChecker, entry_hash
 from lockd.store.engine import is_postgres, make_engine
+from lockd.store.writelock import WriteLock
 
 Role = Literal["reader", "recorder", "admin"]
 ROLES: tuple[Role, ...] = get_args(Role)
@@ -31,6 +32,7 @@ __all__ = [
     "ROLES",
     "AuditEntry",
     "ManifestRecord",
+    "NewVerification",
     "Principal",
     "Role",
     "Store",
@@ -86,6 +88,19 @@ class VerificationRecord:
 
 
 @dataclass(frozen=True)
+class NewVerification:
+    """A report to store (``Store.add_verifications``)."""
+
+    actor: str
+    source: Literal["server", "client"]
+    subject: str | None
+    manifest_digest: str | None
+    policy: str | None
+    verified: bool
+    report: str
+
+
+@dataclass(frozen=True)
 class AuditEntry:
     seq: int
     time: str
@@ -112,6 +127,9 @@ _AUDIT_COLUMNS = (
 )
 
 
+_ROWS_PER_INSERT = 500  # rows of one multi-row INSERT (SQLite allows 32766 parameters)
+
+
 class _Tx:
     """One write transaction: plain driver statements, and the audit append."""
 
@@ -120,6 +138,8 @@ class _Tx:
         self.cursor = cursor
         self.seq = seq
         self.last = last
+        self._start = seq
+        self._entries: list[tuple[Any, ...]] = []  # audit rows, written by finish()
 
     def execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
         self.cursor.execute(self._store._sql(statement), tuple(params))
@@ -142,14 +162,25 @@ class _Tx:
             "prev_hash": self.last,
         }
         digest = entry_hash(entry)
-        self.execute(
-            "INSERT INTO audit_log (seq, time, actor, action, subject, body_digest, prev_hash, "
-            "hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (*entry.values(), digest),
-        )
-        self.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (entry["seq"], digest))
+        self._entries.append((*entry.values(), digest))
         self.seq, self.last = entry["seq"], digest
         return AuditEntry(**entry, hash=digest)
+
+    def finish(self) -> None:
+        """Before the commit: the transaction's audit rows, a few statements for all of them
+        (each is a round trip on PostgreSQL), and the head moved once."""
+        for start in range(0, len(self._entries), _ROWS_PER_INSERT):
+            rows = self._entries[start : start + _ROWS_PER_INSERT]
+            self.execute(
+                "INSERT INTO audit_log (seq, time, actor, action, subject, body_digest, "  # noqa: S608 (placeholders only)
+                f"prev_hash, hash) VALUES {', '.join(['(?, ?, ?, ?, ?, ?, ?, ?)'] * len(rows))}",
+                [value for row in rows for value in row],
+            )
+        self._entries.clear()
+        if self.seq != self._start:
+            self.execute(
+                "UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (self.seq, self.last)
+            )
 
 
 class Store:
@@ -160,11 +191,13 @@ class Store:
         self._qmark = not is_postgres(engine)
         head = "SELECT seq, hash FROM audit_head WHERE id = 1"
         self._head_sql = head if self._qmark else head + " FOR UPDATE"
-        # SQLite has one writer at a time; threads of this process queue here rather than in
-        # SQLite's busy handler, which polls with sleeps (other processes still wait there).
-        self._writer: AbstractContextManager[Any] = (
-            threading.Lock() if self._qmark else nullcontext()
-        )
+        # SQLite has one writer at a time; lockd's writers (threads, and processes on one file)
+        # queue here rather than in SQLite's busy handler, which polls with sleeps.
+        self._lock = WriteLock(engine.url.database) if self._qmark else None
+        self._readers = threading.local()
+        self._kept: list[Any] = []  # the SQLite readers' connections, closed by close()
+        self._kept_lock = threading.Lock()
+        self._writer: AbstractContextManager[Any] = self._lock or nullcontext()
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -172,7 +205,24 @@ class Store:
         return cls(make_engine(url))
 
     def close(self) -> None:
+        with self._kept_lock:
+            kept, self._kept = self._kept, []
+            self._readers = threading.local()
+        for raw in kept:
+            raw.close()
         self.engine.dispose()
+        if self._lock is not None:
+            self._lock.close()
+
+    def _sqlite_reader(self) -> Any:
+        """This thread's own SQLite connection for the hot reads (taken from the pool once)."""
+        raw = getattr(self._readers, "raw", None)
+        if raw is None:
+            raw = self.engine.raw_connection()
+            with self._kept_lock:
+                self._kept.append(raw)
+            self._readers.raw = raw
+        return raw
 
     # --- transactions ----------------------------------------------------------------------
 
@@ -205,6 +255,7 @@ class Store:
             seq, last = head
             tx = _Tx(self, cursor, seq, last)
             yield tx
+            tx.finish()
             raw.commit()
         except BaseException:
             raw.rollback()
@@ -214,16 +265,29 @@ class Store:
             raw.close()
 
     def _read_one(self, statement: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
-        """One row of a read on a pooled driver connection (for the hot reads)."""
-        raw = self.engine.raw_connection()
-        try:
-            cursor = raw.cursor()
+        """One row of a read on a driver connection (for the hot reads): on SQLite each thread
+        keeps one (autocommit: the SELECT is its own read transaction, over once all its rows
+        are fetched), which spares the pool's checkout and reset; else a pooled one."""
+        if self._qmark:
+            cursor = self._sqlite_reader().cursor()
             try:
-                cursor.execute(self._sql(statement), tuple(params))
-                row = cursor.fetchone()
+                rows = cursor.execute(statement, tuple(params)).fetchall()
             finally:
                 cursor.close()
-            raw.rollback()  # end the read transaction (PostgreSQL opened one)
+            return tuple(rows[0]) if rows else None
+        raw = self.engine.raw_connection()
+        try:
+            driver: Any = raw.driver_connection  # psycopg's own connection
+            driver.autocommit = True  # no BEGIN and ROLLBACK round trips around one SELECT
+            try:
+                cursor = driver.cursor()
+                try:
+                    cursor.execute(self._sql(statement), tuple(params))
+                    row = cursor.fetchone()
+                finally:
+                    cursor.close()
+            finally:
+                driver.autocommit = False
         finally:
             raw.close()
         return None if row is None else tuple(row)
@@ -386,32 +450,40 @@ class Store:
         verified: bool,
         report: str,
     ) -> VerificationRecord:
+        new = NewVerification(actor, source, subject, manifest_digest, policy, verified, report)
+        return self.add_verifications([new])[0]
+
+    def add_verifications(self, batch: Sequence[NewVerification]) -> list[VerificationRecord]:
+        """Store reports in one transaction, each with its audit entry, in order (the service's
+        group commit: one commit for the requests that arrived together)."""
+        if not batch:
+            return []
         time = now()
-        body = "sha256:" + hashlib.sha256(report.encode("utf-8")).hexdigest()
-        values = {
-            "created_at": time,
-            "actor": actor,
-            "source": source,
-            "subject": subject,
-            "manifest_digest": manifest_digest,
-            "policy": policy,
-            "verified": verified,
-            "report": report,
-        }
+        rows = [
+            (time, n.actor, n.source, n.subject, n.manifest_digest, n.policy, n.verified, n.report)
+            for n in batch
+        ]
+        ids: list[int] = []
         with self._write() as tx:
-            new_id = tx.execute(
-                "INSERT INTO verifications (created_at, actor, source, subject, manifest_digest, "
-                "policy, verified, report) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                tuple(values.values()),
-            ).fetchone()[0]
-            tx.append(
-                time=time,
-                actor=actor,
-                action="verification.create",
-                subject=subject,
-                body_digest=body,
-            )
-        return VerificationRecord(id=new_id, **values)  # type: ignore[arg-type]
+            for start in range(0, len(rows), _ROWS_PER_INSERT):
+                chunk = rows[start : start + _ROWS_PER_INSERT]
+                marks = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+                returned = tx.execute(
+                    "INSERT INTO verifications (created_at, actor, source, subject, "  # noqa: S608 (placeholders only)
+                    f"manifest_digest, policy, verified, report) VALUES {marks} RETURNING id",
+                    [value for row in chunk for value in row],
+                ).fetchall()
+                # RETURNING's order is unspecified; ids are given in VALUES order, ascending.
+                ids += sorted(row[0] for row in returned)
+            for new in batch:
+                tx.append(
+                    time=time,
+                    actor=new.actor,
+                    action="verification.create",
+                    subject=new.subject,
+                    body_digest="sha256:" + hashlib.sha256(new.report.encode("utf-8")).hexdigest(),
+                )
+        return [VerificationRecord(i, *row) for i, row in zip(ids, rows, strict=True)]
 
     def get_verification(self, verification_id: int) -> VerificationRecord | None:
         with self.engine.connect() as conn:

@@ -7,6 +7,7 @@ on every database. Digests are ``sha256:<hex>``.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     ForeignKey,
@@ -112,4 +113,84 @@ audit_head = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("seq", Integer, nullable=False),
     Column("hash", String(64), nullable=False),
+)
+
+# --- the fleet (lockd.fleet): what the watch agents report --------------------------------
+
+HOST = 253
+
+# One row per host: the agent that reported last, and when the service received it.
+fleet_hosts = Table(
+    "fleet_hosts",
+    metadata,
+    Column("host", String(HOST), primary_key=True),
+    Column("agent", String(32), nullable=False),
+    Column("last_seen", String(TIME), nullable=False),  # receipt time of its latest batch
+    Column("interval_s", Integer, nullable=False),
+)
+
+# The last batch applied per (host, agent): a batch at or below it is a redelivery.
+fleet_agents = Table(
+    "fleet_agents",
+    metadata,
+    Column("host", String(HOST), primary_key=True),
+    Column("agent", String(32), primary_key=True),
+    Column("sequence", BigInteger, nullable=False),
+    Column("applied_at", String(TIME), nullable=False),
+)
+
+# One row per running container the agents watch, with its current verdict.
+fleet_containers = Table(
+    "fleet_containers",
+    metadata,
+    Column("host", String(HOST), primary_key=True),
+    Column("container_id", String(64), primary_key=True),
+    Column("name", String(256), nullable=False),
+    Column("image", Text, nullable=False),
+    Column("image_id", String(DIGEST), nullable=False),
+    Column("labels", Text, nullable=False),  # JSON object
+    Column("manifest_digest", String(DIGEST), nullable=True),
+    Column("policy", String(256), nullable=False),
+    Column("verdict", String(16), nullable=False),
+    Column("since", String(TIME), nullable=False),  # when the verdict last changed
+    Column("checked_at", String(TIME), nullable=False),
+    Column("findings", Text, nullable=False),  # JSON list of lines
+    Column("error", Text, nullable=True),
+    Column("verification_id", Integer, nullable=True),
+)
+Index("ix_fleet_containers_verdict", fleet_containers.c.verdict)
+
+# Every transition, and its webhook delivery when it fires one (``notify``): claimed by one
+# worker at a time (lease), marked delivered once the receiver answered 2xx, never sent again.
+fleet_events = Table(
+    "fleet_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("host", String(HOST), nullable=False),
+    Column("container_id", String(64), nullable=False),
+    Column("name", String(256), nullable=False),
+    Column("image", Text, nullable=False),
+    Column("image_id", String(DIGEST), nullable=False),
+    Column("from_verdict", String(16), nullable=False),  # "none" for a new container
+    Column("to_verdict", String(16), nullable=False),
+    Column("findings", Text, nullable=False),
+    Column("manifest_digest", String(DIGEST), nullable=True),
+    Column("verification_id", Integer, nullable=True),
+    Column("at", String(TIME), nullable=False),
+    Column("notify", Boolean, nullable=False),
+    Column("delivered", Boolean, nullable=False),
+    Column("gave_up", Boolean, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", String(TIME), nullable=True),
+    Column("lease_until", String(TIME), nullable=True),
+    Column("lease_owner", String(64), nullable=True),
+    Column("delivered_at", String(TIME), nullable=True),
+    Column("last_error", Text, nullable=True),
+)
+Index(
+    "ix_fleet_events_pending",
+    fleet_events.c.notify,
+    fleet_events.c.delivered,
+    fleet_events.c.gave_up,
+    fleet_events.c.next_attempt_at,
 )

@@ -15,12 +15,14 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from typing import IO, Any, Protocol
-
-from pydantic import ValidationError
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from lockd.errors import ProbeError
-from lockd.model import Observation, ProbeReport, TargetInfo
+
+if TYPE_CHECKING:  # imported where used: a container's probe starts before lockd's models load
+    from pydantic import ValidationError
+
+    from lockd.model import Observation, ProbeReport, TargetInfo
 
 __all__ = [
     "MAX_PROBE_OUTPUT",
@@ -49,7 +51,8 @@ _QUOTE_LIMIT = 120  # characters of untrusted text quoted in a message
 class Target(Protocol):
     """Something lockd can observe: a local Python, a container, an image."""
 
-    info: TargetInfo
+    @property
+    def info(self) -> TargetInfo: ...
 
     def observe(self) -> Observation:
         """Run the probe (and gather host evidence where there is a host) and return it all.
@@ -110,6 +113,10 @@ def parse_probe_output(stdout: bytes, source: str) -> ProbeReport:
         ProbeError: the output is too large, not UTF-8, not one JSON object, does not match
             ProbeReport, or lists a distribution twice.
     """
+    from pydantic import ValidationError
+
+    from lockd.model import ProbeReport
+
     if len(stdout) > MAX_PROBE_OUTPUT:
         raise ProbeError(
             f"{source}: probe output exceeds {MAX_PROBE_OUTPUT // (1024 * 1024)} MiB "

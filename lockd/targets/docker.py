@@ -9,8 +9,10 @@ Two kinds of evidence, as the architecture describes:
   container) or as the only process of a throw-away container (for an image). Its output
   is untrusted: read with a deadline and a size cap, then validated by ``parse_probe_output``.
 
-The docker SDK is imported lazily: ``lockd verify`` should not pay for it before it needs it.
-Everything the SDK raises becomes a ``TargetError`` (exit 3) that names the target.
+A container is inspected and probed through lockd's own stdlib client (``engine.Engine``):
+``lockd verify <container>`` never imports the docker SDK. Images (throw-away containers, the
+archive API) go through the SDK, imported when first needed, as does a DOCKER_HOST the Engine
+does not speak (ssh://, TLS). Every failure becomes a ``TargetError`` (exit 3) naming the target.
 """
 
 from __future__ import annotations
@@ -19,17 +21,15 @@ import hashlib
 import os
 import posixpath
 import re
-import select
 import signal
 import stat
-import struct
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from lockd.errors import InputError, ProbeError, TargetError
-from lockd.model import ChangeKind, FileChange, HostEvidence, Mount, Observation, TargetInfo
 from lockd.probe import probe_source
 from lockd.targets.base import (
     MAX_PROBE_OUTPUT,
@@ -37,13 +37,29 @@ from lockd.targets.base import (
     _stderr_tail,
     parse_probe_output,
 )
+from lockd.targets.engine import (
+    Engine,
+    EngineError,
+    NotFoundError,
+    UnreachableError,
+    read_frames,
+    unreachable_message,
+)
 
 if TYPE_CHECKING:
     from docker import DockerClient
     from docker.models.containers import Container
     from docker.models.images import Image
 
-    from lockd.model import ProbeReport
+    from lockd.model import (
+        ChangeKind,
+        FileChange,
+        HostEvidence,
+        Mount,
+        Observation,
+        ProbeReport,
+        TargetInfo,
+    )
     from lockd.targets.base import Target
 
 __all__ = [
@@ -54,6 +70,7 @@ __all__ = [
     "changes_from_overlay",
     "connect",
     "container_changes",
+    "open_docker_target",
     "overlay_dirs",
     "resolve",
 ]
@@ -67,9 +84,6 @@ PYTHONS = ("python3", "python")
 
 _NOT_FOUND_EXIT_CODES = (126, 127)  # the runtime could not find or run the interpreter
 _CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
-_FRAME_HEADER = struct.Struct(">BxxxL")  # stream (1 stdout, 2 stderr), 3 zero bytes, size
-_READ_CHUNK = 64 * 1024
-_STDERR_KEEP = 16 * 1024
 _EXIT_WAIT = 5.0  # seconds to wait for an exec's exit code once its output has closed
 _TEXT_LIMIT = 4096  # the model's longest string
 _OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
@@ -84,22 +98,33 @@ def _docker_host() -> str:
 
 
 def _cause(error: BaseException) -> str:
-    """One line that says why the SDK failed, without its URL noise."""
+    """One line that says why the daemon (or the SDK) failed, without the SDK's URL noise."""
     explanation = getattr(error, "explanation", None)
     text = str(explanation) if explanation else (str(error) or type(error).__name__)
     text = " ".join(text.split())
     return text if len(text) <= 300 else text[:300] + "..."
 
 
+def _is_sdk_error(error: BaseException) -> bool:
+    """Whether the docker SDK raised ``error`` (it can only have if it was imported)."""
+    errors = sys.modules.get("docker.errors")
+    return errors is not None and isinstance(error, errors.DockerException)
+
+
 @contextmanager
 def _docker_errors(what: str) -> Iterator[None]:
-    """Turn what the docker SDK and requests raise into a TargetError that starts with ``what``."""
-    from docker.errors import DockerException
-
+    """Turn what the Engine, the docker SDK and requests raise into a TargetError that starts
+    with ``what``; an unreachable daemon keeps its own message (it says how to start one)."""
     try:
         yield
-    except (DockerException, OSError) as e:  # requests' exceptions are OSErrors
+    except UnreachableError:
+        raise
+    except (EngineError, OSError) as e:  # requests' exceptions are OSErrors
         raise TargetError(f"{what}: {_cause(e)}") from e
+    except Exception as e:
+        if _is_sdk_error(e):
+            raise TargetError(f"{what}: {_cause(e)}") from e
+        raise
 
 
 def connect() -> DockerClient:
@@ -115,11 +140,40 @@ def connect() -> DockerClient:
         client = docker.from_env(timeout=30)
         client.ping()
     except (DockerException, OSError) as e:
-        raise TargetError(
-            f"cannot reach the Docker daemon ({_docker_host()}): {_cause(e)}. Start it "
-            "(e.g. `sudo systemctl start docker`, or `dockerd &` as root) or set DOCKER_HOST."
-        ) from e
+        raise TargetError(unreachable_message(_docker_host(), _cause(e))) from e
     return client
+
+
+def open_docker_target(
+    ref: str,
+    *,
+    python: str | None = None,
+    timeout: float = PROBE_TIMEOUT,
+    max_output: int = MAX_PROBE_OUTPUT,
+) -> Target:
+    """What ``ref`` names on the daemon at DOCKER_HOST, as ``resolve`` finds it; a container is
+    looked up and observed through the stdlib Engine, without the docker SDK (unless the
+    Engine does not speak DOCKER_HOST), an image through the SDK.
+
+    Raises:
+        InputError: the reference is empty after its prefix (exit 2).
+        TargetError: no daemon answers, nothing has that name, or the daemon failed (exit 3).
+    """
+    kind, name = _split_ref(ref)
+    options: dict[str, Any] = {"python": python, "timeout": timeout, "max_output": max_output}
+    if kind == "container" and not _CONTAINER_NAME.match(name.removeprefix("/")):
+        raise _no_container(name)  # no container can have that name (or ID)
+    engine = Engine.from_env(timeout=30)
+    if engine is None or not _may_be_container(kind, name):
+        return resolve(ref, connect(), **options)
+    with _docker_errors(f"cannot look up container {name}"):
+        try:
+            return ContainerTarget(engine, engine.inspect_container(name), **options)
+        except NotFoundError:
+            pass
+    if kind == "container":
+        raise _no_container(name)
+    return _image_target(connect(), kind, name, options)
 
 
 def resolve(
@@ -139,17 +193,31 @@ def resolve(
     """
     kind, name = _split_ref(ref)
     options: dict[str, Any] = {"python": python, "timeout": timeout, "max_output": max_output}
-    if kind == "image":
-        return ImageTarget(client, name, **options)
-    container = _find_container(client, name) if kind or _CONTAINER_NAME.match(name) else None
-    if container is not None:
-        return ContainerTarget(client, container, **options)
+    if _may_be_container(kind, name):
+        container = _find_container(client, name)
+        if container is not None:
+            return ContainerTarget(client, container, **options)
+    return _image_target(client, kind, name, options)
+
+
+def _may_be_container(kind: str, name: str) -> bool:
+    return kind == "container" or (not kind and _CONTAINER_NAME.match(name) is not None)
+
+
+def _no_container(name: str) -> TargetError:
+    return TargetError(
+        f"no container named {name!r}; list the running ones with `docker ps`, "
+        f"or verify an image with image:{name}"
+    )
+
+
+def _image_target(
+    client: DockerClient, kind: str, name: str, options: dict[str, Any]
+) -> ImageTarget:
+    """The image ``name``, once no container has that name (``kind``: the ref's prefix)."""
     if kind == "container":
-        raise TargetError(
-            f"no container named {name!r}; list the running ones with `docker ps`, "
-            f"or verify an image with image:{name}"
-        )
-    if _find_image(client, name) is None:
+        raise _no_container(name)
+    if not kind and _find_image(client, name) is None:
         raise TargetError(
             f"no container or image named {name!r}; list them with `docker ps -a` and "
             "`docker images`, or pull or build the image first"
@@ -214,17 +282,20 @@ def _parse_env(env: Sequence[str] | None) -> dict[str, str]:
     return result
 
 
-def _image_names(client: DockerClient, image_id: str) -> tuple[list[str], list[str]]:
+def _image_names(api: _Api, image_id: str) -> tuple[list[str], list[str]]:
     """(repo digests, repo tags) of an image; none when the image has gone (untagged and
     removed while a container still uses it)."""
-    image = _find_image(client, image_id)
-    if image is None:
-        return [], []
-    attrs = image.attrs
+    with _docker_errors(f"cannot look up image {image_id}"):
+        try:
+            attrs = api.inspect_image(image_id)
+        except NotFoundError:
+            return [], []
     return sorted(attrs.get("RepoDigests") or []), sorted(attrs.get("RepoTags") or [])
 
 
 def _mounts(attrs: dict[str, Any]) -> list[Mount]:
+    from lockd.model import Mount
+
     mounts = [
         Mount(
             destination=_fit(str(m.get("Destination", ""))),
@@ -357,6 +428,8 @@ def changes_from_overlay(upper_dir: str, lower_dirs: Sequence[str]) -> list[File
     Raises:
         OSError: a directory cannot be read (the caller falls back to the daemon's API).
     """
+    from lockd.model import FileChange
+
     layers = _LowerLayers(lower_dirs)
     changes: dict[str, ChangeKind] = {}
     stack = [""]
@@ -397,6 +470,12 @@ def changes_from_api(container: Container) -> list[FileChange]:
     """
     with _docker_errors(f"cannot read the filesystem changes of container {container.name}"):
         diff = container.diff() or []
+    return _changes_from_diff(diff)
+
+
+def _changes_from_diff(diff: Iterable[dict[str, Any]]) -> list[FileChange]:
+    from lockd.model import FileChange
+
     kinds = {str(item["Path"]): _CHANGE_KINDS.get(int(item["Kind"]), "changed") for item in diff}
     parents: set[str] = set()
     for path in kinds:
@@ -420,7 +499,13 @@ def container_changes(
     Raises:
         TargetError: the daemon failed.
     """
-    driver = container.attrs.get("GraphDriver") or {}
+    return _changes(container.attrs, lambda: changes_from_api(container))
+
+
+def _changes(
+    attrs: dict[str, Any], from_api: Callable[[], list[FileChange]]
+) -> tuple[list[FileChange], Literal["overlay", "api"]]:
+    driver = attrs.get("GraphDriver") or {}
     data = driver.get("Data") or {}
     upper = data.get("UpperDir")
     lowers = [p for p in str(data.get("LowerDir") or "").split(":") if p]
@@ -429,7 +514,7 @@ def container_changes(
             return changes_from_overlay(upper, lowers), "overlay"
         except OSError:
             pass  # not ours to read after all (permissions, another host's path)
-    return changes_from_api(container), "api"
+    return from_api(), "api"
 
 
 # --- files, for lockd.integrity (--deep) ---------------------------------------------------------
@@ -478,15 +563,9 @@ def _fetch_archive(fetch: Callable[[], Archive], what: str) -> Archive | None:
     return _archive_stream(chunks, what), info
 
 
-# --- reading a multiplexed stream from the daemon -----------------------------------------------
+# --- running something in a target, bounded -----------------------------------------------------
 
-
-def _recv(sock: Any, size: int) -> bytes | None:
-    if hasattr(sock, "recv"):
-        data: bytes = sock.recv(size)
-        return data
-    result: bytes | None = sock.read(size)  # socket.SocketIO (a Unix socket)
-    return result
+_read_frames = read_frames  # the name lockd.targets.scripts, lockd.gpu and lockd.smoke use
 
 
 def _close_socket(sock: Any) -> None:
@@ -494,54 +573,6 @@ def _close_socket(sock: Any) -> None:
         if closable is not None:
             with suppress(OSError):
                 closable.close()
-
-
-def _read_frames(
-    sock: Any, deadline: float, max_output: int
-) -> tuple[bytes, bytes, Literal["eof", "timeout", "overflow"]]:
-    """Read a hijacked attach/exec stream to its end: (stdout, stderr tail, how it ended).
-
-    Stops early at the deadline or when stdout exceeds ``max_output`` bytes.
-    """
-    stdout = bytearray()
-    stderr = bytearray()
-    header = bytearray()
-    stream = 1
-    left = 0  # bytes of the current frame still to come
-    while True:
-        pending = getattr(sock, "pending", None)  # TLS sockets may hold decrypted bytes
-        if not (pending and pending()):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return bytes(stdout), bytes(stderr), "timeout"
-            readable, _, _ = select.select([sock], [], [], remaining)
-            if not readable:
-                continue
-        chunk = _recv(sock, _READ_CHUNK)
-        if chunk is None:
-            continue
-        if not chunk:
-            return bytes(stdout), bytes(stderr), "eof"
-        view = memoryview(chunk)
-        while view:
-            if left == 0:
-                need = _FRAME_HEADER.size - len(header)
-                header += view[:need]
-                view = view[need:]
-                if len(header) == _FRAME_HEADER.size:
-                    stream, left = _FRAME_HEADER.unpack(header)
-                    header.clear()
-                continue
-            part = view[:left]
-            view = view[left:]
-            left -= len(part)
-            if stream == 2:
-                stderr += part
-                del stderr[:-_STDERR_KEEP]
-            else:
-                stdout += part
-        if len(stdout) > max_output:
-            return bytes(stdout), bytes(stderr), "overflow"
 
 
 def _size(n: int) -> str:
@@ -595,44 +626,164 @@ def _mount_namespace(pid: int | str) -> str | None:
         return None
 
 
+class _Api(Protocol):
+    """The daemon as ContainerTarget asks it: an Engine, or the docker SDK behind _SdkApi."""
+
+    def inspect_container(self, container: str) -> dict[str, Any]: ...
+
+    def inspect_image(self, image: str) -> dict[str, Any]: ...
+
+    def diff(self, container: str) -> list[dict[str, Any]]: ...
+
+    def exec_create(self, container: str, cmd: Sequence[str]) -> dict[str, Any]: ...
+
+    def exec_start(self, exec_id: str) -> Any: ...
+
+    def exec_inspect(self, exec_id: str) -> dict[str, Any]: ...
+
+
+class _SdkApi:
+    """The Engine's calls made through the docker SDK's APIClient, for a daemon the Engine
+    does not speak to (DOCKER_HOST ssh://, TLS); the SDK's errors become the Engine's."""
+
+    def __init__(self, api: Any) -> None:
+        self.api = api
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        from docker.errors import DockerException, NotFound
+
+        try:
+            return getattr(self.api, method)(*args, **kwargs)
+        except NotFound as e:
+            raise NotFoundError(_cause(e), status=404) from e
+        except (DockerException, OSError) as e:
+            raise EngineError(_cause(e), status=getattr(e, "status_code", None)) from e
+
+    def inspect_container(self, container: str) -> dict[str, Any]:
+        return dict(self._call("inspect_container", container))
+
+    def inspect_image(self, image: str) -> dict[str, Any]:
+        return dict(self._call("inspect_image", image))
+
+    def diff(self, container: str) -> list[dict[str, Any]]:
+        return list(self._call("diff", container) or [])
+
+    def exec_create(self, container: str, cmd: Sequence[str]) -> dict[str, Any]:
+        return dict(self._call("exec_create", container, list(cmd), stdin=False, tty=False))
+
+    def exec_start(self, exec_id: str) -> Any:
+        return self._call("exec_start", exec_id, socket=True)
+
+    def exec_inspect(self, exec_id: str) -> dict[str, Any]:
+        return dict(self._call("exec_inspect", exec_id))
+
+
+def _api_for(client: DockerClient) -> _Api:
+    """An Engine for the daemon the SDK's client talks to (a Unix socket, plain TCP), else
+    the SDK itself."""
+    api = client.api
+    socket_path = getattr(getattr(api, "_custom_adapter", None), "socket_path", None)
+    base_url = str(getattr(api, "base_url", ""))
+    timeout = float(getattr(api, "timeout", None) or 60)
+    if base_url == "http+docker://localhost" and isinstance(socket_path, str):
+        return Engine(f"unix://{socket_path}", timeout=timeout)
+    if base_url.startswith("http://"):
+        return Engine("tcp://" + base_url[len("http://") :], timeout=timeout)
+    return _SdkApi(api)
+
+
 class ContainerTarget:
     """A running container: host evidence from the daemon and the host's overlay directories,
     the probe through ``docker exec``."""
 
     def __init__(
         self,
-        client: DockerClient,
-        container: Container,
+        client: DockerClient | Engine,
+        container: Container | dict[str, Any],
         python: str | None = None,
         timeout: float = PROBE_TIMEOUT,
         max_output: int = MAX_PROBE_OUTPUT,
     ) -> None:
-        self.client = client
-        self.container = container
+        """``client``: the docker SDK's, or an Engine; ``container``: the SDK's Container, or
+        the daemon's inspect answer for it. Either way the daemon is asked through an Engine
+        where one can reach it."""
+        if isinstance(client, Engine):
+            self._client: DockerClient | None = None
+            self._api: _Api = client
+        else:
+            self._client, self._api = client, _api_for(client)
+        if isinstance(container, dict):
+            self._container: Container | None = None
+            self.attrs: dict[str, Any] = container
+        else:
+            self._container, self.attrs = container, container.attrs
+        self.id = str(self.attrs["Id"])
         self.python = python
         self.timeout = timeout
         self.max_output = max_output
-        self.name: str = container.name or container.id
-        self.info = TargetInfo(kind="container", ref=self.name)
+        self.name: str = str(self.attrs.get("Name") or "").lstrip("/") or self.id
+        self._info: TargetInfo | None = None
         self._source = f"container {self.name}"
+
+    @property
+    def info(self) -> TargetInfo:
+        """Made on first use: the probe starts before lockd's models are imported."""
+        if self._info is None:
+            from lockd.model import TargetInfo
+
+            self._info = TargetInfo(kind="container", ref=self.name)
+        return self._info
+
+    @property
+    def client(self) -> DockerClient:
+        """The docker SDK's client (made on first use when the target came with an Engine)."""
+        if self._client is None:
+            self._client = connect()
+        return self._client
+
+    @property
+    def container(self) -> Container:
+        """The docker SDK's Container (looked up on first use when the target came with an
+        Engine)."""
+        if self._container is None:
+            from docker.errors import NotFound
+
+            with _docker_errors(f"cannot look up {self._source}"):
+                try:
+                    self._container = self.client.containers.get(self.id)
+                except NotFound as e:
+                    raise self._gone() from e
+        return self._container
+
+    def _gone(self) -> TargetError:
+        return TargetError(f"{self._source} no longer exists; list containers with `docker ps -a`")
+
+    def inspect(self) -> dict[str, Any]:
+        """The daemon's current inspect answer for the container (also kept in ``attrs``).
+
+        Raises:
+            TargetError: the container is gone, or the daemon failed.
+        """
+        with _docker_errors(f"cannot inspect {self._source}"):
+            try:
+                attrs = self._api.inspect_container(self.id)
+            except NotFoundError as e:
+                raise self._gone() from e
+        self.attrs = attrs
+        if self._container is not None:
+            self._container.attrs = attrs
+        return attrs
 
     def observe(self) -> Observation:
         """Host evidence, then the probe's report (or why there is none: no Python).
+
+        The probe starts first and runs in the container while the host evidence is gathered.
 
         Raises:
             TargetError: the container is gone or not running, or the daemon failed.
             ProbeError: the probe failed, hung, flooded its output or printed garbage.
         """
-        from docker.errors import NotFound
-
-        with _docker_errors(f"cannot inspect {self._source}"):
-            try:
-                self.container.reload()
-            except NotFound as e:
-                raise TargetError(
-                    f"{self._source} no longer exists; list containers with `docker ps -a`"
-                ) from e
-        attrs = self.container.attrs
+        attrs = self.inspect()
         state = attrs.get("State") or {}
         status = str(state.get("Status", "unknown"))
         if status != "running":
@@ -641,81 +792,146 @@ class ContainerTarget:
                 f"{self._source} is not running (status: {status}); start it or verify its "
                 f"image with image:{image}"
             )
-        host = self._host_evidence(attrs)
-        probe, probe_error = self._probe(state)
+        deadline = time.monotonic() + self.timeout
+        pythons = _candidates(self.python)
+        started = self._start([pythons[0], "-c", probe_source()], "the probe", self._source)
+        try:
+            host = self._host_evidence(attrs)
+        except BaseException:
+            _close_socket(started[1])
+            raise
+        probe, probe_error = self._probe(pythons, started, state, deadline)
+        from lockd.model import Observation  # here: the probe starts before the models load
+
         return Observation(target=self.info, host=host, probe=probe, probe_error=probe_error)
 
     def _host_evidence(self, attrs: dict[str, Any]) -> HostEvidence:
+        from lockd.model import HostEvidence
+
         image_id = str(attrs["Image"])
-        repo_digests, repo_tags = _image_names(self.client, image_id)
-        changes, changes_source = container_changes(self.container)
+        repo_digests, repo_tags = _image_names(self._api, image_id)
+        changes, changes_source = _changes(attrs, self._changes_from_api)
         return HostEvidence(
             image_id=image_id,
             repo_digests=repo_digests,
             repo_tags=repo_tags,
-            container_id=str(attrs.get("Id", self.container.id)),
+            container_id=str(attrs.get("Id", self.id)),
             changes=changes,
             changes_source=changes_source,
             mounts=_mounts(attrs),
             config_env=_parse_env((attrs.get("Config") or {}).get("Env")),
         )
 
-    def _probe(self, state: dict[str, Any]) -> tuple[ProbeReport | None, str | None]:
-        deadline = time.monotonic() + self.timeout
-        for python in _candidates(self.python):
-            stdout = self._exec(python, deadline, state)
-            if stdout is not None:
-                return parse_probe_output(stdout, source=self._source), None
+    def _changes_from_api(self) -> list[FileChange]:
+        with _docker_errors(f"cannot read the filesystem changes of {self._source}"):
+            diff = self._api.diff(self.id)
+        return _changes_from_diff(diff)
+
+    def _probe(
+        self,
+        pythons: tuple[str, ...],
+        started: tuple[str, Any],
+        state: dict[str, Any],
+        deadline: float,
+    ) -> tuple[ProbeReport | None, str | None]:
+        """The probe's report from the first of ``pythons`` the container has (``started``
+        already runs it); the reason there is none when it has none."""
+        for tried, python in enumerate(pythons):
+            if tried:
+                started = self._start([python, "-c", probe_source()], "the probe", self._source)
+            stdout, stderr, code = self._finish(
+                started, "the probe", self._source, deadline, self.timeout, self.max_output, state
+            )
+            if code is None:
+                raise ProbeError(
+                    f"{self._source}: probe ({python}) closed its output but did not exit; "
+                    "inspect the container"
+                )
+            if code in _NOT_FOUND_EXIT_CODES:
+                continue
+            if code != 0:
+                raise _exited(self._source, python, code, stderr)
+            return parse_probe_output(stdout, source=self._source), None
         return None, _no_python("container", self._source, self.python)
 
-    def _exec(self, python: str, deadline: float, state: dict[str, Any]) -> bytes | None:
-        """The probe's stdout, or None when the container has no ``python``."""
-        api = self.client.api
-        with _docker_errors(f"{self._source}: cannot run the probe"):
-            exec_id = api.exec_create(
-                self.container.id, [python, "-c", probe_source()], stdin=False, tty=False
-            )["Id"]
-            sock = api.exec_start(exec_id, socket=True)
+    def run_script(
+        self, argv: Sequence[str], *, what: str, source: str, timeout: float, max_output: int
+    ) -> bytes:
+        """Run ``argv`` (``[python, ...]``) in the container with ``docker exec`` to
+        completion, bounded like the probe, and return its stdout. ``what`` names the script
+        in errors ("the GPU suite"), ``source`` starts every message.
+
+        Raises:
+            TargetError: the container is gone, or the daemon failed.
+            ProbeError: the script exits non-zero, outlives ``timeout`` seconds or prints more
+                than ``max_output`` bytes (it is killed then).
+        """
+        deadline = time.monotonic() + timeout
+        state = self.inspect().get("State") or {}
+        started = self._start(argv, what, source)
+        stdout, stderr, code = self._finish(
+            started, what, source, deadline, timeout, max_output, state
+        )
+        if code != 0:
+            raise _exited(source, argv[0], -1 if code is None else code, stderr)
+        return stdout
+
+    def _start(self, argv: Sequence[str], what: str, source: str) -> tuple[str, Any]:
+        """Create and start ``argv`` as an exec: (its ID, the stream of its output)."""
+        with _docker_errors(f"{source}: cannot run {what}"):
+            try:
+                exec_id = str(self._api.exec_create(self.id, argv)["Id"])
+            except NotFoundError as e:
+                raise self._gone() from e
+            return exec_id, self._api.exec_start(exec_id)
+
+    def _finish(
+        self,
+        started: tuple[str, Any],
+        what: str,
+        source: str,
+        deadline: float,
+        timeout: float,
+        max_output: int,
+        state: dict[str, Any],
+    ) -> tuple[bytes, bytes, int | None]:
+        """(stdout, stderr tail, exit status) of a started exec; the status is None when it
+        closed its output but did not exit (it is killed).
+
+        Raises:
+            ProbeError: it outlived the deadline or printed more than ``max_output`` bytes
+                (it is killed).
+        """
+        exec_id, stream = started
         try:
-            with _docker_errors(f"{self._source}: lost the probe's output"):
-                stdout, stderr, end = _read_frames(sock, deadline, self.max_output)
+            with _docker_errors(f"{source}: lost the output of {what}"):
+                stdout, stderr, end = read_frames(stream, deadline, max_output)
         finally:
-            _close_socket(sock)
+            _close_socket(stream)
         if end != "eof":
             self._kill(exec_id, state)
-            raise _stopped(self._source, end, self.timeout, self.max_output)
+            raise _stopped(source, end, timeout, max_output)
         code = self._exit_code(exec_id)
         if code is None:
             self._kill(exec_id, state)
-            raise ProbeError(
-                f"{self._source}: probe ({python}) closed its output but did not exit; inspect "
-                "the container"
-            )
-        if code in _NOT_FOUND_EXIT_CODES:
-            return None
-        if code != 0:
-            raise _exited(self._source, python, code, stderr)
-        return stdout
+        return stdout, stderr, code
 
     def _exit_code(self, exec_id: str) -> int | None:
-        api = self.client.api
         give_up = time.monotonic() + _EXIT_WAIT
-        with _docker_errors(f"{self._source}: cannot read the probe's exit status"):
+        with _docker_errors(f"{self._source}: cannot read the exit status of {exec_id[:12]}"):
             while True:
-                details = api.exec_inspect(exec_id)
+                details = self._api.exec_inspect(exec_id)
                 if not details.get("Running") or time.monotonic() > give_up:
                     code = details.get("ExitCode")
                     return int(code) if code is not None else None
                 time.sleep(0.02)
 
     def _kill(self, exec_id: str, state: dict[str, Any]) -> None:
-        """Kill the exec'd probe by its host pid, when it provably lives in this container on
-        this host (same mount namespace as the container's init, not ours); else leave it."""
-        from docker.errors import DockerException
-
+        """Kill the exec'd process by its host pid, when it provably lives in this container
+        on this host (same mount namespace as the container's init, not ours); else leave it."""
         try:
-            pid = int(self.client.api.exec_inspect(exec_id).get("Pid") or 0)
-        except (DockerException, OSError, ValueError):
+            pid = int(self._api.exec_inspect(exec_id).get("Pid") or 0)
+        except (EngineError, ValueError):
             return
         init_pid = int(state.get("Pid") or 0)
         if pid <= 0 or init_pid <= 0:
@@ -732,7 +948,7 @@ class ContainerTarget:
         """(merged directory, upper directory) of the container's overlay2 storage, when this
         host can read them: lockd runs beside the daemon, as root, and the container's root
         filesystem is mounted there. The upper directory holds what the container wrote."""
-        merged, layers = overlay_dirs(self.container.attrs)
+        merged, layers = overlay_dirs(self.attrs)
         if (
             merged is None
             or not layers
@@ -748,7 +964,7 @@ class ContainerTarget:
         the source. None when a mount's content is not a path on this host (tmpfs, a volume
         driver's)."""
         found = []
-        for mount in self.container.attrs.get("Mounts") or []:
+        for mount in self.attrs.get("Mounts") or []:
             source = str(mount.get("Source") or "")
             destination = str(mount.get("Destination") or "")
             if mount.get("Type") not in ("bind", "volume") or not os.path.exists(source):
@@ -784,6 +1000,8 @@ class ImageTarget:
         max_output: int = MAX_PROBE_OUTPUT,
     ) -> None:
         """Raises TargetError when there is no such image (exit 3)."""
+        from lockd.model import TargetInfo
+
         self.client = client
         self.image_ref = image_ref
         self.python = python
@@ -806,6 +1024,8 @@ class ImageTarget:
             TargetError: the daemon failed, or the throw-away container could not be removed.
             ProbeError: the probe failed, hung, flooded its output or printed garbage.
         """
+        from lockd.model import HostEvidence, Observation
+
         attrs = self.image.attrs
         host = HostEvidence(
             image_id=str(self.image.id),
@@ -866,7 +1086,7 @@ class ImageTarget:
                         return None
                     raise TargetError(f"{what}: {_cause(e)}") from e
             with _docker_errors(f"{self._source}: lost the probe's output"):
-                stdout, stderr, end = _read_frames(sock, deadline, self.max_output)
+                stdout, stderr, end = read_frames(sock, deadline, self.max_output)
         finally:
             _close_socket(sock)
         if end != "eof":

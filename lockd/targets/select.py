@@ -36,4 +36,4 @@ def open_target(ref: str, *, python: str | None = None) -> Target:
         return LocalTarget(python, timeout=timeout)
     from lockd.targets import docker
 
-    return docker.resolve(ref, docker.connect(), python=python, timeout=timeout)
+    return docker.open_docker_target(ref, python=python, timeout=timeout)

@@ -9,39 +9,18 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-PASSWORD = "coherence pw"
 IMAGES = Path(__file__).resolve().parent.parent / "assets" / "images"
 DEFAULT_WHEELS = "/var/cache/lockd/wheels"
 TORCHAUDIO = "torchaudio-2.9.1-cp311-cp311-manylinux_2_28_x86_64.whl"
 SETUP = "run scripts/setup (as root) to prepare this machine"
 MISMATCH = "torchaudio 2.9.1 is built for torch==2.9.1, not torch 2.13.0+cpu"
-
-
-def lockd(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "LOCKD_PASSWORD": PASSWORD, "COLUMNS": "300"}
-    return subprocess.run(
-        [sys.executable, "-m", "lockd", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        check=False,
-    )
-
-
-@pytest.fixture(scope="module")
-def keypair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    prefix = tmp_path_factory.mktemp("coherence-keys") / "signer"
-    result = lockd("keygen", "--output-key-prefix", prefix)
-    assert result.returncode == 0, result.stderr
-    return prefix.with_suffix(".key"), prefix.with_suffix(".pub")
+Lockd = Callable[..., subprocess.CompletedProcess[str]]  # the `lockd` fixture (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +62,7 @@ def coherence(report: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
-def verify_json(*args: str | Path) -> tuple[int, dict[str, Any]]:
+def verify_json(lockd: Lockd, *args: str | Path) -> tuple[int, dict[str, Any]]:
     result = lockd("verify", *args, "--json")
     assert result.returncode in (0, 1), result.stdout + result.stderr
     return result.returncode, json.loads(result.stdout)
@@ -94,7 +73,7 @@ def verify_json(*args: str | Path) -> tuple[int, dict[str, Any]]:
 
 @pytest.mark.parametrize("deep", [False, True], ids=["rules", "deep"])
 def test_record_refuses_an_incoherent_family_and_writes_nothing(
-    incoherent_image: str, keypair: tuple[Path, Path], tmp_path: Path, deep: bool
+    incoherent_image: str, keypair: tuple[Path, Path], tmp_path: Path, deep: bool, lockd: Lockd
 ) -> None:
     out = tmp_path / "incoherent.dsse.json"
     args = ["record", f"image:{incoherent_image}", "--key", keypair[0], "-o", out]
@@ -115,14 +94,14 @@ def test_record_refuses_an_incoherent_family_and_writes_nothing(
 
 
 def test_verify_fails_coherence_and_deep_shows_the_import_error(
-    incoherent_image: str, keypair: tuple[Path, Path], tmp_path: Path
+    incoherent_image: str, keypair: tuple[Path, Path], tmp_path: Path, lockd: Lockd
 ) -> None:
     manifest = tmp_path / "incoherent.dsse.json"
     target = f"image:{incoherent_image}"
     result = lockd("record", target, "--key", keypair[0], "-o", manifest, "--allow-incoherent")
     assert result.returncode == 0, result.stderr
 
-    code, report = verify_json(target, "--manifest", manifest, "--key", keypair[1])
+    code, report = verify_json(lockd, target, "--manifest", manifest, "--key", keypair[1])
     assert code == 1
     failing = {c["id"] for c in report["checks"] if c["status"] == "fail"}
     assert failing == {"coherence"}  # the image is the recorded one: only its family is wrong
@@ -139,7 +118,7 @@ def test_verify_fails_coherence_and_deep_shows_the_import_error(
     assert MISMATCH in finding["message"]
     assert "METADATA: Requires-Dist: torch==2.9.1" in finding["message"]
 
-    code, report = verify_json(target, "--manifest", manifest, "--key", keypair[1], "--deep")
+    code, report = verify_json(lockd, target, "--manifest", manifest, "--key", keypair[1], "--deep")
     assert code == 1
     check = coherence(report)
     assert "import smoke test: 1 of 2 imported" in check["message"]
@@ -170,13 +149,13 @@ def test_the_smoke_test_runs_in_a_running_container(
 
 
 def test_a_coherent_torch_image_passes_coherence_with_the_import_smoke_test(
-    torch_cpu_image: str, keypair: tuple[Path, Path], tmp_path: Path
+    torch_cpu_image: str, keypair: tuple[Path, Path], tmp_path: Path, lockd: Lockd
 ) -> None:
     manifest = tmp_path / "torch.dsse.json"
     target = f"image:{torch_cpu_image}"
     result = lockd("record", target, "--key", keypair[0], "-o", manifest)
     assert result.returncode == 0, result.stderr
-    code, report = verify_json(target, "--manifest", manifest, "--key", keypair[1], "--deep")
+    code, report = verify_json(lockd, target, "--manifest", manifest, "--key", keypair[1], "--deep")
     assert code == 0, report
     check = coherence(report)
     assert check["status"] == "pass"
@@ -198,7 +177,9 @@ def pins(text: str) -> dict[str, str]:
     return found
 
 
-def test_lock_holds_unpinned_family_members_to_the_pinned_torch(tmp_path: Path) -> None:
+def test_lock_holds_unpinned_family_members_to_the_pinned_torch(
+    tmp_path: Path, lockd: Lockd
+) -> None:
     source = tmp_path / "requirements.in"
     source.write_text("torch==2.6.0\ntorchvision\ntorchaudio\n")
     out = tmp_path / "requirements.txt"
@@ -217,7 +198,9 @@ def test_lock_holds_unpinned_family_members_to_the_pinned_torch(tmp_path: Path) 
     assert str(tmp_path) not in text  # the constraints file is named, not its temporary path
 
 
-def test_an_explicit_incoherent_pin_is_refused_naming_both_and_the_fit(tmp_path: Path) -> None:
+def test_an_explicit_incoherent_pin_is_refused_naming_both_and_the_fit(
+    tmp_path: Path, lockd: Lockd
+) -> None:
     source = tmp_path / "requirements.in"
     source.write_text("torch==2.6.0\ntorchaudio==2.5.1\n")
     result = lockd("lock", source, *TARGET)
@@ -229,7 +212,7 @@ def test_an_explicit_incoherent_pin_is_refused_naming_both_and_the_fit(tmp_path:
     assert not (tmp_path / "requirements.txt").exists()
 
 
-def test_uv_and_pip_tools_write_the_same_lock(tmp_path: Path) -> None:
+def test_uv_and_pip_tools_write_the_same_lock(tmp_path: Path, lockd: Lockd) -> None:
     source = tmp_path / "requirements.in"
     source.write_text("six==1.16.0\nrequests==2.32.3\n")
     texts = {}

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
-import sys
 import tarfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,39 +15,22 @@ from typing import Any
 import pytest
 
 SITE = "/opt/venv/lib/python3.11/site-packages"
-PASSWORD = "correct horse"
-
-
-def lockd(
-    *args: str | Path, env: dict[str, str] | None = None, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "LOCKD_PASSWORD": PASSWORD, "COLUMNS": "200", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "lockd", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=timeout,
-        check=False,
-    )
-
-
-@pytest.fixture(scope="session")
-def keypair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    prefix = tmp_path_factory.mktemp("deep-keys") / "signer"
-    result = lockd("keygen", "--output-key-prefix", prefix)
-    assert result.returncode == 0, result.stderr
-    return prefix.with_suffix(".key"), prefix.with_suffix(".pub")
+Lockd = Callable[..., subprocess.CompletedProcess[str]]  # the `lockd` fixture (tests/conftest.py)
 
 
 def record(
-    target: str, keypair: tuple[Path, Path], out: Path, *, env: dict[str, str] | None = None
+    lockd: Lockd,
+    target: str,
+    keypair: tuple[Path, Path],
+    out: Path,
+    *,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     return lockd("record", target, "--key", keypair[0], "--output", out, "--deep", env=env)
 
 
 def verify_deep(
-    target: str, manifest: Path, public: Path, env: dict[str, str] | None = None
+    lockd: Lockd, target: str, manifest: Path, public: Path, env: dict[str, str] | None = None
 ) -> tuple[int, dict[str, Any]]:
     result = lockd(
         "verify", target, "--manifest", manifest, "--key", public, "--json", "--deep", env=env
@@ -78,19 +59,19 @@ def app(app_image: str, run_container: Callable[..., Any]) -> Any:
 
 
 @pytest.fixture
-def clean_manifest(app: Any, keypair: tuple[Path, Path], tmp_path: Path) -> Path:
+def clean_manifest(app: Any, keypair: tuple[Path, Path], tmp_path: Path, lockd: Lockd) -> Path:
     """The app container recorded with --deep before anything is changed in it."""
     out = tmp_path / "clean.dsse.json"
-    result = record(app.name, keypair, out)
+    result = record(lockd, app.name, keypair, out)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "integrity: " in result.stdout
     return out
 
 
 def test_clean_container_passes_deep(
-    app: Any, clean_manifest: Path, keypair: tuple[Path, Path]
+    app: Any, clean_manifest: Path, keypair: tuple[Path, Path], lockd: Lockd
 ) -> None:
-    code, report = verify_deep(app.name, clean_manifest, keypair[1])
+    code, report = verify_deep(lockd, app.name, clean_manifest, keypair[1])
     assert code == 0, report
     integrity = check(report, "integrity")
     assert (integrity["status"], integrity["evidence"]) == ("pass", "host")
@@ -101,10 +82,10 @@ def test_clean_container_passes_deep(
 
 
 def test_edited_file_is_modified_and_record_deep_refuses(
-    app: Any, clean_manifest: Path, keypair: tuple[Path, Path], tmp_path: Path
+    app: Any, clean_manifest: Path, keypair: tuple[Path, Path], tmp_path: Path, lockd: Lockd
 ) -> None:
     sh(app, f"echo 'x = 1' >> {SITE}/six.py")
-    code, report = verify_deep(app.name, clean_manifest, keypair[1])
+    code, report = verify_deep(lockd, app.name, clean_manifest, keypair[1])
     assert code == 1
     [finding] = check(report, "integrity")["findings"]
     assert (finding["kind"], finding["name"], finding["path"]) == (
@@ -116,7 +97,7 @@ def test_edited_file_is_modified_and_record_deep_refuses(
     assert check(report, "filesystem")["status"] == "fail"  # the shallow check sees it too
 
     out = tmp_path / "refused.dsse.json"
-    result = record(app.name, keypair, out)
+    result = record(lockd, app.name, keypair, out)
     assert result.returncode == 1
     assert not out.exists()
     assert "refusing to sign" in result.stderr
@@ -124,16 +105,16 @@ def test_edited_file_is_modified_and_record_deep_refuses(
 
 
 def test_deleted_file_is_missing(
-    app: Any, clean_manifest: Path, keypair: tuple[Path, Path]
+    app: Any, clean_manifest: Path, keypair: tuple[Path, Path], lockd: Lockd
 ) -> None:
     sh(app, f"rm {SITE}/idna/codec.py")
-    code, report = verify_deep(app.name, clean_manifest, keypair[1])
+    code, report = verify_deep(lockd, app.name, clean_manifest, keypair[1])
     assert code == 1
     assert findings(report) == [("missing", f"{SITE}/idna/codec.py")]
 
 
 def test_unlisted_module_in_a_package_directory(
-    app: Any, clean_manifest: Path, keypair: tuple[Path, Path]
+    app: Any, clean_manifest: Path, keypair: tuple[Path, Path], lockd: Lockd
 ) -> None:
     sh(
         app,
@@ -141,20 +122,20 @@ def test_unlisted_module_in_a_package_directory(
         f" && echo x > {SITE}/idna/__pycache__/evil.cpython-311.pyc"  # ignored by the policy
         f" && echo x > {SITE}/stray.py",  # in no package's directory
     )
-    code, report = verify_deep(app.name, clean_manifest, keypair[1])
+    code, report = verify_deep(lockd, app.name, clean_manifest, keypair[1])
     assert code == 1
     assert findings(report) == [("unlisted", f"{SITE}/idna/evil.py")]
     assert check(report, "integrity")["findings"][0]["name"] == "idna"
 
 
 def test_malformed_record_line_refuses_naming_the_file_and_line(
-    app: Any, keypair: tuple[Path, Path], tmp_path: Path
+    app: Any, keypair: tuple[Path, Path], tmp_path: Path, lockd: Lockd
 ) -> None:
     record_file = f"{SITE}/six-1.16.0.dist-info/RECORD"
     sh(app, f"echo 'six.py,md5=1B2M2Y8AsgTpgAmY7PhCfg,0' >> {record_file}")
     lines = int(app.exec_run(["sh", "-c", f"wc -l < {record_file}"])[1].decode())
     out = tmp_path / "refused.dsse.json"
-    result = record(app.name, keypair, out)
+    result = record(lockd, app.name, keypair, out)
     assert result.returncode == 1
     assert not out.exists()
     message = " ".join(result.stderr.split())
@@ -162,7 +143,7 @@ def test_malformed_record_line_refuses_naming_the_file_and_line(
 
 
 def test_image_layers_show_what_a_later_layer_changed(
-    docker_client: Any, app_image: str, keypair: tuple[Path, Path], tmp_path: Path
+    docker_client: Any, app_image: str, keypair: tuple[Path, Path], tmp_path: Path, lockd: Lockd
 ) -> None:
     """An image whose last layer edits one listed file and deletes another (a whiteout):
     read from its overlay2 layers, no container started."""
@@ -175,9 +156,9 @@ def test_image_layers_show_what_a_later_layer_changed(
     )
     try:
         clean = tmp_path / "image.dsse.json"
-        result = record(f"image:{app_image}", keypair, clean)
+        result = record(lockd, f"image:{app_image}", keypair, clean)
         assert result.returncode == 0, result.stderr
-        code, report = verify_deep(f"image:{tag}", clean, keypair[1])
+        code, report = verify_deep(lockd, f"image:{tag}", clean, keypair[1])
         assert code == 1
         assert findings(report) == [
             ("missing", f"{SITE}/idna/codec.py"),
@@ -185,7 +166,7 @@ def test_image_layers_show_what_a_later_layer_changed(
         ]
         assert "the image's overlay2 layers, on the host" in check(report, "integrity")["message"]
         refused = tmp_path / "tampered.dsse.json"
-        assert record(f"image:{tag}", keypair, refused).returncode == 1
+        assert record(lockd, f"image:{tag}", keypair, refused).returncode == 1
         assert not refused.exists()
     finally:
         docker_client.images.remove(tag, force=True)
@@ -197,10 +178,11 @@ def test_a_bind_mount_is_checked_as_the_container_sees_it(
     run_container: Callable[..., Any],
     keypair: tuple[Path, Path],
     tmp_path: Path,
+    lockd: Lockd,
 ) -> None:
     """The merged directory does not show mounts: lockd reads the mount's source instead."""
     clean = tmp_path / "image.dsse.json"
-    assert record(f"image:{app_image}", keypair, clean).returncode == 0
+    assert record(lockd, f"image:{app_image}", keypair, clean).returncode == 0
     donor = run_container(app_image)
     chunks, _ = donor.get_archive(f"{SITE}/idna")
     with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
@@ -209,7 +191,7 @@ def test_a_bind_mount_is_checked_as_the_container_sees_it(
     mounted = run_container(
         app_image, volumes={str(tmp_path / "idna"): {"bind": f"{SITE}/idna", "mode": "ro"}}
     )
-    code, report = verify_deep(mounted.name, clean, keypair[1])
+    code, report = verify_deep(lockd, mounted.name, clean, keypair[1])
     assert code == 1
     assert findings(report) == [("modified", f"{SITE}/idna/core.py")]
     assert "overlay merged directory" in check(report, "integrity")["message"]
@@ -229,18 +211,19 @@ def test_docker_api_when_the_host_side_is_not_used(
     clean_manifest: Path,
     keypair: tuple[Path, Path],
     tmp_path: Path,
+    lockd: Lockd,
 ) -> None:
     """LOCKD_DEEP_SOURCE=api: the files stream through the daemon's archive API (as for a
     remote daemon, or lockd not root); a script outside site-packages is fetched on its own."""
     api = {"LOCKD_DEEP_SOURCE": "api"}
     before = throwaways(docker_client)
     image_manifest = tmp_path / "image-api.dsse.json"
-    result = record(f"image:{app_image}", keypair, image_manifest, env=api)
+    result = record(lockd, f"image:{app_image}", keypair, image_manifest, env=api)
     assert result.returncode == 0, result.stderr
     assert throwaways(docker_client) == before  # the created container is gone again
 
     sh(app, f"echo 'x = 1' >> {SITE}/six.py && echo '#' >> /opt/venv/bin/pip3")
-    code, report = verify_deep(app.name, clean_manifest, keypair[1], env=api)
+    code, report = verify_deep(lockd, app.name, clean_manifest, keypair[1], env=api)
     assert code == 1
     integrity = check(report, "integrity")
     assert "the Docker daemon's archive API" in integrity["message"]
@@ -256,14 +239,18 @@ def torch_container(torch_cpu_image: str, run_container: Callable[..., Any]) -> 
 
 
 def test_torch_cpu_image_records_and_verifies_clean_with_deep(
-    torch_cpu_image: str, torch_container: Any, keypair: tuple[Path, Path], tmp_path: Path
+    torch_cpu_image: str,
+    torch_container: Any,
+    keypair: tuple[Path, Path],
+    tmp_path: Path,
+    lockd: Lockd,
 ) -> None:
     """The realistic heavy image (about 1 GB, 20k+ files): recorded from the image's layers,
     verified in a running container's merged directory."""
     manifest = tmp_path / "torch-cpu.dsse.json"
-    result = record(f"image:{torch_cpu_image}", keypair, manifest)
+    result = record(lockd, f"image:{torch_cpu_image}", keypair, manifest)
     assert result.returncode == 0, result.stdout + result.stderr
-    code, report = verify_deep(torch_container.name, manifest, keypair[1])
+    code, report = verify_deep(lockd, torch_container.name, manifest, keypair[1])
     assert code == 0, [c for c in report["checks"] if c["status"] == "fail"]
     integrity = check(report, "integrity")
     assert integrity["status"] == "pass"

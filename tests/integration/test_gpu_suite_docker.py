@@ -6,42 +6,39 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-PASSWORD = "gpu pw"
-
-
-def lockd(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCKD_GPU")}
-    env.update({"LOCKD_PASSWORD": PASSWORD, "COLUMNS": "200"})
-    return subprocess.run(
-        [sys.executable, "-m", "lockd", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-        check=False,
-    )
+Lockd = Callable[..., subprocess.CompletedProcess[str]]  # the `lockd` fixture (tests/conftest.py)
+SUITE_TIMEOUT = 900  # a cold import of torch, the suite, in a container and in an image
 
 
 def test_the_suite_runs_in_a_container_and_verifies_in_the_image(
-    torch_cpu_image: str, run_container: Callable[..., Any], tmp_path: Path
+    torch_cpu_image: str,
+    run_container: Callable[..., Any],
+    tmp_path: Path,
+    keypair: tuple[Path, Path],
+    lockd: Lockd,
 ) -> None:
-    assert lockd(tmp_path, "keygen", "--output-key-prefix", "k").returncode == 0
+    key, pub = keypair
+    out = tmp_path / "m.json"
     container = run_container(torch_cpu_image)
     recorded = lockd(
-        tmp_path, "record", f"container:{container.name}", "--key", "k.key", "--gpu", "-o", "m.json"
+        "record",
+        f"container:{container.name}",
+        "--key",
+        key,
+        "--gpu",
+        "-o",
+        out,
+        timeout=SUITE_TIMEOUT,
     )
     assert recorded.returncode == 0, recorded.stdout + recorded.stderr
     assert "GPU suite on the CPU" in recorded.stdout
 
-    envelope = json.loads((tmp_path / "m.json").read_text())
+    envelope = json.loads(out.read_text())
     predicate = json.loads(base64.b64decode(envelope["payload"]))["predicate"]
     [result] = predicate["gpu_suites"]
     tests = {t["name"]: t for t in result["tests"]}
@@ -52,15 +49,15 @@ def test_the_suite_runs_in_a_container_and_verifies_in_the_image(
         assert compiled["reason"].startswith("torch.compile is unavailable here: ")
 
     verified = lockd(
-        tmp_path,
         "verify",
         f"image:{torch_cpu_image}",
         "--manifest",
-        "m.json",
+        out,
         "--key",
-        "k.pub",
+        pub,
         "--gpu",
         "--json",
+        timeout=SUITE_TIMEOUT,
     )
     assert verified.returncode == 0, verified.stdout + verified.stderr
     [gpu] = [c for c in json.loads(verified.stdout)["checks"] if c["id"] == "gpu"]

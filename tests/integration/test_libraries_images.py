@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
-import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -23,35 +21,18 @@ from lockd.verify import load_envelope
 
 SITE = "/opt/venv/lib/python3.11/site-packages"
 TORCH_GOMP = f"{SITE}/torch/lib/libgomp.so.1"
-PASSWORD = "correct horse"
 # The host's own libgomp (Debian's libgomp1, GCC's OpenMP runtime): another build of the library
 # torch vendors as torch/lib/libgomp.so.1, with the same soname and the same ABI.
 HOST_GOMP = Path("/usr/lib/x86_64-linux-gnu/libgomp.so.1")
-
-
-def lockd(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "LOCKD_PASSWORD": PASSWORD, "COLUMNS": "200", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "lockd", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=600,
-        check=False,
-    )
-
-
-@pytest.fixture(scope="module")
-def keypair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    prefix = tmp_path_factory.mktemp("libraries-keys") / "signer"
-    result = lockd("keygen", "--output-key-prefix", prefix)
-    assert result.returncode == 0, result.stderr
-    return prefix.with_suffix(".key"), prefix.with_suffix(".pub")
+Lockd = Callable[..., subprocess.CompletedProcess[str]]  # the `lockd` fixture (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
 def torch_manifest(
-    torch_cpu_image: str, keypair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+    torch_cpu_image: str,
+    keypair: tuple[Path, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+    lockd: Lockd,
 ) -> Path:
     """The torch CPU image recorded as it is."""
     out = tmp_path_factory.mktemp("libraries") / "torch-cpu.dsse.json"
@@ -98,7 +79,11 @@ def test_the_torch_image_records_what_import_torch_mapped(torch_manifest: Path) 
 
 
 def test_twolibs_maps_the_copy_on_ld_library_path(
-    twolibs_image: str, torch_manifest: Path, keypair: tuple[Path, Path], tmp_path: Path
+    twolibs_image: str,
+    torch_manifest: Path,
+    keypair: tuple[Path, Path],
+    tmp_path: Path,
+    lockd: Lockd,
 ) -> None:
     out = tmp_path / "twolibs.dsse.json"
     result = lockd("record", f"image:{twolibs_image}", "--key", keypair[0], "--output", out)
@@ -140,6 +125,7 @@ def test_a_library_replaced_under_the_same_version(
     run_container: Callable[..., Any],
     keypair: tuple[Path, Path],
     tmp_path: Path,
+    lockd: Lockd,
 ) -> None:
     assert HOST_GOMP.exists(), (
         f"{HOST_GOMP} (Debian's libgomp1) is needed; apt-get install libgomp1"

@@ -6,10 +6,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import platform
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,30 +16,10 @@ import pytest
 
 from lockd.sbom import validation_error
 
-PASSWORD = "lock pw"
 APP_PINS = {"six": "1.16.0", "idna": "3.7", "packaging": "24.1"}
 REPORT = "/etc/lockd/pip-report.json"
 WHEEL_ARGS = "--no-index --find-links /wheels"
-
-
-def lockd(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "LOCKD_PASSWORD": PASSWORD, "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "lockd", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        check=False,
-    )
-
-
-@pytest.fixture(scope="module")
-def keypair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    prefix = tmp_path_factory.mktemp("lock-keys") / "signer"
-    result = lockd("keygen", "--output-key-prefix", prefix)
-    assert result.returncode == 0, result.stderr
-    return prefix.with_suffix(".key"), prefix.with_suffix(".pub")
+Lockd = Callable[..., subprocess.CompletedProcess[str]]  # the `lockd` fixture (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +85,9 @@ def predicate(envelope: Path) -> dict[str, Any]:
     return result
 
 
-def verify_json(target: str, manifest: Path, public: Path) -> tuple[int, dict[str, Any]]:
+def verify_json(
+    lockd: Lockd, target: str, manifest: Path, public: Path
+) -> tuple[int, dict[str, Any]]:
     result = lockd("verify", target, "--manifest", manifest, "--key", public, "--json")
     assert result.returncode in (0, 1), result.stdout + result.stderr
     return result.returncode, json.loads(result.stdout)
@@ -124,6 +104,7 @@ def test_an_environment_as_locked_is_signed_with_its_lock_and_verifies(
     write_lock: LockWriter,
     wheel_hashes: dict[str, str],
     tmp_path: Path,
+    lockd: Lockd,
 ) -> None:
     lock = write_lock(APP_PINS)
     out = tmp_path / "m.dsse.json"
@@ -137,7 +118,7 @@ def test_an_environment_as_locked_is_signed_with_its_lock_and_verifies(
         {"name": n, "version": v, "hashes": [wheel_hashes[f"{n}=={v}"]]}
         for n, v in sorted(APP_PINS.items())
     ]
-    code, report = verify_json(app.name, out, keypair[1])
+    code, report = verify_json(lockd, app.name, out, keypair[1])
     assert code == 0, report
     assert lock_check(report)["status"] == "pass"
 
@@ -171,6 +152,7 @@ def test_each_disagreement_with_the_lock_refuses_to_sign(
     tmp_path: Path,
     pins: dict[str, str],
     difference: str,
+    lockd: Lockd,
 ) -> None:
     out = tmp_path / "m.dsse.json"
     result = lockd("record", app.name, "--key", keypair[0], "--lock", write_lock(pins), "-o", out)
@@ -182,7 +164,7 @@ def test_each_disagreement_with_the_lock_refuses_to_sign(
 
 
 def test_a_lock_without_hashes_needs_allow_unhashed(
-    app: Any, keypair: tuple[Path, Path], write_lock: LockWriter, tmp_path: Path
+    app: Any, keypair: tuple[Path, Path], write_lock: LockWriter, tmp_path: Path, lockd: Lockd
 ) -> None:
     lock = write_lock(APP_PINS, hashed=False)
     out = tmp_path / "m.dsse.json"
@@ -202,6 +184,7 @@ def test_pip_report_hashes_are_checked_against_the_lock(
     keypair: tuple[Path, Path],
     write_lock: LockWriter,
     tmp_path: Path,
+    lockd: Lockd,
 ) -> None:
     keep_pip_report(app)
     out = tmp_path / "m.dsse.json"
@@ -222,7 +205,7 @@ def test_pip_report_hashes_are_checked_against_the_lock(
 
 
 def test_a_pip_install_after_recording_fails_the_lock_check(
-    app: Any, keypair: tuple[Path, Path], write_lock: LockWriter, tmp_path: Path
+    app: Any, keypair: tuple[Path, Path], write_lock: LockWriter, tmp_path: Path, lockd: Lockd
 ) -> None:
     out = tmp_path / "m.dsse.json"
     result = lockd(
@@ -230,7 +213,7 @@ def test_a_pip_install_after_recording_fails_the_lock_check(
     )
     assert result.returncode == 0, result.stderr
     sh(app, f"pip install -q {WHEEL_ARGS} tomli==2.0.1 idna==3.10")
-    code, report = verify_json(app.name, out, keypair[1])
+    code, report = verify_json(lockd, app.name, out, keypair[1])
     assert code == 1
     check = lock_check(report)
     assert check["status"] == "fail"
@@ -244,7 +227,7 @@ def test_a_pip_install_after_recording_fails_the_lock_check(
 # --- lockd lock against the real package index ------------------------------------------------
 
 
-def test_lock_is_deterministic_and_records_its_inputs(tmp_path: Path) -> None:
+def test_lock_is_deterministic_and_records_its_inputs(tmp_path: Path, lockd: Lockd) -> None:
     source = tmp_path / "requirements.in"
     source.write_text("six==1.16.0\n")
     first = lockd("lock", source)
@@ -265,7 +248,9 @@ def test_lock_is_deterministic_and_records_its_inputs(tmp_path: Path) -> None:
     assert "pins for CPython" in first.stdout
 
 
-def test_lock_for_another_python_evaluates_that_pythons_markers(tmp_path: Path) -> None:
+def test_lock_for_another_python_evaluates_that_pythons_markers(
+    tmp_path: Path, lockd: Lockd
+) -> None:
     source = tmp_path / "requirements.in"
     source.write_text("pytest==8.3.3\n")  # needs exceptiongroup and tomli below Python 3.11 only
     out = tmp_path / "py310.txt"
@@ -282,7 +267,9 @@ def test_lock_for_another_python_evaluates_that_pythons_markers(tmp_path: Path) 
     assert "\npytest==8.3.3 \\\n" in text
 
 
-def test_an_unresolvable_in_is_an_error_naming_it_and_writes_nothing(tmp_path: Path) -> None:
+def test_an_unresolvable_in_is_an_error_naming_it_and_writes_nothing(
+    tmp_path: Path, lockd: Lockd
+) -> None:
     source = tmp_path / "requirements.in"
     source.write_text("six==0.0.0.1\n")
     result = lockd("lock", source)

@@ -5,6 +5,8 @@ and registries that are down, answer 404 or answer garbage."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import http.server
 import json
 import os
@@ -15,7 +17,8 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,7 @@ from lockd.registry import (
 from lockd.statement import PAYLOAD_TYPE, make_statement
 
 REPO = Path(__file__).resolve().parents[2]
+Lockd = Callable[..., subprocess.CompletedProcess[str]]  # the `lockd` fixture (tests/conftest.py)
 
 
 def _free_port() -> int:
@@ -53,9 +57,10 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="session")
-def registry_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Debian's docker-registry on a free loopback port, storage in a temporary folder."""
+@contextlib.contextmanager
+def serve_registry(folder: Path, *, delete: bool = False) -> Iterator[str]:
+    """Debian's docker-registry on a free loopback port, storage in ``folder``; ``delete``:
+    manifests may be deleted. Yields HOST:PORT; stopped on exit."""
     if shutil.which("docker-registry") is None:
         installed = subprocess.run(
             [str(REPO / "scripts" / "registry"), "install"],
@@ -65,12 +70,13 @@ def registry_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         )
         if installed.returncode != 0 or shutil.which("docker-registry") is None:
             pytest.fail(f"no docker-registry: scripts/registry install: {installed.stderr[-300:]}")
-    folder = tmp_path_factory.mktemp("registry")
     port = _free_port()
     config = folder / "config.yml"
     config.write_text(
         "version: 0.1\nlog: {level: warn}\n"
-        f"storage: {{filesystem: {{rootdirectory: {folder / 'storage'}}}}}\n"
+        f"storage: {{filesystem: {{rootdirectory: {folder / 'storage'}}}"
+        + (", delete: {enabled: true}" if delete else "")
+        + "}\n"
         f"http: {{addr: 127.0.0.1:{port}}}\n"
     )
     with (folder / "registry.log").open("wb") as log:
@@ -95,6 +101,13 @@ def registry_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def registry_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The registry of this session's tests (see serve_registry)."""
+    with serve_registry(tmp_path_factory.mktemp("registry")) as host:
+        yield host
 
 
 @pytest.fixture(scope="session")
@@ -207,18 +220,9 @@ def test_eight_concurrent_attaches_lose_nothing(
     assert len(att_layers) == len(after)  # cosign's tag holds every one as well
 
 
-def lockd(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lockd", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
-        timeout=120,
-        check=False,
-    )
-
-
-def test_cli_attach_fetch_and_gate_from_the_registry(pushed_image: str, tmp_path: Path) -> None:
+def test_cli_attach_fetch_and_gate_from_the_registry(
+    pushed_image: str, tmp_path: Path, lockd: Lockd
+) -> None:
     own = keys.generate_private_key()
     pub = tmp_path / "own.pub"
     pub.write_bytes(keys.public_pem(own))
@@ -344,3 +348,317 @@ def test_admission_takes_manifests_from_the_registry_when_the_store_has_none(
     without = decide(fallback=False)
     assert without["allowed"] is False
     assert "no signed lockd manifest is stored" in without["status"]["message"]
+
+
+# --- lockd verify --registry: the manifest from the image's registry ----------------------------
+
+
+@pytest.fixture
+def push(
+    docker_client: Any, tmp_path: Path
+) -> Iterator[Callable[[str, str, str], tuple[str, str]]]:
+    """``push(host, base, name)``: an image FROM ``base`` with a file of its own (so a digest
+    of its own, with no attestation yet), pushed by the daemon to HOST/lockd-test/NAME;
+    ``(tag, HOST/lockd-test/NAME@sha256:…)``. Its tags are removed at teardown."""
+    made: list[str] = []
+
+    def _push(host: str, base: str, name: str) -> tuple[str, str]:
+        unique = uuid.uuid4().hex[:12]
+        context = tmp_path / f"image-{unique}"
+        context.mkdir()
+        (context / "unique.txt").write_text(unique)
+        (context / "Dockerfile").write_text(f"FROM {base}\nCOPY unique.txt /unique.txt\n")
+        repo = f"{host}/lockd-test/{name}"
+        image, _ = docker_client.images.build(
+            path=str(context),
+            tag=f"{repo}:{unique}",
+            rm=True,
+            pull=False,
+            network_mode="none",
+            labels={"lockd.test": "1"},
+        )
+        made.append(f"{repo}:{unique}")
+        for line in docker_client.images.push(repo, tag=unique, stream=True, decode=True):
+            assert "error" not in line, line
+        image.reload()
+        [digest] = [d for d in image.attrs["RepoDigests"] if d.startswith(repo + "@")]
+        return f"{repo}:{unique}", str(digest)
+
+    yield _push
+    from docker.errors import DockerException
+
+    for tag in made:
+        with contextlib.suppress(DockerException):
+            docker_client.images.remove(tag, force=True)
+
+
+def _attestation(image: str, envelope: bytes) -> str:
+    """How verify names an envelope it took from the registry."""
+    return f"{image} (registry attestation sha256:{hashlib.sha256(envelope).hexdigest()[:12]}…)"
+
+
+def _signature(report: dict[str, Any]) -> dict[str, Any]:
+    [check] = [c for c in report["checks"] if c["id"] == "signature"]
+    return check
+
+
+def _keyid(public: Path) -> str:
+    return keys.keyid(keys.load_public_key(public))
+
+
+def test_verify_a_running_container_against_its_registry_attestation_then_drift(
+    lockd: Lockd,
+    keypair: tuple[Path, Path],
+    push: Callable[[str, str, str], tuple[str, str]],
+    registry_host: str,
+    app_image: str,
+    run_container: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    tag, image = push(registry_host, app_image, "app")
+    manifest = tmp_path / "app.dsse.json"
+    recorded = lockd("record", f"image:{image}", "--key", keypair[0], "-o", manifest)
+    assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+    assert lockd("attach", image, manifest).returncode == 0
+    stranger = tmp_path / "stranger.dsse.json"  # newer, but signed by a key nobody trusts
+    stranger.write_bytes(signed(keys.generate_private_key(), image, note="stranger"))
+    assert lockd("attach", image, stranger).returncode == 0
+    container = run_container(tag)
+
+    passed = lockd("verify", container.name, "--key", keypair[1], "--registry", "--json")
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    report = json.loads(passed.stdout)
+    assert report["verified"] is True
+    assert report["manifest"]["path"] == _attestation(image, manifest.read_bytes())
+    assert _signature(report)["message"] == (
+        f"signed by keyid {_keyid(keypair[1])[:16]}; the newest of 1 trusted attestation(s) "
+        "in the registry"
+    )
+    human = lockd("verify", container.name, "--key", keypair[1], "--registry")
+    assert human.returncode == 0, human.stdout + human.stderr
+
+    code, output = container.exec_run(
+        ["pip", "install", "-q", "--no-index", "--find-links", "/wheels", "tomli==2.0.1"]
+    )
+    assert code == 0, output.decode()
+    drifted = lockd("verify", container.name, "--key", keypair[1], "--registry", "--json")
+    assert drifted.returncode == 1, drifted.stdout + drifted.stderr
+    report = json.loads(drifted.stdout)
+    assert {c["id"] for c in report["checks"] if c["status"] == "fail"} == {
+        "packages",
+        "filesystem",
+    }
+
+    # A newer trusted attestation (of the drifted container) is the one verify takes.
+    newer = tmp_path / "drifted.dsse.json"
+    again = lockd("record", container.name, "--key", keypair[0], "-o", newer)
+    assert again.returncode == 0, again.stdout + again.stderr
+    before = json.loads(dsse.parse_envelope(manifest.read_bytes(), "m").payload_bytes())
+    after = json.loads(dsse.parse_envelope(newer.read_bytes(), "m").payload_bytes())
+    assert after["predicate"]["recorded_at"] > before["predicate"]["recorded_at"]  # precondition
+    assert lockd("attach", image, newer).returncode == 0
+    latest = lockd("verify", container.name, "--key", keypair[1], "--registry", "--json")
+    assert latest.returncode == 0, latest.stdout + latest.stderr
+    report = json.loads(latest.stdout)
+    assert report["manifest"]["path"] == _attestation(image, newer.read_bytes())
+    assert _signature(report)["message"].endswith(
+        "the newest of 2 trusted attestation(s) in the registry"
+    )
+
+
+def test_verify_finds_an_attestation_only_in_cosigns_att_tag(
+    lockd: Lockd,
+    keypair: tuple[Path, Path],
+    push: Callable[[str, str, str], tuple[str, str]],
+    registry_host: str,
+    pushed_image: str,
+    tmp_path: Path,
+) -> None:
+    """The tag fallback as cosign writes it: one manifest under sha256-<hex>.att whose layers are
+    DSSE envelopes, no referrer and no tag of lockd's own."""
+    _, image = push(registry_host, pushed_image, "tiny")
+    manifest = tmp_path / "tiny.dsse.json"
+    recorded = lockd("record", f"image:{image}", "--key", keypair[0], "-o", manifest)
+    assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+    envelope = manifest.read_bytes()
+    registry = Registry(registry_host)
+    repository, digest = "lockd-test/tiny", image.rpartition("@")[2]
+    layer = registry.push_blob(repository, envelope)
+    config = registry.push_blob(repository, b"{}")
+    att = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": config, "size": 2},
+        "layers": [{"mediaType": DSSE_MEDIA_TYPE, "digest": layer, "size": len(envelope)}],
+    }
+    registry.put_manifest(
+        repository,
+        digest.replace(":", "-") + ".att",
+        json.dumps(att).encode(),
+        "application/vnd.oci.image.manifest.v1+json",
+    )
+    assert registry.referrers(repository, digest) is None  # distribution 2.8: tags only
+
+    verified = lockd("verify", f"image:{image}", "--key", keypair[1], "--registry", "--json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert json.loads(verified.stdout)["manifest"]["path"] == _attestation(image, envelope)
+
+
+def test_verify_with_a_service_first_and_the_registry_when_it_holds_none(
+    lockd: Lockd,
+    keypair: tuple[Path, Path],
+    push: Callable[[str, str, str], tuple[str, str]],
+    registry_host: str,
+    app_image: str,
+    run_container: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    tag, image = push(registry_host, app_image, "app")
+    manifest = tmp_path / "app.dsse.json"
+    recorded = lockd("record", f"image:{image}", "--key", keypair[0], "-o", manifest)
+    assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+    assert lockd("attach", image, manifest).returncode == 0
+    container = run_container(tag)
+
+    with lockd_service(lockd, tmp_path, keypair[1]) as (url, token):
+        env = {"LOCKD_TOKEN": token}
+        args = ("verify", container.name, "--key", keypair[1], "--server", url, "--json")
+        from_registry = lockd(*args, "--registry", env=env)
+        assert from_registry.returncode == 0, from_registry.stdout + from_registry.stderr
+        path = json.loads(from_registry.stdout)["manifest"]["path"]
+        assert path == _attestation(image, manifest.read_bytes())
+        stored = _get(f"{url}/v1/verifications?subject={container.image.id}", token)
+        assert [v["report"]["manifest"]["path"] for v in stored] == [path]  # pushed there
+
+        without = lockd(*args, env=env)  # no --registry: the service's answer is final
+        assert without.returncode == 2
+        assert "no manifest for" in without.stderr
+
+        assert lockd("push", manifest, "--server", url, env=env).returncode == 0
+        from_service = lockd(*args, "--registry", env=env)
+        assert from_service.returncode == 0, from_service.stdout + from_service.stderr
+        path = json.loads(from_service.stdout)["manifest"]["path"]
+        assert path.startswith(f"{url}/v1/manifests/sha256:")
+
+
+def _get(url: str, token: str) -> Any:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+@contextlib.contextmanager
+def lockd_service(lockd: Lockd, folder: Path, trusted: Path) -> Iterator[tuple[str, str]]:
+    """``lockd serve`` on SQLite in ``folder``, trusting ``trusted``: (URL, a recorder token)."""
+    env = {
+        "LOCKD_DATABASE_URL": f"sqlite:///{folder / 'lockd.db'}",
+        "LOCKD_TRUSTED_KEYS": str(trusted),
+    }
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with (folder / "service.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "lockd", "serve", "--port", str(port)],
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/readyz", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(
+                        f"lockd serve did not start: {(folder / 'service.log').read_text()}"
+                    )
+                time.sleep(0.1)
+        made = lockd("token", "create", "ci", "--role", "recorder", env=env)
+        assert made.returncode == 0, made.stderr
+        yield url, made.stdout.strip()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_verify_registry_errors_name_the_image_and_exit_1_or_3(
+    lockd: Lockd,
+    keypair: tuple[Path, Path],
+    push: Callable[[str, str, str], tuple[str, str]],
+    pushed_image: str,
+    tmp_path: Path,
+) -> None:
+    """No attestation and none trusted: not verified (1), saying why; an image the registry
+    does not have (404) and a registry that is down: errors (3)."""
+    wide = {"COLUMNS": "1000"}
+
+    def verify(image: str) -> subprocess.CompletedProcess[str]:
+        return lockd(
+            "verify", f"image:{image}", "--key", keypair[1], "--registry", "--json", env=wide
+        )
+
+    folder = tmp_path / "registry"
+    folder.mkdir()
+    with serve_registry(folder, delete=True) as host:
+        _, image = push(host, pushed_image, "tiny")
+        _, deleted = push(host, pushed_image, "gone")
+
+        none = verify(image)
+        assert none.returncode == 1, none.stdout + none.stderr
+        report = json.loads(none.stdout)
+        assert report["verified"] is False
+        assert report["manifest"]["path"] == image
+        assert _signature(report) == {
+            "id": "signature",
+            "status": "fail",
+            "evidence": "signature",
+            "message": f"no lockd attestation is stored next to {image}; record the image and "
+            "attach the manifest there (lockd attach IMAGE@DIGEST ENVELOPE)",
+            "findings": [],
+        }
+        assert {c["status"] for c in report["checks"][1:]} == {"skip"}
+
+        untrusted = signed(keys.generate_private_key(), image, note="untrusted")
+        attach(image, untrusted)
+        refused = verify(image)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert _signature(json.loads(refused.stdout))["message"] == (
+            f"none of the 1 attestation(s) next to {image} is signed by a trusted key and names "
+            f"the image: {_attestation(image, untrusted)}: not signed by a trusted key"
+        )
+
+        repository, digest = "lockd-test/gone", deleted.rpartition("@")[2]
+        Registry(host).request("DELETE", f"/v2/{repository}/manifests/{digest}", ok=(202,))
+        missing = verify(deleted)
+        assert missing.returncode == 3, missing.stdout + missing.stderr
+        assert " ".join(missing.stderr.split()) == (
+            f"lockd: error: {deleted}: the registry has no such image (404); the target's image "
+            "was not pushed there, or was deleted"
+        )
+    down = verify(image)  # the registry has stopped
+    assert down.returncode == 3, down.stdout + down.stderr
+    referrers = (
+        f"http://{host}/v2/lockd-test/tiny/referrers/{image.rpartition('@')[2]}"
+        "?artifactType=application/vnd.lockd.manifest.v1%2Bdsse"
+    )
+    assert " ".join(down.stderr.split()) == (
+        f"lockd: error: GET {referrers}: cannot reach the registry ([Errno 111] Connection "
+        "refused); check the image's registry"
+    )
+
+
+def test_verify_attested_against_a_registry_that_answers_garbage(garbage_registry: str) -> None:
+    from lockd.attestations import verify_attested
+
+    image = f"{garbage_registry}/app@sha256:{'0' * 64}"
+    observation = Observation(
+        target=TargetInfo(kind="container", ref="web"),
+        host=HostEvidence(image_id="sha256:" + "1" * 64, repo_digests=[image]),
+    )
+    with pytest.raises(RegistryError) as caught:
+        verify_attested(observation, [keys.generate_private_key().public_key()], default_policy())
+    assert caught.value.exit_code == 3
+    assert str(caught.value).endswith(": the registry answered something that is not JSON")

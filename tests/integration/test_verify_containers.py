@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,44 +12,23 @@ from typing import Any
 import pytest
 
 SITE = "/opt/venv/lib/python3.11/site-packages"
-PASSWORD = "correct horse"
 VECTORS = Path(__file__).resolve().parents[1] / "assets" / "vectors"
-
-
-def lockd(
-    *args: str | Path, env: dict[str, str] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "LOCKD_PASSWORD": PASSWORD, "COLUMNS": "200", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "lockd", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=timeout,
-        check=False,
-    )
+Lockd = Callable[..., subprocess.CompletedProcess[str]]  # the `lockd` fixture (tests/conftest.py)
 
 
 @pytest.fixture(scope="session")
-def keypair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    prefix = tmp_path_factory.mktemp("keys") / "signer"
-    result = lockd("keygen", "--output-key-prefix", prefix)
-    assert result.returncode == 0, result.stderr
-    return prefix.with_suffix(".key"), prefix.with_suffix(".pub")
-
-
-@pytest.fixture(scope="session")
-def other_public_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def other_public_key(lockd: Lockd, tmp_path_factory: pytest.TempPathFactory) -> Path:
     prefix = tmp_path_factory.mktemp("other") / "other"
     assert lockd("keygen", "--output-key-prefix", prefix).returncode == 0
     return prefix.with_suffix(".pub")
 
 
 Recorder = Callable[..., Path]
+Verifier = Callable[..., tuple[int, dict[str, Any]]]
 
 
 @pytest.fixture
-def record(keypair: tuple[Path, Path], tmp_path: Path) -> Recorder:
+def record(keypair: tuple[Path, Path], tmp_path: Path, lockd: Lockd) -> Recorder:
     def _record(
         target: str,
         name: str = "m.dsse.json",
@@ -66,10 +43,18 @@ def record(keypair: tuple[Path, Path], tmp_path: Path) -> Recorder:
     return _record
 
 
-def verify(target: str, manifest: Path, public: Path, *extra: str) -> tuple[int, dict[str, Any]]:
-    result = lockd("verify", target, "--manifest", manifest, "--key", public, "--json", *extra)
-    assert result.returncode in (0, 1), result.stdout + result.stderr
-    return result.returncode, json.loads(result.stdout)
+@pytest.fixture(scope="session")
+def verify(lockd: Lockd) -> Verifier:
+    """``verify(target, manifest, public, *extra)``: ``(exit code, the JSON report)``."""
+
+    def _verify(
+        target: str, manifest: Path, public: Path, *extra: str
+    ) -> tuple[int, dict[str, Any]]:
+        result = lockd("verify", target, "--manifest", manifest, "--key", public, "--json", *extra)
+        assert result.returncode in (0, 1), result.stdout + result.stderr
+        return result.returncode, json.loads(result.stdout)
+
+    return _verify
 
 
 def check(report: dict[str, Any], check_id: str) -> dict[str, Any]:
@@ -93,7 +78,7 @@ def app(app_image: str, run_container: Callable[..., Any]) -> Any:
 
 
 def test_clean_container_verifies_also_after_restart_and_tmp_writes(
-    app: Any, record: Recorder, keypair: tuple[Path, Path]
+    app: Any, record: Recorder, keypair: tuple[Path, Path], verify: Verifier
 ) -> None:
     manifest = record(app.name)
     code, report = verify(app.name, manifest, keypair[1])
@@ -114,7 +99,7 @@ def test_clean_container_verifies_also_after_restart_and_tmp_writes(
 
 
 def test_manifest_recorded_from_the_image_verifies_its_containers(
-    app: Any, app_image: str, record: Recorder, keypair: tuple[Path, Path]
+    app: Any, app_image: str, record: Recorder, keypair: tuple[Path, Path], verify: Verifier
 ) -> None:
     manifest = record(f"image:{app_image}")
     code, report = verify(app.name, manifest, keypair[1])
@@ -122,7 +107,7 @@ def test_manifest_recorded_from_the_image_verifies_its_containers(
 
 
 def test_package_installed_at_run_time(
-    app: Any, record: Recorder, keypair: tuple[Path, Path]
+    app: Any, record: Recorder, keypair: tuple[Path, Path], verify: Verifier
 ) -> None:
     manifest = record(app.name)
     sh(app, "pip install -q --no-index --find-links /wheels tomli==2.0.1")
@@ -135,7 +120,9 @@ def test_package_installed_at_run_time(
     assert f"{SITE}/tomli/__init__.py" in paths
 
 
-def test_upgraded_package(app: Any, record: Recorder, keypair: tuple[Path, Path]) -> None:
+def test_upgraded_package(
+    app: Any, record: Recorder, keypair: tuple[Path, Path], verify: Verifier
+) -> None:
     manifest = record(app.name)
     sh(app, "pip install -q --no-index --find-links /wheels idna==3.10")
     code, report = verify(app.name, manifest, keypair[1])
@@ -149,7 +136,9 @@ def test_upgraded_package(app: Any, record: Recorder, keypair: tuple[Path, Path]
     )
 
 
-def test_module_edited_in_place(app: Any, record: Recorder, keypair: tuple[Path, Path]) -> None:
+def test_module_edited_in_place(
+    app: Any, record: Recorder, keypair: tuple[Path, Path], verify: Verifier
+) -> None:
     manifest = record(app.name)
     sh(app, f"echo 'x = 1' >> {SITE}/six.py")
     code, report = verify(app.name, manifest, keypair[1])
@@ -158,7 +147,9 @@ def test_module_edited_in_place(app: Any, record: Recorder, keypair: tuple[Path,
     assert {"kind": "changed", "path": f"{SITE}/six.py"} in check(report, "filesystem")["findings"]
 
 
-def test_deleted_file(app: Any, record: Recorder, keypair: tuple[Path, Path]) -> None:
+def test_deleted_file(
+    app: Any, record: Recorder, keypair: tuple[Path, Path], verify: Verifier
+) -> None:
     manifest = record(app.name)
     sh(app, f"rm {SITE}/idna/codec.py")
     code, report = verify(app.name, manifest, keypair[1])
@@ -174,6 +165,7 @@ def test_bind_mount_over_a_package_directory(
     record: Recorder,
     keypair: tuple[Path, Path],
     tmp_path: Path,
+    verify: Verifier,
 ) -> None:
     manifest = record(f"image:{app_image}")
     shadow = tmp_path / "shadow"
@@ -195,6 +187,7 @@ def test_another_image_with_the_same_distributions(
     run_container: Callable[..., Any],
     record: Recorder,
     keypair: tuple[Path, Path],
+    verify: Verifier,
 ) -> None:
     manifest = record(app.name)
     twin = app.commit(repository="lockd-test/app-twin", tag="latest", changes=["LABEL twin=1"])
@@ -211,7 +204,11 @@ def test_another_image_with_the_same_distributions(
 
 
 def test_ld_library_path_set_at_run_time(
-    app_image: str, run_container: Callable[..., Any], record: Recorder, keypair: tuple[Path, Path]
+    app_image: str,
+    run_container: Callable[..., Any],
+    record: Recorder,
+    keypair: tuple[Path, Path],
+    verify: Verifier,
 ) -> None:
     manifest = record(f"image:{app_image}")
     drifted = run_container(app_image, environment={"LD_LIBRARY_PATH": "/opt/evil"})
@@ -227,7 +224,12 @@ def test_ld_library_path_set_at_run_time(
 
 
 def test_tampered_envelope_and_wrong_key_fail_signature(
-    app: Any, record: Recorder, keypair: tuple[Path, Path], other_public_key: Path, tmp_path: Path
+    app: Any,
+    record: Recorder,
+    keypair: tuple[Path, Path],
+    other_public_key: Path,
+    tmp_path: Path,
+    verify: Verifier,
 ) -> None:
     manifest = record(app.name)
     code, report = verify(app.name, manifest, other_public_key)
@@ -246,7 +248,7 @@ def test_tampered_envelope_and_wrong_key_fail_signature(
     assert failing(report) == ["signature"]
 
 
-def test_cosign_written_key_signs_a_manifest(app: Any, record: Recorder) -> None:
+def test_cosign_written_key_signs_a_manifest(app: Any, record: Recorder, verify: Verifier) -> None:
     manifest = record(
         app.name,
         key=VECTORS / "cosign-empty-password.key",
@@ -261,6 +263,7 @@ def test_container_without_python_still_gets_host_checks(
     run_container: Callable[..., Any],
     record: Recorder,
     keypair: tuple[Path, Path],
+    verify: Verifier,
 ) -> None:
     image = build_image("nopython")
     container = run_container(image)
@@ -272,7 +275,7 @@ def test_container_without_python_still_gets_host_checks(
 
 
 def test_python_removed_after_recording_is_a_finding(
-    app: Any, record: Recorder, keypair: tuple[Path, Path]
+    app: Any, record: Recorder, keypair: tuple[Path, Path], verify: Verifier
 ) -> None:
     manifest = record(app.name)
     sh(app, "rm /opt/venv/bin/python3 /opt/venv/bin/python && rm -f /usr/bin/python3*")
@@ -284,7 +287,9 @@ def test_python_removed_after_recording_is_a_finding(
     assert "filesystem" in failing(report)
 
 
-def test_record_refuses_to_overwrite(app: Any, keypair: tuple[Path, Path], tmp_path: Path) -> None:
+def test_record_refuses_to_overwrite(
+    app: Any, keypair: tuple[Path, Path], tmp_path: Path, lockd: Lockd
+) -> None:
     out = tmp_path / "existing.json"
     out.write_text("keep me")
     result = lockd("record", app.name, "--key", keypair[0], "--output", out)
@@ -298,7 +303,7 @@ def test_record_refuses_to_overwrite(app: Any, keypair: tuple[Path, Path], tmp_p
 
 
 def test_record_with_a_wrong_password_writes_nothing(
-    app: Any, keypair: tuple[Path, Path], tmp_path: Path
+    app: Any, keypair: tuple[Path, Path], tmp_path: Path, lockd: Lockd
 ) -> None:
     out = tmp_path / "m.json"
     result = lockd(
@@ -311,7 +316,7 @@ def test_record_with_a_wrong_password_writes_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_no_such_container(keypair: tuple[Path, Path], tmp_path: Path) -> None:
+def test_no_such_container(keypair: tuple[Path, Path], tmp_path: Path, lockd: Lockd) -> None:
     result = lockd(
         "record",
         "lockd-no-such-thing",
@@ -326,7 +331,7 @@ def test_no_such_container(keypair: tuple[Path, Path], tmp_path: Path) -> None:
     assert not (tmp_path / "m.json").exists()
 
 
-def test_daemon_unreachable(keypair: tuple[Path, Path], tmp_path: Path) -> None:
+def test_daemon_unreachable(keypair: tuple[Path, Path], tmp_path: Path, lockd: Lockd) -> None:
     result = lockd(
         "observe", "web-1", env={"DOCKER_HOST": f"unix://{tmp_path}/no.sock"}, timeout=30
     )
@@ -346,7 +351,7 @@ def test_daemon_unreachable(keypair: tuple[Path, Path], tmp_path: Path) -> None:
     ],
 )
 def test_malformed_manifest_exits_2_naming_the_file(
-    app: Any, keypair: tuple[Path, Path], tmp_path: Path, content: str, message: str
+    app: Any, keypair: tuple[Path, Path], tmp_path: Path, content: str, message: str, lockd: Lockd
 ) -> None:
     bad = tmp_path / "bad.dsse.json"
     bad.write_text(content)
@@ -356,7 +361,9 @@ def test_malformed_manifest_exits_2_naming_the_file(
     assert message in result.stderr
 
 
-def test_malformed_public_key_exits_2(app: Any, record: Recorder, tmp_path: Path) -> None:
+def test_malformed_public_key_exits_2(
+    app: Any, record: Recorder, tmp_path: Path, lockd: Lockd
+) -> None:
     manifest = record(app.name)
     bad = tmp_path / "bad.pub"
     bad.write_text("-----BEGIN PUBLIC KEY-----\nAAAA\n")
@@ -370,6 +377,7 @@ def test_probe_that_hangs_is_bounded(
     run_container: Callable[..., Any],
     keypair: tuple[Path, Path],
     tmp_path: Path,
+    lockd: Lockd,
 ) -> None:
     container = run_container(build_image("hangprobe"))
     result = lockd("observe", container.name, env={"LOCKD_PROBE_TIMEOUT": "3"}, timeout=60)
@@ -378,7 +386,7 @@ def test_probe_that_hangs_is_bounded(
 
 
 def test_human_report_names_evidence(
-    app: Any, record: Recorder, keypair: tuple[Path, Path]
+    app: Any, record: Recorder, keypair: tuple[Path, Path], lockd: Lockd
 ) -> None:
     manifest = record(app.name)
     sh(app, f"echo 'x = 1' >> {SITE}/six.py")
@@ -390,7 +398,9 @@ def test_human_report_names_evidence(
     assert f"changed {SITE}/six.py" in result.stdout
 
 
-def test_show_and_diff(app: Any, record: Recorder, keypair: tuple[Path, Path]) -> None:
+def test_show_and_diff(
+    app: Any, record: Recorder, keypair: tuple[Path, Path], lockd: Lockd
+) -> None:
     before = record(app.name, "before.json")
     shown = lockd("show", before)
     assert shown.returncode == 0, shown.stderr

@@ -33,6 +33,10 @@ TABLES = (
     "verifications",
     "tokens",
     "audit_log",
+    "fleet_hosts",
+    "fleet_agents",
+    "fleet_containers",
+    "fleet_events",
 )
 
 

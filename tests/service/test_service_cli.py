@@ -4,10 +4,8 @@ audit verify --server (which re-checks the chain itself)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,26 +15,7 @@ from sqlalchemy import update
 from lockd.store import tables as t
 from lockd.store.repository import Store
 
-PASSWORD = "pw"
-
-
-def lockd(*args: str | Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lockd", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "LOCKD_PASSWORD": PASSWORD, "COLUMNS": "200", **env},
-        timeout=180,
-        check=False,
-    )
-
-
-@pytest.fixture(scope="module")
-def keypair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    prefix = tmp_path_factory.mktemp("k") / "team"
-    result = lockd("keygen", "--output-key-prefix", prefix, env={})
-    assert result.returncode == 0, result.stderr
-    return prefix.with_suffix(".key"), prefix.with_suffix(".pub")
+Lockd = Callable[..., subprocess.CompletedProcess[str]]  # the `lockd` fixture (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +28,11 @@ def other_pub(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def local_envelope(keypair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def local_envelope(
+    keypair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory, lockd: Lockd
+) -> Path:
     out = tmp_path_factory.mktemp("m") / "local.dsse.json"
-    result = lockd("record", "local", "--key", keypair[0], "--output", out, env={})
+    result = lockd("record", "local", "--key", keypair[0], "--output", out)
     assert result.returncode == 0, result.stderr
     return out
 
@@ -69,7 +50,9 @@ def server(server_env: dict[str, str], tmp_path: Path) -> Iterator[Server]:
         running.stop()
 
 
-def test_token_create_prints_the_token_once(server_env: dict[str, str], store: Store) -> None:
+def test_token_create_prints_the_token_once(
+    server_env: dict[str, str], store: Store, lockd: Lockd
+) -> None:
     made = lockd("token", "create", "deployer", "--role", "recorder", env=server_env)
     assert made.returncode == 0, made.stderr
     [token] = made.stdout.splitlines()
@@ -92,6 +75,7 @@ def test_push_verify_and_audit_against_a_server(
     local_envelope: Path,
     store: Store,
     other_pub: Path,
+    lockd: Lockd,
 ) -> None:
     token = lockd("token", "create", "ci", "--role", "recorder", env=server_env).stdout.strip()
     client_env = {"LOCKD_TOKEN": token}
@@ -138,14 +122,17 @@ def test_push_verify_and_audit_against_a_server(
 
 
 def test_client_errors_name_the_server_and_what_to_do(
-    server: Server, local_envelope: Path, keypair: tuple[Path, Path]
+    server: Server, local_envelope: Path, keypair: tuple[Path, Path], lockd: Lockd
 ) -> None:
     anonymous = lockd("push", local_envelope, "--server", server.url, env={"LOCKD_TOKEN": ""})
     assert anonymous.returncode == 2
     assert "401" in anonymous.stderr and "needs a bearer token" in anonymous.stderr
-    nobody = lockd("audit", "verify", "--server", "http://127.0.0.1:1", env={})
+    nobody = lockd("audit", "verify", "--server", "http://127.0.0.1:1")
     assert nobody.returncode == 2
     assert "cannot reach the lockd service" in nobody.stderr
-    neither = lockd("verify", "local", "--key", keypair[1], env={})
+    neither = lockd("verify", "local", "--key", keypair[1])
     assert neither.returncode == 2
-    assert "give --manifest FILE, or --server URL" in neither.stderr
+    assert " ".join(neither.stderr.split()) == (
+        "lockd: error: give --manifest FILE, --server URL to fetch it from a lockd service, or "
+        "--registry to take it from the image's registry"
+    )

@@ -4,12 +4,10 @@ configured from LOCKD_ADMISSION_CONFIG."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,17 +18,7 @@ from test_service_admission import broken, review
 from lockd.store.repository import Store
 
 REG = "reg.example:5000/team/app"
-
-
-def lockd(*args: str | Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lockd", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200", **env},
-        timeout=120,
-        check=False,
-    )
+Lockd = Callable[..., subprocess.CompletedProcess[str]]  # the `lockd` fixture (tests/conftest.py)
 
 
 @pytest.fixture
@@ -68,7 +56,9 @@ def served(
             server.stop()
 
 
-def test_gate_exit_codes(served: tuple[Server, str], signer: Signer, stranger: Signer) -> None:
+def test_gate_exit_codes(
+    served: tuple[Server, str], signer: Signer, stranger: Signer, lockd: Lockd
+) -> None:
     server, reader = served
     env = {"LOCKD_TOKEN": reader, "LOCKD_SERVER": server.url}
     key = ("--key", str(signer.public))

@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,8 +22,8 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "lockd/base:bookworm"
 TAG = "lockd-test/service:latest"
-PASSWORD = "pw"
 SETUP = "run scripts/setup (as root) to prepare this machine"
+Lockd = Callable[..., subprocess.CompletedProcess[str]]  # the `lockd` fixture (tests/conftest.py)
 
 
 def run(*argv: str | Path, env: dict[str, str] | None = None, timeout: float = 900) -> str:
@@ -41,17 +41,6 @@ def run(*argv: str | Path, env: dict[str, str] | None = None, timeout: float = 9
             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         )
     return result.stdout
-
-
-def lockd(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lockd", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "LOCKD_PASSWORD": PASSWORD, "COLUMNS": "200", **(env or {})},
-        timeout=300,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -127,14 +116,6 @@ def service_image(tmp_path_factory: pytest.TempPathFactory) -> str:
     return TAG
 
 
-@pytest.fixture(scope="module")
-def keypair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    prefix = tmp_path_factory.mktemp("k") / "team"
-    result = lockd("keygen", "--output-key-prefix", prefix)
-    assert result.returncode == 0, result.stderr
-    return prefix.with_suffix(".key"), prefix.with_suffix(".pub")
-
-
 @pytest.fixture
 def container(service_image: str, keypair: tuple[Path, Path]) -> Iterator[tuple[str, str]]:
     """The service running from the image: (container name, base URL on loopback)."""
@@ -169,7 +150,7 @@ def _health(name: str) -> str:
 
 
 def test_the_image_serves_and_verifies_itself(
-    container: tuple[str, str], keypair: tuple[Path, Path], tmp_path: Path
+    container: tuple[str, str], keypair: tuple[Path, Path], tmp_path: Path, lockd: Lockd
 ) -> None:
     name, url = container
     deadline = time.monotonic() + 120

@@ -4,40 +4,23 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-PASSWORD = "pw"
+Lockd = Callable[..., subprocess.CompletedProcess[str]]  # the `lockd` fixture (tests/conftest.py)
 
 
-def lockd(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lockd", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "LOCKD_PASSWORD": PASSWORD, "COLUMNS": "200", **(env or {})},
-        timeout=120,
-        check=False,
-    )
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    prefix = tmp_path_factory.mktemp("k") / "local"
-    result = lockd("keygen", "--output-key-prefix", prefix)
-    assert result.returncode == 0, result.stderr
-    return prefix.with_suffix(".key"), prefix.with_suffix(".pub")
-
-
-def test_record_and_verify_this_interpreter(keys: tuple[Path, Path], tmp_path: Path) -> None:
+def test_record_and_verify_this_interpreter(
+    keypair: tuple[Path, Path], tmp_path: Path, lockd: Lockd
+) -> None:
     manifest = tmp_path / "local.dsse.json"
-    result = lockd("record", "local", "--key", keys[0], "--output", manifest)
+    result = lockd("record", "local", "--key", keypair[0], "--output", manifest)
     assert result.returncode == 0, result.stderr
-    result = lockd("verify", "local", "--manifest", manifest, "--key", keys[1], "--json")
+    result = lockd("verify", "local", "--manifest", manifest, "--key", keypair[1], "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     statuses = {c["id"]: c["status"] for c in report["checks"]}
@@ -61,16 +44,18 @@ def test_record_and_verify_this_interpreter(keys: tuple[Path, Path], tmp_path: P
     }
 
 
-def test_env_drift_on_the_local_target(keys: tuple[Path, Path], tmp_path: Path) -> None:
+def test_env_drift_on_the_local_target(
+    keypair: tuple[Path, Path], tmp_path: Path, lockd: Lockd
+) -> None:
     manifest = tmp_path / "local.dsse.json"
-    assert lockd("record", "local", "--key", keys[0], "-o", manifest).returncode == 0
+    assert lockd("record", "local", "--key", keypair[0], "-o", manifest).returncode == 0
     result = lockd(
         "verify",
         "local",
         "--manifest",
         manifest,
         "--key",
-        keys[1],
+        keypair[1],
         "--json",
         env={"CUDA_LAUNCH_BLOCKING": "1"},
     )
@@ -112,27 +97,43 @@ def test_env_drift_on_the_local_target(keys: tuple[Path, Path], tmp_path: Path) 
     ],
 )
 def test_bad_input_exit_codes(
-    keys: tuple[Path, Path], tmp_path: Path, args: list[str], code: int, message: str
+    keypair: tuple[Path, Path],
+    tmp_path: Path,
+    args: list[str],
+    code: int,
+    message: str,
+    lockd: Lockd,
 ) -> None:
     manifest = tmp_path / "m.json"
-    assert lockd("record", "local", "--key", keys[0], "-o", manifest).returncode == 0
-    values = {"pub": str(keys[1]), "key": str(keys[0]), "manifest": str(manifest)}
+    assert lockd("record", "local", "--key", keypair[0], "-o", manifest).returncode == 0
+    values = {"pub": str(keypair[1]), "key": str(keypair[0]), "manifest": str(manifest)}
     result = lockd(*[a.format(**values) for a in args], env={"PWD": str(tmp_path)})
     assert result.returncode == code, result.stderr
     assert message.format(**values) in result.stderr
     assert not (Path.cwd() / "out.json").exists()
 
 
-def test_bad_probe_timeout_value(keys: tuple[Path, Path], tmp_path: Path) -> None:
+def test_bad_probe_timeout_value(keypair: tuple[Path, Path], tmp_path: Path, lockd: Lockd) -> None:
     result = lockd("observe", "local", env={"LOCKD_PROBE_TIMEOUT": "soon"})
     assert result.returncode == 2
     assert "LOCKD_PROBE_TIMEOUT='soon': give seconds between 0 and 3600" in result.stderr
 
 
-def test_show_and_diff_local(keys: tuple[Path, Path], tmp_path: Path) -> None:
+def test_show_and_diff_local(keypair: tuple[Path, Path], tmp_path: Path, lockd: Lockd) -> None:
     manifest = tmp_path / "m.json"
-    assert lockd("record", "local", "--key", keys[0], "-o", manifest).returncode == 0
+    assert lockd("record", "local", "--key", keypair[0], "-o", manifest).returncode == 0
     shown = lockd("show", manifest)
     assert shown.returncode == 0
     assert "pydantic" in shown.stdout
     assert lockd("diff", manifest, manifest).returncode == 0
+
+
+def test_verify_registry_usage_errors(keypair: tuple[Path, Path], lockd: Lockd) -> None:
+    both = lockd("verify", "local", "--key", keypair[1], "--registry", "--manifest", "m.json")
+    assert both.returncode == 2
+    assert both.stderr.strip() == "lockd: error: give --manifest FILE or --registry, not both"
+    local = lockd("verify", "local", "--key", keypair[1], "--registry", env={"COLUMNS": "300"})
+    assert local.returncode == 2
+    assert local.stderr.strip() == (
+        f"lockd: error: --registry: local {sys.executable} has no image; give --manifest FILE"
+    )

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ import pytest
 from lockd.gpu import compare_suites, parse_suite_output, suite_argv, suite_source
 from lockd.model import GpuSuiteResult, GpuTestStats
 from lockd.probe import environment
+
+Lockd = Callable[..., subprocess.CompletedProcess[str]]  # the `lockd` fixture (tests/conftest.py)
 
 if importlib.util.find_spec("torch") is None:  # pragma: no cover - a set-up error, not a skip
     pytest.fail(
@@ -221,41 +224,22 @@ def test_suite_source_is_python_3_8_syntax() -> None:
 # --- record --gpu, --append, verify --gpu through the command line ------------------------------
 
 
-def lockd(
-    cwd: Path, *args: object, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("LOCKD_")}
-    environ.update({"LOCKD_PASSWORD": "test", "LOCKD_GPU_DEVICE": "cpu", "COLUMNS": "200"})
-    environ.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "lockd", *map(str, args)],
-        cwd=cwd,
-        env=environ,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+CPU = {"LOCKD_GPU_DEVICE": "cpu"}  # this machine has no GPU: the suite's CPU fallback
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("keys")
-    assert lockd(folder, "keygen", "--output-key-prefix", "k").returncode == 0
-    return folder
-
-
-def test_record_append_and_verify_with_the_suite(keys: Path, tmp_path: Path) -> None:
-    key, pub = keys / "k.key", keys / "k.pub"
-    made = lockd(tmp_path, "record", "local", "--key", key, "-o", "m.dsse.json")
+def test_record_append_and_verify_with_the_suite(
+    keypair: tuple[Path, Path], tmp_path: Path, lockd: Lockd
+) -> None:
+    key, pub = keypair
+    out = tmp_path / "m.dsse.json"
+    made = lockd("record", "local", "--key", key, "-o", out, env=CPU)
     assert made.returncode == 0, made.stderr
-    appended = lockd(tmp_path, "record", "local", "--key", key, "--gpu", "--append", "m.dsse.json")
+    appended = lockd("record", "local", "--key", key, "--gpu", "--append", out, env=CPU)
     assert appended.returncode == 0, appended.stderr
     assert "GPU suite on the CPU" in appended.stdout
     assert "the manifest now holds 1 GPU result(s)" in appended.stdout
 
-    verified = lockd(
-        tmp_path, "verify", "local", "--manifest", "m.dsse.json", "--key", pub, "--gpu", "--json"
-    )
+    verified = lockd("verify", "local", "--manifest", out, "--key", pub, "--gpu", "--json", env=CPU)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     [gpu] = [c for c in json.loads(verified.stdout)["checks"] if c["id"] == "gpu"]
     assert gpu["status"] == "pass"
@@ -271,9 +255,14 @@ def test_record_append_and_verify_with_the_suite(keys: Path, tmp_path: Path) -> 
     ],
 )
 def test_bad_gpu_arguments_exit_2(
-    keys: Path, tmp_path: Path, args: list[str], env: dict[str, str], fragment: str
+    keypair: tuple[Path, Path],
+    tmp_path: Path,
+    args: list[str],
+    env: dict[str, str],
+    fragment: str,
+    lockd: Lockd,
 ) -> None:
-    result = lockd(tmp_path, "record", "local", "--key", keys / "k.key", *args, env=env)
+    result = lockd("record", "local", "--key", keypair[0], *args, cwd=tmp_path, env={**CPU, **env})
     assert result.returncode == 2, result.stdout + result.stderr
     assert fragment in " ".join(result.stderr.split())
 

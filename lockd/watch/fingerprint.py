@@ -1,0 +1,156 @@
+"""What must change before a container is probed again.
+
+A container's fingerprint digests its configuration (inspect: environment, command, mounts,
+start time), the ``lstat`` of every entry of its overlay upper directory (what it wrote: a
+``pip install`` inside adds files there, a copy-up of a lower file too), the same of the mounts
+that may hide watched paths (a volume over site-packages), and the host's NVIDIA driver version.
+Stat-walking a few hundred entries costs microseconds; the probe costs a Python start-up inside
+the container. When any part cannot be read (another storage driver, a tmpfs over a watched
+path, a tree too large) there is no fingerprint and the container is probed every interval.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from lockd.model import Observation
+from lockd.policy import Policy, matches, watched
+
+MAX_ENTRIES = 100_000  # a larger tree is not fingerprinted: the container is probed instead
+DRIVER_VERSION = Path("/proc/driver/nvidia/version")
+
+__all__ = ["combine", "host_key", "tree_digest", "watched_mounts"]
+
+
+def tree_digest(
+    root: str, limit: int = MAX_ENTRIES, skip: Callable[[str, bool], bool] | None = None
+) -> str | None:
+    """A digest of the path, type, mode and inode, and for non-directories the size and times,
+    of every entry below ``root`` (not following links; names sorted, so the digest does not
+    depend on directory order).
+    ``skip(path, is_dir)``, with ``path`` absolute below ``root``, leaves an entry (and what is
+    below it) out. None when ``root`` cannot be read or holds more than ``limit`` entries."""
+    digest = hashlib.blake2b(digest_size=20)
+    try:
+        top = os.lstat(root)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(top.st_mode):
+        return None
+    count = 0
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        directory = os.path.join(root, rel) if rel else root
+        try:
+            with os.scandir(directory) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except FileNotFoundError:
+            digest.update(b"\0gone\0" + rel.encode("utf-8", "surrogateescape"))
+            continue  # removed while we walk: the next pass sees the result
+        except OSError:
+            return None
+        for entry in entries:
+            count += 1
+            if count > limit:
+                return None
+            path = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return None
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if skip is not None and skip("/" + path, is_dir):
+                continue
+            # A directory's times and size follow its entries, which are digested one by one
+            # (so an entry left out by ``skip`` must not show through its parent's mtime).
+            times = (0, 0, 0) if is_dir else (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            digest.update(
+                b"%s\0%o %d %d %d %d\n"
+                % (path.encode("utf-8", "surrogateescape"), st.st_mode, *times, st.st_ino)
+            )
+            if is_dir:
+                stack.append(path)
+    return digest.hexdigest()
+
+
+def ignorable(policy: Policy, observation: Observation | None) -> Callable[[str, bool], bool]:
+    """``skip`` for a container's upper directory: what the policy's filesystem check ignores
+    (``/tmp``, logs, caches, ``__pycache__``...) cannot change a verdict, so writing there does
+    not make a container due for a probe; except on the way to, or inside, a place the last
+    probe found Python or its distributions in that the policy ignores as a whole (a
+    ``sys.path`` entry under ``/tmp`` still counts)."""
+    places = _places(observation)
+    ignore = policy.filesystem.ignore
+    ignored_places = [p for p in places if matches(p + "/", ignore)]
+
+    def skip(path: str, is_dir: bool) -> bool:
+        if not matches(path + "/" if is_dir else path, ignore):
+            return False
+        prefix = path + "/"
+        if any(p == path or p.startswith(prefix) for p in places):
+            return False  # on the way to a place Python looks in
+        return not any(path.startswith(p + "/") for p in ignored_places)
+
+    return skip
+
+
+def _places(observation: Observation | None) -> list[str]:
+    probe = observation.probe if observation is not None else None
+    if probe is None:
+        return []
+    places = [probe.python.prefix, probe.python.base_prefix, *probe.python.path]
+    return [p.rstrip("/") for p in places + sorted({d.location for d in probe.distributions}) if p]
+
+
+def watched_mounts(
+    mounts: Iterable[tuple[str, str, str, bool]], observation: Observation | None, policy: Policy
+) -> list[tuple[str, str, str, bool]]:
+    """The mounts whose content can change what the probe sees: over a path the policy watches,
+    or at or above a place the last probe found Python or its distributions in."""
+    places = _places(observation)
+    found = []
+    for mount in mounts:
+        destination = mount[0].rstrip("/") or "/"
+        prefix = destination.rstrip("/") + "/"
+        if (
+            watched(destination, policy.filesystem)
+            or watched(prefix, policy.filesystem)
+            or any(p == destination or p.startswith(prefix) for p in places)
+        ):
+            found.append(mount)
+    return found
+
+
+def mount_digest(mount: tuple[str, str, str, bool], limit: int = MAX_ENTRIES) -> str | None:
+    """A digest of a watched mount's content on this host; None for one that is not a path
+    here (tmpfs, a volume driver's) or cannot be read."""
+    _, source, kind, _ = mount
+    if kind not in ("bind", "volume") or not source:
+        return None
+    return tree_digest(source, limit)
+
+
+def host_key(driver_version: Path = DRIVER_VERSION) -> str:
+    """What of the host every container's probe sees: the NVIDIA driver's version line."""
+    try:
+        return driver_version.read_text(encoding="utf-8", errors="replace")[:4096]
+    except OSError:
+        return "no driver"
+
+
+def combine(parts: Sequence[str | None]) -> str | None:
+    """One fingerprint of its parts; None when any part is unknown."""
+    if any(part is None for part in parts):
+        return None
+    digest = hashlib.sha256()
+    for part in parts:
+        assert part is not None
+        digest.update(part.encode("utf-8", "surrogateescape") + b"\0")
+    return digest.hexdigest()

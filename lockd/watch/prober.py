@@ -1,0 +1,35 @@
+"""The inside probe, run the way ``lockd verify`` runs it (lockd.targets.docker.ContainerTarget):
+host evidence from the daemon and the overlay directories, the probe through ``docker exec``
+with a deadline, over the agent's Engine (one connection per request, so the agent's worker
+threads share it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lockd.model import Observation
+    from lockd.targets.engine import Engine
+
+__all__ = ["Prober"]
+
+
+class Prober:
+    def __init__(self, engine: Engine, *, timeout: float, python: str | None = None) -> None:
+        self.engine = engine
+        self.timeout = timeout
+        self.python = python
+
+    def observe(self, attrs: Mapping[str, Any]) -> Observation:
+        """Observe the container ``attrs`` (its inspection) describes.
+
+        Raises:
+            TargetError: the container is gone or stopped, or the daemon failed.
+            ProbeError: the probe failed, hung past the timeout, or printed garbage.
+        """
+        from lockd.targets.docker import ContainerTarget
+
+        target = ContainerTarget(self.engine, dict(attrs), python=self.python, timeout=self.timeout)
+        return target.observe()

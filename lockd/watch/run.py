@@ -1,0 +1,106 @@
+"""Putting an agent together from the command line's options, and running it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+from lockd.errors import InputError
+from lockd.watch.agent import Agent, PassSummary
+from lockd.watch.options import WatchOptions
+
+log = logging.getLogger("lockd.watch")
+
+DAEMON_TIMEOUT_S = 30.0  # one call to the Docker daemon (a probe has its own deadline)
+
+__all__ = ["open_agent", "run_once", "watch"]
+
+
+@contextmanager
+def open_agent(options: WatchOptions) -> Iterator[Agent]:
+    """An agent for ``options``: daemon checked, spool opened, policy and keys loaded; the
+    metrics server listening when asked for. Closed on exit.
+
+    Raises:
+        InputError: a bad policy, key, spool directory or metrics address (exit 2).
+        TargetError: the Docker daemon cannot be reached (exit 3).
+    """
+    from lockd import keys
+    from lockd.client import Client
+    from lockd.policy import load_policy
+    from lockd.targets.engine import Engine
+    from lockd.watch.metrics import AgentMetrics, MetricsServer
+    from lockd.watch.prober import Prober
+    from lockd.watch.spool import Spool
+    from lockd.watch.verifier import ManifestCache
+
+    policy = load_policy(options.policy)
+    trusted = [keys.load_public_key(k) for k in options.keys]
+    client = Client(
+        options.server, os.environ.get("LOCKD_TOKEN") or None, timeout=options.service_timeout_s
+    )
+    spool = Spool(options.spool)
+    engine = Engine.from_env(timeout=DAEMON_TIMEOUT_S)
+    if engine is None:
+        host = os.environ.get("DOCKER_HOST")
+        raise InputError(
+            f"DOCKER_HOST={host!r}: lockd watch speaks unix:///path/to/docker.sock or "
+            "tcp://HOST:PORT (plain HTTP; for TLS or ssh, run it beside the daemon)"
+        )
+    engine.ping()
+    metrics = AgentMetrics()
+    server = None if options.metrics_addr is None else MetricsServer(metrics, options.metrics_addr)
+    prober = Prober(engine, timeout=options.probe_timeout_s, python=options.python)
+    agent = Agent(
+        options,
+        engine=engine,
+        client=client,
+        spool=spool,
+        manifests=ManifestCache(options.spool / "manifests", client, trusted, options.server),
+        prober=prober,
+        policy=policy,
+        metrics=metrics,
+    )
+    try:
+        yield agent
+    finally:
+        agent.close()
+        if server is not None:
+            server.close()
+
+
+def run_once(options: WatchOptions) -> tuple[PassSummary, bool, str | None]:
+    """One full pass, every container probed; then the spool delivered. (summary, every
+    queued batch delivered, why not)."""
+    with open_agent(options) as agent:
+        summary = agent.run_pass(force=True)
+        delivered = agent.courier.deliver()
+        return summary, delivered, agent.courier.last_error
+
+
+def watch(options: WatchOptions) -> None:
+    """Watch until SIGTERM or SIGINT."""
+    with open_agent(options) as agent:
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            log.info("stopping (signal %d)", signum)
+            agent.stop()
+
+        previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        log.info(
+            "watching containers on %s every %gs for %s (spool %s, agent %s)",
+            options.host,
+            options.interval_s,
+            options.server,
+            options.spool,
+            agent.spool.agent,
+        )
+        try:
+            agent.run()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)

@@ -1,0 +1,140 @@
+"""Fingerprints: what must change before the watch agent probes a container again."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from observations import observation, probe
+
+from lockd.policy import default_policy
+from lockd.watch.fingerprint import (
+    combine,
+    host_key,
+    ignorable,
+    mount_digest,
+    tree_digest,
+    watched_mounts,
+)
+
+
+def make_tree(root: Path) -> None:
+    (root / "opt/venv/lib/site-packages/pkg").mkdir(parents=True)
+    (root / "opt/venv/lib/site-packages/pkg/__init__.py").write_text("x = 1\n")
+    (root / "etc").mkdir()
+    (root / "etc/hosts").write_text("127.0.0.1 localhost\n")
+    os.symlink("/nowhere", root / "etc/link")
+
+
+def test_an_unchanged_tree_keeps_its_digest(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    first = tree_digest(str(tmp_path))
+    assert first is not None
+    assert tree_digest(str(tmp_path)) == first
+
+
+def test_every_kind_of_change_changes_the_digest(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    seen = {tree_digest(str(tmp_path))}
+    target = tmp_path / "opt/venv/lib/site-packages/pkg/__init__.py"
+
+    def changed() -> bool:
+        digest = tree_digest(str(tmp_path))
+        new = digest not in seen
+        seen.add(digest)
+        return new
+
+    (tmp_path / "opt/venv/lib/site-packages/new.pth").write_text("")
+    assert changed()  # a file added
+    target.write_text("x = 2\n")  # same size: mtime/ctime tell
+    os.utime(target, ns=(1, 1))
+    assert changed()
+    target.chmod(0o600)
+    assert changed()  # mode
+    (tmp_path / "etc/hosts").unlink()
+    assert changed()  # a file deleted
+    (tmp_path / "etc/link").unlink()
+    os.symlink("/elsewhere/x", tmp_path / "etc/link")
+    assert changed()  # a link pointed elsewhere (new inode, size)
+
+
+def test_no_digest_for_what_cannot_be_walked(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    assert tree_digest(str(tmp_path / "missing")) is None
+    assert tree_digest(str(tmp_path / "etc/hosts")) is None  # a file, not a directory
+    assert tree_digest(str(tmp_path), limit=3) is None  # too many entries: probe instead
+    assert tree_digest(str(tmp_path), limit=100) is not None
+
+
+def test_combine_is_unknown_when_any_part_is() -> None:
+    assert combine(["a", "b"]) == combine(["a", "b"])
+    assert combine(["a", "b"]) != combine(["ab", ""])
+    assert combine(["a", None]) is None
+
+
+def test_watched_mounts_are_those_that_can_hide_what_the_probe_sees() -> None:
+    policy = default_policy()
+    mounts = [
+        ("/data", "/srv/data", "bind", True),
+        ("/opt/venv/lib/python3.11/site-packages", "/srv/pkgs", "volume", False),
+        ("/models", "/srv/models", "bind", False),
+        ("/usr/local/cuda", "/srv/cuda", "bind", False),
+    ]
+    # by the policy alone (before any probe): site-packages and CUDA
+    assert [m[0] for m in watched_mounts(mounts, None, policy)] == [
+        "/opt/venv/lib/python3.11/site-packages",
+        "/usr/local/cuda",
+    ]
+    # the probe found Python on sys.path under /data: that mount counts too
+    python = probe().python
+    observed = observation(
+        report=probe(python=python.model_copy(update={"path": [*python.path, "/data/lib"]}))
+    )
+    assert [m[0] for m in watched_mounts(mounts, observed, policy)] == [
+        "/data",
+        "/opt/venv/lib/python3.11/site-packages",
+        "/usr/local/cuda",
+    ]
+
+
+def test_mounts_that_are_not_paths_here_have_no_digest(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    assert mount_digest(("/x", "", "tmpfs", True)) is None
+    assert mount_digest(("/x", str(tmp_path), "bind", True)) == tree_digest(str(tmp_path))
+    assert mount_digest(("/x", str(tmp_path / "gone"), "volume", True)) is None
+
+
+def test_the_host_key_is_the_driver_version_line(tmp_path: Path) -> None:
+    version = tmp_path / "version"
+    version.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.159.04\n")
+    assert host_key(version).endswith("580.159.04\n")
+    assert host_key(tmp_path / "none") == "no driver"
+
+
+def test_writes_the_policy_ignores_do_not_make_a_container_due(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    (tmp_path / "var/log").mkdir(parents=True)
+    (tmp_path / "tmp").mkdir()
+    skip = ignorable(default_policy(), observation())
+    before = tree_digest(str(tmp_path), skip=skip)
+    (tmp_path / "var/log/app.log").write_text("started\n")
+    (tmp_path / "tmp/scratch").write_text("x")
+    (tmp_path / "opt/venv/lib/site-packages/pkg/__pycache__").mkdir()
+    (tmp_path / "opt/venv/lib/site-packages/pkg/__pycache__/m.cpython-311.pyc").write_bytes(b"")
+    assert tree_digest(str(tmp_path), skip=skip) == before
+    (tmp_path / "opt/venv/lib/site-packages/evil.pth").write_text("import os")
+    assert tree_digest(str(tmp_path), skip=skip) != before
+
+
+def test_an_ignored_place_on_sys_path_still_counts(tmp_path: Path) -> None:
+    python = probe().python
+    on_tmp = observation(
+        report=probe(python=python.model_copy(update={"path": [*python.path, "/tmp/lib"]}))
+    )
+    skip = ignorable(default_policy(), on_tmp)
+    assert skip("/tmp/scratch", False)
+    assert not skip("/tmp", True)  # above a sys.path entry
+    assert not skip("/tmp/lib", True)
+    assert not skip("/tmp/lib/pkg.py", False)
+    assert skip("/var/log/app.log", False)
+    assert not skip("/opt/venv/lib/python3.11/site-packages/x.py", False)
