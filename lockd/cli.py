@@ -63,6 +63,16 @@ DeepOpt = Annotated[
 ]
 
 
+NoCacheOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-cache",
+        help="with --deep: hash every file again, not taking the digests of the image's "
+        "read-only layers from lockd's layer cache",
+    ),
+]
+
+
 def _console(stderr: bool = False) -> Console:
     from rich.console import Console
 
@@ -124,6 +134,7 @@ def record(
         ),
     ] = None,
     deep: DeepOpt = False,
+    no_cache: NoCacheOpt = False,
     allow_incoherent: Annotated[
         bool,
         typer.Option(
@@ -156,7 +167,7 @@ def record(
         refuse_existing(out, force=force)
     locked = None if lock is None else load_lock(lock, allow_unhashed=allow_unhashed)
     private = keys.load_private_key(key, keys.read_password(purpose=str(key)))
-    observation = observe(_open_target(target, python), gpu=gpu, deep=deep)
+    observation = observe(_open_target(target, python), gpu=gpu, deep=deep, cache=not no_cache)
     if append is not None:
         manifest = append_gpu_result(append, private, observation)
         bound = None
@@ -186,7 +197,7 @@ def record(
         found = observation.integrity
         console.print(
             f"integrity: {found.files} files of {found.distributions} distributions match "
-            "their RECORD"
+            "their RECORD" + (f" ({found.cached} from the layer cache)" if found.cached else "")
         )
     console.print(f"wrote {out} (signed by keyid {recorded.keyid})")
 
@@ -216,6 +227,7 @@ def verify(
     ] = False,
     server: ServerOpt = None,
     deep: DeepOpt = False,
+    no_cache: NoCacheOpt = False,
     registry: Annotated[
         bool,
         typer.Option(
@@ -249,7 +261,20 @@ def verify(
             early = _EARLY.pop((target, python, gpu), None) or pool.submit(
                 _observe_early, target, python, gpu
             )
-        _verify(target, manifest, key, policy, python, json, gpu, deep, server, registry, early)
+        _verify(
+            target,
+            manifest,
+            key,
+            policy,
+            python,
+            json,
+            gpu,
+            deep,
+            server,
+            registry,
+            early,
+            cache=not no_cache,
+        )
 
 
 def _observe_early(ref: str, python: str | None, gpu: bool) -> tuple[Target, Observation]:
@@ -305,6 +330,8 @@ def _verify(
     server: str | None,
     registry: bool,
     early: Future[tuple[Target, Observation]] | None,
+    *,
+    cache: bool = True,
 ) -> None:
     from lockd import keys
     from lockd.policy import load_policy
@@ -321,7 +348,7 @@ def _verify(
         _, observation = (
             early.result()
             if early is not None
-            else reach_and_observe(lambda: _open_target(target, python), gpu, ignore)
+            else reach_and_observe(lambda: _open_target(target, python), gpu, ignore, cache=cache)
         )
         if registry:
             from lockd.attestations import verify_attested
@@ -339,6 +366,7 @@ def _verify(
             gpu=gpu,
             deep=deep,
             observing=early,
+            cache=cache,
         )
         if server is not None:
             from lockd.client import Client

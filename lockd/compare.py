@@ -637,6 +637,11 @@ def check_integrity(observation: Observation, p: Policy) -> Check:
     if found is None:
         return _skip("integrity", "host", "not checked: --deep hashes every installed file")
     where = _INTEGRITY_SOURCES[found.source]
+    if found.cached:
+        where += (
+            f"; {found.cached} files from lockd's layer cache: digests of the image's "
+            "read-only layers, hashed before, --no-cache hashes them again"
+        )
     count = len(found.findings) + found.omitted
     kinds: dict[str, int] = {}
     for f in found.findings:

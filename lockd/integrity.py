@@ -31,6 +31,11 @@ are resolved inside the target's root, never on the host, and a file opened in a
 container's merged directory is checked to be the file meant (a directory swapped for a link
 meanwhile cannot redirect lockd to a file of the host).
 
+Files of an image's read-only layers read on the host (``overlay``, ``layers``) go through the
+layer cache (lockd.layercache: digests keyed by layer chain ID and path, guarded by size, mtime,
+ctime and inode); a container's own writes (its upper directory) are always hashed, and
+``Integrity.cached`` counts the digests taken from the cache. ``--no-cache`` hashes every file.
+
 Hashing runs in a thread pool (hashlib releases the GIL on large buffers), reads 1 MiB at a
 time into one buffer per thread and starts with the largest files. ``DeepTarget`` overlaps it
 with the probe: the distributions of the usual site-packages directories are hashed while the
@@ -59,12 +64,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from lockd.errors import LockdError, RefusedError, TargetError
+from lockd.layercache import DigestCache, LayerView, cache_dir, container_layer_keys
 from lockd.model import Distribution, Finding, Integrity, IntegritySource, normalise_name
 from lockd.policy import DEFAULT_IGNORE, matches
 
 if TYPE_CHECKING:
     from lockd.model import Observation, TargetInfo
     from lockd.targets.base import Target
+    from lockd.targets.docker import ContainerTarget
 
 __all__ = [
     "CHUNK",
@@ -368,6 +375,10 @@ class Source:
         """Directories that usually hold distributions, to hash before the probe names them."""
         return []
 
+    def cached_files(self) -> int:
+        """Files whose digest came from the layer cache (lockd.layercache)."""
+        return 0
+
     def close(self) -> None:
         """Give back what the source holds (a throw-away container)."""
 
@@ -413,6 +424,11 @@ class HostTree(Source):
 
     ``mounts`` (destination, host path): a container's bind mounts and volumes, which its
     merged directory does not show, are read from their sources, as the container sees them.
+
+    ``digests`` (lockd.layercache): a file an image's read-only layer provides is taken from
+    the layer cache when it holds it, else hashed and kept there; for a container, ``view``
+    says which layer provides each file (its upper directory's files are always hashed), for
+    an image, ``layer_keys`` names each layer.
     """
 
     def __init__(
@@ -426,6 +442,9 @@ class HostTree(Source):
         immutable: bool = False,
         upper: str | None = None,
         mounts: Sequence[tuple[str, str]] = (),
+        digests: DigestCache | None = None,
+        view: LayerView | None = None,
+        layer_keys: Sequence[str | None] = (),
     ) -> None:
         if not layers:
             raise ValueError("a HostTree needs at least one directory")
@@ -441,6 +460,9 @@ class HostTree(Source):
         self._resolved: dict[str, _Hit | None] = {}
         self._mounted_files: dict[str, str] = {}
         self._mount_points: list[str] = []
+        self.digests = digests
+        self.view = view
+        self._layer_keys = dict(zip(self.layers, layer_keys, strict=False))
         for destination, source in mounts:  # what the container sees there: the mount's source
             rel = posixpath.normpath(destination).strip("/")
             real = os.path.realpath(source)
@@ -686,6 +708,12 @@ class HostTree(Source):
         found = self._file(path)
         if isinstance(found, FileState):
             return found
+        key = self._layer_key(found.hit.host) if self.digests is not None else None
+        if key is not None and self.digests is not None:
+            cached = self.digests.get(key, found.hit.rel, algorithm, found.st)
+            if cached is not None:
+                os.close(found.handle)
+                return FileState("file", digest=cached, size=found.st.st_size)
         try:
             fd = self._reopen(found)
         except FileNotFoundError:
@@ -696,9 +724,53 @@ class HostTree(Source):
             return FileState("unreadable", message=f"cannot open it: {e.strerror or e}")
         try:
             mappable = self._mappable(found)
-            return _hash_fd(fd, found.hit.host, found.st, algorithm, buffer, mappable)
+            state = _hash_fd(fd, found.hit.host, found.st, algorithm, buffer, mappable)
         finally:
             os.close(fd)
+        if key is not None and self.digests is not None and state.digest is not None:
+            self.digests.put(key, found.hit.rel, state.digest, found.st)
+        return state
+
+    def _layer_key(self, host: str) -> str | None:
+        """The chain ID of the image layer (of an ``immutable`` tree) that ``host`` lies in."""
+        if not self.immutable:
+            return None
+        for layer, key in self._layer_keys.items():
+            if key is not None and host.startswith(layer + "/"):
+                return key
+        return None
+
+    def _hash_lower(
+        self, rel_dir: str, name: str, algorithm: str, buffer: bytearray
+    ) -> FileState | None:
+        """The file ``name`` of the canonical directory ``rel_dir`` when a read-only layer of
+        the container's image provides it: from the layer cache, else hashed in the layer
+        (which nothing writes to: mapped, without overlayfs in the way) and kept; None when
+        the container's upper directory provides it (or lockd cannot tell)."""
+        assert self.view is not None and self.digests is not None
+        located = self.view.locate(rel_dir, name)
+        if located is None:
+            return None
+        key, host, st = located
+        rel = f"{rel_dir}/{name}" if rel_dir else name
+        cached = self.digests.get(key, rel, algorithm, st)
+        if cached is not None:
+            return FileState("file", digest=cached, size=st.st_size)
+        try:
+            fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            opened = os.fstat(fd)
+            if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+                return None
+            state = _hash_fd(fd, host, opened, algorithm, buffer, opened.st_size >= _MAP_MIN)
+        finally:
+            os.close(fd)
+        if state.digest is None:
+            return None  # hashed the usual way, which says why
+        self.digests.put(key, rel, state.digest, opened)
+        return state
 
     def hash_many(
         self, directory: str, jobs: Sequence[tuple[str, str]], buffer: bytearray
@@ -723,10 +795,19 @@ class HostTree(Source):
                 for _ in jobs:
                     yield FileState("unstable", message="its directory moved while lockd read")
                 return
+            layered = (
+                self.view is not None
+                and self.digests is not None
+                and not any(_under("/" + parent.rel, m) for m in self._mount_points)
+            )
             for name, algorithm in jobs:
                 rel = f"{parent.rel}/{name}" if parent.rel else name
                 if rel in self._mounted_files or rel in self._dirs:  # a mount point: not here
                     yield self.hash(f"{directory}/{name}", algorithm, buffer)
+                    continue
+                lower = self._hash_lower(parent.rel, name, algorithm, buffer) if layered else None
+                if lower is not None:
+                    yield lower
                 else:
                     yield self._hash_in(dir_fd, directory, parent, name, algorithm, buffer)
         finally:
@@ -807,6 +888,13 @@ class HostTree(Source):
                 for match in glob.glob(os.path.join(glob.escape(layer), pattern)):
                     found.add("/" + os.path.relpath(match, layer))
         return sorted(p for p in found if self._directory(p) is not None)
+
+    def cached_files(self) -> int:
+        return 0 if self.digests is None else self.digests.hits
+
+    def close(self) -> None:
+        if self.digests is not None:
+            self.digests.save()
 
 
 def _hash_fd(
@@ -1396,6 +1484,7 @@ def _integrity(
         distributions=len(dists),
         files=files,
         bytes=total,
+        cached=min(files, source.cached_files()),
         unhashed=unhashed,
         without_record=sorted(d.name for d in distributions if d.record_sha256 is None),
         findings=findings[:MAX_FINDINGS],
@@ -1427,9 +1516,11 @@ def check_files(
 # --- targets ------------------------------------------------------------------------------------
 
 
-def open_source(target: Target) -> Source:
+def open_source(target: Target, *, cache: bool = True) -> Source:
     """Where ``target``'s files can be read: on the host when lockd can, else through the
-    Docker API (``LOCKD_DEEP_SOURCE=api`` forces the API for a container or an image).
+    Docker API (``LOCKD_DEEP_SOURCE=api`` forces the API for a container or an image). With
+    ``cache``, files of an image's read-only layers read on the host go through the layer
+    cache (lockd.layercache).
 
     Raises:
         TargetError: a target lockd cannot read the files of, or the daemon failed.
@@ -1445,6 +1536,7 @@ def open_source(target: Target) -> Source:
         storage = None if force_api else target.overlay_storage()
         mounts = target.mount_sources()
         if storage is not None and mounts is not None:
+            view = _layer_view(target, storage[1]) if cache else None
             return HostTree(
                 [storage[0]],
                 kind="overlay",
@@ -1453,22 +1545,40 @@ def open_source(target: Target) -> Source:
                 check_opened=True,
                 upper=storage[1],
                 mounts=mounts,
+                digests=None if view is None else DigestCache(cache_dir()),
+                view=view,
             )
         return ArchiveSource(target.fetch_archive, f"container {target.name} (Docker API)")
     if isinstance(target, ImageTarget):
         layers = None if force_api else target.layer_dirs()
         if layers:
+            keys = container_layer_keys(layers, target.image.attrs) if cache else None
             return HostTree(
                 layers,
                 kind="layers",
                 evidence="host",
                 description=f"the layers of image {target.image_ref}",
                 immutable=True,
+                digests=None if keys is None else DigestCache(cache_dir()),
+                layer_keys=keys or (),
             )
         holder = target.archive_container()
         fetch = holder.__enter__()
         return ArchiveSource(fetch, f"image {target.image_ref} (Docker API)", closer=holder)
     raise TargetError(f"{target.info.ref}: lockd cannot read this target's files for --deep")
+
+
+def _layer_view(target: ContainerTarget, upper: str) -> LayerView | None:
+    """The container's layers for the layer cache: its upper directory, then its image's
+    layers by chain ID; None when the daemon's answers do not say which layer is which."""
+    from lockd.targets.docker import overlay_dirs
+
+    _, layers = overlay_dirs(target.attrs)
+    image = target.image_attrs()
+    keys = None if image is None else container_layer_keys(layers[1:], image)
+    if not layers or keys is None or os.path.realpath(layers[0]) != os.path.realpath(upper):
+        return None
+    return LayerView([(layers[0], None), *zip(layers[1:], keys, strict=True)])
 
 
 def deepen(
@@ -1477,13 +1587,14 @@ def deepen(
     *,
     ignore: Sequence[str] = DEFAULT_IGNORE,
     progress: bool | None = None,
+    cache: bool = True,
 ) -> Observation:
     """``observation`` (of ``target``) with ``integrity``: its files against their RECORDs.
 
     Raises:
         TargetError: the target's files cannot be read.
     """
-    source = open_source(target)
+    source = open_source(target, cache=cache)
     try:
         distributions = observation.probe.distributions if observation.probe else []
         found = check_files(source, distributions, ignore=ignore, progress=progress)
@@ -1502,16 +1613,20 @@ class DeepTarget:
         *,
         ignore: Sequence[str] = DEFAULT_IGNORE,
         progress: bool | None = None,
+        cache: bool = True,
     ) -> None:
+        """``cache``: use the layer cache (lockd.layercache) where the files are read on the
+        host; False hashes every file."""
         self.target = target
         self.info: TargetInfo = target.info
         self.ignore = list(ignore)
         self.progress = progress
+        self.cache = cache
 
     def observe(self) -> Observation:
         """Raises what the target's ``observe()`` raises, and TargetError when its files cannot
         be read."""
-        source = open_source(self.target)
+        source = open_source(self.target, cache=self.cache)
         bar = _Progress(self.progress)
         source.on_bytes = bar.advance if source.kind == "api" else None
         try:

@@ -332,6 +332,7 @@ class Integrity(Frozen):
     distributions: Annotated[int, Field(ge=0)]  # distributions whose RECORD was read
     files: Annotated[int, Field(ge=0)]  # files hashed
     bytes: Annotated[int, Field(ge=0)]
+    cached: Annotated[int, Field(ge=0)] = 0  # of files: digests from the layer cache
     unhashed: Annotated[int, Field(ge=0)] = 0  # rows without a hash (RECORD itself, .pyc)
     without_record: Annotated[list[Name], Field(max_length=20000)] = []
     findings: Annotated[list["Finding"], Field(max_length=1000)] = []

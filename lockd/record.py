@@ -20,9 +20,12 @@ if TYPE_CHECKING:
     from lockd.targets.base import Target
 
 
-def observe(target: Target, *, gpu: bool = False, deep: bool = False) -> Observation:
+def observe(
+    target: Target, *, gpu: bool = False, deep: bool = False, cache: bool = True
+) -> Observation:
     """What record signs of ``target``: its Observation; with ``gpu``, a run of the GPU suite
-    in it; with ``deep``, its installed files hashed against their RECORDs (lockd.integrity).
+    in it; with ``deep``, its installed files hashed against their RECORDs (lockd.integrity),
+    through the layer cache unless not ``cache`` (lockd.layercache).
 
     Raises:
         RefusedError: with ``deep``, installed files disagree with their RECORD, or a RECORD
@@ -32,7 +35,7 @@ def observe(target: Target, *, gpu: bool = False, deep: bool = False) -> Observa
     if deep and not gpu:
         from lockd.integrity import DeepTarget
 
-        observation = DeepTarget(target).observe()  # hashing overlaps the probe
+        observation = DeepTarget(target, cache=cache).observe()  # hashing overlaps the probe
     elif gpu:
         from lockd.gpu import observe_with_suite
 
@@ -43,7 +46,7 @@ def observe(target: Target, *, gpu: bool = False, deep: bool = False) -> Observa
         from lockd.integrity import deepen, require_intact
 
         if observation.integrity is None:
-            observation = deepen(target, observation)
+            observation = deepen(target, observation, cache=cache)
         require_intact(observation)
         from lockd.smoke import with_family_imports
 

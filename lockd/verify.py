@@ -134,15 +134,20 @@ def _target_summary(info: TargetInfo, observation: Observation | None) -> dict[s
 
 
 def reach_and_observe(
-    reach: Callable[[], Target], gpu: bool, deep: Sequence[str] | None = None
+    reach: Callable[[], Target],
+    gpu: bool,
+    deep: Sequence[str] | None = None,
+    *,
+    cache: bool = True,
 ) -> tuple[Target, Observation]:
     """``deep``: check installed files against their RECORDs, not reporting unlisted files
-    that match these patterns (lockd.integrity)."""
+    that match these patterns (lockd.integrity); ``cache``: through the layer cache
+    (lockd.layercache), else every file hashed."""
     target = reach()
     if deep is not None and not gpu:
         from lockd.integrity import DeepTarget
 
-        observed = DeepTarget(target, ignore=deep).observe()
+        observed = DeepTarget(target, ignore=deep, cache=cache).observe()
         return target, _with_family_imports(target, observed, deep)
     if gpu:
         from lockd.gpu import observe_with_suite
@@ -153,7 +158,7 @@ def reach_and_observe(
     if deep is not None:
         from lockd.integrity import deepen
 
-        observation = deepen(target, observation, ignore=deep)
+        observation = deepen(target, observation, ignore=deep, cache=cache)
     return target, _with_family_imports(target, observation, deep)
 
 
@@ -177,10 +182,12 @@ def verify_target(
     gpu: bool = False,
     deep: bool = False,
     observing: Future[tuple[Target, Observation]] | None = None,
+    cache: bool = True,
 ) -> Report:
     """Verify the target `reach()` opens against the signed manifest under `policy`; with
     `gpu`, run the GPU validation suite in it too (the `gpu` check); with `deep`, hash every
-    installed file against its RECORD (the `integrity` check).
+    installed file against its RECORD (the `integrity` check), through the layer cache unless
+    not `cache` (lockd.layercache).
 
     The target is reached and probed in a worker thread while the envelope is read and its
     signature checked: the probe mostly waits on the container, so this hides its latency.
@@ -192,7 +199,7 @@ def verify_target(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockd-probe") as pool:
         ignore = policy.filesystem.ignore if deep else None
         if observing is None:  # else the caller started reach_and_observe(reach, gpu) itself
-            observing = pool.submit(reach_and_observe, reach, gpu, ignore)
+            observing = pool.submit(reach_and_observe, reach, gpu, ignore, cache=cache)
         signature, keyids, statement = open_manifest(manifest_path, trusted)
         if statement is None:
             checks = [

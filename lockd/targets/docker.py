@@ -958,6 +958,14 @@ class ContainerTarget:
             return None
         return (merged, layers[0]) if os.path.ismount(merged) else None
 
+    def image_attrs(self) -> dict[str, Any] | None:
+        """The daemon's inspect answer for the container's image (its layers, for the layer
+        cache of --deep); None when the daemon cannot give it."""
+        try:
+            return self._api.inspect_image(str(self.attrs.get("Image") or ""))
+        except (EngineError, OSError):  # the cache is an optimisation: hash everything
+            return None
+
     def mount_sources(self) -> list[tuple[str, str]] | None:
         """(destination, host path) of each of the container's bind mounts and volumes: the
         merged directory does not show them, so what the container sees there is read from
