@@ -7,7 +7,7 @@ Two kinds of evidence, as the architecture describes:
   read from the overlay2 upper directory on this host (or the daemon's changes API);
 * from inside: the probe, run by the target's own Python through ``docker exec`` (for a
   container) or as the only process of a throw-away container (for an image). Its output
-  is untrusted: read with a deadline and a size cap, then validated by ``parse_probe_output``.
+  is untrusted: read with a deadline and a size cap, then validated by ``parse_probe_document``.
 
 A container is inspected and probed through lockd's own stdlib client (``engine.Engine``):
 ``lockd verify <container>`` never imports the docker SDK. Images (throw-away containers, the
@@ -34,8 +34,9 @@ from lockd.probe import probe_source
 from lockd.targets.base import (
     MAX_PROBE_OUTPUT,
     PROBE_TIMEOUT,
+    WITH_FAMILY_IMPORTS,
     _stderr_tail,
-    parse_probe_output,
+    parse_probe_document,
 )
 from lockd.targets.engine import (
     Engine,
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 
     from lockd.model import (
         ChangeKind,
+        FamilyImports,
         FileChange,
         HostEvidence,
         Mount,
@@ -721,6 +723,7 @@ class ContainerTarget:
         self.python = python
         self.timeout = timeout
         self.max_output = max_output
+        self.probe_args: tuple[str, ...] = ()  # options of the probe (lockd.smoke)
         self.name: str = str(self.attrs.get("Name") or "").lstrip("/") or self.id
         self._info: TargetInfo | None = None
         self._source = f"container {self.name}"
@@ -794,16 +797,25 @@ class ContainerTarget:
             )
         deadline = time.monotonic() + self.timeout
         pythons = _candidates(self.python)
-        started = self._start([pythons[0], "-c", probe_source()], "the probe", self._source)
+        started = self._start(self._probe_argv(pythons[0]), "the probe", self._source)
         try:
             host = self._host_evidence(attrs)
         except BaseException:
             _close_socket(started[1])
             raise
-        probe, probe_error = self._probe(pythons, started, state, deadline)
+        probe, imports, probe_error = self._probe(pythons, started, state, deadline)
         from lockd.model import Observation  # here: the probe starts before the models load
 
-        return Observation(target=self.info, host=host, probe=probe, probe_error=probe_error)
+        return Observation(
+            target=self.info,
+            host=host,
+            probe=probe,
+            probe_error=probe_error,
+            family_imports=imports,
+        )
+
+    def _probe_argv(self, python: str) -> list[str]:
+        return [python, "-c", probe_source(), *self.probe_args]
 
     def _host_evidence(self, attrs: dict[str, Any]) -> HostEvidence:
         from lockd.model import HostEvidence
@@ -833,12 +845,13 @@ class ContainerTarget:
         started: tuple[str, Any],
         state: dict[str, Any],
         deadline: float,
-    ) -> tuple[ProbeReport | None, str | None]:
-        """The probe's report from the first of ``pythons`` the container has (``started``
-        already runs it); the reason there is none when it has none."""
+    ) -> tuple[ProbeReport | None, FamilyImports | None, str | None]:
+        """The probe's report (and smoke test, where asked) from the first of ``pythons`` the
+        container has (``started`` already runs it); the reason there is none when it has
+        none."""
         for tried, python in enumerate(pythons):
             if tried:
-                started = self._start([python, "-c", probe_source()], "the probe", self._source)
+                started = self._start(self._probe_argv(python), "the probe", self._source)
             stdout, stderr, code = self._finish(
                 started, "the probe", self._source, deadline, self.timeout, self.max_output, state
             )
@@ -851,8 +864,11 @@ class ContainerTarget:
                 continue
             if code != 0:
                 raise _exited(self._source, python, code, stderr)
-            return parse_probe_output(stdout, source=self._source), None
-        return None, _no_python("container", self._source, self.python)
+            probe, imports = parse_probe_document(
+                stdout, self._source, family_imports=WITH_FAMILY_IMPORTS in self.probe_args
+            )
+            return probe, imports, None
+        return None, None, _no_python("container", self._source, self.python)
 
     def run_script(
         self, argv: Sequence[str], *, what: str, source: str, timeout: float, max_output: int
@@ -1015,6 +1031,7 @@ class ImageTarget:
         self.python = python
         self.timeout = timeout
         self.max_output = max_output
+        self.probe_args: tuple[str, ...] = ()  # options of the probe (lockd.smoke)
         self.info = TargetInfo(kind="image", ref=image_ref)
         self._source = f"image {image_ref}"
         image = _find_image(client, image_ref)
@@ -1048,8 +1065,10 @@ class ImageTarget:
         for python in _candidates(self.python):
             stdout = self._run(python, deadline)
             if stdout is not None:
-                probe = parse_probe_output(stdout, source=self._source)
-                return Observation(target=self.info, host=host, probe=probe)
+                probe, imports = parse_probe_document(
+                    stdout, self._source, family_imports=WITH_FAMILY_IMPORTS in self.probe_args
+                )
+                return Observation(target=self.info, host=host, probe=probe, family_imports=imports)
         return Observation(
             target=self.info, host=host, probe_error=_no_python("image", self._source, self.python)
         )
@@ -1057,18 +1076,14 @@ class ImageTarget:
     def _run(self, python: str, deadline: float) -> bytes | None:
         """Run the probe in a throw-away container; its stdout, or None without ``python``."""
         api = self.client.api
-        with _docker_errors(f"{self._source}: cannot create a container to run the probe"):
-            created = api.create_container(
-                str(self.image.id),
-                command=["-c", probe_source()],
-                entrypoint=[python],
-                network_disabled=True,
-                labels={THROWAWAY_LABEL: "1"},
-                host_config=api.create_host_config(
-                    network_mode="none", log_config={"Type": "none", "Config": {}}
-                ),
-            )
-        container_id = str(created["Id"])
+        container_id = self._create_throwaway(
+            "to run the probe",
+            command=["-c", probe_source(), *self.probe_args],
+            entrypoint=[python],
+            host_config=api.create_host_config(
+                network_mode="none", log_config={"Type": "none", "Config": {}}
+            ),
+        )
         try:
             result = self._run_in(container_id, python, deadline)
         except BaseException:
@@ -1125,14 +1140,9 @@ class ImageTarget:
             TargetError: the daemon failed.
         """
         api = self.client.api
-        with _docker_errors(f"{self._source}: cannot create a container to read its files"):
-            created = api.create_container(
-                str(self.image.id),
-                entrypoint=["/lockd-reads-files-never-runs"],
-                network_disabled=True,
-                labels={THROWAWAY_LABEL: "1"},
-            )
-        container_id = str(created["Id"])
+        container_id = self._create_throwaway(
+            "to read its files", entrypoint=["/lockd-reads-files-never-runs"]
+        )
 
         def fetch(path: str) -> Archive | None:
             what = f"{self._source}: cannot read {path} through the Docker API"
@@ -1146,6 +1156,26 @@ class ImageTarget:
             self._remove(container_id, quiet=True)
             raise
         self._remove(container_id, quiet=False)
+
+    def _create_throwaway(self, purpose: str, **options: Any) -> str:
+        """Create (not start) a throw-away container of the image, without a network; its ID.
+
+        It is named before it exists: an interrupt while the daemon answers (the container made,
+        its ID not yet known here) still removes it by that name."""
+        name = f"lockd-throwaway-{os.urandom(8).hex()}"
+        with _docker_errors(f"{self._source}: cannot create a container {purpose}"):
+            try:
+                created = self.client.api.create_container(
+                    str(self.image.id),
+                    name=name,
+                    network_disabled=True,
+                    labels={THROWAWAY_LABEL: "1"},
+                    **options,
+                )
+            except BaseException:
+                self._remove(name, quiet=True)
+                raise
+        return str(created["Id"])
 
     def _remove(self, container_id: str, *, quiet: bool) -> None:
         from docker.errors import DockerException, NotFound

@@ -98,23 +98,19 @@ def _in_image(
             "device_requests": [DeviceRequest(count=-1, capabilities=[["gpu"]])],
             "shm_size": "1g",  # NCCL needs more shared memory than Docker's 64 MiB
         }
-    with d._docker_errors(f"{source}: cannot create a container to run {what}"):
-        created = api.create_container(
-            str(target.image.id),
-            command=arguments,
-            entrypoint=[python],
-            network_disabled=True,
-            labels={d.THROWAWAY_LABEL: "1"},
-            host_config=api.create_host_config(
-                network_mode="none", log_config={"Type": "none", "Config": {}}, **extra
-            ),
-        )
-    container_id = str(created["Id"])
-    deadline = time.monotonic() + timeout
-    # ImageTarget._run_in reads with the target's own bounds and names (the probe's): a copy
+    # ImageTarget's helpers read with the target's own bounds and names (the probe's): a copy
     # with the script's, so a probe running beside it (observe_with_suite) keeps its own.
     bounded = copy.copy(target)
     bounded.timeout, bounded.max_output, bounded._source = timeout, max_output, source
+    container_id = bounded._create_throwaway(
+        f"to run {what}",
+        command=arguments,
+        entrypoint=[python],
+        host_config=api.create_host_config(
+            network_mode="none", log_config={"Type": "none", "Config": {}}, **extra
+        ),
+    )
+    deadline = time.monotonic() + timeout
     try:
         stdout = bounded._run_in(container_id, python, deadline)
     except BaseException:

@@ -414,3 +414,21 @@ def test_interrupted_image_probe_removes_its_container(
         process.kill()
     assert b"KeyboardInterrupt" in stderr
     assert throwaways(docker_client) == []
+
+
+def test_an_interrupt_while_the_daemon_creates_the_throwaway_still_removes_it(
+    docker_client: Any, app_image: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon made the container but its answer never arrived (Ctrl-C in between): the
+    container was named before it existed, so it is removed by that name."""
+    target = ImageTarget(docker_client, app_image)
+    create = docker_client.api.create_container
+
+    def created_then_interrupted(*args: Any, **kwargs: Any) -> Any:
+        create(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(docker_client.api, "create_container", created_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        target.observe()
+    assert throwaways(docker_client) == []
