@@ -1614,14 +1614,17 @@ class DeepTarget:
         ignore: Sequence[str] = DEFAULT_IGNORE,
         progress: bool | None = None,
         cache: bool = True,
+        family_imports: bool = False,
     ) -> None:
         """``cache``: use the layer cache (lockd.layercache) where the files are read on the
-        host; False hashes every file."""
+        host; False hashes every file. ``family_imports``: the probe also runs the PyTorch
+        family's import smoke test (lockd.smoke.observe)."""
         self.target = target
         self.info: TargetInfo = target.info
         self.ignore = list(ignore)
         self.progress = progress
         self.cache = cache
+        self.family_imports = family_imports
 
     def observe(self) -> Observation:
         """Raises what the target's ``observe()`` raises, and TargetError when its files cannot
@@ -1635,7 +1638,7 @@ class DeepTarget:
                 ThreadPoolExecutor(1, thread_name_prefix="lockd-probe") as probing,
             ):
                 hasher = _Hasher(source, pool, bar)
-                observing = probing.submit(self.target.observe)
+                observing = probing.submit(self._observe)
                 early = _Early()
                 guessed = self._speculate(source, hasher, early)
                 try:
@@ -1654,6 +1657,13 @@ class DeepTarget:
             bar.stop()
             source.close()
         return observation.model_copy(update={"integrity": found})
+
+    def _observe(self) -> Observation:
+        if not self.family_imports:
+            return self.target.observe()
+        from lockd.smoke import observe
+
+        return observe(self.target)
 
     @staticmethod
     def _speculate(source: Source, hasher: _Hasher, early: _Early) -> list[str]:

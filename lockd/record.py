@@ -35,7 +35,8 @@ def observe(
     if deep and not gpu:
         from lockd.integrity import DeepTarget
 
-        observation = DeepTarget(target, cache=cache).observe()  # hashing overlaps the probe
+        # hashing overlaps the probe, which runs the import smoke test too
+        observation = DeepTarget(target, cache=cache, family_imports=True).observe()
     elif gpu:
         from lockd.gpu import observe_with_suite
 
@@ -50,7 +51,7 @@ def observe(
         require_intact(observation)
         from lockd.smoke import with_family_imports
 
-        observation = with_family_imports(target, observation)  # the import smoke test
+        observation = with_family_imports(target, observation)  # unless the probe ran it
     return observation
 
 

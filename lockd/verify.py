@@ -147,7 +147,7 @@ def reach_and_observe(
     if deep is not None and not gpu:
         from lockd.integrity import DeepTarget
 
-        observed = DeepTarget(target, ignore=deep, cache=cache).observe()
+        observed = DeepTarget(target, ignore=deep, cache=cache, family_imports=True).observe()
         return target, _with_family_imports(target, observed, deep)
     if gpu:
         from lockd.gpu import observe_with_suite
@@ -165,7 +165,8 @@ def reach_and_observe(
 def _with_family_imports(
     target: Target, observation: Observation, deep: Sequence[str] | None
 ) -> Observation:
-    """With ``deep``: the PyTorch family's import smoke test (the `coherence` check)."""
+    """With ``deep``: the PyTorch family's import smoke test (the `coherence` check), unless
+    the probe ran it."""
     if deep is None:
         return observation
     from lockd.smoke import with_family_imports

@@ -573,13 +573,17 @@ def pip_report(path: str | None = None) -> dict[str, Any] | None:
 
 # --- the PyTorch family's import smoke test (``--family-imports``) ----------------------------
 #
-# Off by default (importing torch and its family takes seconds): lockd runs this file a second
-# time, with ``--family-imports``, for ``--deep``. Each installed family member is imported and
-# one of its compiled ops run on a tiny tensor; a failure reports the exception with its causes
-# (a compiled extension built for another torch fails to load) and the warnings raised on the
-# way. The document is {"python": ..., "results": [...]} (lockd/model.py: FamilyImports).
+# Off by default (importing torch and its family takes seconds). For ``--deep`` lockd runs the
+# probe with ``--with-family-imports``: the report gains a ``family_imports`` document, made
+# after everything else (the record of loaded libraries stays that of ``import torch`` alone)
+# and reusing the probe's import of torch; ``--family-imports`` alone prints only the document.
+# Each installed family member is imported and one of its compiled ops run on a tiny tensor; a
+# failure reports the exception with its causes (a compiled extension built for another torch
+# fails to load) and the warnings raised on the way. The document is {"python": ...,
+# "results": [...]} (lockd/model.py: FamilyImports).
 
 FAMILY_IMPORTS_FLAG = "--family-imports"
+WITH_FAMILY_IMPORTS_FLAG = "--with-family-imports"  # the report, then the smoke test after it
 
 
 def _touch_torch(module: Any) -> None:
@@ -677,12 +681,13 @@ def family_import(
     return result
 
 
-def family_imports() -> dict[str, Any]:
-    """The import smoke test over the installed family members, torch first."""
+def family_imports(dists: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The import smoke test over the installed family members (``dists``, else found),
+    torch first."""
     import faulthandler
 
     faulthandler.enable()  # a crash in a compiled extension still says where, on stderr
-    installed = {d["name"]: d["version"] for d in distributions()}
+    installed = {d["name"]: d["version"] for d in (distributions() if dists is None else dists)}
     results = [
         family_import(name, installed[name], module, op, touch)
         for name, module, op, touch in FAMILY_IMPORTS
@@ -802,7 +807,12 @@ def main() -> None:
             os.close(out)
         out = None
     try:
-        report = family_imports() if FAMILY_IMPORTS_FLAG in sys.argv[1:] else collect()
+        if FAMILY_IMPORTS_FLAG in sys.argv[1:]:
+            report = family_imports()
+        else:
+            report = collect()
+            if WITH_FAMILY_IMPORTS_FLAG in sys.argv[1:]:
+                report["family_imports"] = family_imports(report["distributions"])
         document = render(report).encode("ascii")
     except Exception:
         traceback.print_exc()

@@ -22,18 +22,26 @@ from lockd.errors import ProbeError
 if TYPE_CHECKING:  # imported where used: a container's probe starts before lockd's models load
     from pydantic import ValidationError
 
-    from lockd.model import Observation, ProbeReport, TargetInfo
+    from lockd.model import FamilyImports, Observation, ProbeReport, TargetInfo
 
 __all__ = [
+    "FAMILY_IMPORTS_KEY",
     "MAX_PROBE_OUTPUT",
     "PROBE_TIMEOUT",
+    "WITH_FAMILY_IMPORTS",
     "Target",
+    "parse_probe_document",
     "parse_probe_output",
     "run_probe_subprocess",
 ]
 
 MAX_PROBE_OUTPUT = 16 * 1024 * 1024
 """Bytes of probe output lockd reads at most; more is an error, not a truncation."""
+
+WITH_FAMILY_IMPORTS = "--with-family-imports"
+"""The probe's option to run the import smoke test after its report, in its own process."""
+FAMILY_IMPORTS_KEY = "family_imports"
+"""The key of the import smoke test's document in a probe run with ``--with-family-imports``."""
 
 PROBE_TIMEOUT = 60.0
 """Seconds the probe may run (importing torch alone can take several)."""
@@ -113,6 +121,19 @@ def parse_probe_output(stdout: bytes, source: str) -> ProbeReport:
         ProbeError: the output is too large, not UTF-8, not one JSON object, does not match
             ProbeReport, or lists a distribution twice.
     """
+    return parse_probe_document(stdout, source)[0]
+
+
+def parse_probe_document(
+    stdout: bytes, source: str, *, family_imports: bool = False
+) -> tuple[ProbeReport, FamilyImports | None]:
+    """``parse_probe_output``; with ``family_imports`` (the probe ran with
+    ``--with-family-imports``), also the import smoke test's document it carries: what cannot
+    be read there becomes its ``error`` (lockd.smoke), like the separate smoke test's.
+
+    Raises:
+        ProbeError: as ``parse_probe_output``.
+    """
     from pydantic import ValidationError
 
     from lockd.model import ProbeReport
@@ -151,6 +172,7 @@ def parse_probe_output(stdout: bytes, source: str) -> ProbeReport:
             f"{source}: probe printed a JSON {type(value).__name__}, expected an object; "
             "is the target running lockd's probe?"
         )
+    imports: object = value.pop(FAMILY_IMPORTS_KEY, None) if family_imports else None
     try:
         report = ProbeReport.model_validate(value, strict=True)
     except ValidationError as e:
@@ -166,7 +188,11 @@ def parse_probe_output(stdout: bytes, source: str) -> ProbeReport:
             f"{source}: probe output lists the distribution {_quote(sorted(repeated)[0])} "
             "more than once; the target is tampered with or its probe is not lockd's"
         )
-    return report
+    if not family_imports:
+        return report, None
+    from lockd.smoke import read_family_imports
+
+    return report, read_family_imports(imports, source, report.python.executable)
 
 
 # --- running a probe as a local process ---------------------------------------------------------

@@ -14,7 +14,8 @@ from lockd.probe import probe_source
 from lockd.targets.base import (
     MAX_PROBE_OUTPUT,
     PROBE_TIMEOUT,
-    parse_probe_output,
+    WITH_FAMILY_IMPORTS,
+    parse_probe_document,
     run_probe_subprocess,
 )
 
@@ -41,6 +42,7 @@ class LocalTarget:
         self.python = interpreter
         self.timeout = timeout
         self.max_output = max_output
+        self.probe_args: tuple[str, ...] = ()  # options of the probe (lockd.smoke)
         self.info = TargetInfo(kind="local", ref=interpreter)
 
     def observe(self) -> Observation:
@@ -52,9 +54,12 @@ class LocalTarget:
         """
         source = f"local Python {self.python}"
         output = run_probe_subprocess(
-            [self.python, "-c", probe_source()],
+            [self.python, "-c", probe_source(), *self.probe_args],
             source,
             timeout=self.timeout,
             max_output=self.max_output,
         )
-        return Observation(target=self.info, probe=parse_probe_output(output, source))
+        probe, imports = parse_probe_document(
+            output, source, family_imports=WITH_FAMILY_IMPORTS in self.probe_args
+        )
+        return Observation(target=self.info, probe=probe, family_imports=imports)
