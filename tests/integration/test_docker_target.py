@@ -397,6 +397,9 @@ def test_interrupted_image_probe_removes_its_container(
     docker_client: Any, hang_image: str, repo_root: Path
 ) -> None:
     code = (
+        # A job a shell starts in the background ignores SIGINT, and so do its children:
+        # give this one Ctrl-C back, whatever runs the tests.
+        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from lockd.targets.docker import ImageTarget, connect\n"
         f"ImageTarget(connect(), {hang_image!r}, timeout=60).observe()\n"
     )
