@@ -236,6 +236,17 @@ class Agent:
         """Ids of the containers being probed now."""
         return {i for i, t in list(self._tracked.items()) if t.in_flight}
 
+    def idle(self) -> bool:
+        """Quiescent: no probe in flight, no event or probe result waiting to be taken in, no
+        gathered events waiting to be applied. Read from another thread it is a snapshot; with
+        nothing happening to the containers, it stays true once true."""
+        return (
+            self._in_flight == 0
+            and self._inbox.empty()
+            and self._events_due is None
+            and not self._coalescer
+        )
+
     # --- the loop -----------------------------------------------------------------------------
 
     def post(self, item: object) -> None:
