@@ -152,7 +152,8 @@ def test_a_smoke_test_that_kills_the_probe_is_run_again_by_itself(
     assert "lockd: importing torchvision 0.21.0" in imports.error
 
 
-def test_no_family_no_smoke_test_result(tmp_path: Path) -> None:
+def test_no_family_no_smoke_test_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PYTHONPATH", raising=False)  # an empty venv: nothing from outside
     subprocess.run(
         [sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True
     )
