@@ -694,6 +694,21 @@ def _api_for(client: DockerClient) -> _Api:
     return _SdkApi(api)
 
 
+def _wait_dead(pid: int, timeout: float = 2.0) -> None:
+    """Wait (a little) until a killed process is gone or a zombie: SIGKILL is delivered
+    asynchronously, and "killed" should hold when the caller goes on."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                state = handle.read().rpartition(b")")[2].split()[:1]
+        except OSError:
+            return
+        if state in ([b"Z"], [b"X"]):
+            return
+        time.sleep(0.01)
+
+
 class ContainerTarget:
     """A running container: host evidence from the daemon and the host's overlay directories,
     the probe through ``docker exec``."""
@@ -959,6 +974,7 @@ class ContainerTarget:
             return
         with suppress(OSError):
             os.kill(pid, signal.SIGKILL)
+            _wait_dead(pid)
 
     def overlay_storage(self) -> tuple[str, str] | None:
         """(merged directory, upper directory) of the container's overlay2 storage, when this
