@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "tests" / "service"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from service_helpers import Server, envelope, image, observation  # noqa: E402
-from service_load import load  # noqa: E402
+from service_load import load, read_response  # noqa: E402
 
 from lockd import keys  # noqa: E402
 from lockd.store.migrate import upgrade  # noqa: E402
@@ -91,16 +91,7 @@ async def _paced_worker(
             if delay > 0:
                 await asyncio.sleep(delay)
             writer.write(request)
-            status = await reader.readline()
-            length = 0
-            while True:
-                line = await reader.readline()
-                if line in (b"\r\n", b""):
-                    break
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            answer = await reader.readexactly(length)
+            status, answer = await read_response(reader)
             allowed = b"/healthz" in request[:20] or b'"allowed":true' in answer
             if not status.startswith(b"HTTP/1.1 200") or not allowed:
                 if not errors:

@@ -56,6 +56,20 @@ def postgres_url() -> str:
     return base.rsplit("/", 1)[0] + "/lockd_bench"
 
 
+async def read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 answer on a keep-alive connection: its status line and its body."""
+    status_line = await reader.readline()
+    length = 0
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b""):
+            break
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status_line, await reader.readexactly(length)
+
+
 async def _worker(
     port: int, request: bytes, stop_at: float, record_from: float, latencies: list[float]
 ) -> int:
@@ -67,16 +81,7 @@ async def _worker(
             if start >= stop_at:
                 return errors
             writer.write(request)
-            status_line = await reader.readline()
-            length = 0
-            while True:
-                line = await reader.readline()
-                if line in (b"\r\n", b""):
-                    break
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            answer = await reader.readexactly(length)
+            status_line, answer = await read_response(reader)
             end = time.perf_counter()
             if not status_line.startswith(b"HTTP/1.1 200"):
                 if not errors:
