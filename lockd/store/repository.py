@@ -127,6 +127,7 @@ _AUDIT_COLUMNS = (
 )
 
 
+MAX_IDLE_READERS = 4  # SQLite read connections kept out of the pool between reads
 _ROWS_PER_INSERT = 500  # rows of one multi-row INSERT (SQLite allows 32766 parameters)
 
 
@@ -194,9 +195,11 @@ class Store:
         # SQLite has one writer at a time; lockd's writers (threads, and processes on one file)
         # queue here rather than in SQLite's busy handler, which polls with sleeps.
         self._lock = WriteLock(engine.url.database) if self._qmark else None
-        self._readers = threading.local()
-        self._kept: list[Any] = []  # the SQLite readers' connections, closed by close()
-        self._kept_lock = threading.Lock()
+        # SQLite connections for the hot reads, idle between reads (any thread takes one): at
+        # most MAX_IDLE_READERS are kept out of the pool, so short-lived threads (admission
+        # lookups) cannot drain it.
+        self._idle_readers: list[Any] = []
+        self._readers_lock = threading.Lock()
         self._writer: AbstractContextManager[Any] = self._lock or nullcontext()
 
     @classmethod
@@ -205,24 +208,31 @@ class Store:
         return cls(make_engine(url))
 
     def close(self) -> None:
-        with self._kept_lock:
-            kept, self._kept = self._kept, []
-            self._readers = threading.local()
-        for raw in kept:
+        with self._readers_lock:
+            idle, self._idle_readers = self._idle_readers, []
+        for raw in idle:
             raw.close()
         self.engine.dispose()
         if self._lock is not None:
             self._lock.close()
 
-    def _sqlite_reader(self) -> Any:
-        """This thread's own SQLite connection for the hot reads (taken from the pool once)."""
-        raw = getattr(self._readers, "raw", None)
+    @contextmanager
+    def _sqlite_reader(self) -> Iterator[Any]:
+        """An idle SQLite connection for one hot read (else one from the pool); kept idle after
+        it unless MAX_IDLE_READERS are, then given back to the pool."""
+        with self._readers_lock:
+            raw = self._idle_readers.pop() if self._idle_readers else None
         if raw is None:
             raw = self.engine.raw_connection()
-            with self._kept_lock:
-                self._kept.append(raw)
-            self._readers.raw = raw
-        return raw
+        try:
+            yield raw
+        finally:
+            with self._readers_lock:
+                keep = len(self._idle_readers) < MAX_IDLE_READERS
+                if keep:
+                    self._idle_readers.append(raw)
+            if not keep:
+                raw.close()
 
     # --- transactions ----------------------------------------------------------------------
 
@@ -265,15 +275,16 @@ class Store:
             raw.close()
 
     def _read_one(self, statement: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
-        """One row of a read on a driver connection (for the hot reads): on SQLite each thread
-        keeps one (autocommit: the SELECT is its own read transaction, over once all its rows
+        """One row of a read on a driver connection (for the hot reads): on SQLite an idle one
+        is reused (autocommit: the SELECT is its own read transaction, over once all its rows
         are fetched), which spares the pool's checkout and reset; else a pooled one."""
         if self._qmark:
-            cursor = self._sqlite_reader().cursor()
-            try:
-                rows = cursor.execute(statement, tuple(params)).fetchall()
-            finally:
-                cursor.close()
+            with self._sqlite_reader() as raw:
+                cursor = raw.cursor()
+                try:
+                    rows = cursor.execute(statement, tuple(params)).fetchall()
+                finally:
+                    cursor.close()
             return tuple(rows[0]) if rows else None
         raw = self.engine.raw_connection()
         try:
