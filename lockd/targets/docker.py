@@ -960,10 +960,7 @@ class ContainerTarget:
     def _kill(self, exec_id: str, state: dict[str, Any]) -> None:
         """Kill the exec'd process by its host pid, when it provably lives in this container
         on this host (same mount namespace as the container's init, not ours); else leave it."""
-        try:
-            pid = int(self._api.exec_inspect(exec_id).get("Pid") or 0)
-        except (EngineError, ValueError):
-            return
+        pid = self._exec_pid(exec_id)
         init_pid = int(state.get("Pid") or 0)
         if pid <= 0 or init_pid <= 0:
             return
@@ -975,6 +972,21 @@ class ContainerTarget:
         with suppress(OSError):
             os.kill(pid, signal.SIGKILL)
             _wait_dead(pid)
+
+    def _exec_pid(self, exec_id: str) -> int:
+        """The host pid of a running exec, 0 when it has none (it ended, or the daemon cannot
+        say). The daemon reports Pid 0 for a while after an exec started, even while it is
+        running and printing: ask again until it names one."""
+        give_up = time.monotonic() + _EXIT_WAIT
+        while True:
+            try:
+                details = self._api.exec_inspect(exec_id)
+                pid = int(details.get("Pid") or 0)
+            except (EngineError, ValueError):
+                return 0
+            if pid > 0 or not details.get("Running") or time.monotonic() > give_up:
+                return pid
+            time.sleep(0.02)
 
     def overlay_storage(self) -> tuple[str, str] | None:
         """(merged directory, upper directory) of the container's overlay2 storage, when this
