@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from lockd.errors import InputError, ProbeError, TargetError
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
         TargetInfo,
     )
     from lockd.targets.base import Target
+    from lockd.targets.scripts import Gpus
 
 __all__ = [
     "THROWAWAY_LABEL",
@@ -1039,6 +1041,18 @@ class ContainerTarget:
 # --- an image -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Bounds:
+    """What runs in a throw-away container (named in errors), the ``source`` that starts each
+    message, its time and output limits, and the monotonic deadline."""
+
+    purpose: str
+    source: str
+    timeout: float
+    max_output: int
+    deadline: float
+
+
 class ImageTarget:
     """An image: host evidence from the daemon, the probe as the only process of a throw-away
     container (no network, removed in every case)."""
@@ -1103,28 +1117,82 @@ class ImageTarget:
 
     def _run(self, python: str, deadline: float) -> bytes | None:
         """Run the probe in a throw-away container; its stdout, or None without ``python``."""
+        bounds = _Bounds("the probe", self._source, self.timeout, self.max_output, deadline)
+        return self._run_throwaway(python, ["-c", probe_source(), *self.probe_args], bounds)
+
+    def run_script(
+        self,
+        argv: Sequence[str],
+        *,
+        what: str,
+        source: str,
+        timeout: float,
+        max_output: int,
+        gpus: Gpus = "none",
+    ) -> bytes:
+        """Run ``argv`` (``[python, ...]``) as the only process of a throw-away container of
+        the image (no network; ``gpus`` as lockd.targets.scripts.Gpus says) to completion,
+        bounded like the probe, and return its stdout; the container is removed in every case.
+
+        Raises:
+            TargetError: the daemon failed, or the container could not be removed.
+            ProbeError: there is no such interpreter, or the script exits non-zero, outlives
+                ``timeout`` seconds or prints more than ``max_output`` bytes.
+        """
+        extra: dict[str, Any] = {}
+        if self._wants_gpus(gpus, source):
+            from docker.types import DeviceRequest
+
+            extra = {
+                "device_requests": [DeviceRequest(count=-1, capabilities=[["gpu"]])],
+                "shm_size": "1g",  # NCCL needs more shared memory than Docker's 64 MiB
+            }
+        python = argv[0]
+        bounds = _Bounds(what, source, timeout, max_output, time.monotonic() + timeout)
+        stdout = self._run_throwaway(python, list(argv[1:]), bounds, **extra)
+        if stdout is None:
+            raise ProbeError(f"{source}: there is no interpreter {python} in the image")
+        return stdout
+
+    def _wants_gpus(self, gpus: Gpus, source: str) -> bool:
+        if gpus != "auto":
+            return gpus == "all"
+        with _docker_errors(f"{source}: cannot ask the daemon for its runtimes"):
+            runtimes = self.client.api.info().get("Runtimes") or {}
+        return "nvidia" in runtimes
+
+    def _run_throwaway(
+        self,
+        python: str,
+        arguments: list[str],
+        bounds: _Bounds,
+        **host_options: Any,
+    ) -> bytes | None:
+        """Run ``python arguments`` in a throw-away container, removed in every case; its
+        stdout, or None when the image has no ``python``."""
         api = self.client.api
         container_id = self._create_throwaway(
-            "to run the probe",
-            command=["-c", probe_source(), *self.probe_args],
+            f"to run {bounds.purpose}",
+            command=arguments,
             entrypoint=[python],
             host_config=api.create_host_config(
-                network_mode="none", log_config={"Type": "none", "Config": {}}
+                network_mode="none", log_config={"Type": "none", "Config": {}}, **host_options
             ),
         )
         try:
-            result = self._run_in(container_id, python, deadline)
+            result = self._run_in(container_id, python, bounds)
         except BaseException:
             self._remove(container_id, quiet=True)
             raise
         self._remove(container_id, quiet=False)
         return result
 
-    def _run_in(self, container_id: str, python: str, deadline: float) -> bytes | None:
+    def _run_in(self, container_id: str, python: str, bounds: _Bounds) -> bytes | None:
         from docker.errors import APIError
 
         api = self.client.api
-        what = f"{self._source}: cannot run the probe"
+        purpose, source, deadline = bounds.purpose, bounds.source, bounds.deadline
+        what = f"{source}: cannot run {purpose}"
         with _docker_errors(what):
             sock = api.attach_socket(container_id, params={"stdout": 1, "stderr": 1, "stream": 1})
         try:
@@ -1136,19 +1204,19 @@ class ImageTarget:
                     if state.get("ExitCode") in _NOT_FOUND_EXIT_CODES:
                         return None
                     raise TargetError(f"{what}: {_cause(e)}") from e
-            with _docker_errors(f"{self._source}: lost the probe's output"):
-                stdout, stderr, end = read_frames(sock, deadline, self.max_output)
+            with _docker_errors(f"{source}: lost the output of {purpose}"):
+                stdout, stderr, end = read_frames(sock, deadline, bounds.max_output)
         finally:
             _close_socket(sock)
         if end != "eof":
-            raise _stopped(self._source, end, self.timeout, self.max_output)
-        with _docker_errors(f"{self._source}: the probe did not exit"):
+            raise _stopped(source, end, bounds.timeout, bounds.max_output)
+        with _docker_errors(f"{source}: {purpose} did not exit"):
             status = api.wait(container_id, timeout=max(deadline - time.monotonic(), 1.0))
         code = int(status.get("StatusCode", -1))
         if code in _NOT_FOUND_EXIT_CODES:
             return None
         if code != 0:
-            raise _exited(self._source, python, code, stderr)
+            raise _exited(source, python, code, stderr)
         return stdout
 
     def layer_dirs(self) -> list[str] | None:
