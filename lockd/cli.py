@@ -712,9 +712,17 @@ def status(
         typer.Option(help="only this host"),
     ] = None,
     json: Annotated[bool, typer.Option("--json", help="print the fleet view as JSON")] = False,
+    forget: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            metavar="HOST",
+            help="remove HOST and its containers from the fleet view instead (an admin token)",
+        ),
+    ] = None,
 ) -> None:
     """The fleet the watch agents (lockd watch) report to a service: one line per running
-    container; exit 0 when every container passes and no host is stale, 1 otherwise."""
+    container; exit 0 when every container passes and no host is stale, 1 otherwise. With
+    --forget HOST, remove a host (e.g. a decommissioned one) from the fleet view."""
     import re
 
     from lockd.client import Client
@@ -723,9 +731,19 @@ def status(
 
     if server is None:
         raise InputError("give --server URL (or set LOCKD_SERVER)")
-    if host is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,253}", host):
-        raise InputError(f"--host {host!r}: give a host name (1-253 of A-Z a-z 0-9 . _ -)")
+    for option, name in (("--host", host), ("--forget", forget)):
+        if name is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,253}", name):
+            raise InputError(f"{option} {name!r}: give a host name (1-253 of A-Z a-z 0-9 . _ -)")
     client = Client.from_env(server)
+    if forget is not None:
+        if host is not None or json:
+            raise InputError("--forget HOST: give it without --host and --json")
+        client.forget_host(forget)
+        sys.stdout.write(
+            f"forgot host {forget!r} at {client.base_url}; it is listed again if its agent "
+            "reports again\n"
+        )
+        return
     view = client.fleet(host=host)
     if json:
         sys.stdout.write(view.model_dump_json(indent=2) + "\n")

@@ -145,6 +145,12 @@ class Client:
         _, answer = self._request("GET", "/v1/fleet", query=query)
         return _parsed(FleetView, answer, f"{self.base_url}/v1/fleet")
 
+    def forget_host(self, host: str) -> None:
+        """Remove a host and its containers from the fleet view (``DELETE
+        /v1/fleet/hosts/{host}``, an admin token); a host the service does not list is a
+        ServerError with status 404."""
+        self._request("DELETE", f"/v1/fleet/hosts/{urllib.parse.quote(host, safe='')}")
+
     # --- audit ------------------------------------------------------------------------------
 
     def audit_entries(self, page: int = AUDIT_PAGE) -> Iterator[dict[str, Any]]:

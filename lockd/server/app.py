@@ -18,6 +18,7 @@ from lockd.server.middleware import BodyLimit, RequestMetrics
 from lockd.server.routes import admission, audit, fleet, health, manifests, tokens, verifications
 from lockd.server.service import NotFoundError, Service
 from lockd.server.settings import Settings
+from lockd.server.upkeep import Upkeep
 from lockd.store.repository import Store
 
 if TYPE_CHECKING:
@@ -128,6 +129,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
     )
     app.state.service = service
     app.state.admission = admission.Gatekeeper.from_service(service)
+    app.state.upkeep = Upkeep()  # the fleet's: pruning events, forgetting silent hosts
     _document_raw_bodies(app)
     for module in (health, manifests, verifications, audit, tokens, admission, fleet):
         app.include_router(module.router)

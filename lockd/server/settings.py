@@ -14,6 +14,7 @@ from lockd.errors import InputError
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
 STALE_AFTER_S = 180
+FLEET_EVENT_RETENTION_S = 30 * 86_400
 WEBHOOK_MAX_ATTEMPTS = 20
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
@@ -63,6 +64,11 @@ class Settings(BaseModel):
     admission_config: Path | None = None  # YAML: namespaces -> policy + mode (lockd.admission)
     # The fleet (lockd.fleet): a host is stale when it has not reported for this long.
     stale_after_s: int = Field(default=STALE_AFTER_S, gt=0)
+    # Transition events that wait for nothing (delivered, given up, never to be sent) are
+    # deleted this long after their transition; hosts that have not reported for
+    # forget_after_s are forgotten (0: never). Both done by lockd.server.upkeep.
+    fleet_event_retention_s: int = Field(default=FLEET_EVENT_RETENTION_S, gt=0)
+    forget_after_s: int = Field(default=0, ge=0)
     # The transition webhook: POSTed on every transition to fail or unrecorded (lockd.webhook).
     webhook_url: str | None = None
     webhook_secret: str | None = Field(default=None, repr=False)  # HMAC-SHA256 of the body
@@ -88,7 +94,8 @@ class Settings(BaseModel):
         """``LOCKD_DATABASE_URL``, ``LOCKD_TRUSTED_KEYS`` (files separated by the OS path
         separator), ``LOCKD_POLICIES`` (a folder), ``LOCKD_ALLOW_ANONYMOUS_READ`` (a flag),
         ``LOCKD_ADMISSION_CONFIG`` (the admission webhook's YAML, see lockd.admission);
-        the fleet's ``LOCKD_STALE_AFTER_S`` (seconds), ``LOCKD_WEBHOOK_URL``,
+        the fleet's ``LOCKD_STALE_AFTER_S``, ``LOCKD_FLEET_EVENT_RETENTION_S``,
+        ``LOCKD_FLEET_FORGET_AFTER_S`` (seconds), ``LOCKD_WEBHOOK_URL``,
         ``LOCKD_WEBHOOK_SECRET``, ``LOCKD_WEBHOOK_MAX_ATTEMPTS``, ``LOCKD_WEBHOOK_BACKOFF_S``,
         ``LOCKD_WEBHOOK_BACKOFF_MAX_S``, ``LOCKD_WEBHOOK_TIMEOUT_S``.
 
@@ -130,6 +137,8 @@ class Settings(BaseModel):
 
 _FLEET_ENV = {
     "stale_after_s": "LOCKD_STALE_AFTER_S",
+    "fleet_event_retention_s": "LOCKD_FLEET_EVENT_RETENTION_S",
+    "forget_after_s": "LOCKD_FLEET_FORGET_AFTER_S",
     "webhook_max_attempts": "LOCKD_WEBHOOK_MAX_ATTEMPTS",
     "webhook_backoff_s": "LOCKD_WEBHOOK_BACKOFF_S",
     "webhook_backoff_max_s": "LOCKD_WEBHOOK_BACKOFF_MAX_S",

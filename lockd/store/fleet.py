@@ -1,5 +1,6 @@
-"""The fleet's tables: applying an agent's batch (one transaction), the fleet view, and the
-webhook's delivery bookkeeping (claim with a lease, mark delivered or failed).
+"""The fleet's tables: applying an agent's batch (one transaction), the fleet view, the
+webhook's delivery bookkeeping (claim with a lease, mark delivered or failed), and the
+lifecycle (forgetting hosts, pruning events that wait for nothing).
 
 A batch is applied once per (host, agent, sequence), in the same transaction as its rows, the
 reports it carries (stored as verifications), its audit entries and its transition events, so a
@@ -11,7 +12,6 @@ marked delivered is never sent again.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,7 +31,7 @@ from lockd.fleet import (
     transitions,
 )
 from lockd.store import tables as t
-from lockd.store.repository import Store, _Tx
+from lockd.store.repository import NewVerification, Store, _Tx, body_digest
 
 __all__ = [
     "Applied",
@@ -39,8 +39,11 @@ __all__ = [
     "claim_event",
     "fleet_counts",
     "fleet_view",
+    "forget_host",
+    "forget_stale_hosts",
     "mark_delivered",
     "mark_failed",
+    "prune_events",
     "release_claims",
 ]
 
@@ -52,10 +55,6 @@ class Applied:
     verifications: list[int] = field(default_factory=list)
     transitions: list[Transition] = field(default_factory=list)
     notifications: int = 0  # events waiting for the webhook
-
-
-def _digest(text: str) -> str:
-    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def apply_batch(
@@ -92,24 +91,30 @@ def apply_batch(
         }
         changes = transitions({k: v[0] for k, v in current.items()}, batch.results)
         changed = {c.container: c for c in changes}
-        verification_ids: list[int] = []
+        # The reports, stored as a client's verifications (as POST /v1/verifications does).
+        reports = [
+            (
+                r.container.id,
+                NewVerification(
+                    actor=actor,
+                    source="client",
+                    subject=r.container.image_id,
+                    manifest_digest=r.manifest_digest,
+                    policy=r.policy[:64],  # the verifications' column
+                    verified=r.report.verified,
+                    report=r.report.model_dump_json(exclude_none=True),
+                ),
+            )
+            for r in batch.results
+            if r.report is not None
+        ]
+        verification_ids = tx.insert_verifications([n for _, n in reports], time=received_at)
+        stored = {c: i for (c, _), i in zip(reports, verification_ids, strict=True)}
         notifications = 0
         for result in batch.results:
             c = result.container
             observed = timestamp(result.observed_at)
-            verification_id = None
-            if result.report is not None:
-                verification_id = _add_verification(
-                    tx,
-                    actor=actor,
-                    time=received_at,
-                    subject=c.image_id,
-                    manifest_digest=result.manifest_digest,
-                    policy=result.policy[:64],  # the verifications' column
-                    verified=result.report.verified,
-                    report=result.report.model_dump_json(exclude_none=True),
-                )
-                verification_ids.append(verification_id)
+            verification_id = stored.get(c.id)
             transition = changed.get(c.id)
             since = observed if transition is not None else current[c.id][1]
             findings = json.dumps(result.findings)
@@ -181,7 +186,7 @@ def apply_batch(
             actor=actor,
             action="fleet.report",
             subject=host,
-            body_digest=_digest(batch.model_dump_json()),
+            body_digest=body_digest(batch.model_dump_json()),
         )
     return Applied(
         applied=True,
@@ -190,34 +195,6 @@ def apply_batch(
         transitions=changes,
         notifications=notifications,
     )
-
-
-def _add_verification(
-    tx: _Tx,
-    *,
-    actor: str,
-    time: str,
-    subject: str,
-    manifest_digest: str | None,
-    policy: str,
-    verified: bool,
-    report: str,
-) -> int:
-    """Store an agent's report as a client's verification, as ``POST /v1/verifications``
-    does, with its audit entry."""
-    new_id: int = tx.execute(
-        "INSERT INTO verifications (created_at, actor, source, subject, manifest_digest, "
-        "policy, verified, report) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        (time, actor, "client", subject, manifest_digest, policy, verified, report),
-    ).fetchone()[0]
-    tx.append(
-        time=time,
-        actor=actor,
-        action="verification.create",
-        subject=subject,
-        body_digest=_digest(report),
-    )
-    return new_id
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -393,3 +370,53 @@ def pending_events(store: Store) -> Sequence[int]:
                 .order_by(t.fleet_events.c.id)
             ).scalars()
         )
+
+
+# --- lifecycle: forgetting hosts, pruning events -------------------------------------------
+
+FORGET_ACTION = "fleet.forget"  # the audit entry of a forgotten host (subject: the host)
+
+
+def forget_host(store: Store, host: str, *, actor: str, time: str) -> bool:
+    """Remove ``host`` and its containers from the fleet view, with an audit entry; False (and
+    nothing changes) when the fleet has no such host. Its agents' last applied sequences are
+    kept, so a batch redelivered from before is still ignored, while a new batch brings the host
+    back; its events stay until they are pruned."""
+    with store._write() as tx:
+        return _forget(tx, host, actor=actor, time=time)
+
+
+def forget_stale_hosts(store: Store, *, before: str, actor: str, time: str) -> list[str]:
+    """Forget every host whose latest batch arrived before ``before``; the hosts, by name."""
+    with store._write() as tx:
+        hosts = [
+            str(row[0])
+            for row in tx.execute(
+                "SELECT host FROM fleet_hosts WHERE last_seen < ? ORDER BY host", (before,)
+            ).fetchall()
+        ]
+        for host in hosts:
+            _forget(tx, host, actor=actor, time=time)
+    return hosts
+
+
+def _forget(tx: _Tx, host: str, *, actor: str, time: str) -> bool:
+    tx.execute("DELETE FROM fleet_containers WHERE host = ?", (host,))
+    if not tx.execute("DELETE FROM fleet_hosts WHERE host = ?", (host,)).rowcount:
+        return False
+    tx.append(time=time, actor=actor, action=FORGET_ACTION, subject=host, body_digest=None)
+    return True
+
+
+def prune_events(store: Store, *, before: str) -> int:
+    """Delete the events whose transition was observed (``at``) before ``before`` and that wait
+    for nothing: delivered, given up, or never to be sent (a transition that fires no webhook,
+    or one recorded while no webhook URL was set). Events still waiting for the webhook are
+    kept whatever their age. The number deleted."""
+    with store._write() as tx:
+        deleted = tx.execute(
+            "DELETE FROM fleet_events "
+            "WHERE at < ? AND (notify = ? OR delivered = ? OR gave_up = ?)",
+            (before, False, True, True),
+        ).rowcount
+    return int(deleted)

@@ -37,6 +37,7 @@ __all__ = [
     "Role",
     "Store",
     "VerificationRecord",
+    "body_digest",
     "hash_token",
     "now",
 ]
@@ -51,6 +52,11 @@ def hash_token(token: str) -> str:
     """How a token is kept: the hex sha256 (tokens are 256-bit random, so no slow hash is
     needed to stop guessing)."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def body_digest(text: str) -> str:
+    """An audit entry's ``body_digest``: ``sha256:<hex>`` of the stored text."""
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -166,6 +172,33 @@ class _Tx:
         self._entries.append((*entry.values(), digest))
         self.seq, self.last = entry["seq"], digest
         return AuditEntry(**entry, hash=digest)
+
+    def insert_verifications(self, batch: Sequence[NewVerification], *, time: str) -> list[int]:
+        """Store reports, each with its audit entry, in order; their ids, in the same order."""
+        rows = [
+            (time, n.actor, n.source, n.subject, n.manifest_digest, n.policy, n.verified, n.report)
+            for n in batch
+        ]
+        ids: list[int] = []
+        for start in range(0, len(rows), _ROWS_PER_INSERT):
+            chunk = rows[start : start + _ROWS_PER_INSERT]
+            marks = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+            returned = self.execute(
+                "INSERT INTO verifications (created_at, actor, source, subject, "  # noqa: S608 (placeholders only)
+                f"manifest_digest, policy, verified, report) VALUES {marks} RETURNING id",
+                [value for row in chunk for value in row],
+            ).fetchall()
+            # RETURNING's order is unspecified; ids are given in VALUES order, ascending.
+            ids += sorted(row[0] for row in returned)
+        for new in batch:
+            self.append(
+                time=time,
+                actor=new.actor,
+                action="verification.create",
+                subject=new.subject,
+                body_digest=body_digest(new.report),
+            )
+        return ids
 
     def finish(self) -> None:
         """Before the commit: the transaction's audit rows, a few statements for all of them
@@ -344,13 +377,12 @@ class Store:
                         "INSERT INTO manifest_labels (manifest_id, key, value) VALUES (?, ?, ?)",
                         [(manifest_id, k, v) for k, v in sorted(labels.items())],
                     )
-                body = "sha256:" + hashlib.sha256(envelope.encode("utf-8")).hexdigest()
                 tx.append(
                     time=time,
                     actor=actor,
                     action="manifest.create",
                     subject=digest,
-                    body_digest=body,
+                    body_digest=body_digest(envelope),
                 )
         record = self.get_manifest(digest)
         if record is None:  # pragma: no cover - it was found or written above
@@ -470,31 +502,22 @@ class Store:
         if not batch:
             return []
         time = now()
-        rows = [
-            (time, n.actor, n.source, n.subject, n.manifest_digest, n.policy, n.verified, n.report)
-            for n in batch
-        ]
-        ids: list[int] = []
         with self._write() as tx:
-            for start in range(0, len(rows), _ROWS_PER_INSERT):
-                chunk = rows[start : start + _ROWS_PER_INSERT]
-                marks = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
-                returned = tx.execute(
-                    "INSERT INTO verifications (created_at, actor, source, subject, "  # noqa: S608 (placeholders only)
-                    f"manifest_digest, policy, verified, report) VALUES {marks} RETURNING id",
-                    [value for row in chunk for value in row],
-                ).fetchall()
-                # RETURNING's order is unspecified; ids are given in VALUES order, ascending.
-                ids += sorted(row[0] for row in returned)
-            for new in batch:
-                tx.append(
-                    time=time,
-                    actor=new.actor,
-                    action="verification.create",
-                    subject=new.subject,
-                    body_digest="sha256:" + hashlib.sha256(new.report.encode("utf-8")).hexdigest(),
-                )
-        return [VerificationRecord(i, *row) for i, row in zip(ids, rows, strict=True)]
+            ids = tx.insert_verifications(batch, time=time)
+        return [
+            VerificationRecord(
+                i,
+                time,
+                n.actor,
+                n.source,
+                n.subject,
+                n.manifest_digest,
+                n.policy,
+                n.verified,
+                n.report,
+            )
+            for i, n in zip(ids, batch, strict=True)
+        ]
 
     def get_verification(self, verification_id: int) -> VerificationRecord | None:
         with self.engine.connect() as conn:

@@ -1,29 +1,43 @@
-"""``/v1/fleet``: what the watch agents (``lockd watch``) report, and the fleet view."""
+"""``/v1/fleet``: what the watch agents (``lockd watch``) report, the fleet view, and
+forgetting a host."""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import time
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Path, Query, Request, Response, status
+from starlette.concurrency import run_in_threadpool
 
 from lockd.fleet import FleetAck, FleetBatch, FleetView, HostName, Verdict, timestamp
-from lockd.server.deps import ReaderDep, RecorderDep, ServiceDep
+from lockd.server.deps import AdminDep, ReaderDep, RecorderDep, ServiceDep
 from lockd.server.routes import problems
+from lockd.server.service import NotFoundError, Service
+from lockd.server.upkeep import Upkeep, upkeep
 from lockd.store import fleet as store_fleet
 
 router = APIRouter(prefix="/v1/fleet", tags=["fleet"])
+log = logging.getLogger("lockd.server.upkeep")
 
 
 @router.post("/reports", response_model=FleetAck, responses=problems(400, 401, 403, 413, 422))
 async def post_fleet_reports(
-    batch: FleetBatch, service: ServiceDep, principal: RecorderDep, request: Request
+    batch: FleetBatch,
+    service: ServiceDep,
+    principal: RecorderDep,
+    request: Request,
+    background: BackgroundTasks,
 ) -> FleetAck:
     """Apply an agent's batch: its reports are stored as verifications, containers it no
     longer runs are removed, and transitions to fail or unrecorded are queued for the webhook.
     A batch whose sequence is at or below the last applied one of its (host, agent) is a
     redelivery: answered with ``applied: false``, nothing changes."""
     now = dt.datetime.now(dt.timezone.utc)
+    schedule: Upkeep = request.app.state.upkeep
+    if schedule.due(time.monotonic()):
+        background.add_task(_upkeep, service)  # after the answer is sent
     applied = await service.run(
         store_fleet.apply_batch,
         service.store,
@@ -62,3 +76,41 @@ async def get_fleet(
         host=host,
         verdict=verdict,
     )
+
+
+@router.delete(
+    "/hosts/{host}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=problems(401, 403, 404, 422),
+)
+async def forget_host(
+    host: Annotated[HostName, Path(description="the host's name, as its agent reports it")],
+    service: ServiceDep,
+    principal: AdminDep,
+) -> None:
+    """Remove a host and its containers from the fleet view (audited as ``fleet.forget``), e.g.
+    a decommissioned one that shows as stale. Its transition events stay until they are pruned;
+    a new batch from its agent brings it back."""
+    forgotten = await service.run(
+        store_fleet.forget_host,
+        service.store,
+        host,
+        actor=principal.name,
+        time=timestamp(dt.datetime.now(dt.timezone.utc)),
+    )
+    if not forgotten:
+        raise NotFoundError(
+            f"host {host!r} is not in the fleet view (it never reported, or it was forgotten "
+            "already); GET /v1/fleet lists the hosts"
+        )
+
+
+async def _upkeep(service: Service) -> None:
+    """A pass of lockd.server.upkeep, on a worker thread (it may delete many rows)."""
+    try:
+        await run_in_threadpool(
+            upkeep, service.store, service.settings, dt.datetime.now(dt.timezone.utc)
+        )
+    except Exception:  # the database went away: the next pass tries again
+        log.exception("fleet upkeep: cannot prune events or forget hosts")
