@@ -20,10 +20,12 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from child_processes import dying_with_parent
 
 from lockd import dsse, keys
 from lockd.gate import gate, judge
@@ -57,6 +59,23 @@ def _free_port() -> int:
         return port
 
 
+def _wait_ready(
+    what: str, url: str, process: subprocess.Popen[bytes], log: Path, timeout: float
+) -> None:
+    """Until ``url`` answers 200; fails the test with ``what``'s ``log`` when its process exits
+    first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{what} did not start: {log.read_text()}")
+            time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def serve_registry(folder: Path, *, delete: bool = False) -> Iterator[str]:
     """Debian's docker-registry on a free loopback port, storage in ``folder``; ``delete``:
@@ -81,22 +100,15 @@ def serve_registry(folder: Path, *, delete: bool = False) -> Iterator[str]:
     )
     with (folder / "registry.log").open("wb") as log:
         process = subprocess.Popen(
-            ["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
+            dying_with_parent(["docker-registry", "serve", str(config)]),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     host = f"127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://{host}/v2/", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(
-                        f"docker-registry did not start: {(folder / 'registry.log').read_text()}"
-                    )
-                time.sleep(0.1)
+        _wait_ready(
+            "docker-registry", f"http://{host}/v2/", process, folder / "registry.log", timeout=30
+        )
         yield host
     finally:
         process.terminate()
@@ -406,24 +418,55 @@ def _keyid(public: Path) -> str:
     return keys.keyid(keys.load_public_key(public))
 
 
-def test_verify_a_running_container_against_its_registry_attestation_then_drift(
+@pytest.fixture
+def push_recorded(
     lockd: Lockd,
     keypair: tuple[Path, Path],
     push: Callable[[str, str, str], tuple[str, str]],
     registry_host: str,
+    tmp_path: Path,
+) -> Callable[[str, str], tuple[str, str, Path]]:
+    """``push_recorded(base, name)``: ``push`` to the session's registry, then ``lockd record
+    image:…`` of the pushed image: ``(tag, HOST/lockd-test/NAME@sha256:…, the manifest)``."""
+
+    def _push_recorded(base: str, name: str) -> tuple[str, str, Path]:
+        tag, image = push(registry_host, base, name)
+        manifest = tmp_path / f"{name}.dsse.json"
+        recorded = lockd("record", f"image:{image}", "--key", keypair[0], "-o", manifest)
+        assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+        return tag, image, manifest
+
+    return _push_recorded
+
+
+@dataclass(frozen=True)
+class Attested:
+    image: str  # HOST/lockd-test/app@sha256:…, a digest of its own
+    manifest: Path  # recorded from the image, attached next to it in the registry
+    container: Any  # a running container of the image
+
+
+@pytest.fixture
+def attested_app(
+    lockd: Lockd,
+    push_recorded: Callable[[str, str], tuple[str, str, Path]],
     app_image: str,
     run_container: Callable[..., Any],
-    tmp_path: Path,
-) -> None:
-    tag, image = push(registry_host, app_image, "app")
-    manifest = tmp_path / "app.dsse.json"
-    recorded = lockd("record", f"image:{image}", "--key", keypair[0], "-o", manifest)
-    assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+) -> Attested:
+    """The app image pushed to the session's registry, its manifest recorded and attached
+    there, and a container of it running."""
+    tag, image, manifest = push_recorded(app_image, "app")
     assert lockd("attach", image, manifest).returncode == 0
+    return Attested(image, manifest, run_container(tag))
+
+
+def test_verify_a_running_container_against_its_registry_attestation_then_drift(
+    lockd: Lockd, keypair: tuple[Path, Path], attested_app: Attested, tmp_path: Path
+) -> None:
+    image, manifest, container = attested_app.image, attested_app.manifest, attested_app.container
     stranger = tmp_path / "stranger.dsse.json"  # newer, but signed by a key nobody trusts
     stranger.write_bytes(signed(keys.generate_private_key(), image, note="stranger"))
     assert lockd("attach", image, stranger).returncode == 0
-    container = run_container(tag)
 
     passed = lockd("verify", container.name, "--key", keypair[1], "--registry", "--json")
     assert passed.returncode == 0, passed.stdout + passed.stderr
@@ -469,17 +512,13 @@ def test_verify_a_running_container_against_its_registry_attestation_then_drift(
 def test_verify_finds_an_attestation_only_in_cosigns_att_tag(
     lockd: Lockd,
     keypair: tuple[Path, Path],
-    push: Callable[[str, str, str], tuple[str, str]],
+    push_recorded: Callable[[str, str], tuple[str, str, Path]],
     registry_host: str,
     pushed_image: str,
-    tmp_path: Path,
 ) -> None:
     """The tag fallback as cosign writes it: one manifest under sha256-<hex>.att whose layers are
     DSSE envelopes, no referrer and no tag of lockd's own."""
-    _, image = push(registry_host, pushed_image, "tiny")
-    manifest = tmp_path / "tiny.dsse.json"
-    recorded = lockd("record", f"image:{image}", "--key", keypair[0], "-o", manifest)
-    assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+    _, image, manifest = push_recorded(pushed_image, "tiny")
     envelope = manifest.read_bytes()
     registry = Registry(registry_host)
     repository, digest = "lockd-test/tiny", image.rpartition("@")[2]
@@ -505,20 +544,9 @@ def test_verify_finds_an_attestation_only_in_cosigns_att_tag(
 
 
 def test_verify_with_a_service_first_and_the_registry_when_it_holds_none(
-    lockd: Lockd,
-    keypair: tuple[Path, Path],
-    push: Callable[[str, str, str], tuple[str, str]],
-    registry_host: str,
-    app_image: str,
-    run_container: Callable[..., Any],
-    tmp_path: Path,
+    lockd: Lockd, keypair: tuple[Path, Path], attested_app: Attested, tmp_path: Path
 ) -> None:
-    tag, image = push(registry_host, app_image, "app")
-    manifest = tmp_path / "app.dsse.json"
-    recorded = lockd("record", f"image:{image}", "--key", keypair[0], "-o", manifest)
-    assert recorded.returncode == 0, recorded.stdout + recorded.stderr
-    assert lockd("attach", image, manifest).returncode == 0
-    container = run_container(tag)
+    image, manifest, container = attested_app.image, attested_app.manifest, attested_app.container
 
     with lockd_service(lockd, tmp_path, keypair[1]) as (url, token):
         env = {"LOCKD_TOKEN": token}
@@ -558,24 +586,13 @@ def lockd_service(lockd: Lockd, folder: Path, trusted: Path) -> Iterator[tuple[s
     url = f"http://127.0.0.1:{port}"
     with (folder / "service.log").open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "lockd", "serve", "--port", str(port)],
+            dying_with_parent([sys.executable, "-m", "lockd", "serve", "--port", str(port)]),
             env={**os.environ, **env},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/readyz", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(
-                        f"lockd serve did not start: {(folder / 'service.log').read_text()}"
-                    )
-                time.sleep(0.1)
+        _wait_ready("lockd serve", url + "/readyz", process, folder / "service.log", timeout=60)
         made = lockd("token", "create", "ci", "--role", "recorder", env=env)
         assert made.returncode == 0, made.stderr
         yield url, made.stdout.strip()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from child_processes import dying_with_parent
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 
@@ -111,7 +112,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     url = f"http://127.0.0.1:{port}"
     log = (folder / "serve.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "lockd", "serve", "--port", str(port)],
+        dying_with_parent([sys.executable, "-m", "lockd", "serve", "--port", str(port)]),
         env={**os.environ, **env},
         stdout=log,
         stderr=subprocess.STDOUT,

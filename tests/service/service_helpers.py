@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from child_processes import dying_with_parent
+
 from lockd import dsse, keys
 from lockd.model import (
     Distribution,
@@ -117,16 +119,18 @@ class Server:
         import urllib.request
 
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "lockd",
-                "serve",
-                "--port",
-                str(self.port),
-                "--workers",
-                str(self.workers),
-            ],
+            dying_with_parent(
+                [
+                    sys.executable,
+                    "-m",
+                    "lockd",
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    str(self.workers),
+                ]
+            ),
             env={**os.environ, **self.env},
             stdout=self.log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,

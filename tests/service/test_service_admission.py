@@ -22,6 +22,7 @@ from lockd.store.repository import Store
 KINDS = ("Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob")
 UID = "705ab4f5-6393-11e8-b7cc-42010a800002"
 REG = "reg.example:5000/team/app"
+LOOKUPS = 64  # four times the SQLite pool (8, and 8 overflow)
 
 
 def pod_spec(containers: list[str], init: list[str], ephemeral: list[str]) -> dict[str, Any]:
@@ -247,6 +248,41 @@ def test_a_zero_ttl_rechecks_every_time(
     doc = envelope_json(signer.key, observation(image(8)))
     assert client.post("/v1/manifests", json=doc, headers=tokens.header("recorder")).is_success
     assert admit(client, review("Pod", [pinned(8)]))["allowed"] is True
+
+
+def test_lookup_threads_never_drain_the_store(
+    make_client: Callable[..., TestClient], tmp_path: Path, tokens: Tokens, signer: Signer
+) -> None:
+    """64 reviews, none answered from the cache, each looked up on a thread of its own: every
+    one is decided by the store (SQLite readers once stayed with their threads, and from the
+    17th lookup on every review was denied: 'the store did not answer within 2 s')."""
+    config = tmp_path / "nocache.yaml"
+    config.write_text("cache_ttl_s: 0\n")
+    client = make_client(admission_config=config)
+    recorded = (1, 2, 3, 4)
+    for n in recorded:
+        doc = envelope_json(signer.key, observation(image(n)))
+        answer = client.post("/v1/manifests", json=doc, headers=tokens.header("recorder"))
+        assert answer.status_code == 201, answer.text
+    for i in range(LOOKUPS):
+        uid = f"review-{i}"
+        if i % 2 == 0:
+            ref = pinned(recorded[i // 2 % len(recorded)])
+            assert admit(client, review("Pod", [ref], uid=uid)) == {"uid": uid, "allowed": True}
+            continue
+        unknown = image(1000 + i)  # a digest of its own: no cache could answer it
+        assert admit(client, review("Pod", [pinned(1000 + i)], uid=uid)) == {
+            "uid": uid,
+            "allowed": False,
+            "status": {
+                "code": 403,
+                "reason": "Forbidden",
+                "message": f"lockd denied this Pod under policy default: {REG}@{unknown} "
+                f"(spec.containers[0] (c0)): no signed lockd manifest is stored for "
+                f"{unknown[:19]}…; record the image and push its manifest (lockd record, "
+                "lockd push)",
+            },
+        }
 
 
 # --- a store that hangs or refuses --------------------------------------------------------
