@@ -59,7 +59,7 @@ import tarfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -375,6 +375,10 @@ class Source:
         """Directories that usually hold distributions, to hash before the probe names them."""
         return []
 
+    def changed_meanwhile(self) -> set[str]:
+        """Paths hashed where the target may have changed them since (asked after hashing)."""
+        return set()
+
     def cached_files(self) -> int:
         """Files whose digest came from the layer cache (lockd.layercache)."""
         return 0
@@ -462,6 +466,7 @@ class HostTree(Source):
         self._mount_points: list[str] = []
         self.digests = digests
         self.view = view
+        self._from_lower: list[tuple[str, str, str]] = []  # (rel dir, name, path) read there
         self._layer_keys = dict(zip(self.layers, layer_keys, strict=False))
         for destination, source in mounts:  # what the container sees there: the mount's source
             rel = posixpath.normpath(destination).strip("/")
@@ -744,33 +749,49 @@ class HostTree(Source):
         self, rel_dir: str, name: str, algorithm: str, buffer: bytearray
     ) -> FileState | None:
         """The file ``name`` of the canonical directory ``rel_dir`` when a read-only layer of
-        the container's image provides it: from the layer cache, else hashed in the layer
-        (which nothing writes to: mapped, without overlayfs in the way) and kept; None when
-        the container's upper directory provides it (or lockd cannot tell)."""
-        assert self.view is not None and self.digests is not None
+        the container provides it, read in that layer (which nothing writes to: no overlayfs
+        in the way, no check for writes meanwhile), from the layer cache where the layer is
+        the image's; None when the container's upper directory provides it (or lockd cannot
+        tell): hashed the usual way then."""
+        assert self.view is not None
         located = self.view.locate(rel_dir, name)
         if located is None:
             return None
-        key, host, st = located
+        key, host = located
         rel = f"{rel_dir}/{name}" if rel_dir else name
-        cached = self.digests.get(key, rel, algorithm, st)
-        if cached is not None:
-            return FileState("file", digest=cached, size=st.st_size)
+        cache = self.digests if key is not None else None
+        if cache is not None and key is not None:
+            try:
+                st = os.lstat(host)
+            except OSError:
+                return None
+            cached = cache.get(key, rel, algorithm, st)
+            if cached is not None:
+                return FileState("file", digest=cached, size=st.st_size)
         try:
-            fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
             return None
         try:
             opened = os.fstat(fd)
-            if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+            if not stat.S_ISREG(opened.st_mode):
                 return None
-            state = _hash_fd(fd, host, opened, algorithm, buffer, opened.st_size >= _MAP_MIN)
+            mappable = opened.st_size >= _MAP_MIN
+            state = _hash_fd(fd, host, opened, algorithm, buffer, mappable, settled=True)
         finally:
             os.close(fd)
         if state.digest is None:
             return None  # hashed the usual way, which says why
-        self.digests.put(key, rel, state.digest, opened)
+        if cache is not None and key is not None:
+            cache.put(key, rel, state.digest, opened)
         return state
+
+    def changed_meanwhile(self) -> set[str]:
+        # the container may have written over a file lockd read in a lower layer
+        if self.view is None or not self._from_lower:
+            return set()
+        changed = self.view.changed_since()
+        return {path for rel_dir, name, path in self._from_lower if changed(rel_dir, name)}
 
     def hash_many(
         self, directory: str, jobs: Sequence[tuple[str, str]], buffer: bytearray
@@ -795,10 +816,8 @@ class HostTree(Source):
                 for _ in jobs:
                     yield FileState("unstable", message="its directory moved while lockd read")
                 return
-            layered = (
-                self.view is not None
-                and self.digests is not None
-                and not any(_under("/" + parent.rel, m) for m in self._mount_points)
+            layered = self.view is not None and not any(
+                _under("/" + parent.rel, m) for m in self._mount_points
             )
             for name, algorithm in jobs:
                 rel = f"{parent.rel}/{name}" if parent.rel else name
@@ -807,6 +826,7 @@ class HostTree(Source):
                     continue
                 lower = self._hash_lower(parent.rel, name, algorithm, buffer) if layered else None
                 if lower is not None:
+                    self._from_lower.append((parent.rel, name, f"{directory}/{name}"))
                     yield lower
                 else:
                     yield self._hash_in(dir_fd, directory, parent, name, algorithm, buffer)
@@ -905,10 +925,12 @@ def _hash_fd(
     buffer: bytearray,
     mappable: bool = False,
     dir_fd: int | None = None,
+    *,
+    settled: bool = False,
 ) -> FileState:
     """Hash an open regular file (``before``: its stat when opened; ``where``: its path, from
     ``dir_fd`` when given), through a memory map when ``mappable``; ``unstable`` when it is
-    written to or replaced meanwhile."""
+    written to or replaced meanwhile (not asked again when ``settled``: nothing writes to it)."""
     digest = hashlib.new(algorithm)
     size = 0
     try:
@@ -925,10 +947,20 @@ def _hash_fd(
                 # small reads for small files: the kernel serves a 64 KiB read of a small
                 # file faster than a 1 MiB one (measured on overlayfs and ext4)
                 view = whole if before.st_size >= _MAP_MIN else whole[:_SMALL_READ]
-                while count := os.readv(fd, [view]):
-                    digest.update(view[:count])
-                    size += count
+                # one byte more than its size first: a short read is the end, no second call
+                first = view[: before.st_size + 1]
+                count = size = os.readv(fd, [first])
+                digest.update(first[:count])
+                if count == len(first):  # not provably at the end: read on
+                    while count := os.readv(fd, [view]):
+                        digest.update(view[:count])
+                        size += count
+                first.release()
                 view.release()
+        if settled:
+            if size != before.st_size:
+                return FileState("unstable", message="its size changed while lockd hashed it")
+            return FileState("file", digest=digest_text(algorithm, digest.digest()), size=size)
         after = os.fstat(fd)
         now = os.stat(where, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
@@ -1232,13 +1264,20 @@ _Job = tuple[str, str, int]  # path, algorithm, size listed
 
 
 class _Hasher:
-    """Hashes (path, algorithm) jobs in a thread pool, each once, largest first, in batches of
-    small files; keeps every state for whoever asks later (the probe names its locations
-    after hashing began)."""
+    """Hashes (path, algorithm) jobs, each once: the large files one per task in ``pools``'
+    first pool (its threads hash in parallel: hashlib lets go of the GIL), largest first; the
+    small ones in batches in the second, one thread (their cost is Python's, under the GIL: a
+    second thread only contends for it, measured +35% CPU). Keeps every state for whoever asks
+    later (the probe names its locations after hashing began)."""
 
-    def __init__(self, source: Source, pool: ThreadPoolExecutor, progress: _Progress) -> None:
+    def __init__(
+        self,
+        source: Source,
+        pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
+        progress: _Progress,
+    ) -> None:
         self.source = source
-        self.pool = pool
+        self.pools = pools
         self.progress = progress
         self.states: dict[tuple[str, str], FileState] = {}
         self.batches: dict[tuple[str, str], Future[None]] = {}
@@ -1284,8 +1323,10 @@ class _Hasher:
                     batch, weight = [], 0
             if batch:
                 batches.append(batch)
+        large, small = self.pools
         for batch in batches:
-            future = self.pool.submit(self._run, batch[0][0].rpartition("/")[0], batch)
+            pool = large if batch[0][2] >= _MAP_MIN else small
+            future = pool.submit(self._run, batch[0][0].rpartition("/")[0], batch)
             for path, algorithm, _ in batch:
                 self.batches[(path, algorithm)] = future
 
@@ -1305,6 +1346,16 @@ class _Hasher:
 
 
 _PENDING: Future[None] = Future()
+
+
+@contextmanager
+def _pools(workers: int | None = None) -> Iterator[tuple[ThreadPoolExecutor, ThreadPoolExecutor]]:
+    """_Hasher's pools: (large files, small files)."""
+    with (
+        ThreadPoolExecutor(workers or _workers(), thread_name_prefix="lockd-hash") as large,
+        ThreadPoolExecutor(1, thread_name_prefix="lockd-hash-small") as small,
+    ):
+        yield large, small
 
 
 @dataclass
@@ -1465,18 +1516,26 @@ def _integrity(
             f"lockd: hashing {len(jobs)} files ({source.kind})", sum(hasher.sizes.values())
         )
     findings += _unlisted(source, dists, ignore, early)
-    files = total = unhashed = 0
-    for dist in dists:
-        for row in dist.rows:
-            if row.algorithm is None:
-                unhashed += 1
-                continue
-            state = hasher.state(row.path, row.algorithm)
-            files += 1
-            total += state.size or 0
-            finding = row_finding(dist.name, row, state)
-            if finding is not None:
-                findings.append(finding)
+    hashed = [
+        (dist.name, row, hasher.state(row.path, row.algorithm))
+        for dist in dists
+        for row in dist.rows
+        if row.algorithm is not None
+    ]
+    changed = source.changed_meanwhile()  # asked once every file is hashed
+    unhashed = sum(row.algorithm is None for dist in dists for row in dist.rows)
+    files = total = 0
+    for name, row, hashed_state in hashed:
+        state = (
+            FileState("unstable", message="the target wrote over it while lockd hashed it")
+            if row.path in changed
+            else hashed_state
+        )
+        files += 1
+        total += state.size or 0
+        finding = row_finding(name, row, state)
+        if finding is not None:
+            findings.append(finding)
     findings.sort(key=lambda f: (f.path or "", f.kind, f.name or ""))
     return Integrity(
         source=source.kind,
@@ -1507,8 +1566,8 @@ def check_files(
     bar = _Progress(progress)
     source.on_bytes = bar.advance if source.kind == "api" else None
     try:
-        with ThreadPoolExecutor(workers or _workers(), thread_name_prefix="lockd-hash") as pool:
-            return _integrity(source, distributions, ignore, _Hasher(source, pool, bar))
+        with _pools(workers) as pools:
+            return _integrity(source, distributions, ignore, _Hasher(source, pools, bar))
     finally:
         bar.stop()
 
@@ -1536,7 +1595,7 @@ def open_source(target: Target, *, cache: bool = True) -> Source:
         storage = None if force_api else target.overlay_storage()
         mounts = target.mount_sources()
         if storage is not None and mounts is not None:
-            view = _layer_view(target, storage[1]) if cache else None
+            view = _layer_view(target, storage[1], keyed=cache)
             return HostTree(
                 [storage[0]],
                 kind="overlay",
@@ -1545,7 +1604,7 @@ def open_source(target: Target, *, cache: bool = True) -> Source:
                 check_opened=True,
                 upper=storage[1],
                 mounts=mounts,
-                digests=None if view is None else DigestCache(cache_dir()),
+                digests=DigestCache(cache_dir()) if cache and view is not None else None,
                 view=view,
             )
         return ArchiveSource(target.fetch_archive, f"container {target.name} (Docker API)")
@@ -1568,17 +1627,19 @@ def open_source(target: Target, *, cache: bool = True) -> Source:
     raise TargetError(f"{target.info.ref}: lockd cannot read this target's files for --deep")
 
 
-def _layer_view(target: ContainerTarget, upper: str) -> LayerView | None:
-    """The container's layers for the layer cache: its upper directory, then its image's
-    layers by chain ID; None when the daemon's answers do not say which layer is which."""
+def _layer_view(target: ContainerTarget, upper: str, *, keyed: bool) -> LayerView | None:
+    """The container's overlay layers, read straight from the host: its upper directory,
+    then its lower ones, by chain ID where ``keyed`` (the layer cache) and the daemon's
+    answers say which layer is which; None when the first directory is not ``upper``."""
     from lockd.targets.docker import overlay_dirs
 
     _, layers = overlay_dirs(target.attrs)
-    image = target.image_attrs()
-    keys = None if image is None else container_layer_keys(layers[1:], image)
-    if not layers or keys is None or os.path.realpath(layers[0]) != os.path.realpath(upper):
+    if not layers or os.path.realpath(layers[0]) != os.path.realpath(upper):
         return None
-    return LayerView([(layers[0], None), *zip(layers[1:], keys, strict=True)])
+    image = target.image_attrs() if keyed else None
+    keys = None if image is None else container_layer_keys(layers[1:], image)
+    lower: Sequence[str | None] = keys or [None] * len(layers[1:])
+    return LayerView([(layers[0], None), *zip(layers[1:], lower, strict=True)])
 
 
 def deepen(
@@ -1634,10 +1695,10 @@ class DeepTarget:
         source.on_bytes = bar.advance if source.kind == "api" else None
         try:
             with (
-                ThreadPoolExecutor(_workers(), thread_name_prefix="lockd-hash") as pool,
+                _pools() as pools,
                 ThreadPoolExecutor(1, thread_name_prefix="lockd-probe") as probing,
             ):
-                hasher = _Hasher(source, pool, bar)
+                hasher = _Hasher(source, pools, bar)
                 observing = probing.submit(self._observe)
                 early = _Early()
                 guessed = self._speculate(source, hasher, early)

@@ -36,6 +36,7 @@ import stat
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -157,59 +158,129 @@ def container_layer_keys(
 
 class LayerView:
     """A container's overlay layers on this host, top first: its upper directory (key None:
-    never cached) and lower directories (their chain IDs, None where unknown)."""
+    never cached), then its lower directories (their chain IDs, None where unknown: never
+    cached, still read straight from the layer).
+
+    Which layer provides a file is decided from each directory's listing, read once per layer.
+    Only the upper directory changes while lockd reads (the container writes there: a copy-up,
+    a whiteout, an opaque directory); what it held is remembered per directory, and
+    ``changed_since`` says where it no longer holds that."""
 
     def __init__(self, layers: Sequence[tuple[str, str | None]]) -> None:
         self.layers = [(os.path.realpath(path), key) for path, key in layers]
         self._dirs: dict[str, list[int]] = {"": list(range(len(self.layers)))}
+        self._listings: dict[tuple[int, str], dict[str, bool]] = {}
+        self._upper: dict[str, _UpperState] = {}
         self._lock = threading.Lock()
 
     def _entry(self, layer: int, rel: str) -> Entry:
-        path = f"{self.layers[layer][0]}/{rel}"
-        try:
-            st = os.lstat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return "missing"
-        except OSError:
-            return "other"
-        if stat.S_ISDIR(st.st_mode):
-            for attribute in _OPAQUE_XATTRS:
-                with contextlib.suppress(OSError):
-                    if os.getxattr(path, attribute, follow_symlinks=False) == b"y":
-                        return "opaque"
-            return "dir"
-        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-            return "whiteout"
-        return "file" if stat.S_ISREG(st.st_mode) else "other"
+        return _entry_at(f"{self.layers[layer][0]}/{rel}")
 
     def _visible(self, rel_dir: str) -> list[int]:
         found = self._dirs.get(rel_dir)
         if found is None:
             parent = self._visible(rel_dir.rpartition("/")[0])
+            upper = _upper_state(self.layers[0][0], rel_dir)  # before deciding: conservative
             found = step_dir(parent, rel_dir, self._entry) if parent else []
             with self._lock:
                 self._dirs[rel_dir] = found
+                self._upper.setdefault(rel_dir, upper)
         return found
 
-    def locate(self, rel_dir: str, name: str) -> tuple[str, str, os.stat_result] | None:
-        """(chain ID, host path, lstat) of the regular file ``name`` in the canonical directory
-        ``rel_dir`` when a keyed lower layer provides it; None otherwise (the upper directory
-        has it, or a layer lockd does not know, or it is no regular file: hash it as usual)."""
-        visible = self._visible(rel_dir)
-        rel = f"{rel_dir}/{name}" if rel_dir else name
-        for layer in visible:
-            path, key = self.layers[layer]
-            host = f"{path}/{rel}"
-            try:
-                st = os.lstat(host)
-            except (FileNotFoundError, NotADirectoryError):
+    def _listing(self, layer: int, rel_dir: str) -> dict[str, bool]:
+        """{name: whether it is a regular file} of one layer's copy of a directory."""
+        key = (layer, rel_dir)
+        found = self._listings.get(key)
+        if found is None:
+            found = _names(
+                f"{self.layers[layer][0]}/{rel_dir}" if rel_dir else self.layers[layer][0]
+            )
+            with self._lock:
+                self._listings[key] = found
+        return found
+
+    def locate(self, rel_dir: str, name: str) -> tuple[str | None, str] | None:
+        """(chain ID or None, host path) of the regular file ``name`` in the canonical
+        directory ``rel_dir`` when a lower layer provides it; None otherwise (the upper
+        directory has it, or it is no regular file, or nothing: read it the usual way)."""
+        for layer in self._visible(rel_dir):
+            listing = self._listing(layer, rel_dir)
+            if name not in listing:
                 continue
-            except OSError:
-                return None
-            if key is None or not stat.S_ISREG(st.st_mode):
+            if layer == 0 or not listing[name]:
                 return None  # the upper layer's (or a whiteout, a link, a directory...)
-            return key, host, st
+            path, key = self.layers[layer]
+            return key, f"{path}/{rel_dir}/{name}" if rel_dir else f"{path}/{name}"
         return None
+
+    def changed_since(self) -> Callable[[str, str], bool]:
+        """Read the upper directory again where lockd looked: ``changed(rel_dir, name)`` says
+        whether the merged view's ``name`` in ``rel_dir`` may no longer be what a lower layer
+        provided when lockd located it (the container wrote there, or over a directory on
+        the way)."""
+        upper = self.layers[0][0]
+        with self._lock:
+            before = dict(self._upper)
+        moved_dirs: set[str] = set()
+        new_names: dict[str, frozenset[str]] = {}
+        for rel_dir, then in before.items():
+            now = _upper_state(upper, rel_dir)
+            if now.kind != then.kind and now.kind not in ("missing", "dir"):
+                moved_dirs.add(rel_dir)  # a whiteout, an opaque directory or a file: hides all
+            elif now.names != then.names:  # a plain directory there hides only its names
+                new_names[rel_dir] = now.names - then.names
+
+        def changed(rel_dir: str, name: str) -> bool:
+            parts = rel_dir.split("/") if rel_dir else []
+            if any("/".join(parts[:depth]) in moved_dirs for depth in range(len(parts) + 1)):
+                return True
+            return name in new_names.get(rel_dir, frozenset())
+
+        return changed
+
+
+@dataclass(frozen=True)
+class _UpperState:
+    """What the upper directory holds at a directory's path: its kind, and its names when it
+    is a directory there."""
+
+    kind: Entry
+    names: frozenset[str]
+
+
+def _upper_state(upper: str, rel_dir: str) -> _UpperState:
+    path = f"{upper}/{rel_dir}" if rel_dir else upper
+    kind = _entry_at(path)
+    names = frozenset(_names(path)) if kind in ("dir", "opaque") else frozenset()
+    return _UpperState(kind, names)
+
+
+def _entry_at(path: str) -> Entry:
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing"
+    except OSError:
+        return "other"
+    if stat.S_ISDIR(st.st_mode):
+        for attribute in _OPAQUE_XATTRS:
+            with contextlib.suppress(OSError):
+                if os.getxattr(path, attribute, follow_symlinks=False) == b"y":
+                    return "opaque"
+        return "dir"
+    if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+        return "whiteout"
+    return "file" if stat.S_ISREG(st.st_mode) else "other"
+
+
+def _names(path: str) -> dict[str, bool]:
+    """{name: whether it is a regular file} of a directory (its entries' types, no stat);
+    empty when it cannot be listed."""
+    try:
+        with os.scandir(path) as entries:
+            return {entry.name: entry.is_file(follow_symlinks=False) for entry in entries}
+    except OSError:
+        return {}
 
 
 # --- the digests on disk ------------------------------------------------------------------------

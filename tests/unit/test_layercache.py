@@ -202,3 +202,54 @@ def test_lower_files_come_from_the_cache_and_the_upper_dirs_are_hashed(tmp_path:
     assert run()[0] == [("modified", f"{SITE}/demo/a.py"), *expected]
     os.utime(tmp_path / "lower" / SITE.lstrip("/") / "demo" / "a.py", ns=(5, 5))
     assert run() == (expected, 4, 1)  # rehashed: another mtime
+
+
+def test_what_the_container_writes_while_lockd_hashes_is_unstable(tmp_path: Path) -> None:
+    """Files are read in the lower layer; what the container writes into its upper directory
+    meanwhile (here: just before lockd reads the upper directory again) makes exactly the
+    files it hides 'unstable', not their neighbours, and a new directory alone hides nothing."""
+    files = {"demo/a.py": b"a", "demo/b.py": b"b", "demo/sub/c.py": b"c", "other/d.py": b"d"}
+    dist = install(tmp_path / "lower", "demo", "1.0", files)
+    shutil.copytree(tmp_path / "lower", tmp_path / "merged", symlinks=True)
+    site = SITE.lstrip("/")
+    (tmp_path / "upper").mkdir()
+
+    def run(write: Callable[[Path], None]) -> list[tuple[str, str | None]]:
+        shutil.rmtree(tmp_path / "upper")
+        (tmp_path / "upper").mkdir()
+        tree = HostTree(
+            [str(tmp_path / "merged")],
+            kind="overlay",
+            evidence="host",
+            description="a container",
+            upper=str(tmp_path / "upper"),
+            view=LayerView([(str(tmp_path / "upper"), None), (str(tmp_path / "lower"), None)]),
+        )
+        assert tree.view is not None
+        recheck = tree.view.changed_since
+
+        def written_meanwhile() -> Callable[[str, str], bool]:
+            write(tmp_path / "upper" / site)
+            return recheck()
+
+        tree.view.changed_since = written_meanwhile  # type: ignore[method-assign]
+        found = check_files(tree, [dist], progress=False, workers=1)
+        assert found.files == 5
+        return [(f.kind, f.path) for f in found.findings]
+
+    def copy_up(upper: Path) -> None:  # a.py edited; its directories copied up with it
+        (upper / "demo").mkdir(parents=True)
+        (upper / "demo" / "a.py").write_bytes(b"edited")
+        (upper / "other").mkdir()  # an empty directory copied up: hides nothing
+
+    def delete_dir(upper: Path) -> None:  # rm -r demo: a whiteout over the directory
+        upper.mkdir(parents=True)
+        os.mknod(upper / "demo", 0o600 | 0o020000, os.makedev(0, 0))
+
+    assert run(lambda upper: None) == []
+    assert run(copy_up) == [("unstable", f"{SITE}/demo/a.py")]
+    assert run(delete_dir) == [
+        ("unstable", f"{SITE}/demo/a.py"),
+        ("unstable", f"{SITE}/demo/b.py"),
+        ("unstable", f"{SITE}/demo/sub/c.py"),
+    ]
