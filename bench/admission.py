@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # child_processes, for service_helpers
 sys.path.insert(0, str(ROOT / "tests" / "service"))
 sys.path.insert(0, str(ROOT / "bench"))
 

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # child_processes, for service_helpers
 sys.path.insert(0, str(ROOT / "tests" / "service"))
 
 from service_helpers import Server, envelope, image, observation  # noqa: E402
