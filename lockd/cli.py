@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from concurrent.futures import Future
 
     from rich.console import Console
@@ -257,7 +258,7 @@ def verify(
         # The probe mostly waits on the container: start it before lockd's own imports
         # (main() may have started it already, before Typer converted the arguments).
         early = None
-        if not deep:
+        if not deep and _files_given([manifest, *key]):
             early = _EARLY.pop((target, python, gpu), None) or pool.submit(
                 _observe_early, target, python, gpu
             )
@@ -277,6 +278,12 @@ def verify(
         )
 
 
+def _files_given(paths: Sequence[object]) -> bool:
+    """Whether ``paths`` (a manifest or None, keys) name files: a mistyped one is an error at
+    once, and an observation started early would hold up the exit (its thread is waited for)."""
+    return all(p is None or (isinstance(p, str | Path) and os.path.isfile(p)) for p in paths)
+
+
 def _observe_early(ref: str, python: str | None, gpu: bool) -> tuple[Target, Observation]:
     from lockd.verify import reach_and_observe
 
@@ -291,8 +298,8 @@ def _start_early(command: typer.core.TyperGroup, args: list[str]) -> None:
     """Start `lockd verify TARGET --manifest M` observing TARGET now: Typer's conversion of the
     arguments costs ~0.2 s of CPU (it imports pydantic, builds adapters) that the probe can
     run in. Click's own parser reads the arguments, so `verify` takes this start as exactly
-    the one it would make; anything unusual (no --manifest or --key, --deep, --help, a usage
-    error) starts nothing here."""
+    the one it would make; anything unusual (no --manifest or --key, or no such file, --deep,
+    --help, a usage error) starts nothing here."""
     from concurrent.futures import ThreadPoolExecutor
 
     if not args or args[0] != "verify":
@@ -305,9 +312,12 @@ def _start_early(command: typer.core.TyperGroup, args: list[str]) -> None:
     except Exception:  # the real parse reports it
         return
     target, python = parsed.get("target"), parsed.get("python")
+    manifest, keys = parsed.get("manifest"), parsed.get("key")
     wanted = (
-        parsed.get("manifest")
-        and parsed.get("key")
+        manifest
+        and keys
+        and isinstance(keys, list)
+        and _files_given([manifest, *keys])
         and not parsed.keys() & {"deep", "registry", "help"}
     )
     if rest or not wanted or not isinstance(target, str) or not isinstance(python, str | None):

@@ -199,9 +199,13 @@ def verify_target(
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockd-probe") as pool:
         ignore = policy.filesystem.ignore if deep else None
-        if observing is None:  # else the caller started reach_and_observe(reach, gpu) itself
+        # (else the caller started reach_and_observe(reach, gpu) itself); a mistyped path
+        # fails at once, not once a probe started for nothing is over
+        if observing is None and manifest_path.is_file():
             observing = pool.submit(reach_and_observe, reach, gpu, ignore, cache=cache)
         signature, keyids, statement = open_manifest(manifest_path, trusted)
+        if observing is None:
+            observing = pool.submit(reach_and_observe, reach, gpu, ignore, cache=cache)
         if statement is None:
             checks = [
                 signature,

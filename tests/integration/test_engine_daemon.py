@@ -293,7 +293,17 @@ def test_verify_of_a_container_never_imports_the_docker_sdk(
     assert "imported: []" in result.stderr
 
 
-def test_main_starts_the_probe_before_typer_converts_the_arguments(app: Any) -> None:
+@pytest.fixture
+def given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The working directory, with the files `verify` is given: m.json and k.pub (what they
+    hold is verify's business; an early start only looks for them)."""
+    (tmp_path / "m.json").write_text("{}")
+    (tmp_path / "k.pub").write_text("")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_main_starts_the_probe_before_typer_converts_the_arguments(app: Any, given: Path) -> None:
     command = typer.main.get_command(cli.app)
     assert isinstance(command, typer.core.TyperGroup)
 
@@ -309,20 +319,52 @@ def test_main_starts_the_probe_before_typer_converts_the_arguments(app: Any) -> 
     "args",
     [
         ["verify", "web-1", "--key", "k.pub"],  # no --manifest: the service or a registry
-        ["verify", "web-1", "--manifest", "m", "--key", "k.pub", "--deep"],
-        ["verify", "web-1", "--manifest", "m", "--key", "k.pub", "--registry"],
-        ["verify", "web-1", "--manifest", "m", "--help"],
-        ["verify", "web-1", "extra", "--manifest", "m"],
-        ["verify", "web-1", "--manifest", "m", "--no-such-option"],
+        ["verify", "web-1", "--manifest", "m.json", "--key", "k.pub", "--key", "typo.pub"],
+        ["verify", "web-1", "--manifest", "typo.json", "--key", "k.pub"],
+        ["verify", "web-1", "--manifest", "m.json", "--key", "k.pub", "--deep"],
+        ["verify", "web-1", "--manifest", "m.json", "--key", "k.pub", "--registry"],
+        ["verify", "web-1", "--manifest", "m.json", "--help"],
+        ["verify", "web-1", "extra", "--manifest", "m.json"],
+        ["verify", "web-1", "--manifest", "m.json", "--no-such-option"],
         ["verify", "web-1", "--manifest"],
-        ["verify", "web-1", "--manifest", "m"],  # no --key: Typer says so, nothing waits
+        ["verify", "web-1", "--manifest", "m.json"],  # no --key: Typer says so, nothing waits
         ["record", "web-1", "--key", "k.key"],
     ],
 )
-def test_main_starts_nothing_early_for_other_commands(args: list[str]) -> None:
+def test_main_starts_nothing_early_for_other_commands(args: list[str], given: Path) -> None:
     command = typer.main.get_command(cli.app)
     assert isinstance(command, typer.core.TyperGroup)
 
     cli._start_early(command, args)
 
     assert cli._EARLY == {}
+
+
+@pytest.mark.parametrize("typo", ["manifest", "key"])
+def test_a_mistyped_file_fails_verify_before_any_probe_runs(
+    app: Any,
+    docker_client: Any,
+    keypair: tuple[Path, Path],
+    tmp_path: Path,
+    lockd: Callable[..., subprocess.CompletedProcess[str]],
+    typo: str,
+) -> None:
+    manifest = tmp_path / "m.dsse.json"
+    assert lockd("record", app.name, "--key", keypair[0], "--output", manifest).returncode == 0
+    files = {"manifest": manifest, "key": keypair[1]}
+    files[typo] = tmp_path / "typo"
+    time.sleep(1.05 - time.time() % 1)  # the daemon's events are filtered by whole seconds
+    since = int(time.time())
+
+    result = lockd("verify", app.name, "--manifest", files["manifest"], "--key", files["key"])
+
+    assert (result.returncode, result.stdout) == (2, "")
+    what = "manifest" if typo == "manifest" else "key file"
+    assert f"{tmp_path / 'typo'}" in result.stderr and what in result.stderr
+    events = docker_client.events(
+        since=since,
+        until=int(time.time()) + 1,
+        decode=True,
+        filters={"container": app.id, "event": "exec_create"},
+    )
+    assert list(events) == []  # no probe was started (its thread would hold up the exit)
