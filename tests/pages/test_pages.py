@@ -1,5 +1,5 @@
 """The service's pages loaded from a running ``lockd serve`` in headless Chromium: their content
-is checked in the DOM Chromium built, and each is saved as a screenshot (see conftest)."""
+is checked in the DOM Chromium built, and each is saved as a screenshot (see page_fixtures)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from conftest import Browser, Service, _lockd
+from page_fixtures import Browser, Service, _lockd
 from reference_manifests import manifest_a, manifest_b
 
 from lockd.diffing import diff_manifests, render_text

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Signer, Tokens
 from fastapi.testclient import TestClient
+from service_fixtures import Signer, Tokens
 from service_helpers import envelope_json, free_port, image, observation
 
 from lockd.model import Finding, Integrity, Observation

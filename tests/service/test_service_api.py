@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Signer, Tokens
 from fastapi.testclient import TestClient
+from service_fixtures import Signer, Tokens
 from service_helpers import envelope, envelope_json, image, observation, observation_json
 
 from lockd.dsse import b64decode

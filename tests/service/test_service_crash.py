@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from conftest import Signer
+from service_fixtures import Signer
 from service_helpers import Server, envelope, image, observation, observation_json
 
 from lockd.store.repository import Store

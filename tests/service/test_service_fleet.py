@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Signer, Tokens
 from fastapi.testclient import TestClient
+from service_fixtures import Signer, Tokens
 from service_helpers import Server
 from sqlalchemy import select, update
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Signer
+from service_fixtures import Signer
 from service_helpers import Server, envelope, image, observation
 from test_service_admission import broken, review
 

@@ -9,7 +9,7 @@ import threading
 import urllib.request
 from pathlib import Path
 
-from conftest import Signer
+from service_fixtures import Signer
 from service_helpers import Server, envelope, image, observation, observation_json
 
 from lockd.store.repository import NewVerification, Store

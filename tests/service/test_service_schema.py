@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import schemathesis
-from conftest import Signer, Tokens
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
@@ -19,6 +18,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from service_fixtures import Signer, Tokens
 from service_helpers import envelope_json, image, observation
 
 from lockd.server.app import create_app

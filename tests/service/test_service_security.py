@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import Signer, Tokens
 from fastapi.testclient import TestClient
+from service_fixtures import Signer, Tokens
 from service_helpers import envelope_json, image, observation, observation_json
 from sqlalchemy import delete, select, text, update
 
