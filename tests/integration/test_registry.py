@@ -9,13 +9,9 @@ import contextlib
 import hashlib
 import http.server
 import json
-import os
 import shutil
-import socket
 import subprocess
-import sys
 import threading
-import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import child_processes
 import pytest
-from child_processes import dying_with_parent
 
 from lockd import dsse, keys
 from lockd.gate import gate, judge
@@ -52,30 +48,6 @@ REPO = Path(__file__).resolve().parents[2]
 Lockd = Callable[..., subprocess.CompletedProcess[str]]  # the `lockd` fixture (tests/conftest.py)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _wait_ready(
-    what: str, url: str, process: subprocess.Popen[bytes], log: Path, timeout: float
-) -> None:
-    """Until ``url`` answers 200; fails the test with ``what``'s ``log`` when its process exits
-    first or ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"{what} did not start: {log.read_text()}")
-            time.sleep(0.1)
-
-
 @contextlib.contextmanager
 def serve_registry(folder: Path, *, delete: bool = False) -> Iterator[str]:
     """Debian's docker-registry on a free loopback port, storage in ``folder``; ``delete``:
@@ -89,7 +61,7 @@ def serve_registry(folder: Path, *, delete: bool = False) -> Iterator[str]:
         )
         if installed.returncode != 0 or shutil.which("docker-registry") is None:
             pytest.fail(f"no docker-registry: scripts/registry install: {installed.stderr[-300:]}")
-    port = _free_port()
+    port = child_processes.free_port()
     config = folder / "config.yml"
     config.write_text(
         "version: 0.1\nlog: {level: warn}\n"
@@ -100,13 +72,13 @@ def serve_registry(folder: Path, *, delete: bool = False) -> Iterator[str]:
     )
     with (folder / "registry.log").open("wb") as log:
         process = subprocess.Popen(
-            dying_with_parent(["docker-registry", "serve", str(config)]),
+            child_processes.dying_with_parent(["docker-registry", "serve", str(config)]),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
     host = f"127.0.0.1:{port}"
     try:
-        _wait_ready(
+        child_processes.wait_ready(
             "docker-registry", f"http://{host}/v2/", process, folder / "registry.log", timeout=30
         )
         yield host
@@ -297,7 +269,7 @@ def garbage_registry() -> Iterator[str]:
 def test_registries_that_are_down_or_answer_garbage(garbage_registry: str) -> None:
     digest = "sha256:" + "0" * 64
     with pytest.raises(RegistryError, match="cannot reach the registry"):
-        fetch(f"127.0.0.1:{_free_port()}/app@{digest}")
+        fetch(f"127.0.0.1:{child_processes.free_port()}/app@{digest}")
     with pytest.raises(RegistryError, match="not JSON"):
         fetch(f"{garbage_registry}/app@{digest}")
     with pytest.raises(RegistryError, match="does not hash to the digest"):
@@ -582,23 +554,10 @@ def lockd_service(lockd: Lockd, folder: Path, trusted: Path) -> Iterator[tuple[s
         "LOCKD_DATABASE_URL": f"sqlite:///{folder / 'lockd.db'}",
         "LOCKD_TRUSTED_KEYS": str(trusted),
     }
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    with (folder / "service.log").open("wb") as log:
-        process = subprocess.Popen(
-            dying_with_parent([sys.executable, "-m", "lockd", "serve", "--port", str(port)]),
-            env={**os.environ, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        _wait_ready("lockd serve", url + "/readyz", process, folder / "service.log", timeout=60)
+    with child_processes.lockd_serve(env, folder / "service.log") as url:
         made = lockd("token", "create", "ci", "--role", "recorder", env=env)
         assert made.returncode == 0, made.stderr
         yield url, made.stdout.strip()
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_verify_registry_errors_name_the_image_and_exit_1_or_3(

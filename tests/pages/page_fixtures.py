@@ -8,18 +8,14 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from child_processes import dying_with_parent
+from child_processes import lockd_serve
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 
@@ -52,13 +48,6 @@ class Service:
     env: dict[str, str]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _lockd(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "lockd", *args],
@@ -68,20 +57,6 @@ def _lockd(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         check=False,
         timeout=120,
     )
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"lockd serve exited {process.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"lockd serve did not become ready on {url}")
 
 
 def _report(image: str, digest: str, verified: bool) -> Report:
@@ -108,17 +83,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         "LOCKD_TRUSTED_KEYS": str(public),
         "LOCKD_ALLOW_ANONYMOUS_READ": "1",
     }
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (folder / "serve.log").open("wb")
-    process = subprocess.Popen(
-        dying_with_parent([sys.executable, "-m", "lockd", "serve", "--port", str(port)]),
-        env={**os.environ, **env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        _wait_ready(url, process)
+    with lockd_serve(env, folder / "serve.log") as url:
         made = _lockd("token", "create", "ci", "--role", "recorder", env=env)
         assert made.returncode == 0, made.stderr
         client = Client(url, made.stdout.strip())
@@ -141,14 +106,6 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         client.push_report(_report(image_a.image_id, a, False))
         client.push_report(_report(image_b.image_id, b, True))
         yield Service(url, a, b, keys.keyid(key), env)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 @dataclass(frozen=True)
