@@ -48,6 +48,14 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.fleet_upkeep = Counter(
+            "lockd_fleet_upkeep",
+            "What the fleet's upkeep removed: transition events past their retention "
+            "(events_pruned), hosts silent for LOCKD_FLEET_FORGET_AFTER_S (hosts_forgotten)",
+            ["removed"],
+            registry=self.registry,
+        )
+
     def watch_fleet(self, counts: FleetCounts) -> None:
         """Report the fleet's gauges from ``counts()`` (read from the database at each scrape,
         so every service process reports the same figures)."""

@@ -103,6 +103,9 @@ def test_a_batch_runs_the_upkeep_pass_once_per_interval(
     # The old events went; the new one stays; no host is forgotten by default.
     assert [(e["container_id"][-1], e["at"]) for e in events(store)] == [("3", RECENT)]
     assert [h["host"] for h in fleet(client, tokens)["hosts"]] == ["node-1", "node-2"]
+    metrics = client.get("/metrics").text
+    assert 'lockd_fleet_upkeep_total{removed="events_pruned"} 2.0' in metrics
+    assert 'lockd_fleet_upkeep_total{removed="hosts_forgotten"} 0.0' in metrics
 
     # The next pass is due in UPKEEP_EVERY_S: a batch right after prunes nothing.
     apply(store, batch(3, [1, 3, 4], [result(4, "fail", at=OLD)]))
@@ -271,6 +274,8 @@ def test_hosts_silent_for_forget_after_s_are_forgotten_by_the_upkeep_pass(
     assert containers(store, "node-1") == 0
     forgot = [e for e in audit(client, tokens) if e["action"] == "fleet.forget"]
     assert [(e["actor"], e["subject"]) for e in forgot] == [("lockd:upkeep", "node-1")]
+    metrics = client.get("/metrics").text
+    assert 'lockd_fleet_upkeep_total{removed="hosts_forgotten"} 1.0' in metrics
 
 
 # --- lockd status --forget -------------------------------------------------------------------

@@ -109,8 +109,10 @@ async def forget_host(
 async def _upkeep(service: Service) -> None:
     """A pass of lockd.server.upkeep, on a worker thread (it may delete many rows)."""
     try:
-        await run_in_threadpool(
+        done = await run_in_threadpool(
             upkeep, service.store, service.settings, dt.datetime.now(dt.timezone.utc)
         )
+        service.metrics.fleet_upkeep.labels("events_pruned").inc(done.pruned)
+        service.metrics.fleet_upkeep.labels("hosts_forgotten").inc(len(done.forgotten))
     except Exception:  # the database went away: the next pass tries again
         log.exception("fleet upkeep: cannot prune events or forget hosts")
