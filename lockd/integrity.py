@@ -759,7 +759,7 @@ class HostTree(Source):
             return None
         key, host = located
         rel = f"{rel_dir}/{name}" if rel_dir else name
-        cache = self.digests if key is not None else None
+        cache = self.digests  # for the image's layers (a chain ID), not Docker's -init layer
         if cache is not None and key is not None:
             try:
                 st = os.lstat(host)

@@ -180,15 +180,23 @@ class LayerView:
         found = self._dirs.get(rel_dir)
         if found is None:
             parent = self._visible(rel_dir.rpartition("/")[0])
-            upper = _upper_state(self.layers[0][0], rel_dir)  # before deciding: conservative
-            found = step_dir(parent, rel_dir, self._entry) if parent else []
-            with self._lock:
+            upper = _upper_state(self.layers[0][0], rel_dir)  # read once, decided on
+
+            def entry(layer: int, rel: str) -> Entry:
+                return upper.kind if layer == 0 else self._entry(layer, rel)
+
+            found = step_dir(parent, rel_dir, entry) if parent else []
+            with self._lock:  # the decision and the snapshot it rests on, kept together
+                if rel_dir in self._dirs:  # another thread decided first: its pair stands
+                    return self._dirs[rel_dir]
                 self._dirs[rel_dir] = found
-                self._upper.setdefault(rel_dir, upper)
+                self._upper[rel_dir] = upper
         return found
 
     def _listing(self, layer: int, rel_dir: str) -> dict[str, bool]:
         """{name: whether it is a regular file} of one layer's copy of a directory."""
+        if layer == 0 and rel_dir in self._upper:  # the upper directory as lockd decided on it
+            return self._upper[rel_dir].listing
         key = (layer, rel_dir)
         found = self._listings.get(key)
         if found is None:
@@ -227,8 +235,8 @@ class LayerView:
             now = _upper_state(upper, rel_dir)
             if now.kind != then.kind and now.kind not in ("missing", "dir"):
                 moved_dirs.add(rel_dir)  # a whiteout, an opaque directory or a file: hides all
-            elif now.names != then.names:  # a plain directory there hides only its names
-                new_names[rel_dir] = now.names - then.names
+            elif now.listing.keys() != then.listing.keys():  # a plain directory: its names
+                new_names[rel_dir] = frozenset(now.listing.keys() - then.listing.keys())
 
         def changed(rel_dir: str, name: str) -> bool:
             parts = rel_dir.split("/") if rel_dir else []
@@ -241,18 +249,17 @@ class LayerView:
 
 @dataclass(frozen=True)
 class _UpperState:
-    """What the upper directory holds at a directory's path: its kind, and its names when it
-    is a directory there."""
+    """What the upper directory holds at a directory's path: its kind, and its listing (as
+    ``_names``) when it is a directory there."""
 
     kind: Entry
-    names: frozenset[str]
+    listing: dict[str, bool]
 
 
 def _upper_state(upper: str, rel_dir: str) -> _UpperState:
     path = f"{upper}/{rel_dir}" if rel_dir else upper
     kind = _entry_at(path)
-    names = frozenset(_names(path)) if kind in ("dir", "opaque") else frozenset()
-    return _UpperState(kind, names)
+    return _UpperState(kind, _names(path) if kind in ("dir", "opaque") else {})
 
 
 def _entry_at(path: str) -> Entry:
