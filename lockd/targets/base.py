@@ -18,8 +18,11 @@ from collections import Counter
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from lockd.errors import ProbeError
+from lockd.probe import probe_source
 
 if TYPE_CHECKING:  # imported where used: a container's probe starts before lockd's models load
+    from collections.abc import Sequence
+
     from pydantic import ValidationError
 
     from lockd.model import FamilyImports, Observation, ProbeReport, TargetInfo
@@ -32,6 +35,7 @@ __all__ = [
     "Target",
     "parse_probe_document",
     "parse_probe_output",
+    "probe_arguments",
     "run_probe_subprocess",
 ]
 
@@ -73,6 +77,11 @@ class Target(Protocol):
 
 
 # --- reading the probe's output ---------------------------------------------------------------
+
+
+def probe_arguments(options: Sequence[str]) -> list[str]:
+    """The interpreter's arguments that run the probe with ``options`` (lockd.smoke's)."""
+    return ["-c", probe_source(), *options]
 
 
 class _DuplicateKeyError(ValueError):

@@ -31,13 +31,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from lockd.errors import InputError, ProbeError, TargetError
-from lockd.probe import probe_source
 from lockd.targets.base import (
     MAX_PROBE_OUTPUT,
     PROBE_TIMEOUT,
     WITH_FAMILY_IMPORTS,
     _stderr_tail,
     parse_probe_document,
+    probe_arguments,
 )
 from lockd.targets.engine import (
     Engine,
@@ -832,7 +832,7 @@ class ContainerTarget:
         )
 
     def _probe_argv(self, python: str) -> list[str]:
-        return [python, "-c", probe_source(), *self.probe_args]
+        return [python, *probe_arguments(self.probe_args)]
 
     def _host_evidence(self, attrs: dict[str, Any]) -> HostEvidence:
         from lockd.model import HostEvidence
@@ -1118,7 +1118,7 @@ class ImageTarget:
     def _run(self, python: str, deadline: float) -> bytes | None:
         """Run the probe in a throw-away container; its stdout, or None without ``python``."""
         bounds = _Bounds("the probe", self._source, self.timeout, self.max_output, deadline)
-        return self._run_throwaway(python, ["-c", probe_source(), *self.probe_args], bounds)
+        return self._run_throwaway(python, probe_arguments(self.probe_args), bounds)
 
     def run_script(
         self,

@@ -10,12 +10,12 @@ import sys
 
 from lockd.errors import ProbeError
 from lockd.model import Observation, TargetInfo
-from lockd.probe import probe_source
 from lockd.targets.base import (
     MAX_PROBE_OUTPUT,
     PROBE_TIMEOUT,
     WITH_FAMILY_IMPORTS,
     parse_probe_document,
+    probe_arguments,
     run_probe_subprocess,
 )
 
@@ -54,7 +54,7 @@ class LocalTarget:
         """
         source = f"local Python {self.python}"
         output = run_probe_subprocess(
-            [self.python, "-c", probe_source(), *self.probe_args],
+            [self.python, *probe_arguments(self.probe_args)],
             source,
             timeout=self.timeout,
             max_output=self.max_output,
