@@ -13,10 +13,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from starlette.concurrency import run_in_threadpool
+
 from lockd.fleet import timestamp
 from lockd.store import fleet as store_fleet
 
 if TYPE_CHECKING:
+    from lockd.server.service import Service
     from lockd.server.settings import Settings
     from lockd.store.repository import Store
 
@@ -24,7 +27,7 @@ log = logging.getLogger("lockd.server.upkeep")
 UPKEEP_EVERY_S = 600.0
 ACTOR = "lockd:upkeep"  # the audit actor of hosts forgotten by age (no token name has a colon)
 
-__all__ = ["ACTOR", "UPKEEP_EVERY_S", "Upkeep", "Upkept", "upkeep"]
+__all__ = ["ACTOR", "UPKEEP_EVERY_S", "Upkeep", "Upkept", "run_pass", "upkeep"]
 
 
 class Upkeep:
@@ -66,3 +69,17 @@ def upkeep(store: Store, settings: Settings, now: dt.datetime) -> Upkept:
             f" ({', '.join(forgotten)})" if forgotten else "",
         )
     return Upkept(pruned=pruned, forgotten=forgotten)
+
+
+async def run_pass(service: Service) -> None:
+    """A pass for the service, on a worker thread (it may delete many rows), counted in its
+    metrics; a failure is logged, and the next pass tries again."""
+    try:
+        done = await run_in_threadpool(
+            upkeep, service.store, service.settings, dt.datetime.now(dt.timezone.utc)
+        )
+    except Exception:  # the database went away
+        log.exception("fleet upkeep: cannot prune events or forget hosts")
+        return
+    service.metrics.fleet_upkeep.labels("events_pruned").inc(done.pruned)
+    service.metrics.fleet_upkeep.labels("hosts_forgotten").inc(len(done.forgotten))

@@ -4,22 +4,19 @@ forgetting a host."""
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import time
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Path, Query, Request, Response, status
-from starlette.concurrency import run_in_threadpool
 
 from lockd.fleet import FleetAck, FleetBatch, FleetView, HostName, Verdict, timestamp
 from lockd.server.deps import AdminDep, ReaderDep, RecorderDep, ServiceDep
 from lockd.server.routes import problems
-from lockd.server.service import NotFoundError, Service
-from lockd.server.upkeep import Upkeep, upkeep
+from lockd.server.service import NotFoundError
+from lockd.server.upkeep import Upkeep, run_pass
 from lockd.store import fleet as store_fleet
 
 router = APIRouter(prefix="/v1/fleet", tags=["fleet"])
-log = logging.getLogger("lockd.server.upkeep")
 
 
 @router.post("/reports", response_model=FleetAck, responses=problems(400, 401, 403, 413, 422))
@@ -37,7 +34,7 @@ async def post_fleet_reports(
     now = dt.datetime.now(dt.timezone.utc)
     schedule: Upkeep = request.app.state.upkeep
     if schedule.due(time.monotonic()):
-        background.add_task(_upkeep, service)  # after the answer is sent
+        background.add_task(run_pass, service)  # after the answer is sent
     applied = await service.run(
         store_fleet.apply_batch,
         service.store,
@@ -104,15 +101,3 @@ async def forget_host(
             f"host {host!r} is not in the fleet view (it never reported, or it was forgotten "
             "already); GET /v1/fleet lists the hosts"
         )
-
-
-async def _upkeep(service: Service) -> None:
-    """A pass of lockd.server.upkeep, on a worker thread (it may delete many rows)."""
-    try:
-        done = await run_in_threadpool(
-            upkeep, service.store, service.settings, dt.datetime.now(dt.timezone.utc)
-        )
-        service.metrics.fleet_upkeep.labels("events_pruned").inc(done.pruned)
-        service.metrics.fleet_upkeep.labels("hosts_forgotten").inc(len(done.forgotten))
-    except Exception:  # the database went away: the next pass tries again
-        log.exception("fleet upkeep: cannot prune events or forget hosts")
