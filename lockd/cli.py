@@ -68,8 +68,9 @@ NoCacheOpt = Annotated[
     bool,
     typer.Option(
         "--no-cache",
-        help="with --deep: hash every file again, not taking the digests of the image's "
-        "read-only layers from lockd's layer cache",
+        help="take nothing from lockd's caches: with --deep, hash every file again (not the "
+        "digests of the image's read-only layers from the layer cache); verify also runs a "
+        "container's probe again (not its report from the probe cache)",
     ),
 ]
 
@@ -260,7 +261,7 @@ def verify(
         early = None
         if not deep and _files_given([manifest, *key]):
             early = _EARLY.pop((target, python, gpu), None) or pool.submit(
-                _observe_early, target, python, gpu
+                _observe_early, target, python, gpu, cache=not no_cache
             )
         _verify(
             target,
@@ -284,10 +285,12 @@ def _files_given(paths: Sequence[object]) -> bool:
     return all(p is None or (isinstance(p, str | Path) and os.path.isfile(p)) for p in paths)
 
 
-def _observe_early(ref: str, python: str | None, gpu: bool) -> tuple[Target, Observation]:
+def _observe_early(
+    ref: str, python: str | None, gpu: bool, *, cache: bool = True
+) -> tuple[Target, Observation]:
     from lockd.verify import reach_and_observe
 
-    return reach_and_observe(lambda: _open_target(ref, python), gpu)
+    return reach_and_observe(lambda: _open_target(ref, python), gpu, cache=cache)
 
 
 _EARLY: dict[tuple[str, str | None, bool], Future[tuple[Target, Observation]]] = {}
@@ -299,7 +302,7 @@ def _start_early(command: typer.core.TyperGroup, args: list[str]) -> None:
     arguments costs ~0.2 s of CPU (it imports pydantic, builds adapters) that the probe can
     run in. Click's own parser reads the arguments, so `verify` takes this start as exactly
     the one it would make; anything unusual (no --manifest or --key, or no such file, --deep,
-    --help, a usage error) starts nothing here."""
+    --no-cache, --help, a usage error) starts nothing here."""
     from concurrent.futures import ThreadPoolExecutor
 
     if not args or args[0] != "verify":
@@ -318,7 +321,7 @@ def _start_early(command: typer.core.TyperGroup, args: list[str]) -> None:
         and keys
         and isinstance(keys, list)
         and _files_given([manifest, *keys])
-        and not parsed.keys() & {"deep", "registry", "help"}
+        and not parsed.keys() & {"deep", "registry", "help", "no_cache"}
     )
     if rest or not wanted or not isinstance(target, str) or not isinstance(python, str | None):
         return

@@ -637,7 +637,13 @@ def check_integrity(observation: Observation, p: Policy) -> Check:
     if found is None:
         return _skip("integrity", "host", "not checked: --deep hashes every installed file")
     where = _INTEGRITY_SOURCES[found.source]
-    if found.cached:
+    if found.reused_from is not None:
+        where += (
+            f"; the result of {found.reused_from}, taken from lockd's integrity cache: nothing "
+            "the container can see changed since and its image layers' files are those hashed "
+            "then, --no-cache hashes them again"
+        )
+    elif found.cached:
         where += (
             f"; {found.cached} files from lockd's layer cache: digests of the image's "
             "read-only layers, hashed before, --no-cache hashes them again"

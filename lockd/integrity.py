@@ -63,7 +63,9 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from lockd import integritycache
 from lockd.errors import LockdError, RefusedError, TargetError
+from lockd.integritycache import Guard, guard
 from lockd.layercache import DigestCache, LayerView, cache_dir, container_layer_keys
 from lockd.model import Distribution, Finding, Integrity, IntegritySource, normalise_name
 from lockd.policy import DEFAULT_IGNORE, matches
@@ -467,6 +469,8 @@ class HostTree(Source):
         self.digests = digests
         self.view = view
         self._from_lower: list[tuple[str, str, str]] = []  # (rel dir, name, path) read there
+        self._lower_reads: list[tuple[str, os.stat_result]] = []  # (host path, stat) of those
+        self._walked: set[str] = set()  # canonical directories files() listed
         self._layer_keys = dict(zip(self.layers, layer_keys, strict=False))
         for destination, source in mounts:  # what the container sees there: the mount's source
             rel = posixpath.normpath(destination).strip("/")
@@ -767,6 +771,7 @@ class HostTree(Source):
                 return None
             cached = cache.get(key, rel, algorithm, st)
             if cached is not None:
+                self._lower_reads.append((host, st))
                 return FileState("file", digest=cached, size=st.st_size)
         try:
             fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -784,13 +789,32 @@ class HostTree(Source):
             return None  # hashed the usual way, which says why
         if cache is not None and key is not None:
             cache.put(key, rel, state.digest, opened)
+        self._lower_reads.append((host, opened))
         return state
+
+    def lower_guards(self) -> list[Guard] | None:
+        """Guards (lockd.integritycache) of every lower-layer file lockd read and directory it
+        listed, as they are now; None when it read no layers (no layer view)."""
+        if self.view is None:
+            return None
+        found = {path: guard(path, st) for path, st in self._lower_reads}
+        directories = set(self.view.lower_dirs_listed())
+        for rel in self._walked:
+            directories.update(self.view.lower_copies(rel))
+        for path in directories:
+            try:
+                found[path] = guard(path, os.lstat(path))
+            except OSError:
+                return None
+        return sorted(found.values())
 
     def changed_meanwhile(self) -> set[str]:
         # the container may have written over a file lockd read in a lower layer
         if self.view is None or not self._from_lower:
             return set()
         changed = self.view.changed_since()
+        if changed is None:
+            return set()
         return {path for rel_dir, name, path in self._from_lower if changed(rel_dir, name)}
 
     def hash_many(
@@ -876,6 +900,7 @@ class HostTree(Source):
         stack = [(directory.rstrip("/"), top)]
         while stack:
             path, hit = stack.pop()
+            self._walked.add(hit.rel)
             if not self._merging:  # one directory: the listing says what each entry is
                 try:
                     with os.scandir(hit.host) as scan:
@@ -1690,7 +1715,55 @@ class DeepTarget:
     def observe(self) -> Observation:
         """Raises what the target's ``observe()`` raises, and TargetError when its files cannot
         be read."""
+        kept_under = self._kept_key()
+        if kept_under is not None:
+            kept = integritycache.load(self.target.id, kept_under)  # type: ignore[attr-defined]
+            if kept is not None and kept.intact():
+                observation = self._observe()
+                probe = observation.probe
+                if (
+                    integritycache.distributions_digest(probe.distributions if probe else [])
+                    == kept.distributions
+                ):
+                    found = kept.integrity.model_copy(update={"reused_from": kept.observed_at})
+                    return observation.model_copy(update={"integrity": found})
+                return deepen(self.target, observation, ignore=self.ignore, cache=self.cache)
+        observation, guards = self._hash_while_observing()
+        if kept_under is not None and guards is not None and observation.integrity is not None:
+            self._keep(kept_under, observation, guards)
+        return observation
+
+    def _kept_key(self) -> str | None:
+        """The integrity cache's fingerprint of the target (lockd.integritycache): only for a
+        container verified with the caches on (its probe report may be reused too)."""
+        if not self.cache or not getattr(self.target, "reuse_probe", False):
+            return None
+        from lockd.targets.docker import ContainerTarget
+
+        if not isinstance(self.target, ContainerTarget):
+            return None
+        return integritycache.key(self.target.inspect(), self.ignore)
+
+    def _keep(self, kept_under: str, observation: Observation, guards: list[Guard]) -> None:
+        """Keep the result when nothing the fingerprint covers changed while lockd hashed."""
+        assert observation.integrity is not None
+        if observation.integrity.source != "overlay" or self._kept_key() != kept_under:
+            return
+        probe = observation.probe
+        integritycache.store(
+            self.target.id,  # type: ignore[attr-defined]
+            kept_under,
+            observation.integrity,
+            integritycache.distributions_digest(probe.distributions if probe else []),
+            guards,
+        )
+
+    def _hash_while_observing(self) -> tuple[Observation, list[Guard] | None]:
+        """The observation with its integrity, hashing the usual locations while the probe
+        runs; the guards of the lower-layer files and directories read (lockd.integritycache),
+        None where the files were not read in layers."""
         source = open_source(self.target, cache=self.cache)
+        guards = None
         bar = _Progress(self.progress)
         source.on_bytes = bar.advance if source.kind == "api" else None
         try:
@@ -1714,10 +1787,12 @@ class DeepTarget:
                 found = _integrity(
                     source, probe.distributions if probe else [], self.ignore, hasher, early
                 )
+            if isinstance(source, HostTree):
+                guards = source.lower_guards()
         finally:
             bar.stop()
             source.close()
-        return observation.model_copy(update={"integrity": found})
+        return observation.model_copy(update={"integrity": found}), guards
 
     def _observe(self) -> Observation:
         if not self.family_imports:

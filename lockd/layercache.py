@@ -33,12 +33,13 @@ import json
 import os
 import re
 import stat
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from lockd.cachefiles import cache_root, ensure_dir, read_trusted, trim, write_atomic
 
 __all__ = [
     "FORMAT",
@@ -200,9 +201,7 @@ class LayerView:
         key = (layer, rel_dir)
         found = self._listings.get(key)
         if found is None:
-            found = _names(
-                f"{self.layers[layer][0]}/{rel_dir}" if rel_dir else self.layers[layer][0]
-            )
+            found = _names(self._layer_path(layer, rel_dir))
             with self._lock:
                 self._listings[key] = found
         return found
@@ -221,11 +220,26 @@ class LayerView:
             return key, f"{path}/{rel_dir}/{name}" if rel_dir else f"{path}/{name}"
         return None
 
-    def changed_since(self) -> Callable[[str, str], bool]:
+    def lower_copies(self, rel_dir: str) -> list[str]:
+        """Host paths of the lower layers' copies of the directory ``rel_dir`` that the merged
+        view shows (top first)."""
+        return [self._layer_path(layer, rel_dir) for layer in self._visible(rel_dir) if layer]
+
+    def lower_dirs_listed(self) -> list[str]:
+        """Host paths of the lower-layer directories whose listings lockd read."""
+        with self._lock:
+            listed = list(self._listings)
+        return [self._layer_path(layer, rel_dir) for layer, rel_dir in listed if layer]
+
+    def _layer_path(self, layer: int, rel_dir: str) -> str:
+        base = self.layers[layer][0]
+        return f"{base}/{rel_dir}" if rel_dir else base
+
+    def changed_since(self) -> Callable[[str, str], bool] | None:
         """Read the upper directory again where lockd looked: ``changed(rel_dir, name)`` says
         whether the merged view's ``name`` in ``rel_dir`` may no longer be what a lower layer
         provided when lockd located it (the container wrote there, or over a directory on
-        the way)."""
+        the way); None when the upper directory changed nowhere lockd looked."""
         upper = self.layers[0][0]
         with self._lock:
             before = dict(self._upper)
@@ -237,6 +251,8 @@ class LayerView:
                 moved_dirs.add(rel_dir)  # a whiteout, an opaque directory or a file: hides all
             elif now.listing.keys() != then.listing.keys():  # a plain directory: its names
                 new_names[rel_dir] = frozenset(now.listing.keys() - then.listing.keys())
+        if not moved_dirs and not new_names:
+            return None
 
         def changed(rel_dir: str, name: str) -> bool:
             parts = rel_dir.split("/") if rel_dir else []
@@ -294,16 +310,8 @@ def _names(path: str) -> dict[str, bool]:
 
 
 def cache_dir() -> Path:
-    """Where lockd keeps the layer cache: ``$LOCKD_CACHE_DIR/deep``, else
-    ``/var/cache/lockd/deep`` for root, ``${XDG_CACHE_HOME:-~/.cache}/lockd/deep`` for others."""
-    base = os.environ.get("LOCKD_CACHE_DIR")
-    if not base:
-        if os.geteuid() == 0:
-            base = "/var/cache/lockd"
-        else:
-            xdg = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-            base = os.path.join(xdg, "lockd")
-    return Path(base) / "deep"
+    """Where lockd keeps the layer cache: ``deep`` under lockd.cachefiles' ``cache_root()``."""
+    return cache_root() / "deep"
 
 
 _Guard = tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode
@@ -311,10 +319,6 @@ _Guard = tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode
 
 def _guard(st: os.stat_result) -> _Guard:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
-
-
-def _owned(st: os.stat_result) -> bool:
-    return st.st_uid == os.geteuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
 class DigestCache:
@@ -337,11 +341,10 @@ class DigestCache:
         there, not ours, too large or not in the format."""
         path = self._file(key)
         try:
-            with open(path, "rb") as f:
-                st = os.fstat(f.fileno())
-                if not _owned(st) or st.st_size > MAX_FILE_BYTES:
-                    raise ValueError("not trusted")
-                document = json.loads(f.read())
+            data = read_trusted(path, MAX_FILE_BYTES)
+            if data is None:  # not there, or not to be trusted: written again on save
+                return {}
+            document = json.loads(data)
             if document.get("format") != FORMAT or document.get("layer") != key:
                 raise ValueError("another format")
             entries: dict[str, tuple[_Guard, str]] = {}
@@ -351,8 +354,6 @@ class DigestCache:
                     raise ValueError("a malformed entry")
                 entries[rel] = guard, digest
             return entries
-        except FileNotFoundError:
-            return {}
         except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
             self._dirty.add(key)  # ignored: written again
             return {}
@@ -397,40 +398,12 @@ class DigestCache:
                 os.utime(self._file(key))
         if not dirty:
             return
-        try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if not _owned(os.stat(self.directory)):
-                return
-        except OSError:
+        if not ensure_dir(self.directory):
             return
         for key in dirty:
             files = {rel: [*guard, digest] for rel, (guard, digest) in self._layers[key].items()}
             document = {"format": FORMAT, "layer": key, "files": files}
             data = json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
             if len(data) <= MAX_FILE_BYTES:
-                self._write(self._file(key), data)
-        self._trim()
-
-    @staticmethod
-    def _write(path: Path, data: bytes) -> None:
-        try:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        except OSError:
-            return
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-
-    def _trim(self) -> None:
-        try:
-            found = [(p.stat().st_mtime_ns, p) for p in self.directory.glob("*.json")]
-        except OSError:
-            return
-        found.sort()
-        for _, path in found[: max(0, len(found) - MAX_FILES)]:
-            with contextlib.suppress(OSError):
-                path.unlink()
+                write_atomic(self._file(key), data)
+        trim(self.directory, MAX_FILES)

@@ -337,6 +337,8 @@ class Integrity(Frozen):
     without_record: Annotated[list[Name], Field(max_length=20000)] = []
     findings: Annotated[list["Finding"], Field(max_length=1000)] = []
     omitted: Annotated[int, Field(ge=0)] = 0
+    # the integrity cache's result (lockd.integritycache): when it was found
+    reused_from: Str | None = None
 
 
 class FamilyImport(Frozen):
@@ -368,6 +370,8 @@ class Observation(Frozen):
     gpu_suite: GpuSuiteResult | None = None  # this run of the GPU validation suite (--gpu)
     integrity: Integrity | None = None  # installed files against their RECORDs (--deep)
     family_imports: FamilyImports | None = None  # the PyTorch family imported (--deep)
+    # the probe report came from the probe cache (lockd.probecache): when it was observed
+    probe_reused_from: Str | None = None
 
 
 # --- the signed record -------------------------------------------------------------------

@@ -82,6 +82,8 @@ def print_checks(checks: Sequence[Check], title: str, console: Console) -> None:
 
 
 def print_report(report: Report, console: Console) -> None:
+    from rich.markup import escape
+
     target = report.target
     title = f"lockd verify {target['kind']}:{target['ref']} against {report.manifest.path}"
     print_checks(report.checks, title, console)
@@ -96,6 +98,13 @@ def print_report(report: Report, console: Console) -> None:
         "files (trusted); inside = what the target's own probe reported (a compromised "
         "container can fake it)[/]"
     )
+    reused = target.get("probe_reused_from")
+    if reused is not None:
+        console.print(
+            f"[dim]inside evidence: the probe's report of {escape(str(reused))}, taken from "
+            "lockd's probe cache: nothing the probe can see changed since (read on the host); "
+            "--no-cache runs it again[/]"
+        )
 
 
 def print_manifest(

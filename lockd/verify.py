@@ -130,6 +130,8 @@ def _target_summary(info: TargetInfo, observation: Observation | None) -> dict[s
     summary: dict[str, object] = {"kind": info.kind, "ref": info.ref}
     if observation is not None and observation.host is not None:
         summary["image_id"] = observation.host.image_id
+    if observation is not None and observation.probe_reused_from is not None:
+        summary["probe_reused_from"] = observation.probe_reused_from
     return summary
 
 
@@ -142,8 +144,11 @@ def reach_and_observe(
 ) -> tuple[Target, Observation]:
     """``deep``: check installed files against their RECORDs, not reporting unlisted files
     that match these patterns (lockd.integrity); ``cache``: through the layer cache
-    (lockd.layercache), else every file hashed."""
+    (lockd.layercache), else every file hashed; ``cache`` also lets a container take its probe
+    report from the probe cache when nothing the probe can see changed (lockd.probecache)."""
     target = reach()
+    if cache and hasattr(target, "reuse_probe"):
+        target.reuse_probe = True
     if deep is not None and not gpu:
         from lockd.integrity import DeepTarget
 

@@ -30,6 +30,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from lockd import probecache
 from lockd.errors import InputError, ProbeError, TargetError
 from lockd.targets.base import (
     MAX_PROBE_OUTPUT,
@@ -741,6 +742,7 @@ class ContainerTarget:
         self.timeout = timeout
         self.max_output = max_output
         self.probe_args: tuple[str, ...] = ()  # options of the probe (lockd.smoke)
+        self.reuse_probe = False  # take the report from the probe cache (lockd.probecache)
         self.name: str = str(self.attrs.get("Name") or "").lstrip("/") or self.id
         self._info: TargetInfo | None = None
         self._source = f"container {self.name}"
@@ -797,7 +799,9 @@ class ContainerTarget:
     def observe(self) -> Observation:
         """Host evidence, then the probe's report (or why there is none: no Python).
 
-        The probe starts first and runs in the container while the host evidence is gathered.
+        The probe starts first and runs in the container while the host evidence is gathered;
+        with ``reuse_probe``, its report is taken from the probe cache instead when
+        nothing it can see has changed since it was kept (lockd.probecache).
 
         Raises:
             TargetError: the container is gone or not running, or the daemon failed.
@@ -812,15 +816,43 @@ class ContainerTarget:
                 f"{self._source} is not running (status: {status}); start it or verify its "
                 f"image with image:{image}"
             )
-        deadline = time.monotonic() + self.timeout
         pythons = _candidates(self.python)
+        key = self._probe_key(attrs, pythons)
+        kind = "" if key is None else probecache.variant(self._probe_argvs(pythons))
+        cached = None if key is None else probecache.load(self.id, key, kind=kind)
+        if cached is not None:
+            try:
+                probe, imports = self._parse(cached.stdout)
+            except ProbeError:
+                pass  # kept by a lockd whose models differ: ask the probe
+            else:
+                host = self._host_evidence(attrs)
+                return self._observation(host, probe, imports, None, cached.observed_at)
+        deadline = time.monotonic() + self.timeout
         started = self._start(self._probe_argv(pythons[0]), "the probe", self._source)
         try:
             host = self._host_evidence(attrs)
         except BaseException:
             _close_socket(started[1])
             raise
-        probe, imports, probe_error = self._probe(pythons, started, state, deadline)
+        ran = self._probe(pythons, started, state, deadline)
+        if ran is None:
+            no_python = _no_python("container", self._source, self.python)
+            return self._observation(host, None, None, no_python)
+        stdout, python = ran
+        probe, imports = self._parse(stdout)
+        if key is not None and self._probe_key(self.inspect(), pythons) == key:
+            probecache.store(self.id, key, stdout, python, kind=kind)  # nothing changed meanwhile
+        return self._observation(host, probe, imports, None)
+
+    def _observation(
+        self,
+        host: HostEvidence,
+        probe: ProbeReport | None,
+        imports: FamilyImports | None,
+        probe_error: str | None,
+        reused_from: str | None = None,
+    ) -> Observation:
         from lockd.model import Observation  # here: the probe starts before the models load
 
         return Observation(
@@ -829,6 +861,22 @@ class ContainerTarget:
             probe=probe,
             probe_error=probe_error,
             family_imports=imports,
+            probe_reused_from=reused_from,
+        )
+
+    def _probe_key(self, attrs: dict[str, Any], pythons: tuple[str, ...]) -> str | None:
+        """The probe cache's fingerprint of what the probe would see (lockd.probecache); None
+        when reuse is off or the host cannot read all of that."""
+        if not self.reuse_probe:
+            return None
+        return probecache.fingerprint(attrs, self._probe_argvs(pythons))
+
+    def _probe_argvs(self, pythons: tuple[str, ...]) -> list[list[str]]:
+        return [self._probe_argv(python) for python in pythons]
+
+    def _parse(self, stdout: bytes) -> tuple[ProbeReport, FamilyImports | None]:
+        return parse_probe_document(
+            stdout, self._source, family_imports=WITH_FAMILY_IMPORTS in self.probe_args
         )
 
     def _probe_argv(self, python: str) -> list[str]:
@@ -862,10 +910,9 @@ class ContainerTarget:
         started: tuple[str, Any],
         state: dict[str, Any],
         deadline: float,
-    ) -> tuple[ProbeReport | None, FamilyImports | None, str | None]:
-        """The probe's report (and smoke test, where asked) from the first of ``pythons`` the
-        container has (``started`` already runs it); the reason there is none when it has
-        none."""
+    ) -> tuple[bytes, str] | None:
+        """(the probe's output, the interpreter that ran it) from the first of ``pythons``
+        the container has (``started`` already runs it); None when it has none."""
         for tried, python in enumerate(pythons):
             if tried:
                 started = self._start(self._probe_argv(python), "the probe", self._source)
@@ -881,11 +928,8 @@ class ContainerTarget:
                 continue
             if code != 0:
                 raise _exited(self._source, python, code, stderr)
-            probe, imports = parse_probe_document(
-                stdout, self._source, family_imports=WITH_FAMILY_IMPORTS in self.probe_args
-            )
-            return probe, imports, None
-        return None, None, _no_python("container", self._source, self.python)
+            return stdout, python
+        return None
 
     def run_script(
         self, argv: Sequence[str], *, what: str, source: str, timeout: float, max_output: int

@@ -5,6 +5,7 @@ always hashed, a corrupt cache file ignored and written again, --no-cache."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,12 @@ class Deep:
 
     def cache_files(self) -> list[Path]:
         return sorted((Path(self.env["LOCKD_CACHE_DIR"]) / "deep").glob("*.json"))
+
+    def forget_results(self) -> None:
+        """Drop the containers' kept --deep results (lockd.integritycache): a container verified
+        again unchanged would take its result from there, not from the layer cache tested
+        here."""
+        shutil.rmtree(Path(self.env["LOCKD_CACHE_DIR"]) / "integrity", ignore_errors=True)
 
 
 @pytest.fixture
@@ -122,6 +129,7 @@ def test_a_corrupt_cache_file_is_ignored_and_written_again(
     assert cached_count(report) == 0
     for path in deep.cache_files():
         assert json.loads(path.read_bytes())["format"] == "lockd-deep-cache/1"
+    deep.forget_results()
     code, report = deep.verify(second.name, warm)
     assert code == 0
     assert cached_count(report) > 100

@@ -1,0 +1,129 @@
+"""Where lockd keeps its caches on this host, and how it reads and writes their files.
+
+A cache is an optimisation: failing to read or write one is never an error, and a file is
+trusted only when this user owns it and nobody else can write it (the caches hold evidence
+that lets lockd skip work). Files are written atomically (a temporary file, then a rename), so
+a reader never sees half of one; each cache keeps at most so many files, the least recently
+used going first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "cache_root",
+    "ensure_dir",
+    "load_document",
+    "owned",
+    "read_trusted",
+    "store_document",
+    "trim",
+    "write_atomic",
+]
+
+
+def cache_root() -> Path:
+    """``$LOCKD_CACHE_DIR``, else ``/var/cache/lockd`` for root, ``${XDG_CACHE_HOME:-~/.cache}
+    /lockd`` for others."""
+    base = os.environ.get("LOCKD_CACHE_DIR")
+    if not base:
+        if os.geteuid() == 0:
+            base = "/var/cache/lockd"
+        else:
+            xdg = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+            base = os.path.join(xdg, "lockd")
+    return Path(base)
+
+
+def owned(st: os.stat_result) -> bool:
+    """Whether a file or directory is this user's and nobody else may write it."""
+    return st.st_uid == os.geteuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def ensure_dir(directory: Path) -> bool:
+    """Make ``directory`` (mode 0700) if needed; whether it is there and trusted."""
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return owned(os.stat(directory))
+    except OSError:
+        return False
+
+
+def read_trusted(path: Path, max_bytes: int) -> bytes | None:
+    """The file's bytes; None when it is not there, not trusted (``owned``) or larger than
+    ``max_bytes``.
+
+    Raises:
+        OSError: it cannot be read.
+    """
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not owned(st) or st.st_size > max_bytes:
+                return None
+            data = f.read(max_bytes + 1)
+    except FileNotFoundError:
+        return None
+    return data if len(data) <= max_bytes else None
+
+
+def write_atomic(path: Path, data: bytes) -> bool:
+    """Write ``data`` to ``path`` through a temporary file renamed over it; whether it was
+    written."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError:
+        return False
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        return False
+    return True
+
+
+def trim(directory: Path, keep: int, pattern: str = "*.json") -> None:
+    """Drop the least recently modified files matching ``pattern`` beyond ``keep``."""
+    try:
+        found = [(p.stat().st_mtime_ns, p) for p in directory.glob(pattern)]
+    except OSError:
+        return
+    found.sort()
+    for _, path in found[: max(0, len(found) - keep)]:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def load_document(path: Path, max_bytes: int, fields: Mapping[str, str]) -> dict[str, Any] | None:
+    """The JSON object in the trusted cache file ``path`` when it has each of ``fields`` with
+    that value (it is then marked recently used, see ``trim``); None when there is none, it is
+    not trusted (``read_trusted``), not a JSON object, or another's."""
+    try:
+        data = read_trusted(path, max_bytes)
+        document = None if data is None else json.loads(data)
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(document, dict) or any(document.get(k) != v for k, v in fields.items()):
+        return None
+    with contextlib.suppress(OSError):
+        os.utime(path)
+    return document
+
+
+def store_document(path: Path, document: Mapping[str, Any], max_bytes: int, keep: int) -> None:
+    """Write ``document`` as JSON to ``path`` atomically, in a trusted directory made if need
+    be, when it is at most ``max_bytes``; then ``trim`` the directory to ``keep`` files."""
+    data = json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+    if len(data) <= max_bytes and ensure_dir(path.parent) and write_atomic(path, data):
+        trim(path.parent, keep)

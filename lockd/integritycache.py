@@ -1,0 +1,167 @@
+"""The integrity cache: a container's ``--deep`` result, taken again while nothing it rests on
+changed.
+
+``verify --deep`` hashes every file every RECORD lists (lockd.integrity); the layer cache
+spares it re-reading the image's layers, but still lstat's, locates and compares each of tens of
+thousands of files in Python (about 1 CPU-second for torch). For a container verified again, the
+result is a function of what the probe cache fingerprints (lockd.probecache: the container's
+upper directory, /dev, mounts, configuration, image, the host), of the distributions the probe
+reported, of the ignore patterns and of lockd's own code; and of the image's layer files, which
+the daemon never changes but root on the host could. So the result is kept under a fingerprint
+of the former, with guards for the latter: the size, mtime, ctime and inode number of every
+lower-layer file lockd read or took from the layer cache, and of every lower-layer directory it
+listed. A later ``verify --deep`` of the same container takes the result again when the
+fingerprint is the same, the probe reports the same distributions and every guard still holds
+(one lstat each, about 20 ms for torch); its report says so. ``--no-cache`` hashes everything
+again; ``record`` never takes a kept result.
+
+One JSON file per container under ``cache_root()/integrity``, at most ``MAX_FILES``, trusted
+only when this user owns it and nobody else can write it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lockd.cachefiles import cache_root, load_document, store_document
+from lockd.probecache import fingerprint
+
+if TYPE_CHECKING:
+    from lockd.model import Distribution, Integrity
+
+__all__ = ["FORMAT", "MAX_FILES", "Guard", "Kept", "cache_dir", "key", "load", "store"]
+
+FORMAT = "lockd-integrity-cache/1"
+MAX_FILES = 256
+MAX_FILE_BYTES = 64 * 1024 * 1024
+_CONTAINER_ID = re.compile("[0-9a-f]{64}")
+
+Guard = tuple[str, int, int, int, int]
+"""(host path, size, mtime_ns, ctime_ns, inode) of a lower-layer file or directory."""
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A kept result: the integrity found, when, of which distributions, on which files."""
+
+    integrity: Integrity
+    observed_at: str
+    distributions: str
+    guards: list[Guard]
+
+    def intact(self) -> bool:
+        """Whether every guarded file and directory is still the one read then."""
+        for path, *numbers in self.guards:
+            try:
+                st = os.lstat(path)
+            except OSError:
+                return False
+            if [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino] != numbers:
+                return False
+        return True
+
+
+def cache_dir() -> Path:
+    """``integrity`` under lockd.cachefiles' ``cache_root()``."""
+    return cache_root() / "integrity"
+
+
+def guard(path: str, st: os.stat_result) -> Guard:
+    return path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+@cache
+def _code() -> str:
+    """A digest of the code the result depends on: lockd.integrity and lockd.layercache."""
+    digest = hashlib.sha256()
+    for module in ("integrity.py", "layercache.py"):
+        digest.update((Path(__file__).parent / module).read_bytes())
+    return digest.hexdigest()
+
+
+def key(attrs: dict[str, Any], ignore: Sequence[str]) -> str | None:
+    """The fingerprint a container's result is kept under (``attrs``: its inspect answer);
+    None when the probe cache cannot fingerprint it (lockd.probecache.fingerprint)."""
+    return fingerprint(attrs, [[FORMAT, _code()], ["--ignore", *ignore]])
+
+
+def distributions_digest(distributions: Iterable[Distribution]) -> str:
+    """What of the probe's distributions a result rests on: names, locations, RECORDs."""
+    rows = sorted((d.name, d.location, d.record_sha256 or "") for d in distributions)
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def _guard_from(entry: Any) -> Guard:
+    """A guard as stored: [path, size, mtime_ns, ctime_ns, inode].
+
+    Raises:
+        ValueError: it is not that.
+    """
+    path, *numbers = entry
+    if not isinstance(path, str) or len(numbers) != 4 or any(type(n) is not int for n in numbers):
+        raise ValueError("a malformed guard")
+    return path, numbers[0], numbers[1], numbers[2], numbers[3]
+
+
+def _file(directory: Path, container_id: str) -> Path:
+    return directory / f"{container_id}.json"
+
+
+def load(container_id: str, fingerprint: str, directory: Path | None = None) -> Kept | None:
+    """The result kept for the container under ``fingerprint``; None when there is none, it
+    was kept under another, or the file is not trusted or not in the format."""
+    from lockd.model import Integrity
+
+    if not _CONTAINER_ID.fullmatch(container_id):
+        return None
+    path = _file(directory or cache_dir(), container_id)
+    document = load_document(
+        path, MAX_FILE_BYTES, {"format": FORMAT, "container": container_id, "key": fingerprint}
+    )
+    if document is None:
+        return None
+    observed_at, distributions = document.get("observed_at"), document.get("distributions")
+    if not isinstance(observed_at, str) or not isinstance(distributions, str):
+        return None
+    try:
+        guards = [_guard_from(entry) for entry in document["guards"]]
+        integrity = Integrity.model_validate(document["integrity"])
+    except (ValueError, TypeError, KeyError):  # pydantic's ValidationError is a ValueError
+        return None
+    return Kept(integrity, observed_at, distributions, guards)
+
+
+def store(
+    container_id: str,
+    fingerprint: str,
+    integrity: Integrity,
+    distributions: str,
+    guards: Sequence[Guard],
+    directory: Path | None = None,
+    now: dt.datetime | None = None,
+) -> None:
+    """Keep a container's result under ``fingerprint``. Failing to write is not an error: the
+    cache is an optimisation."""
+    if not _CONTAINER_ID.fullmatch(container_id):
+        return
+    moment = (now or dt.datetime.now(dt.timezone.utc)).isoformat(timespec="seconds")
+    document = {
+        "format": FORMAT,
+        "container": container_id,
+        "key": fingerprint,
+        "observed_at": moment,
+        "distributions": distributions,
+        "integrity": integrity.model_dump(mode="json", exclude_none=True),
+        "guards": [list(g) for g in guards],
+    }
+    path = _file(directory or cache_dir(), container_id)
+    store_document(path, document, MAX_FILE_BYTES, MAX_FILES)

@@ -1,0 +1,252 @@
+"""The probe cache: a container's probe report, asked for once and taken again while nothing
+the probe can see has changed.
+
+The probe imports torch (and, for --deep, the PyTorch family) inside the container: 2-3
+CPU-seconds on every verification, most of what ``lockd verify <container>`` costs. What it
+reports is a function of what its process sees, and lockd reads all of that on the host side
+(trusted evidence) into one fingerprint:
+
+* the container's root filesystem: the image's layers never change once extracted
+  (lockd.layercache), and every write the container makes lands in its overlay upper
+  directory;
+* what it may write outside that: its /dev (with /dev/shm) and every mount (volumes, bind
+  mounts, tmpfs), walked through its init process's root (/proc/PID/root); the files Docker
+  bind-mounts (/etc/hosts, hostname, resolv.conf);
+  of each entry its path, mode, size, mtime, ctime and inode number (a process in the
+  container can set an mtime back, not a ctime);
+* the daemon's inspect answer: the image, Config (environment, user, working directory),
+  HostConfig (devices, GPUs, runtime, IPC and PID namespaces), the start time and init pid;
+* the probe's command lines (its source included, so lockd's version);
+* the host kernel and the NVIDIA driver's /proc files (its version, its GPUs).
+
+A container whose files lockd cannot read on the host side (another storage driver, a remote
+daemon, not root), or with more than ``MAX_ENTRIES`` entries in one of those trees (a large data
+volume), is probed every time. The walks are lockd.fstree's, as the watch agent's.
+
+The report's bytes are kept under the fingerprint taken before the probe ran, and only when the
+one taken after it ran is the same (a change while it ran keeps nothing). A later verification
+takes them again when the fingerprint is still the same, and says so: the report's checks rest
+on inside evidence either way, what the container said about itself, and reusing it adds
+nothing the container could steer (the decision rests on host evidence only). ``--no-cache``
+asks the probe again. One JSON file per container and probe command line (``variant``) under
+``cache_root()/probe``, at most
+``MAX_FILES``, trusted only when this user owns it and nobody else can write it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lockd.cachefiles import cache_root, load_document, store_document
+from lockd.fstree import MAX_ENTRIES, tree_digest
+
+__all__ = [
+    "FORMAT",
+    "MAX_ENTRIES",
+    "MAX_FILES",
+    "CachedProbe",
+    "cache_dir",
+    "fingerprint",
+    "load",
+    "store",
+    "variant",
+]
+
+FORMAT = "lockd-probe-cache/1"
+MAX_FILES = 256
+"""Containers whose last report is kept."""
+MAX_FILE_BYTES = 32 * 1024 * 1024  # the probe's output is capped at 16 MiB
+
+DRIVER_DIR = "/proc/driver/nvidia"
+_CONTAINER_ID = re.compile("[0-9a-f]{64}")
+
+_HOST_CONFIG_KEYS = (
+    "Binds",
+    "CapAdd",
+    "Devices",
+    "DeviceRequests",
+    "IpcMode",
+    "Mounts",
+    "PidMode",
+    "Privileged",
+    "Runtime",
+    "ShmSize",
+    "Tmpfs",
+    "UsernsMode",
+)
+"""What of the HostConfig can change what a process in the container sees."""
+
+
+@dataclass(frozen=True)
+class CachedProbe:
+    stdout: bytes
+    python: str  # the interpreter that ran it
+    observed_at: str
+
+
+def cache_dir() -> Path:
+    """``probe`` under lockd.cachefiles' ``cache_root()``."""
+    return cache_root() / "probe"
+
+
+# --- what the probe can see (host side) ---------------------------------------------------------
+
+
+def _container_dirs(attrs: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, host path) of each directory tree whose content the container's processes see
+    and may change, read on the host side: the overlay upper directory, and through the init
+    process's root (/proc/PID/root: resolved inside the container) its /dev (with /dev/shm) and
+    every mount."""
+    upper = str(((attrs.get("GraphDriver") or {}).get("Data") or {}).get("UpperDir") or "")
+    root = f"/proc/{int((attrs.get('State') or {}).get('Pid') or 0)}/root"
+    destinations = {str(m.get("Destination") or "") for m in attrs.get("Mounts") or []}
+    destinations |= set((attrs.get("HostConfig") or {}).get("Tmpfs") or {})
+    found = [("upper", upper), ("/dev", root + "/dev")]
+    found += [(d, root + d) for d in sorted(destinations) if d.startswith("/")]
+    return found
+
+
+def _readable(attrs: dict[str, Any]) -> bool:
+    """Whether the container's files can be read on the host side: overlay2 storage, a
+    running init process."""
+    driver = attrs.get("GraphDriver") or {}
+    return (
+        driver.get("Name") == "overlay2"
+        and bool((driver.get("Data") or {}).get("UpperDir"))
+        and int((attrs.get("State") or {}).get("Pid") or 0) > 0
+    )
+
+
+def _entry_digest(path: str) -> str | None:
+    """``tree_digest`` of a directory; of anything else (a file bind-mounted over a path) its
+    lstat numbers; None when it cannot be read or is too large a tree."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return tree_digest(path, MAX_ENTRIES)
+    return repr((st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+
+
+def _host_state(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The host kernel; the NVIDIA driver's version and GPUs where it is loaded; the files
+    Docker bind-mounts into the container (/etc/hosts, hostname, resolv.conf: writable from
+    inside), as stat numbers."""
+    uname = os.uname()
+    state: dict[str, Any] = {"kernel": [uname.release, uname.version, uname.machine]}
+    try:
+        with open(os.path.join(DRIVER_DIR, "version"), "rb") as f:
+            state["driver"] = f.read(65536).decode("utf-8", "replace")
+        state["gpus"] = sorted(os.listdir(os.path.join(DRIVER_DIR, "gpus")))
+    except OSError:
+        state["driver"] = None
+    for key in ("HostsPath", "HostnamePath", "ResolvConfPath"):
+        path = str(attrs.get(key) or "")
+        try:
+            st = os.lstat(path) if path else None
+        except OSError:
+            st = None
+        state[key] = None if st is None else [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    return state
+
+
+def fingerprint(attrs: dict[str, Any], inputs: Sequence[Sequence[str]]) -> str | None:
+    """The fingerprint of what a process in the container (``attrs``: the daemon's inspect
+    answer) can see, with ``inputs`` (the probe's command lines: what else its answer depends
+    on); None when the host cannot read all of it (another storage driver, not root, the
+    container stopped) or one of its trees holds more than ``MAX_ENTRIES`` entries."""
+    if not _readable(attrs):
+        return None
+    state = attrs.get("State") or {}
+    host_config = attrs.get("HostConfig") or {}
+    settings = {
+        "format": FORMAT,
+        "id": attrs.get("Id"),
+        "image": attrs.get("Image"),
+        "config": attrs.get("Config"),
+        "host_config": {key: host_config.get(key) for key in _HOST_CONFIG_KEYS},
+        "started": [state.get("StartedAt"), state.get("Pid")],
+        "inputs": [list(argv) for argv in inputs],
+        "host": _host_state(attrs),
+    }
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for label, top in _container_dirs(attrs):
+        found = _entry_digest(top)
+        if found is None:
+            return None
+        digest.update(f"\0{label}\0{found}".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+# --- the files ----------------------------------------------------------------------------------
+
+
+def variant(inputs: Sequence[Sequence[str]]) -> str:
+    """A short name for the probe's command lines: a container's reports for different ones
+    (``verify`` and ``verify --deep``) are kept side by side."""
+    return hashlib.sha256(json.dumps([list(argv) for argv in inputs]).encode()).hexdigest()[:16]
+
+
+def _file(directory: Path, container_id: str, kind: str) -> Path:
+    return directory / (f"{container_id}-{kind}.json" if kind else f"{container_id}.json")
+
+
+def load(
+    container_id: str, key: str, *, kind: str = "", directory: Path | None = None
+) -> CachedProbe | None:
+    """The report kept for the container under fingerprint ``key``; None when there is none,
+    it was kept under another fingerprint, or the file is not trusted or not in the format."""
+    if not _CONTAINER_ID.fullmatch(container_id):
+        return None
+    path = _file(directory or cache_dir(), container_id, kind)
+    document = load_document(
+        path, MAX_FILE_BYTES, {"format": FORMAT, "container": container_id, "key": key}
+    )
+    if document is None:
+        return None
+    stdout, python, observed_at = (document.get(k) for k in ("stdout", "python", "observed_at"))
+    if not (isinstance(stdout, str) and isinstance(python, str) and isinstance(observed_at, str)):
+        return None
+    return CachedProbe(stdout.encode(), python, observed_at)
+
+
+def store(
+    container_id: str,
+    key: str,
+    stdout: bytes,
+    python: str,
+    *,
+    kind: str = "",
+    directory: Path | None = None,
+    now: dt.datetime | None = None,
+) -> None:
+    """Keep the report (the probe's stdout) for the container under fingerprint ``key``;
+    ``kind``: the probe's ``variant``.
+    Failing to write is not an error: the cache is an optimisation."""
+    if not _CONTAINER_ID.fullmatch(container_id):
+        return
+    try:
+        text = stdout.decode("utf-8")
+    except UnicodeDecodeError:
+        return  # the probe prints JSON with ASCII escapes: this is no report to keep
+    moment = (now or dt.datetime.now(dt.timezone.utc)).isoformat(timespec="seconds")
+    document = {
+        "format": FORMAT,
+        "container": container_id,
+        "key": key,
+        "python": python,
+        "observed_at": moment,
+        "stdout": text,
+    }
+    path = _file(directory or cache_dir(), container_id, kind)
+    store_document(path, document, MAX_FILE_BYTES, MAX_FILES)

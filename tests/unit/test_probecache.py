@@ -1,0 +1,339 @@
+"""The probe cache without Docker: the fingerprint of what a probe can see, read from real
+directories standing for a container's upper directory, /dev and mounts (through the root of a
+real process); the cache files kept and trusted; lockd.cachefiles' reading and writing."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lockd import probecache
+from lockd.cachefiles import read_trusted, write_atomic
+from lockd.probecache import FORMAT, CachedProbe, fingerprint, load, store
+
+PROBE = [["/opt/venv/bin/python", "-I", "-c", "print('probe')"]]
+CONTAINER = "c" * 64
+OTHER = "d" * 64
+NOW = "2026-01-02T03:04:05+00:00"
+
+
+@pytest.fixture
+def init_pid() -> Iterator[int]:
+    """A process of its own mount namespace whose /dev is a fresh tmpfs (holding ``ready``),
+    standing for a container's init: the host's /dev changes under other tests (PostgreSQL's
+    /dev/shm segments), this one only when a test writes to it."""
+    child = subprocess.Popen(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t tmpfs tmpfs /dev && touch /dev/ready && exec sleep 600",
+        ]
+    )
+    ready = Path(f"/proc/{child.pid}/root/dev/ready")
+    while not ready.exists():
+        assert child.poll() is None, "unshare failed (this test needs root)"
+        time.sleep(0.01)
+    yield child.pid
+    child.kill()
+    child.wait()
+
+
+@pytest.fixture
+def attrs(tmp_path: Path, init_pid: int) -> dict[str, Any]:
+    """An inspect answer: overlay2 with an upper directory of one file, a running init."""
+    upper = tmp_path / "upper"
+    (upper / "etc").mkdir(parents=True)
+    (upper / "etc/motd").write_text("hello\n")
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n")
+    return {
+        "Id": CONTAINER,
+        "Image": "sha256:" + "a" * 64,
+        "GraphDriver": {"Name": "overlay2", "Data": {"UpperDir": str(upper)}},
+        "State": {"Pid": init_pid, "StartedAt": "2026-01-02T03:04:05.123456789Z"},
+        "Config": {"Env": ["PATH=/usr/bin"], "User": "", "WorkingDir": "/"},
+        "HostConfig": {"IpcMode": "private", "Tmpfs": None},
+        "Mounts": [],
+        "HostsPath": str(hosts),
+    }
+
+
+def key(attrs: dict[str, Any], argvs: list[list[str]] = PROBE) -> str:
+    found = fingerprint(attrs, argvs)
+    assert found is not None
+    return found
+
+
+def changed(attrs: dict[str, Any], path: tuple[str, ...], value: object) -> dict[str, Any]:
+    """A copy of ``attrs`` with the value at ``path`` replaced."""
+    other = copy.deepcopy(attrs)
+    where = other
+    for step in path[:-1]:
+        where = where[step]
+    where[path[-1]] = value
+    return other
+
+
+# --- fingerprint ---------------------------------------------------------------------------------
+
+
+def test_the_same_container_has_the_same_fingerprint(attrs: dict[str, Any]) -> None:
+    first = key(attrs)
+    assert len(first) == 64
+    assert key(copy.deepcopy(attrs)) == first
+
+
+def test_a_new_file_in_the_upper_directory_changes_the_fingerprint(
+    attrs: dict[str, Any], tmp_path: Path
+) -> None:
+    before = key(attrs)
+    (tmp_path / "upper/etc/new").write_text("")
+    assert key(attrs) != before
+
+
+def test_a_file_rewritten_with_its_mtime_set_back_changes_the_fingerprint(
+    attrs: dict[str, Any], tmp_path: Path
+) -> None:
+    motd = tmp_path / "upper/etc/motd"
+    was = motd.stat()
+    before = key(attrs)
+    time.sleep(0.05)  # past the coarse clock of file times
+    motd.write_text("HELLO\n")
+    os.utime(motd, ns=(was.st_atime_ns, was.st_mtime_ns))
+    now = motd.stat()
+    assert (now.st_size, now.st_mtime_ns, now.st_ino) == (was.st_size, was.st_mtime_ns, was.st_ino)
+    assert now.st_ctime_ns != was.st_ctime_ns
+    assert key(attrs) != before
+
+
+def test_a_write_to_the_containers_dev_changes_the_fingerprint(
+    attrs: dict[str, Any], init_pid: int
+) -> None:
+    before = key(attrs)
+    Path(f"/proc/{init_pid}/root/dev/shm-file").write_text("x")
+    assert key(attrs) != before
+
+
+def test_a_rewritten_hosts_file_changes_the_fingerprint(
+    attrs: dict[str, Any], tmp_path: Path
+) -> None:
+    before = key(attrs)
+    (tmp_path / "hosts").write_text("10.0.0.1 evil\n")
+    assert key(attrs) != before
+
+
+@pytest.mark.parametrize(
+    "path, value",
+    [
+        (("Config", "Env"), ["PATH=/usr/bin", "LD_PRELOAD=/x.so"]),
+        (("Image",), "sha256:" + "b" * 64),
+        (("State", "StartedAt"), "2026-01-02T03:04:06.000000000Z"),
+        (("HostConfig", "IpcMode"), "host"),
+    ],
+)
+def test_a_changed_setting_changes_the_fingerprint(
+    attrs: dict[str, Any], path: tuple[str, ...], value: object
+) -> None:
+    assert key(changed(attrs, path, value)) != key(attrs)
+
+
+def test_another_probe_command_changes_the_fingerprint(attrs: dict[str, Any]) -> None:
+    other = [["/usr/bin/python3", "-I", "-c", "print('probe')"]]
+    assert key(attrs, other) != key(attrs)
+    assert key(attrs, [*PROBE, *other]) != key(attrs)
+
+
+def test_a_file_added_in_a_mount_changes_the_fingerprint(
+    attrs: dict[str, Any], tmp_path: Path
+) -> None:
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    attrs["Mounts"] = [{"Type": "bind", "Source": str(volume), "Destination": str(volume)}]
+    before = key(attrs)
+    assert before != key(changed(attrs, ("Mounts",), []))
+    (volume / "data.bin").write_bytes(b"\0")
+    assert key(attrs) != before
+
+
+def test_a_tmpfs_is_walked_like_a_mount(attrs: dict[str, Any], tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    attrs["HostConfig"]["Tmpfs"] = {str(scratch): "rw"}
+    before = key(attrs)
+    (scratch / "f").write_text("")
+    assert key(attrs) != before
+
+
+@pytest.mark.parametrize(
+    "path, value",
+    [
+        (("GraphDriver", "Name"), "btrfs"),
+        (("GraphDriver", "Data", "UpperDir"), ""),
+        (("GraphDriver", "Data", "UpperDir"), "/nonexistent/lockd-upper"),
+        (("State", "Pid"), 0),
+        (("Mounts",), [{"Destination": "/nonexistent/lockd-volume"}]),
+    ],
+)
+def test_what_the_host_cannot_read_has_no_fingerprint(
+    attrs: dict[str, Any], path: tuple[str, ...], value: object
+) -> None:
+    assert fingerprint(changed(attrs, path, value), PROBE) is None
+
+
+def test_more_entries_than_max_entries_have_no_fingerprint(
+    attrs: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the limit holds for each tree: upper holds etc, etc/motd, etc/a, etc/b
+    (tmp_path / "upper/etc/a").write_text("")
+    (tmp_path / "upper/etc/b").write_text("")
+    monkeypatch.setattr(probecache, "MAX_ENTRIES", 4)
+    assert fingerprint(attrs, PROBE) is not None
+    (tmp_path / "upper/etc/c").write_text("")
+    assert fingerprint(attrs, PROBE) is None
+
+
+# --- the files -----------------------------------------------------------------------------------
+
+
+def stored(directory: Path, container: str = CONTAINER, stdout: bytes = b'{"probe": 1}') -> Path:
+    store(
+        container,
+        "k1",
+        stdout,
+        "/opt/venv/bin/python",
+        directory=directory,
+        now=dt.datetime.fromisoformat(NOW),
+    )
+    return directory / f"{container}.json"
+
+
+def test_a_stored_report_loads_under_its_key_only(tmp_path: Path) -> None:
+    path = stored(tmp_path / "probe")
+    assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
+    assert load(CONTAINER, "k1", directory=tmp_path / "probe") == CachedProbe(
+        b'{"probe": 1}', "/opt/venv/bin/python", NOW
+    )
+    assert load(CONTAINER, "k2", directory=tmp_path / "probe") is None
+    assert load(OTHER, "k1", directory=tmp_path / "probe") is None
+
+
+@pytest.mark.parametrize("container", ["c" * 63, "C" * 64, "../" + "c" * 61, ""])
+def test_a_malformed_container_id_is_neither_stored_nor_loaded(
+    tmp_path: Path, container: str
+) -> None:
+    stored(tmp_path / "probe", container)
+    assert not (tmp_path / "probe").exists()
+    assert load(container, "k1", directory=tmp_path / "probe") is None
+
+
+def test_a_report_that_is_not_utf8_is_not_stored(tmp_path: Path) -> None:
+    stored(tmp_path / "probe", stdout=b'{"probe": "\xff"}')
+    assert not (tmp_path / "probe").exists()
+
+
+def test_a_file_others_can_write_or_own_is_not_trusted(tmp_path: Path) -> None:
+    path = stored(tmp_path)
+    path.chmod(0o666)
+    assert load(CONTAINER, "k1", directory=tmp_path) is None
+    path.chmod(0o600)
+    assert load(CONTAINER, "k1", directory=tmp_path) is not None
+    os.chown(path, 65534, 65534)
+    assert load(CONTAINER, "k1", directory=tmp_path) is None
+
+
+MISSING = object()
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("format", "lockd-probe-cache/0"),
+        ("container", OTHER),
+        ("stdout", 5),
+        ("stdout", MISSING),
+        ("python", None),
+        ("observed_at", ["2026"]),
+    ],
+)
+def test_a_document_not_in_the_format_is_not_loaded(
+    tmp_path: Path, field: str, value: object
+) -> None:
+    path = stored(tmp_path)
+    document = json.loads(path.read_bytes())
+    assert document["format"] == FORMAT and load(CONTAINER, "k1", directory=tmp_path)
+    if value is MISSING:
+        del document[field]
+    else:
+        document[field] = value
+    path.write_text(json.dumps(document))
+    assert load(CONTAINER, "k1", directory=tmp_path) is None
+
+
+@pytest.mark.parametrize("data", [b"{not json", b"\xff\xfe", b"[1, 2]", b'"text"', b"[" * 100_000])
+def test_a_file_that_is_no_document_is_not_loaded(tmp_path: Path, data: bytes) -> None:
+    stored(tmp_path).write_bytes(data)
+    assert load(CONTAINER, "k1", directory=tmp_path) is None
+
+
+def test_beyond_max_files_the_least_recently_used_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(probecache, "MAX_FILES", 2)
+    first, second = stored(tmp_path, "1" * 64), stored(tmp_path, "2" * 64)
+    os.utime(first, (1000, 1000))
+    os.utime(second, (2000, 2000))
+    assert load("1" * 64, "k1", directory=tmp_path) is not None  # used: now the most recent
+    third = stored(tmp_path, "3" * 64)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, third.name])
+
+
+# --- lockd.cachefiles ----------------------------------------------------------------------------
+
+
+def test_read_trusted_reads_a_trusted_file_up_to_its_limit(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"0123456789")
+    path.chmod(0o644)
+    assert read_trusted(path, 10) == b"0123456789"
+    assert read_trusted(path, 9) is None
+    assert read_trusted(tmp_path / "missing", 10) is None
+    with pytest.raises(IsADirectoryError):
+        read_trusted(tmp_path, 10)
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o620, 0o602])
+def test_read_trusted_refuses_a_file_others_can_write(tmp_path: Path, mode: int) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    path.chmod(mode)
+    assert read_trusted(path, 10) is None
+
+
+def test_read_trusted_refuses_a_file_of_another_user(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    os.chown(path, 65534, 65534)
+    assert read_trusted(path, 10) is None
+
+
+def test_write_atomic_replaces_the_file_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    path = tmp_path / "f.json"
+    assert write_atomic(path, b"one")
+    assert write_atomic(path, b"two")
+    assert path.read_bytes() == b"two"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+    assert not write_atomic(tmp_path / "missing" / "f.json", b"x")
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
