@@ -1,24 +1,28 @@
-"""Median wall time of `lockd verify --deep` on the torch-cpu image, cold and warm, beside
-coreutils' sha256sum over the same site-packages, and lockd's peak memory.
+"""Median wall time of `lockd verify --deep` on the torch-cpu image, cold, first and warm,
+beside coreutils' sha256sum over the same site-packages, and lockd's peak memory.
 
 On a running container of locks/torch-cpu (torch 2.13.0 CPU and numpy: about 1 GB, 22k files),
 interleaved, in the same run:
 
 * cold: ``lockd verify <container> --deep --no-cache`` (the full CLI in a subprocess:
-  signature, probe, every check, and every file of every RECORD hashed, read from the
-  container's merged directory);
-* warm: ``lockd verify <container> --deep`` with the layer cache (lockd.layercache) filled by
-  ``lockd record --deep`` of another container of the same image, in a cache directory of this
-  run: every file the image's read-only layers provide is taken from the cache;
+  signature, probe, every check, and every file of every RECORD hashed, read on the host from
+  the container's layers; no cache of any kind);
+* first: ``lockd verify <container> --deep`` as on a container never verified before, of an
+  image lockd has seen: the layer cache (lockd.layercache) filled by ``lockd record --deep``
+  of another container of the same image, the probe and integrity caches emptied before each
+  run (the probe imports torch in the container, every file is located and compared);
+* warm: ``lockd verify <container> --deep`` of a container verified before and unchanged
+  since: the probe's report and the integrity result are taken again (lockd.probecache,
+  lockd.integritycache) once the host's evidence shows nothing they rest on changed;
 * the baseline: ``find <site-packages> -type f -print0 | xargs -0 -P<cores> sha256sum`` on the
   host, over the container's merged directory;
-* for context, ``lockd verify <container>`` without --deep (what the probe alone costs: it
-  imports torch inside the container).
+* for context, ``lockd verify <container>`` without --deep, cold (--no-cache: the probe, which
+  imports torch inside the container, runs) and warm;
+* in-process: ``lockd.integrity.check_files`` alone (no CLI, no probe; every file hashed, no
+  cache), in one Python process on the same container, beside the same baseline.
 
-lockd's peak memory is the largest ru_maxrss of its verify --deep runs (os.wait4), cold or
-warm.
-Target (issue 3): at least 2x faster than the baseline, peak memory <= 200 MB. The warm figure
-is what a second verification of the same image costs (a fleet's containers, a re-check).
+lockd's peak memory is the largest ru_maxrss of its verify --deep runs (os.wait4).
+Target (issue 3): at least 2x faster than the baseline, peak memory <= 200 MB.
 Needs the machine set up by scripts/setup (root, the daemon, the torch-cpu wheels).
 Usage: python bench/deep_verify.py [--runs N]
 """
@@ -36,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,21 +141,34 @@ def main() -> None:
             )
             verify = [*lockd, "verify", name, "--manifest", str(manifest)]
             verify += ["--key", f"{prefix}.pub", "--json"]
-            cold = [*verify, "--deep", "--no-cache"]
-            warm = [*verify, "--deep"]
             baseline = [
                 "sh",
                 "-c",
                 f"find '{site}' -type f -print0 | xargs -0 -P{cores} sha256sum > /dev/null",
             ]
-            argvs = {"cold": cold, "warm": warm, "sha": baseline, "verify": verify}
-            for argv in argvs.values():  # warm the page cache once
-                run(argv, env)
+            argvs = {
+                "cold": [*verify, "--deep", "--no-cache"],
+                "first": [*verify, "--deep"],
+                "warm": [*verify, "--deep"],
+                "sha": baseline,
+                "verify-cold": [*verify, "--no-cache"],
+                "verify-warm": verify,
+            }
+            # "first" has a cache directory of its own, sharing the run's layer cache
+            first = Path(tmp) / "first-cache"
+            first.mkdir(mode=0o700)
+            (first / "deep").symlink_to(Path(cache.name) / "deep")
+            envs = dict.fromkeys(argvs, env) | {"first": {**env, "LOCKD_CACHE_DIR": str(first)}}
+            for key, argv in argvs.items():  # the page cache, and the caches of "warm"
+                run(argv, envs[key])
             load_before = os.getloadavg()
             samples: dict[str, list[tuple[float, float, int]]] = {k: [] for k in argvs}
             for _ in range(args.runs):
                 for key, argv in argvs.items():
-                    samples[key].append(run(argv, env))
+                    if key == "first":
+                        forget_container(first)
+                    samples[key].append(run(argv, envs[key]))
+            inprocess = in_process(name, args.runs, baseline, env)
             load_after = os.getloadavg()
             integrity = recorded_integrity(manifest)
             files, size = tree_size(site)
@@ -158,45 +176,119 @@ def main() -> None:
         for container in (name, other):
             subprocess.run(["docker", "rm", "-f", container], capture_output=True, check=False)
         cache.cleanup()
-    walls = {k: [s[0] for s in v] for k, v in samples.items()}
-    cpu = {k: statistics.median(s[1] for s in v) for k, v in samples.items()}
+    report(
+        Measured(samples, inprocess, (load_before[0], load_after[0]), integrity, files, size),
+        cores,
+        args.runs,
+    )
+
+
+@dataclass
+class Measured:
+    samples: dict[str, list[tuple[float, float, int]]]  # (wall s, CPU s, peak KiB) per run
+    inprocess: tuple[list[float], list[float]]  # check_files' and the baseline's wall times
+    load: tuple[float, float]  # load average before and after
+    integrity: dict[str, int]  # what the manifest says --deep hashed
+    files: int  # what the baseline hashes
+    size: int
+
+
+def report(m: Measured, cores: int, runs_count: int) -> None:
+    walls = {k: [s[0] for s in v] for k, v in m.samples.items()}
+    cpu = {k: statistics.median(s[1] for s in v) for k, v in m.samples.items()}
     median = {k: statistics.median(v) for k, v in walls.items()}
     print(
-        f"machine: {cores} cores ({platform.processor() or platform.machine()}), {args.runs} runs"
+        f"machine: {cores} cores ({platform.processor() or platform.machine()}), {runs_count} runs"
     )
-    print(f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f}")
+    print(f"load average before/after: {m.load[0]:.2f} / {m.load[1]:.2f}")
     print(
-        f"lockd hashes {integrity['files']} files ({integrity['bytes'] / 1e6:.0f} MB) of "
-        f"{integrity['distributions']} RECORDs; the baseline {files or '?'} files "
-        f"({size / 1e6:.0f} MB) under {SITE}"
+        f"lockd hashes {m.integrity['files']} files ({m.integrity['bytes'] / 1e6:.0f} MB) of "
+        f"{m.integrity['distributions']} RECORDs; the baseline {m.files or '?'} files "
+        f"({m.size / 1e6:.0f} MB) under {SITE}"
     )
 
     def runs(values: list[float]) -> str:
         return " ".join(f"{v:.2f}" for v in sorted(values))
 
     labels = {
-        "cold": "lockd verify --deep --no-cache",
-        "warm": "lockd verify --deep (warm)",
+        "cold": "verify --deep --no-cache (cold)",
+        "first": "verify --deep (first)",
+        "warm": "verify --deep (warm)",
         "sha": f"find | xargs -P{cores} sha256sum",
-        "verify": "lockd verify (no --deep)",
+        "verify-cold": "verify --no-cache (no --deep)",
+        "verify-warm": "verify (no --deep, warm)",
     }
     for key, label in labels.items():
-        print(f"{label:<31} median {median[key]:6.2f} s  (runs {runs(walls[key])})")
-    for key in ("cold", "warm"):
+        print(f"{label:<33} median {median[key]:6.2f} s  (runs {runs(walls[key])})")
+    for key in ("cold", "first", "warm"):
+        over = "verify-warm" if key == "warm" else "verify-cold"
         print(
             f"speed-up over the baseline, {key}: {median['sha'] / median[key]:.2f}x "
-            f"(target >= 2x); --deep costs {median[key] - median['verify']:.2f} s over verify"
+            f"(target >= 2x); --deep costs {median[key] - median[over]:.2f} s over {over}"
         )
+    hashing, base = m.inprocess
     print(
-        f"CPU seconds (median; lockd's own process, not the probe in the container): "
-        f"verify --deep cold {cpu['cold']:.2f}, warm {cpu['warm']:.2f}, verify {cpu['verify']:.2f}"
-        f"; sha256sum {cpu['sha']:.2f}"
+        f"in-process check_files (no cache), median {statistics.median(hashing):.2f} s "
+        f"(runs {runs(hashing)}) vs the baseline in the same minutes "
+        f"{statistics.median(base):.2f} s (runs {runs(base)}): "
+        f"{statistics.median(base) / statistics.median(hashing):.2f}x"
     )
-    peak = {key: max(s[2] for s in samples[key]) / 1024 for key in ("cold", "warm")}
     print(
-        f"lockd peak memory (ru_maxrss): cold {peak['cold']:.0f} MB, warm {peak['warm']:.0f} MB "
-        "(target <= 200 MB)"
+        "CPU seconds (median; lockd's own process, not the probe in the container): "
+        + ", ".join(f"{key} {cpu[key]:.2f}" for key in labels)
     )
+    peak = {key: max(s[2] for s in m.samples[key]) / 1024 for key in ("cold", "first", "warm")}
+    print(
+        "lockd peak memory (ru_maxrss): "
+        + ", ".join(f"{key} {mb:.0f} MB" for key, mb in peak.items())
+        + " (target <= 200 MB)"
+    )
+
+
+def forget_container(cache: Path) -> None:
+    """Empty the probe and integrity caches of ``cache``: the next verification is the
+    container's first (its layer cache, a link to the run's, stays)."""
+    for kind in ("probe", "integrity"):
+        shutil.rmtree(cache / kind, ignore_errors=True)
+
+
+IN_PROCESS = """
+import json, statistics, sys, time
+from lockd.integrity import check_files, open_source
+from lockd.targets.docker import open_docker_target
+
+target = open_docker_target(sys.argv[1])
+distributions = target.observe().probe.distributions
+times = []
+for _ in range(int(sys.argv[2])):
+    source = open_source(target, cache=False)
+    start = time.perf_counter()
+    found = check_files(source, distributions, progress=False)
+    times.append(time.perf_counter() - start)
+    source.close()
+    assert not found.findings, found.findings[:3]
+print(json.dumps(times))
+"""
+
+
+def in_process(
+    container: str, runs: int, baseline: list[str], env: dict[str, str]
+) -> tuple[list[float], list[float]]:
+    """check_files' wall times in one process (after one unmeasured run), and the baseline's
+    right after each."""
+    hashing: list[float] = []
+    base: list[float] = []
+    for _ in range(runs):
+        out = subprocess.run(
+            [sys.executable, "-c", IN_PROCESS, container, "2"],
+            env={**env, "PYTHONPATH": str(ROOT)},
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        hashing.append(json.loads(out)[-1])
+        base.append(run(baseline, env)[0])
+    return hashing, base
 
 
 if __name__ == "__main__":
