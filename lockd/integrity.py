@@ -61,6 +61,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
 from lockd import integritycache
@@ -161,7 +162,7 @@ class Row:
     size: int | None
     line: int
 
-    @property
+    @cached_property  # asked for each row several times; kept in the instance's __dict__
     def algorithm(self) -> str | None:
         return None if self.digest is None else self.digest.partition("=")[0]
 
@@ -267,13 +268,16 @@ def own_directories(rows: Iterable[Row], location: str) -> set[str]:
     each listed path below it that is a directory (``torch``, ``torch-2.13.0.dist-info``); not
     the shared ``__pycache__``, nor anything outside the location (scripts in ``bin/``)."""
     prefix = location.rstrip("/") + "/"
-    found: set[str] = set()
+    start = len(prefix)
+    heads: set[str] = set()
     for row in rows:
-        if row.path.startswith(prefix):
-            head, separator, _ = row.path[len(prefix) :].partition("/")
-            if separator and head != "__pycache__":
-                found.add(prefix + head)
-    return found
+        path = row.path
+        if path.startswith(prefix):
+            slash = path.find("/", start)
+            if slash > start:
+                heads.add(path[start:slash])
+    heads.discard("__pycache__")
+    return {prefix + head for head in heads}
 
 
 def metadata_name(data: bytes) -> str | None:
