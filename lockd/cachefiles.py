@@ -14,9 +14,12 @@ import json
 import os
 import stat
 import tempfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+_ZLIB = b"\x78"  # the first byte of a zlib stream (JSON starts with "{")
 
 __all__ = [
     "cache_root",
@@ -111,8 +114,10 @@ def load_document(path: Path, max_bytes: int, fields: Mapping[str, str]) -> dict
     not trusted (``read_trusted``), not a JSON object, or another's."""
     try:
         data = read_trusted(path, max_bytes)
+        if data is not None and data[:1] == _ZLIB:
+            data = _inflate(data, max_bytes)
         document = None if data is None else json.loads(data)
-    except (OSError, ValueError, RecursionError):
+    except (OSError, ValueError, RecursionError, zlib.error):
         return None
     if not isinstance(document, dict) or any(document.get(k) != v for k, v in fields.items()):
         return None
@@ -121,9 +126,22 @@ def load_document(path: Path, max_bytes: int, fields: Mapping[str, str]) -> dict
     return document
 
 
-def store_document(path: Path, document: Mapping[str, Any], max_bytes: int, keep: int) -> None:
-    """Write ``document`` as JSON to ``path`` atomically, in a trusted directory made if need
-    be, when it is at most ``max_bytes``; then ``trim`` the directory to ``keep`` files."""
+def _inflate(data: bytes, max_bytes: int) -> bytes | None:
+    """zlib-compressed ``data`` inflated, None when that is more than ``max_bytes``."""
+    inflater = zlib.decompressobj()
+    out = inflater.decompress(data, max_bytes + 1)
+    complete = inflater.eof and not inflater.unused_data  # one whole stream, nothing after it
+    return out if len(out) <= max_bytes and complete else None
+
+
+def store_document(
+    path: Path, document: Mapping[str, Any], max_bytes: int, keep: int, *, compress: bool = False
+) -> None:
+    """Write ``document`` as JSON (zlib-compressed with ``compress``: ``load_document`` reads
+    either) to ``path`` atomically, in a trusted directory made if need be, when the JSON is at
+    most ``max_bytes``; then ``trim`` the directory to ``keep`` files."""
     data = json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+    if compress and len(data) <= max_bytes:
+        data = zlib.compress(data, 6)
     if len(data) <= max_bytes and ensure_dir(path.parent) and write_atomic(path, data):
         trim(path.parent, keep)

@@ -15,7 +15,8 @@ fingerprint is the same, the probe reports the same distributions and every guar
 (one lstat each, about 20 ms for torch); its report says so. ``--no-cache`` hashes everything
 again; ``record`` never takes a kept result.
 
-One JSON file per container under ``cache_root()/integrity``, at most ``MAX_FILES``, trusted
+One zlib-compressed JSON file per container under ``cache_root()/integrity`` (the guarded paths
+and one digest of their lstat numbers: about 100 KB for torch), at most ``MAX_FILES``, trusted
 only when this user owns it and nobody else can write it.
 """
 
@@ -38,9 +39,21 @@ from lockd.probecache import fingerprint
 if TYPE_CHECKING:
     from lockd.model import Distribution, Integrity
 
-__all__ = ["FORMAT", "MAX_FILES", "Guard", "Kept", "cache_dir", "key", "load", "store"]
+__all__ = [
+    "FORMAT",
+    "MAX_FILES",
+    "Guard",
+    "Kept",
+    "cache_dir",
+    "distributions_digest",
+    "guard",
+    "guard_digest",
+    "key",
+    "load",
+    "store",
+]
 
-FORMAT = "lockd-integrity-cache/1"
+FORMAT = "lockd-integrity-cache/2"
 MAX_FILES = 256
 MAX_FILE_BYTES = 64 * 1024 * 1024
 _CONTAINER_ID = re.compile("[0-9a-f]{64}")
@@ -51,23 +64,25 @@ Guard = tuple[str, int, int, int, int]
 
 @dataclass(frozen=True)
 class Kept:
-    """A kept result: the integrity found, when, of which distributions, on which files."""
+    """A kept result: the integrity found, when, of which distributions, resting on which
+    lower-layer files and directories (``guarded``, whose lstat numbers ``guard_digest``
+    digests)."""
 
     integrity: Integrity
     observed_at: str
     distributions: str
-    guards: list[Guard]
+    guarded: list[str]
+    guard_digest: str
 
     def intact(self) -> bool:
         """Whether every guarded file and directory is still the one read then."""
-        for path, *numbers in self.guards:
+        guards = []
+        for path in self.guarded:
             try:
-                st = os.lstat(path)
-            except OSError:
+                guards.append(guard(path, os.lstat(path)))
+            except (OSError, ValueError):  # gone; or no path at all (a NUL, a lone surrogate)
                 return False
-            if [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino] != numbers:
-                return False
-        return True
+        return guard_digest(guards) == self.guard_digest
 
 
 def cache_dir() -> Path:
@@ -77,6 +92,15 @@ def cache_dir() -> Path:
 
 def guard(path: str, st: os.stat_result) -> Guard:
     return path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+def guard_digest(guards: Iterable[Guard]) -> str:
+    """One digest of guards, in their order."""
+    digest = hashlib.sha256()
+    for path, size, mtime, ctime, inode in guards:
+        name = path.encode("utf-8", "surrogateescape")
+        digest.update(b"%s\0%d %d %d %d\n" % (name, size, mtime, ctime, inode))
+    return digest.hexdigest()
 
 
 @cache
@@ -100,18 +124,6 @@ def distributions_digest(distributions: Iterable[Distribution]) -> str:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 
-def _guard_from(entry: Any) -> Guard:
-    """A guard as stored: [path, size, mtime_ns, ctime_ns, inode].
-
-    Raises:
-        ValueError: it is not that.
-    """
-    path, *numbers = entry
-    if not isinstance(path, str) or len(numbers) != 4 or any(type(n) is not int for n in numbers):
-        raise ValueError("a malformed guard")
-    return path, numbers[0], numbers[1], numbers[2], numbers[3]
-
-
 def _file(directory: Path, container_id: str) -> Path:
     return directory / f"{container_id}.json"
 
@@ -132,12 +144,16 @@ def load(container_id: str, fingerprint: str, directory: Path | None = None) -> 
     observed_at, distributions = document.get("observed_at"), document.get("distributions")
     if not isinstance(observed_at, str) or not isinstance(distributions, str):
         return None
+    guarded, digest = document.get("guarded"), document.get("guard_digest")
+    if not (isinstance(guarded, list) and all(isinstance(p, str) for p in guarded)):
+        return None
+    if not isinstance(digest, str):
+        return None
     try:
-        guards = [_guard_from(entry) for entry in document["guards"]]
         integrity = Integrity.model_validate(document["integrity"])
     except (ValueError, TypeError, KeyError):  # pydantic's ValidationError is a ValueError
         return None
-    return Kept(integrity, observed_at, distributions, guards)
+    return Kept(integrity, observed_at, distributions, guarded, digest)
 
 
 def store(
@@ -161,7 +177,8 @@ def store(
         "observed_at": moment,
         "distributions": distributions,
         "integrity": integrity.model_dump(mode="json", exclude_none=True),
-        "guards": [list(g) for g in guards],
+        "guarded": [g[0] for g in guards],
+        "guard_digest": guard_digest(guards),
     }
     path = _file(directory or cache_dir(), container_id)
-    store_document(path, document, MAX_FILE_BYTES, MAX_FILES)
+    store_document(path, document, MAX_FILE_BYTES, MAX_FILES, compress=True)

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +115,7 @@ def test_a_second_verification_takes_the_result_from_the_cache(
     d = deep_of(app)
     code, first = d.verify()
     assert (code, reused(first), check(first, "integrity")["status"]) == (0, False, "pass")
-    kept = json.loads(d.cache_file.read_text())
+    kept = json.loads(zlib.decompress(d.cache_file.read_bytes()))
     assert kept["container"] == app.id
 
     code, second = d.verify()

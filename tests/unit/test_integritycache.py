@@ -1,6 +1,6 @@
-"""The integrity cache without Docker: a --deep result kept and loaded again under its
-fingerprint, the files trusted and in the format, the guards of real files and directories, the
-digest of the probe's distributions, at most MAX_FILES kept."""
+"""The integrity cache without Docker: a --deep result kept (compressed) and loaded again under
+its fingerprint, the files trusted and in the format, the guards of real files and directories
+and their digest, the digest of the probe's distributions, at most MAX_FILES kept."""
 
 from __future__ import annotations
 
@@ -8,12 +8,23 @@ import datetime as dt
 import json
 import os
 import time
+import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from lockd import integritycache
-from lockd.integritycache import FORMAT, Guard, Kept, distributions_digest, guard, load, store
+from lockd.integritycache import (
+    FORMAT,
+    Guard,
+    Kept,
+    distributions_digest,
+    guard,
+    guard_digest,
+    load,
+    store,
+)
 from lockd.model import Distribution, Finding, Integrity
 
 CONTAINER = "c" * 64
@@ -41,8 +52,18 @@ INTEGRITY = Integrity(
 )
 
 
+GONE: Guard = ("/nonexistent/lockd-layer/six.py", 10, 20, 30, 40)
+
+
 def guards_of(*paths: Path) -> list[Guard]:
     return [guard(str(p), os.lstat(p)) for p in paths]
+
+
+def document_of(path: Path) -> dict[str, Any]:
+    """The stored file's document: zlib-compressed JSON."""
+    document = json.loads(zlib.decompress(path.read_bytes()))
+    assert isinstance(document, dict)
+    return document
 
 
 def stored(
@@ -55,7 +76,7 @@ def stored(
         "k1",
         INTEGRITY,
         DIGEST,
-        guards or [("/nonexistent/lockd-layer/six.py", 10, 20, 30, 40)],
+        guards or [GONE],
         directory=directory,
         now=dt.datetime.fromisoformat(NOW),
     )
@@ -69,10 +90,18 @@ def test_a_stored_result_loads_under_its_key_only(tmp_path: Path) -> None:
     path = stored(tmp_path / "integrity")
     assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
     kept = load(CONTAINER, "k1", directory=tmp_path / "integrity")
-    assert kept == Kept(
-        INTEGRITY, NOW, DIGEST, [("/nonexistent/lockd-layer/six.py", 10, 20, 30, 40)]
-    )
+    assert kept == Kept(INTEGRITY, NOW, DIGEST, [GONE[0]], guard_digest([GONE]))
     assert kept.integrity.reused_from is None
+    assert sorted(document_of(path)) == [
+        "container",
+        "distributions",
+        "format",
+        "guard_digest",
+        "guarded",
+        "integrity",
+        "key",
+        "observed_at",
+    ]
     assert load(CONTAINER, "k2", directory=tmp_path / "integrity") is None
     assert load(OTHER, "k1", directory=tmp_path / "integrity") is None
 
@@ -96,7 +125,34 @@ def test_a_file_others_can_write_or_own_is_not_trusted(tmp_path: Path) -> None:
     assert load(CONTAINER, "k1", directory=tmp_path) is None
 
 
-@pytest.mark.parametrize("data", [b"{not json", b"\xff\xfe", b"[1, 2]", b'"text"', b"[" * 100_000])
+def test_a_stored_file_is_compressed_and_much_smaller_than_its_json(tmp_path: Path) -> None:
+    guards: list[Guard] = [
+        (f"/var/lib/docker/overlay2/{'a' * 64}/diff/site-packages/pkg{i}/mod{i}.py", i, 2, 3, i)
+        for i in range(5000)
+    ]
+    path = stored(tmp_path, guards=guards)
+    data = path.read_bytes()
+    assert data[:1] == b"\x78"
+    assert len(data) * 10 < len(zlib.decompress(data))
+    kept = load(CONTAINER, "k1", directory=tmp_path)
+    assert kept is not None
+    assert kept.guarded == [g[0] for g in guards]
+    assert kept.guard_digest == guard_digest(guards)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"{not json",
+        b"\xff\xfe",
+        b"[1, 2]",
+        b'"text"',
+        b"[" * 100_000,
+        b"\x78garbage",
+        zlib.compress(b"[1, 2]"),
+        zlib.compress(b"{not json"),
+    ],
+)
 def test_a_file_that_is_no_document_is_not_loaded(tmp_path: Path, data: bytes) -> None:
     stored(tmp_path).write_bytes(data)
     assert load(CONTAINER, "k1", directory=tmp_path) is None
@@ -116,13 +172,17 @@ MISSING = object()
         ("observed_at", ["2026"]),
         ("distributions", 5),
         ("distributions", MISSING),
-        ("guards", MISSING),
-        ("guards", 5),
-        ("guards", [["/a", 1, 2, 3]]),  # one number short
-        ("guards", [["/a", 1, 2, 3, 4, 5]]),
-        ("guards", [["/a", 1, "x", 3, 4]]),
-        ("guards", [["/a", 1, 2, None, 4]]),
-        ("guards", ["/a"]),
+        ("guarded", MISSING),
+        ("guarded", 5),
+        ("guarded", "/a"),
+        ("guarded", {"/a": 1}),
+        ("guarded", ["/a", 5]),
+        ("guarded", ["/a", None]),
+        ("guarded", [["/a", 1, 2, 3, 4]]),  # a guard of the first format
+        ("guard_digest", MISSING),
+        ("guard_digest", 5),
+        ("guard_digest", None),
+        ("guard_digest", [DIGEST]),
         ("integrity", {"source": "overlay"}),  # no evidence, counts
         ("integrity", {**INTEGRITY.model_dump(mode="json"), "files": -1}),
         ("integrity", {**INTEGRITY.model_dump(mode="json"), "source": "elsewhere"}),
@@ -134,13 +194,13 @@ def test_a_document_not_in_the_format_is_not_loaded(
     tmp_path: Path, field: str, value: object
 ) -> None:
     path = stored(tmp_path)
-    document = json.loads(path.read_bytes())
+    document = document_of(path)
     assert document["format"] == FORMAT and load(CONTAINER, "k1", directory=tmp_path)
     if value is MISSING:
         del document[field]
     else:
         document[field] = value
-    path.write_text(json.dumps(document))
+    path.write_bytes(zlib.compress(json.dumps(document).encode()))
     assert load(CONTAINER, "k1", directory=tmp_path) is None
 
 
@@ -179,10 +239,60 @@ def kept_on(directory: Path, guards: list[Guard]) -> Kept:
 def test_unchanged_files_and_directories_are_intact(tmp_path: Path, layer: Path) -> None:
     guards = guards_of(layer, layer / "__init__.py")
     kept = kept_on(tmp_path / "cache", guards)
-    assert kept.guards == guards
+    assert (kept.guarded, kept.guard_digest) == (
+        [str(layer), str(layer / "__init__.py")],
+        guard_digest(guards),
+    )
     assert kept.intact()
     assert kept.intact()  # looking changes nothing
-    assert Kept(INTEGRITY, NOW, DIGEST, []).intact()
+    assert Kept(INTEGRITY, NOW, DIGEST, [], guard_digest([])).intact()
+    assert not Kept(INTEGRITY, NOW, DIGEST, [], DIGEST).intact()
+
+
+def test_a_file_whose_name_is_not_utf8_is_guarded(tmp_path: Path, layer: Path) -> None:
+    module = layer / os.fsdecode(b"\xff.py")
+    module.write_text("x = 1\n")
+    kept = kept_on(tmp_path / "cache", guards_of(layer, module))
+    assert kept.guarded == [str(layer), str(module)]
+    assert kept.intact()
+    module.unlink()
+    assert not kept.intact()
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_a_wrong_guard_digest_loads_but_is_not_intact(
+    tmp_path: Path, layer: Path, compress: bool
+) -> None:
+    module = layer / "__init__.py"
+    guards = guards_of(layer, module)
+    path = stored(tmp_path / "cache", guards=guards)
+    document = document_of(path)
+    (_, size, mtime, ctime, inode) = guards[1]
+    for digest, intact in [
+        (guard_digest(guards), True),
+        (guard_digest([guards[0], (str(module), size + 1, mtime, ctime, inode)]), False),
+        (guard_digest(reversed(guards)), False),
+        (guard_digest(guards[:1]), False),
+        (DIGEST, False),
+    ]:
+        document["guard_digest"] = digest
+        data = json.dumps(document).encode()
+        path.write_bytes(zlib.compress(data) if compress else data)
+        kept = load(CONTAINER, "k1", directory=tmp_path / "cache")
+        assert kept is not None
+        assert (kept.guarded, kept.guard_digest) == ([str(layer), str(module)], digest)
+        assert kept.intact() is intact
+
+
+@pytest.mark.parametrize("name", ["/a\x00b", "/\ud800"])  # no path lstat can take
+def test_a_guarded_name_no_file_can_have_is_not_intact(tmp_path: Path, name: str) -> None:
+    path = stored(tmp_path)
+    document = document_of(path)
+    document["guarded"] = [name]
+    path.write_bytes(zlib.compress(json.dumps(document).encode()))
+    kept = load(CONTAINER, "k1", directory=tmp_path)
+    assert kept is not None
+    assert not kept.intact()
 
 
 def test_a_file_rewritten_with_its_mtime_put_back_is_not_intact(
