@@ -1,4 +1,4 @@
-"""Median wall time of `lockd verify --deep` on the torch-cpu image, cold, first and warm,
+"""Median wall time of `lockd verify --deep` on the torch-cpu image, cold, first, sibling and warm,
 beside coreutils' sha256sum over the same site-packages, and lockd's peak memory.
 
 On a running container of locks/torch-cpu (torch 2.13.0 CPU and numpy: about 1 GB, 22k files),
@@ -8,9 +8,14 @@ interleaved, in the same run:
   signature, probe, every check, and every file of every RECORD hashed, read on the host from
   the container's layers; no cache of any kind);
 * first: ``lockd verify <container> --deep`` as on a container never verified before, of an
-  image lockd has seen: the layer cache (lockd.layercache) filled by ``lockd record --deep``
-  of another container of the same image, the probe and integrity caches emptied before each
-  run (the probe imports torch in the container, every file is located and compared);
+  image lockd has seen, nor an identical sibling: the layer cache (lockd.layercache) filled by
+  ``lockd record --deep`` of another container of the same image, the probe and integrity
+  caches emptied before each run (the probe imports torch in the container, every file is
+  located and compared);
+* sibling: ``lockd verify <container> --deep`` of a container never verified before, where an
+  identical container of the same image was (a CI job's fresh container, a fleet's replica):
+  before each run the probe and integrity caches are emptied and the other container
+  verified, unmeasured; the measured one takes its report and result (sibling fingerprint);
 * warm: ``lockd verify <container> --deep`` of a container verified before and unchanged
   since: the probe's report and the integrity result are taken again (lockd.probecache,
   lockd.integritycache) once the host's evidence shows nothing they rest on changed;
@@ -149,24 +154,36 @@ def main() -> None:
             argvs = {
                 "cold": [*verify, "--deep", "--no-cache"],
                 "first": [*verify, "--deep"],
+                "sibling": [*verify, "--deep"],
                 "warm": [*verify, "--deep"],
                 "sha": baseline,
                 "verify-cold": [*verify, "--no-cache"],
                 "verify-warm": verify,
             }
-            # "first" has a cache directory of its own, sharing the run's layer cache
-            first = Path(tmp) / "first-cache"
-            first.mkdir(mode=0o700)
-            (first / "deep").symlink_to(Path(cache.name) / "deep")
-            envs = dict.fromkeys(argvs, env) | {"first": {**env, "LOCKD_CACHE_DIR": str(first)}}
+            # "first" and "sibling" have cache directories of their own, sharing the run's
+            # layer cache; "sibling"'s is filled by verifying the other container first
+            envs = dict.fromkeys(argvs, env)
+            for key in ("first", "sibling"):
+                own = Path(tmp) / f"{key}-cache"
+                own.mkdir(mode=0o700)
+                (own / "deep").symlink_to(Path(cache.name) / "deep")
+                envs[key] = {**env, "LOCKD_CACHE_DIR": str(own)}
+            sibling_first = [*lockd, "verify", other, *verify[5:], "--deep"]
+
+            def prepare(key: str) -> None:
+                if key in ("first", "sibling"):
+                    forget_container(Path(envs[key]["LOCKD_CACHE_DIR"]))
+                if key == "sibling":
+                    run(sibling_first, envs[key])
+
             for key, argv in argvs.items():  # the page cache, and the caches of "warm"
+                prepare(key)
                 run(argv, envs[key])
             load_before = os.getloadavg()
             samples: dict[str, list[tuple[float, float, int]]] = {k: [] for k in argvs}
             for _ in range(args.runs):
                 for key, argv in argvs.items():
-                    if key == "first":
-                        forget_container(first)
+                    prepare(key)
                     samples[key].append(run(argv, envs[key]))
             inprocess = in_process(name, args.runs, baseline, env)
             load_after = os.getloadavg()
@@ -213,6 +230,7 @@ def report(m: Measured, cores: int, runs_count: int) -> None:
     labels = {
         "cold": "verify --deep --no-cache (cold)",
         "first": "verify --deep (first)",
+        "sibling": "verify --deep (sibling)",
         "warm": "verify --deep (warm)",
         "sha": f"find | xargs -P{cores} sha256sum",
         "verify-cold": "verify --no-cache (no --deep)",
@@ -220,8 +238,8 @@ def report(m: Measured, cores: int, runs_count: int) -> None:
     }
     for key, label in labels.items():
         print(f"{label:<33} median {median[key]:6.2f} s  (runs {runs(walls[key])})")
-    for key in ("cold", "first", "warm"):
-        over = "verify-warm" if key == "warm" else "verify-cold"
+    for key in ("cold", "first", "sibling", "warm"):
+        over = "verify-warm" if key in ("warm", "sibling") else "verify-cold"
         print(
             f"speed-up over the baseline, {key}: {median['sha'] / median[key]:.2f}x "
             f"(target >= 2x); --deep costs {median[key] - median[over]:.2f} s over {over}"
@@ -237,7 +255,8 @@ def report(m: Measured, cores: int, runs_count: int) -> None:
         "CPU seconds (median; lockd's own process, not the probe in the container): "
         + ", ".join(f"{key} {cpu[key]:.2f}" for key in labels)
     )
-    peak = {key: max(s[2] for s in m.samples[key]) / 1024 for key in ("cold", "first", "warm")}
+    deep = ("cold", "first", "sibling", "warm")
+    peak = {key: max(s[2] for s in m.samples[key]) / 1024 for key in deep}
     print(
         "lockd peak memory (ru_maxrss): "
         + ", ".join(f"{key} {mb:.0f} MB" for key, mb in peak.items())

@@ -639,9 +639,10 @@ def check_integrity(observation: Observation, p: Policy) -> Check:
     where = _INTEGRITY_SOURCES[found.source]
     if found.reused_from is not None:
         where += (
-            f"; the result of {found.reused_from}, taken from lockd's integrity cache: nothing "
-            "the container can see changed since and its image layers' files are those hashed "
-            "then, --no-cache hashes them again"
+            f"; the result of {found.reused_from}, taken from lockd's integrity cache: what "
+            "the container can see is what was hashed then (in it or in an identical container "
+            "of the same image) and its image layers' files are those hashed then, --no-cache "
+            "hashes them again"
         )
     elif found.cached:
         where += (

@@ -1719,48 +1719,51 @@ class DeepTarget:
     def observe(self) -> Observation:
         """Raises what the target's ``observe()`` raises, and TargetError when its files cannot
         be read."""
-        kept_under = self._kept_key()
-        if kept_under is not None:
-            kept = integritycache.load(self.target.id, kept_under)  # type: ignore[attr-defined]
-            if kept is not None and kept.intact():
-                observation = self._observe()
-                probe = observation.probe
-                if (
-                    integritycache.distributions_digest(probe.distributions if probe else [])
-                    == kept.distributions
-                ):
-                    found = kept.integrity.model_copy(update={"reused_from": kept.observed_at})
-                    return observation.model_copy(update={"integrity": found})
-                return deepen(self.target, observation, ignore=self.ignore, cache=self.cache)
+        under = self._kept_keys()
+        kept = integritycache.load_first(self.target.id, under) if any(under) else None  # type: ignore[attr-defined]
+        if kept is not None and kept.intact():
+            observation = self._observe()
+            probe = observation.probe
+            if (
+                integritycache.distributions_digest(probe.distributions if probe else [])
+                == kept.distributions
+            ):
+                found = kept.integrity.model_copy(update={"reused_from": kept.observed_at})
+                return observation.model_copy(update={"integrity": found})
+            return deepen(self.target, observation, ignore=self.ignore, cache=self.cache)
         observation, guards = self._hash_while_observing()
-        if kept_under is not None and guards is not None and observation.integrity is not None:
-            self._keep(kept_under, observation, guards)
+        if any(under) and guards is not None and observation.integrity is not None:
+            self._keep(under, observation, guards)
         return observation
 
-    def _kept_key(self) -> str | None:
-        """The integrity cache's fingerprint of the target (lockd.integritycache): only for a
+    def _kept_keys(self) -> integritycache.Keys:
+        """The integrity cache's fingerprints of the target (lockd.integritycache): only for a
         container verified with the caches on (its probe report may be reused too)."""
         if not self.cache or not getattr(self.target, "reuse_probe", False):
-            return None
+            return None, None
         from lockd.targets.docker import ContainerTarget
 
         if not isinstance(self.target, ContainerTarget):
-            return None
-        return integritycache.key(self.target.inspect(), self.ignore)
+            return None, None
+        return integritycache.keys(self.target.inspect(), self.ignore)
 
-    def _keep(self, kept_under: str, observation: Observation, guards: list[Guard]) -> None:
-        """Keep the result when nothing the fingerprint covers changed while lockd hashed."""
-        assert observation.integrity is not None
-        if observation.integrity.source != "overlay" or self._kept_key() != kept_under:
+    def _keep(
+        self, under: integritycache.Keys, observation: Observation, guards: list[Guard]
+    ) -> None:
+        """Keep the result under each fingerprint that did not change while lockd hashed."""
+        found = observation.integrity
+        assert found is not None
+        if found.source != "overlay":
             return
         probe = observation.probe
-        integritycache.store(
-            self.target.id,  # type: ignore[attr-defined]
-            kept_under,
-            observation.integrity,
-            integritycache.distributions_digest(probe.distributions if probe else []),
-            guards,
+        dists = integritycache.distributions_digest(probe.distributions if probe else [])
+        own, sibling = (
+            k if k == a else None for k, a in zip(under, self._kept_keys(), strict=True)
         )
+        if own is not None:
+            integritycache.store(self.target.id, own, found, dists, guards)  # type: ignore[attr-defined]
+        if sibling is not None:
+            integritycache.store(sibling, sibling, found, dists, guards)
 
     def _hash_while_observing(self) -> tuple[Observation, list[Guard] | None]:
         """The observation with its integrity, hashing the usual locations while the probe

@@ -12,8 +12,10 @@ of the former, with guards for the latter: the size, mtime, ctime and inode numb
 lower-layer file lockd read or took from the layer cache, and of every lower-layer directory it
 listed. A later ``verify --deep`` of the same container takes the result again when the
 fingerprint is the same, the probe reports the same distributions and every guard still holds
-(one lstat each, about 20 ms for torch); its report says so. ``--no-cache`` hashes everything
-again; ``record`` never takes a kept result.
+(one lstat each, about 20 ms for torch); its report says so. An identical container of the same
+image (probecache.sibling_fingerprint: same configuration, same content in its upper directory
+and /dev, no mounts) takes a sibling's result the same way: it sees the same files.
+``--no-cache`` hashes everything again; ``record`` never takes a kept result.
 
 One zlib-compressed JSON file per container under ``cache_root()/integrity`` (the guarded paths
 and one digest of their lstat numbers: about 100 KB for torch), at most ``MAX_FILES``, trusted
@@ -34,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lockd.cachefiles import cache_root, load_document, store_document
-from lockd.probecache import fingerprint
+from lockd.probecache import fingerprint, sibling_fingerprint
 
 if TYPE_CHECKING:
     from lockd.model import Distribution, Integrity
@@ -44,12 +46,14 @@ __all__ = [
     "MAX_FILES",
     "Guard",
     "Kept",
+    "Keys",
     "cache_dir",
     "distributions_digest",
     "guard",
     "guard_digest",
-    "key",
+    "keys",
     "load",
+    "load_first",
     "store",
 ]
 
@@ -112,10 +116,26 @@ def _code() -> str:
     return digest.hexdigest()
 
 
-def key(attrs: dict[str, Any], ignore: Sequence[str]) -> str | None:
-    """The fingerprint a container's result is kept under (``attrs``: its inspect answer);
-    None when the probe cache cannot fingerprint it (lockd.probecache.fingerprint)."""
-    return fingerprint(attrs, [[FORMAT, _code()], ["--ignore", *ignore]])
+Keys = tuple[str | None, str | None]
+"""The fingerprints a container's result is kept under: its own, and the one identical
+containers of its image share (lockd.probecache.fingerprint, sibling_fingerprint)."""
+
+
+def keys(attrs: dict[str, Any], ignore: Sequence[str]) -> Keys:
+    """A container's ``Keys`` (``attrs``: its inspect answer); None where the probe cache
+    cannot fingerprint it."""
+    inputs = [[FORMAT, _code()], ["--ignore", *ignore]]
+    return fingerprint(attrs, inputs), sibling_fingerprint(attrs, inputs)
+
+
+def load_first(container_id: str, under: Keys) -> Kept | None:
+    """The result kept under the container's own fingerprint, else under the one it shares with
+    identical containers of its image (kept with that fingerprint as its name)."""
+    own, sibling = under
+    found = None if own is None else load(container_id, own)
+    if found is None and sibling is not None:
+        found = load(sibling, sibling)
+    return found
 
 
 def distributions_digest(distributions: Iterable[Distribution]) -> str:

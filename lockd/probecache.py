@@ -19,6 +19,12 @@ reports is a function of what its process sees, and lockd reads all of that on t
 * the probe's command lines (its source included, so lockd's version);
 * the host kernel and the NVIDIA driver's /proc files (its version, its GPUs).
 
+An identical container of the same image shares a second fingerprint (``sibling_fingerprint``):
+the image, Config but for its hostname and labels, the same HostConfig, inputs and host, and the
+*content* of its upper directory and /dev (hashed: a fresh container has next to nothing
+there). A fresh container (a CI job's, a fleet's replica) then takes the report a sibling's
+probe made; a container with mounts never does (their content is not compared).
+
 A container whose files lockd cannot read on the host side (another storage driver, a remote
 daemon, not root), or with more than ``MAX_ENTRIES`` entries in one of those trees (a large data
 volume), is probed every time. The walks are lockd.fstree's, as the watch agent's.
@@ -28,14 +34,15 @@ one taken after it ran is the same (a change while it ran keeps nothing). A late
 takes them again when the fingerprint is still the same, and says so: the report's checks rest
 on inside evidence either way, what the container said about itself, and reusing it adds
 nothing the container could steer (the decision rests on host evidence only). ``--no-cache``
-asks the probe again. One JSON file per container and probe command line (``variant``) under
-``cache_root()/probe``, at most
+asks the probe again. One JSON file per container (or sibling fingerprint) and probe command
+line (``variant``) under ``cache_root()/probe``, at most
 ``MAX_FILES``, trusted only when this user owns it and nobody else can write it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import json
 import os
@@ -57,6 +64,7 @@ __all__ = [
     "cache_dir",
     "fingerprint",
     "load",
+    "sibling_fingerprint",
     "store",
     "variant",
 ]
@@ -185,6 +193,133 @@ def fingerprint(attrs: dict[str, Any], inputs: Sequence[Sequence[str]]) -> str |
         if found is None:
             return None
         digest.update(f"\0{label}\0{found}".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+# --- an identical container of the same image --------------------------------------------------
+
+MAX_CONTENT_BYTES = 64 * 1024 * 1024
+"""A container whose own files (upper directory, /dev) hold more than this is not compared by
+content with its siblings: hashing them would cost what the probe costs."""
+
+_PER_CONTAINER = ("Hostname", "Domainname", "Labels")
+"""What of Config differs between otherwise identical containers and no process's view of the
+environment depends on (Docker writes the hostname into /etc/hostname, which the probe does not
+read)."""
+
+
+def _content_digest(top: str, budget: list[int]) -> str | None:
+    """A digest of the content of the tree below ``top``: each entry's path, type and mode,
+    owner, overlayfs attributes, and a regular file's bytes, a link's target, a device's number
+    (never opened);
+    ``budget[0]``: bytes still to read. None when it cannot all be read or the budget runs
+    out."""
+    digest = hashlib.sha256()
+    pending = [""]
+    count = 0
+    while pending:
+        rel_dir = pending.pop()
+        try:
+            with os.scandir(os.path.join(top, rel_dir) if rel_dir else top) as scan:
+                entries = sorted(scan, key=lambda entry: entry.name)
+        except OSError:
+            return None
+        for entry in entries:
+            count += 1
+            if count > MAX_ENTRIES:
+                return None
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            try:
+                st = entry.stat(follow_symlinks=False)
+                extra = _content_of(entry.path, st, budget)
+                overlay = _overlay_xattrs(entry.path)
+            except OSError:
+                return None
+            if extra is None:
+                return None
+            head = b"%s\0%o %d %d " % (os.fsencode(rel), st.st_mode, st.st_uid, st.st_gid)
+            digest.update(head + extra + b" " + overlay + b"\n")
+            if stat.S_ISDIR(st.st_mode):
+                pending.append(rel)
+    return digest.hexdigest()
+
+
+def _overlay_xattrs(path: str) -> bytes:
+    """overlayfs's own attributes of an upper entry (opaque, redirect, metacopy; trusted. or
+    user.), which change what the merged view shows without changing the entry's content: a
+    directory removed and made again is opaque (hides the image's copy), one copied up is not.
+
+    Raises:
+        OSError: they cannot be listed or read.
+    """
+    try:
+        listed = os.listxattr(path, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return b""  # a filesystem without attributes (not overlayfs's upper)
+        raise
+    names = sorted(n for n in listed if ".overlay." in n)
+    return b";".join(
+        os.fsencode(n) + b"=" + os.getxattr(path, n, follow_symlinks=False) for n in names
+    )
+
+
+def _content_of(path: str, st: os.stat_result, budget: list[int]) -> bytes | None:
+    """What of one entry's content goes into ``_content_digest``; None past the budget.
+
+    Raises:
+        OSError: it cannot be read, or a file was swapped for something else meanwhile.
+    """
+    if stat.S_ISLNK(st.st_mode):
+        return os.fsencode(os.readlink(path))
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        return b"%d" % st.st_rdev
+    if not stat.S_ISREG(st.st_mode):
+        return b""
+    budget[0] -= st.st_size
+    if budget[0] < 0:
+        return None
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is no longer a regular file")
+        digest = hashlib.sha256()
+        while chunk := os.read(fd, 1024 * 1024):
+            digest.update(chunk)
+    finally:
+        os.close(fd)
+    return digest.hexdigest().encode()
+
+
+def sibling_fingerprint(attrs: dict[str, Any], inputs: Sequence[Sequence[str]]) -> str | None:
+    """The fingerprint every identical container of the same image shares: the image, Config
+    but for the hostname and labels, the HostConfig that shapes a process, ``inputs``, the host
+    kernel and driver, and the *content* of the container's upper directory and /dev. A fresh
+    container (a CI job's, a fleet's replica) sees what a sibling verified before saw, so the
+    sibling's report stands for it. None for a container with mounts (their content is not
+    compared), whose files cannot be read on the host, or that wrote more than
+    ``MAX_CONTENT_BYTES``."""
+    host_config = attrs.get("HostConfig") or {}
+    if not _readable(attrs) or attrs.get("Mounts") or host_config.get("Tmpfs"):
+        return None
+    config = {k: v for k, v in (attrs.get("Config") or {}).items() if k not in _PER_CONTAINER}
+    host = {k: v for k, v in _host_state(attrs).items() if k in ("kernel", "driver", "gpus")}
+    settings = {
+        "format": FORMAT,
+        "sibling": True,
+        "image": attrs.get("Image"),
+        "config": config,
+        "host_config": {key: host_config.get(key) for key in _HOST_CONFIG_KEYS},
+        "inputs": [list(argv) for argv in inputs],
+        "host": host,
+    }
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    budget = [MAX_CONTENT_BYTES]
+    for label, top in _container_dirs(attrs)[:2]:  # the upper directory, /dev
+        found = _content_digest(top, budget)
+        if found is None:
+            return None
+        digest.update(f"\0{label}\0{found}".encode())
     return digest.hexdigest()
 
 

@@ -102,8 +102,9 @@ def print_report(report: Report, console: Console) -> None:
     if reused is not None:
         console.print(
             f"[dim]inside evidence: the probe's report of {escape(str(reused))}, taken from "
-            "lockd's probe cache: nothing the probe can see changed since (read on the host); "
-            "--no-cache runs it again[/]"
+            "lockd's probe cache: what the probe can see (read on the host) is what it saw "
+            "then, in this container or an identical one of the same image; --no-cache runs "
+            "it again[/]"
         )
 
 

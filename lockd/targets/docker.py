@@ -697,6 +697,18 @@ def _api_for(client: DockerClient) -> _Api:
     return _SdkApi(api)
 
 
+def _first_kept(
+    keys: tuple[str | None, str | None], container_id: str, kind: str
+) -> probecache.CachedProbe | None:
+    """The probe cache's report under the container's own fingerprint, else under the one it
+    shares with identical containers of its image (kept under that fingerprint as its name)."""
+    own, sibling = keys
+    found = None if own is None else probecache.load(container_id, own, kind=kind)
+    if found is None and sibling is not None:
+        found = probecache.load(sibling, sibling, kind=kind)
+    return found
+
+
 def _wait_dead(pid: int, timeout: float = 2.0) -> None:
     """Wait (a little) until a killed process is gone or a zombie: SIGKILL is delivered
     asynchronously, and "killed" should hold when the caller goes on."""
@@ -817,9 +829,9 @@ class ContainerTarget:
                 f"image with image:{image}"
             )
         pythons = _candidates(self.python)
-        key = self._probe_key(attrs, pythons)
-        kind = "" if key is None else probecache.variant(self._probe_argvs(pythons))
-        cached = None if key is None else probecache.load(self.id, key, kind=kind)
+        keys = self._probe_keys(attrs, pythons)
+        kind = probecache.variant(self._probe_argvs(pythons)) if any(keys) else ""
+        cached = _first_kept(keys, self.id, kind)
         if cached is not None:
             try:
                 probe, imports = self._parse(cached.stdout)
@@ -841,8 +853,13 @@ class ContainerTarget:
             return self._observation(host, None, None, no_python)
         stdout, python = ran
         probe, imports = self._parse(stdout)
-        if key is not None and self._probe_key(self.inspect(), pythons) == key:
-            probecache.store(self.id, key, stdout, python, kind=kind)  # nothing changed meanwhile
+        if any(keys):  # kept where nothing changed while it ran
+            after = self._probe_keys(self.inspect(), pythons)
+            own, sibling = (k if k == a else None for k, a in zip(keys, after, strict=True))
+            if own is not None:
+                probecache.store(self.id, own, stdout, python, kind=kind)
+            if sibling is not None:
+                probecache.store(sibling, sibling, stdout, python, kind=kind)
         return self._observation(host, probe, imports, None)
 
     def _observation(
@@ -864,12 +881,16 @@ class ContainerTarget:
             probe_reused_from=reused_from,
         )
 
-    def _probe_key(self, attrs: dict[str, Any], pythons: tuple[str, ...]) -> str | None:
-        """The probe cache's fingerprint of what the probe would see (lockd.probecache); None
-        when reuse is off or the host cannot read all of that."""
+    def _probe_keys(
+        self, attrs: dict[str, Any], pythons: tuple[str, ...]
+    ) -> tuple[str | None, str | None]:
+        """The probe cache's fingerprints of what the probe would see (lockd.probecache): this
+        container's, and the one it shares with identical containers of its image; None where
+        reuse is off or the host cannot read what it needs."""
         if not self.reuse_probe:
-            return None
-        return probecache.fingerprint(attrs, self._probe_argvs(pythons))
+            return None, None
+        argvs = self._probe_argvs(pythons)
+        return probecache.fingerprint(attrs, argvs), probecache.sibling_fingerprint(attrs, argvs)
 
     def _probe_argvs(self, pythons: tuple[str, ...]) -> list[list[str]]:
         return [self._probe_argv(python) for python in pythons]
