@@ -1719,8 +1719,7 @@ class DeepTarget:
     def observe(self) -> Observation:
         """Raises what the target's ``observe()`` raises, and TargetError when its files cannot
         be read."""
-        under = self._kept_keys()
-        kept = integritycache.load_first(self.target.id, under) if any(under) else None  # type: ignore[attr-defined]
+        kept, under = self._kept()
         if kept is not None and kept.intact():
             observation = self._observe()
             probe = observation.probe
@@ -1736,32 +1735,38 @@ class DeepTarget:
             self._keep(under, observation, guards)
         return observation
 
-    def _kept_keys(self) -> integritycache.Keys:
-        """The integrity cache's fingerprints of the target (lockd.integritycache): only for a
-        container verified with the caches on (its probe report may be reused too)."""
+    def _reusing(self) -> ContainerTarget | None:
+        """The target, when it is a container verified with the caches on (its probe report
+        may be reused too): only then is its result kept (lockd.integritycache)."""
         if not self.cache or not getattr(self.target, "reuse_probe", False):
-            return None, None
+            return None
         from lockd.targets.docker import ContainerTarget
 
-        if not isinstance(self.target, ContainerTarget):
-            return None, None
-        return integritycache.keys(self.target.inspect(), self.ignore)
+        return self.target if isinstance(self.target, ContainerTarget) else None
+
+    def _kept(self) -> tuple[integritycache.Kept | None, integritycache.Keys]:
+        """(the integrity cache's result for the target or None, the fingerprints looked
+        under)."""
+        container = self._reusing()
+        if container is None:
+            return None, (None, None)
+        return integritycache.load_first(container.id, container.inspect(), self.ignore)
 
     def _keep(
         self, under: integritycache.Keys, observation: Observation, guards: list[Guard]
     ) -> None:
         """Keep the result under each fingerprint that did not change while lockd hashed."""
         found = observation.integrity
-        assert found is not None
+        container = self._reusing()
+        assert found is not None and container is not None
         if found.source != "overlay":
             return
         probe = observation.probe
         dists = integritycache.distributions_digest(probe.distributions if probe else [])
-        own, sibling = (
-            k if k == a else None for k, a in zip(under, self._kept_keys(), strict=True)
-        )
+        after = integritycache.keys(container.inspect(), self.ignore)
+        own, sibling = (k if k == a else None for k, a in zip(under, after, strict=True))
         if own is not None:
-            integritycache.store(self.target.id, own, found, dists, guards)  # type: ignore[attr-defined]
+            integritycache.store(container.id, own, found, dists, guards)
         if sibling is not None:
             integritycache.store(sibling, sibling, found, dists, guards)
 

@@ -128,14 +128,20 @@ def keys(attrs: dict[str, Any], ignore: Sequence[str]) -> Keys:
     return fingerprint(attrs, inputs), sibling_fingerprint(attrs, inputs)
 
 
-def load_first(container_id: str, under: Keys) -> Kept | None:
-    """The result kept under the container's own fingerprint, else under the one it shares with
-    identical containers of its image (kept with that fingerprint as its name)."""
-    own, sibling = under
+def load_first(
+    container_id: str, attrs: dict[str, Any], ignore: Sequence[str]
+) -> tuple[Kept | None, Keys]:
+    """(the result kept for the container or None, the fingerprints looked under). Its own
+    fingerprint is tried first; the one it shares with identical containers of its image (kept
+    with that fingerprint as its name; taking it hashes the content of the container's own
+    files) only when that finds nothing."""
+    inputs = [[FORMAT, _code()], ["--ignore", *ignore]]
+    own = fingerprint(attrs, inputs)
     found = None if own is None else load(container_id, own)
-    if found is None and sibling is not None:
-        found = load(sibling, sibling)
-    return found
+    if found is not None:
+        return found, (own, None)
+    sibling = sibling_fingerprint(attrs, inputs)
+    return (None if sibling is None else load(sibling, sibling)), (own, sibling)
 
 
 def distributions_digest(distributions: Iterable[Distribution]) -> str:

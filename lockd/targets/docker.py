@@ -697,18 +697,6 @@ def _api_for(client: DockerClient) -> _Api:
     return _SdkApi(api)
 
 
-def _first_kept(
-    keys: tuple[str | None, str | None], container_id: str, kind: str
-) -> probecache.CachedProbe | None:
-    """The probe cache's report under the container's own fingerprint, else under the one it
-    shares with identical containers of its image (kept under that fingerprint as its name)."""
-    own, sibling = keys
-    found = None if own is None else probecache.load(container_id, own, kind=kind)
-    if found is None and sibling is not None:
-        found = probecache.load(sibling, sibling, kind=kind)
-    return found
-
-
 def _wait_dead(pid: int, timeout: float = 2.0) -> None:
     """Wait (a little) until a killed process is gone or a zombie: SIGKILL is delivered
     asynchronously, and "killed" should hold when the caller goes on."""
@@ -829,9 +817,7 @@ class ContainerTarget:
                 f"image with image:{image}"
             )
         pythons = _candidates(self.python)
-        keys = self._probe_keys(attrs, pythons)
-        kind = probecache.variant(self._probe_argvs(pythons)) if any(keys) else ""
-        cached = _first_kept(keys, self.id, kind)
+        cached, keys, kind = self._kept_report(attrs, pythons)
         if cached is not None:
             try:
                 probe, imports = self._parse(cached.stdout)
@@ -880,6 +866,25 @@ class ContainerTarget:
             family_imports=imports,
             probe_reused_from=reused_from,
         )
+
+    def _kept_report(
+        self, attrs: dict[str, Any], pythons: tuple[str, ...]
+    ) -> tuple[probecache.CachedProbe | None, tuple[str | None, str | None], str]:
+        """(the probe cache's report for the container or None, the fingerprints looked under,
+        the probe's variant). Its own fingerprint is tried first; the one it shares with
+        identical containers of its image (which hashes the content of the container's own
+        files) only when that finds nothing."""
+        if not self.reuse_probe:
+            return None, (None, None), ""
+        argvs = self._probe_argvs(pythons)
+        kind = probecache.variant(argvs)
+        own = probecache.fingerprint(attrs, argvs)
+        found = None if own is None else probecache.load(self.id, own, kind=kind)
+        if found is not None:
+            return found, (own, None), kind
+        sibling = probecache.sibling_fingerprint(attrs, argvs)
+        found = None if sibling is None else probecache.load(sibling, sibling, kind=kind)
+        return found, (own, sibling), kind
 
     def _probe_keys(
         self, attrs: dict[str, Any], pythons: tuple[str, ...]
