@@ -10,8 +10,10 @@ used going first.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
+import re
 import stat
 import tempfile
 import zlib
@@ -25,9 +27,11 @@ __all__ = [
     "cache_root",
     "ensure_dir",
     "load_document",
+    "load_entry",
     "owned",
     "read_trusted",
     "store_document",
+    "store_entry",
     "trim",
     "write_atomic",
 ]
@@ -145,3 +149,54 @@ def store_document(
         data = zlib.compress(data, 6)
     if len(data) <= max_bytes and ensure_dir(path.parent) and write_atomic(path, data):
         trim(path.parent, keep)
+
+
+# --- entries kept under a fingerprint ----------------------------------------------------------
+
+_NAME = re.compile("[0-9a-f]{64}")
+"""An entry's name: a container ID, or a fingerprint shared by identical containers."""
+
+
+def _entry_path(directory: Path, name: str, kind: str) -> Path:
+    return directory / (f"{name}-{kind}.json" if kind else f"{name}.json")
+
+
+def load_entry(
+    directory: Path, name: str, fmt: str, key: str, max_bytes: int, *, kind: str = ""
+) -> dict[str, Any] | None:
+    """The document kept as ``name`` (and ``kind``) in format ``fmt`` under fingerprint
+    ``key``, with its ``observed_at``; None when ``name`` is not 64 hex digits or there is no
+    such document (``load_document``)."""
+    if not _NAME.fullmatch(name):
+        return None
+    document = load_document(
+        _entry_path(directory, name, kind),
+        max_bytes,
+        {"format": fmt, "container": name, "key": key},
+    )
+    if document is None or not isinstance(document.get("observed_at"), str):
+        return None
+    return document
+
+
+def store_entry(
+    directory: Path,
+    name: str,
+    fmt: str,
+    key: str,
+    fields: Mapping[str, Any],
+    max_bytes: int,
+    keep: int,
+    *,
+    kind: str = "",
+    compress: bool = False,
+    now: dt.datetime | None = None,
+) -> None:
+    """Keep ``fields`` as ``name`` (and ``kind``) in format ``fmt`` under fingerprint ``key``,
+    observed ``now``, for ``load_entry`` (``store_document``); nothing when ``name`` is not
+    64 hex digits."""
+    if not _NAME.fullmatch(name):
+        return
+    moment = (now or dt.datetime.now(dt.timezone.utc)).isoformat(timespec="seconds")
+    document = {**fields, "format": fmt, "container": name, "key": key, "observed_at": moment}
+    store_document(_entry_path(directory, name, kind), document, max_bytes, keep, compress=compress)

@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
-from lockd import integritycache
+from lockd import integritycache, probecache
 from lockd.errors import LockdError, RefusedError, TargetError
 from lockd.integritycache import Guard, guard
 from lockd.layercache import DigestCache, LayerView, cache_dir, container_layer_keys
@@ -1764,11 +1764,8 @@ class DeepTarget:
         probe = observation.probe
         dists = integritycache.distributions_digest(probe.distributions if probe else [])
         after = integritycache.keys(container.inspect(), self.ignore)
-        own, sibling = (k if k == a else None for k, a in zip(under, after, strict=True))
-        if own is not None:
-            integritycache.store(container.id, own, found, dists, guards)
-        if sibling is not None:
-            integritycache.store(sibling, sibling, found, dists, guards)
+        for name, key in probecache.still_standing(container.id, under, after):
+            integritycache.store(name, key, found, dists, guards)
 
     def _hash_while_observing(self) -> tuple[Observation, list[Guard] | None]:
         """The observation with its integrity, hashing the usual locations while the probe

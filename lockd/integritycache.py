@@ -28,15 +28,15 @@ import datetime as dt
 import hashlib
 import json
 import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lockd.cachefiles import cache_root, load_document, store_document
-from lockd.probecache import fingerprint, sibling_fingerprint
+from lockd import probecache
+from lockd.cachefiles import cache_root, load_entry, store_entry
+from lockd.probecache import Keys
 
 if TYPE_CHECKING:
     from lockd.model import Distribution, Integrity
@@ -60,7 +60,6 @@ __all__ = [
 FORMAT = "lockd-integrity-cache/2"
 MAX_FILES = 256
 MAX_FILE_BYTES = 64 * 1024 * 1024
-_CONTAINER_ID = re.compile("[0-9a-f]{64}")
 
 Guard = tuple[str, int, int, int, int]
 """(host path, size, mtime_ns, ctime_ns, inode) of a lower-layer file or directory."""
@@ -116,32 +115,22 @@ def _code() -> str:
     return digest.hexdigest()
 
 
-Keys = tuple[str | None, str | None]
-"""The fingerprints a container's result is kept under: its own, and the one identical
-containers of its image share (lockd.probecache.fingerprint, sibling_fingerprint)."""
+def _inputs(ignore: Sequence[str]) -> list[list[str]]:
+    """What a result depends on besides the container: lockd's code, the ignore patterns."""
+    return [[FORMAT, _code()], ["--ignore", *ignore]]
 
 
 def keys(attrs: dict[str, Any], ignore: Sequence[str]) -> Keys:
-    """A container's ``Keys`` (``attrs``: its inspect answer); None where the probe cache
-    cannot fingerprint it."""
-    inputs = [[FORMAT, _code()], ["--ignore", *ignore]]
-    return fingerprint(attrs, inputs), sibling_fingerprint(attrs, inputs)
+    """A container's fingerprints for its result (``attrs``: its inspect answer)."""
+    return probecache.keys(attrs, _inputs(ignore))
 
 
 def load_first(
     container_id: str, attrs: dict[str, Any], ignore: Sequence[str]
 ) -> tuple[Kept | None, Keys]:
-    """(the result kept for the container or None, the fingerprints looked under). Its own
-    fingerprint is tried first; the one it shares with identical containers of its image (kept
-    with that fingerprint as its name; taking it hashes the content of the container's own
-    files) only when that finds nothing."""
-    inputs = [[FORMAT, _code()], ["--ignore", *ignore]]
-    own = fingerprint(attrs, inputs)
-    found = None if own is None else load(container_id, own)
-    if found is not None:
-        return found, (own, None)
-    sibling = sibling_fingerprint(attrs, inputs)
-    return (None if sibling is None else load(sibling, sibling)), (own, sibling)
+    """(the result kept for the container or None, the fingerprints looked under): its own
+    first, an identical sibling's only then (lockd.probecache.first_kept)."""
+    return probecache.first_kept(container_id, attrs, _inputs(ignore), load)
 
 
 def distributions_digest(distributions: Iterable[Distribution]) -> str:
@@ -150,25 +139,18 @@ def distributions_digest(distributions: Iterable[Distribution]) -> str:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 
-def _file(directory: Path, container_id: str) -> Path:
-    return directory / f"{container_id}.json"
-
-
 def load(container_id: str, fingerprint: str, directory: Path | None = None) -> Kept | None:
     """The result kept for the container under ``fingerprint``; None when there is none, it
     was kept under another, or the file is not trusted or not in the format."""
     from lockd.model import Integrity
 
-    if not _CONTAINER_ID.fullmatch(container_id):
-        return None
-    path = _file(directory or cache_dir(), container_id)
-    document = load_document(
-        path, MAX_FILE_BYTES, {"format": FORMAT, "container": container_id, "key": fingerprint}
+    document = load_entry(
+        directory or cache_dir(), container_id, FORMAT, fingerprint, MAX_FILE_BYTES
     )
     if document is None:
         return None
-    observed_at, distributions = document.get("observed_at"), document.get("distributions")
-    if not isinstance(observed_at, str) or not isinstance(distributions, str):
+    distributions = document.get("distributions")
+    if not isinstance(distributions, str):
         return None
     guarded, digest = document.get("guarded"), document.get("guard_digest")
     if not (isinstance(guarded, list) and all(isinstance(p, str) for p in guarded)):
@@ -179,7 +161,7 @@ def load(container_id: str, fingerprint: str, directory: Path | None = None) -> 
         integrity = Integrity.model_validate(document["integrity"])
     except (ValueError, TypeError, KeyError):  # pydantic's ValidationError is a ValueError
         return None
-    return Kept(integrity, observed_at, distributions, guarded, digest)
+    return Kept(integrity, document["observed_at"], distributions, guarded, digest)
 
 
 def store(
@@ -193,18 +175,20 @@ def store(
 ) -> None:
     """Keep a container's result under ``fingerprint``. Failing to write is not an error: the
     cache is an optimisation."""
-    if not _CONTAINER_ID.fullmatch(container_id):
-        return
-    moment = (now or dt.datetime.now(dt.timezone.utc)).isoformat(timespec="seconds")
-    document = {
-        "format": FORMAT,
-        "container": container_id,
-        "key": fingerprint,
-        "observed_at": moment,
+    fields = {
         "distributions": distributions,
         "integrity": integrity.model_dump(mode="json", exclude_none=True),
         "guarded": [g[0] for g in guards],
         "guard_digest": guard_digest(guards),
     }
-    path = _file(directory or cache_dir(), container_id)
-    store_document(path, document, MAX_FILE_BYTES, MAX_FILES, compress=True)
+    store_entry(
+        directory or cache_dir(),
+        container_id,
+        FORMAT,
+        fingerprint,
+        fields,
+        MAX_FILE_BYTES,
+        MAX_FILES,
+        compress=True,
+        now=now,
+    )

@@ -46,14 +46,13 @@ import errno
 import hashlib
 import json
 import os
-import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from lockd.cachefiles import cache_root, load_document, store_document
+from lockd.cachefiles import cache_root, load_entry, store_entry
 from lockd.fstree import MAX_ENTRIES, tree_digest
 
 __all__ = [
@@ -61,10 +60,14 @@ __all__ = [
     "MAX_ENTRIES",
     "MAX_FILES",
     "CachedProbe",
+    "Keys",
     "cache_dir",
     "fingerprint",
+    "first_kept",
+    "keys",
     "load",
     "sibling_fingerprint",
+    "still_standing",
     "store",
     "variant",
 ]
@@ -73,9 +76,9 @@ FORMAT = "lockd-probe-cache/1"
 MAX_FILES = 256
 """Containers whose last report is kept."""
 MAX_FILE_BYTES = 32 * 1024 * 1024  # the probe's output is capped at 16 MiB
+T = TypeVar("T")
 
 DRIVER_DIR = "/proc/driver/nvidia"
-_CONTAINER_ID = re.compile("[0-9a-f]{64}")
 
 _HOST_CONFIG_KEYS = (
     "Binds",
@@ -323,6 +326,42 @@ def sibling_fingerprint(attrs: dict[str, Any], inputs: Sequence[Sequence[str]]) 
     return digest.hexdigest()
 
 
+# --- where a kept answer is looked for, and kept ------------------------------------------------
+
+Keys = tuple[str | None, str | None]
+"""A container's fingerprints for some inputs: its own (``fingerprint``) and the one identical
+containers of its image share (``sibling_fingerprint``); None where there is none."""
+
+
+def keys(attrs: dict[str, Any], inputs: Sequence[Sequence[str]]) -> Keys:
+    return fingerprint(attrs, inputs), sibling_fingerprint(attrs, inputs)
+
+
+def first_kept(
+    container_id: str,
+    attrs: dict[str, Any],
+    inputs: Sequence[Sequence[str]],
+    load: Callable[[str, str], T | None],
+) -> tuple[T | None, Keys]:
+    """(what ``load(name, key)`` finds or None, the fingerprints looked under). The container's
+    own fingerprint (kept as its ID) is tried first; the sibling one (kept as itself; taking it
+    hashes the content of the container's own files) only when that finds nothing."""
+    own = fingerprint(attrs, inputs)
+    found = None if own is None else load(container_id, own)
+    if found is not None:
+        return found, (own, None)
+    sibling = sibling_fingerprint(attrs, inputs)
+    return (None if sibling is None else load(sibling, sibling)), (own, sibling)
+
+
+def still_standing(container_id: str, before: Keys, after: Keys) -> list[tuple[str, str]]:
+    """(name, fingerprint) to keep an answer under: each fingerprint taken before lockd worked
+    that is the same after (a change meanwhile keeps nothing under it)."""
+    own, sibling = (b if b == a else None for b, a in zip(before, after, strict=True))
+    found = [] if own is None else [(container_id, own)]
+    return found if sibling is None else [*found, (sibling, sibling)]
+
+
 # --- the files ----------------------------------------------------------------------------------
 
 
@@ -332,27 +371,20 @@ def variant(inputs: Sequence[Sequence[str]]) -> str:
     return hashlib.sha256(json.dumps([list(argv) for argv in inputs]).encode()).hexdigest()[:16]
 
 
-def _file(directory: Path, container_id: str, kind: str) -> Path:
-    return directory / (f"{container_id}-{kind}.json" if kind else f"{container_id}.json")
-
-
 def load(
     container_id: str, key: str, *, kind: str = "", directory: Path | None = None
 ) -> CachedProbe | None:
     """The report kept for the container under fingerprint ``key``; None when there is none,
     it was kept under another fingerprint, or the file is not trusted or not in the format."""
-    if not _CONTAINER_ID.fullmatch(container_id):
-        return None
-    path = _file(directory or cache_dir(), container_id, kind)
-    document = load_document(
-        path, MAX_FILE_BYTES, {"format": FORMAT, "container": container_id, "key": key}
+    document = load_entry(
+        directory or cache_dir(), container_id, FORMAT, key, MAX_FILE_BYTES, kind=kind
     )
     if document is None:
         return None
-    stdout, python, observed_at = (document.get(k) for k in ("stdout", "python", "observed_at"))
-    if not (isinstance(stdout, str) and isinstance(python, str) and isinstance(observed_at, str)):
+    stdout, python = document.get("stdout"), document.get("python")
+    if not (isinstance(stdout, str) and isinstance(python, str)):
         return None
-    return CachedProbe(stdout.encode(), python, observed_at)
+    return CachedProbe(stdout.encode(), python, document["observed_at"])
 
 
 def store(
@@ -368,20 +400,18 @@ def store(
     """Keep the report (the probe's stdout) for the container under fingerprint ``key``;
     ``kind``: the probe's ``variant``.
     Failing to write is not an error: the cache is an optimisation."""
-    if not _CONTAINER_ID.fullmatch(container_id):
-        return
     try:
         text = stdout.decode("utf-8")
     except UnicodeDecodeError:
         return  # the probe prints JSON with ASCII escapes: this is no report to keep
-    moment = (now or dt.datetime.now(dt.timezone.utc)).isoformat(timespec="seconds")
-    document = {
-        "format": FORMAT,
-        "container": container_id,
-        "key": key,
-        "python": python,
-        "observed_at": moment,
-        "stdout": text,
-    }
-    path = _file(directory or cache_dir(), container_id, kind)
-    store_document(path, document, MAX_FILE_BYTES, MAX_FILES)
+    store_entry(
+        directory or cache_dir(),
+        container_id,
+        FORMAT,
+        key,
+        {"python": python, "stdout": text},
+        MAX_FILE_BYTES,
+        MAX_FILES,
+        kind=kind,
+        now=now,
+    )

@@ -840,12 +840,9 @@ class ContainerTarget:
         stdout, python = ran
         probe, imports = self._parse(stdout)
         if any(keys):  # kept where nothing changed while it ran
-            after = self._probe_keys(self.inspect(), pythons)
-            own, sibling = (k if k == a else None for k, a in zip(keys, after, strict=True))
-            if own is not None:
-                probecache.store(self.id, own, stdout, python, kind=kind)
-            if sibling is not None:
-                probecache.store(sibling, sibling, stdout, python, kind=kind)
+            after = probecache.keys(self.inspect(), self._probe_argvs(pythons))
+            for name, key in probecache.still_standing(self.id, keys, after):
+                probecache.store(name, key, stdout, python, kind=kind)
         return self._observation(host, probe, imports, None)
 
     def _observation(
@@ -869,7 +866,7 @@ class ContainerTarget:
 
     def _kept_report(
         self, attrs: dict[str, Any], pythons: tuple[str, ...]
-    ) -> tuple[probecache.CachedProbe | None, tuple[str | None, str | None], str]:
+    ) -> tuple[probecache.CachedProbe | None, probecache.Keys, str]:
         """(the probe cache's report for the container or None, the fingerprints looked under,
         the probe's variant). Its own fingerprint is tried first; the one it shares with
         identical containers of its image (which hashes the content of the container's own
@@ -878,24 +875,12 @@ class ContainerTarget:
             return None, (None, None), ""
         argvs = self._probe_argvs(pythons)
         kind = probecache.variant(argvs)
-        own = probecache.fingerprint(attrs, argvs)
-        found = None if own is None else probecache.load(self.id, own, kind=kind)
-        if found is not None:
-            return found, (own, None), kind
-        sibling = probecache.sibling_fingerprint(attrs, argvs)
-        found = None if sibling is None else probecache.load(sibling, sibling, kind=kind)
-        return found, (own, sibling), kind
 
-    def _probe_keys(
-        self, attrs: dict[str, Any], pythons: tuple[str, ...]
-    ) -> tuple[str | None, str | None]:
-        """The probe cache's fingerprints of what the probe would see (lockd.probecache): this
-        container's, and the one it shares with identical containers of its image; None where
-        reuse is off or the host cannot read what it needs."""
-        if not self.reuse_probe:
-            return None, None
-        argvs = self._probe_argvs(pythons)
-        return probecache.fingerprint(attrs, argvs), probecache.sibling_fingerprint(attrs, argvs)
+        def load(name: str, key: str) -> probecache.CachedProbe | None:
+            return probecache.load(name, key, kind=kind)
+
+        found, keys = probecache.first_kept(self.id, attrs, argvs, load)
+        return found, keys, kind
 
     def _probe_argvs(self, pythons: tuple[str, ...]) -> list[list[str]]:
         return [self._probe_argv(python) for python in pythons]
