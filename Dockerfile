@@ -28,13 +28,11 @@ RUN /opt/lockd/bin/python -m pip install --no-cache-dir --disable-pip-version-ch
 
 FROM ${BASE_IMAGE}
 COPY --from=build /opt/lockd /opt/lockd
-COPY policies/ /opt/lockd/policies/
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/lockd --create-home \
         --shell /usr/sbin/nologin lockd
 ENV PATH=/opt/lockd/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    LOCKD_DATABASE_URL=sqlite:////var/lib/lockd/lockd.db \
-    LOCKD_POLICIES=/opt/lockd/policies
+    LOCKD_DATABASE_URL=sqlite:////var/lib/lockd/lockd.db
 USER lockd
 WORKDIR /var/lib/lockd
 VOLUME /var/lib/lockd

@@ -1,12 +1,15 @@
 """Policies: which checks must pass, which only warn, and what to ignore.
 
 A policy is written by a person, so every unknown key is an error that names the key.
-The defaults of these models are the strict policy shipped as policies/default.yaml.
+The defaults of these models are the strict policy shipped as lockd/policies/default.yaml.
+Named policies are looked up in $LOCKD_POLICIES's folders, then among the shipped ones.
 """
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -112,7 +115,9 @@ def parse_policy(text: str, source: str) -> Policy:
     except yaml.YAMLError as e:
         raise PolicyError(f"{source}: not valid YAML: {e}") from e
     if data is None:
-        raise PolicyError(f"{source}: the policy is empty; start from policies/default.yaml")
+        raise PolicyError(
+            f"{source}: the policy is empty; start from lockd's shipped lockd/policies/default.yaml"
+        )
     if not isinstance(data, dict):
         raise PolicyError(f"{source}: a policy must be a mapping, got {type(data).__name__}")
     try:
@@ -126,26 +131,49 @@ def parse_policy(text: str, source: str) -> Policy:
     return policy
 
 
-def policies_dir() -> Path:
-    """Where named policies live: $LOCKD_POLICIES, else the policies/ shipped beside lockd."""
-    configured = os.environ.get("LOCKD_POLICIES")
-    if configured:
-        return Path(configured)
-    return Path(__file__).resolve().parent.parent / "policies"
+def search_dirs(environ: Mapping[str, str] | None = None) -> tuple[Path, ...]:
+    """The folders named policies are looked up in before the shipped ones: $LOCKD_POLICIES,
+    a list separated like PATH."""
+    env = os.environ if environ is None else environ
+    return tuple(Path(d) for d in env.get("LOCKD_POLICIES", "").split(os.pathsep) if d)
 
 
-_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+def shipped_policy(name: str) -> Path | None:
+    """The policy named ``name`` that ships inside the lockd package, if there is one."""
+    found = resources.files("lockd") / "policies" / f"{name}.yaml"
+    return Path(str(found)) if found.is_file() else None
+
+
+def find_policy(name: str, search: Sequence[Path]) -> Path | None:
+    """Where the policy named ``name`` lives: the first folder of ``search`` that has
+    ``name.yaml`` (so a user's default.yaml shadows the shipped one), else the shipped one."""
+    for directory in search:
+        candidate = directory / f"{name}.yaml"
+        if candidate.is_file():
+            return candidate
+    return shipped_policy(name)
+
+
+POLICY_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def load_policy(spec: str | None) -> Policy:
-    """A policy by file path, or by name from policies_dir(); None is the strict default."""
+    """A policy by file path, else by name (see :func:`find_policy`, searching
+    :func:`search_dirs`); None is the strict default.
+
+    Raises:
+        PolicyError: no such file or name, an unreadable or malformed policy.
+    """
     if spec is None:
         return default_policy()
-    path = Path(spec)
-    if not path.exists() and _NAME.match(spec):
-        path = policies_dir() / f"{spec}.yaml"
-        if not path.exists() and spec == "default":
-            return default_policy()
+    path: Path | None = Path(spec)
+    if not Path(spec).exists() and POLICY_NAME.match(spec):
+        path = find_policy(spec, search_dirs())
+    if path is None:
+        raise PolicyError(
+            f"{spec}: no such policy file or policy name (named policies: each folder of "
+            f"$LOCKD_POLICIES, then the shipped {', '.join(shipped_names())})"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as e:
@@ -153,6 +181,14 @@ def load_policy(spec: str | None) -> Policy:
     except (OSError, UnicodeDecodeError) as e:
         raise PolicyError(f"{path}: cannot read the policy: {e}") from e
     return parse_policy(text, str(path))
+
+
+def shipped_names() -> list[str]:
+    """The names of the policies shipped inside lockd."""
+    folder = resources.files("lockd") / "policies"
+    return sorted(
+        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
+    )
 
 
 @cache

@@ -19,7 +19,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from starlette.concurrency import run_in_threadpool
@@ -28,7 +27,7 @@ from lockd import dsse
 from lockd.compare import compare, verified
 from lockd.errors import InputError, LockdError, PolicyError, SignatureError
 from lockd.model import Check, Manifest, Observation, Report, ReportManifest
-from lockd.policy import Policy, default_policy, parse_policy
+from lockd.policy import POLICY_NAME, Policy, default_policy, find_policy, parse_policy
 from lockd.server.groupcommit import GroupCommit
 from lockd.server.metrics import Metrics
 from lockd.statement import Subject, parse_statement, subjects_for
@@ -43,7 +42,6 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 T = TypeVar("T")
-_POLICY_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MANIFEST_CACHE = 1024
@@ -150,7 +148,7 @@ class Service:
         self._manifests: OrderedDict[str, TrustedManifest] = OrderedDict()
         self._manifests_lock = threading.Lock()
         # name: (look at the file again after, its mtime (None: no file), the policy)
-        self._policies: dict[str, tuple[float, int | None, Policy]] = {}
+        self._policies: dict[str, tuple[float, tuple[str, int] | None, Policy]] = {}
         self._tokens: dict[str, tuple[float, Principal]] = {}
         # Reports are stored by group commit: one transaction for the requests that arrive
         # together, each answered after its commit (lockd.server.groupcommit).
@@ -247,8 +245,9 @@ class Service:
     # --- policies ---------------------------------------------------------------------------
 
     def policy(self, name: str) -> Policy:
-        """A policy by name from the policies folder (``default`` falls back to the strict
-        built-in one). Reread when its file changes (looked at once a second at most).
+        """A policy by name: the first of the service's policy folders ($LOCKD_POLICIES) that
+        has it, else the shipped one (``default`` falls back to the strict built-in one).
+        Reread when its file changes (looked at once a second at most).
 
         Raises:
             PolicyError: a bad name, no such policy, or a malformed policy file.
@@ -257,20 +256,18 @@ class Service:
         cached = self._policies.get(name)
         if cached is not None and now < cached[0]:
             return cached[2]
-        if not _POLICY_NAME.match(name):
+        if not POLICY_NAME.match(name):
             raise PolicyError(f"policy {name!r}: a policy name is 1-64 of A-Z a-z 0-9 _ -")
-        path = Path(self.settings.policies) / f"{name}.yaml"
+        path = find_policy(name, self.settings.policies)
         try:
-            mtime: int | None = path.stat().st_mtime_ns
+            stamp = (str(path), path.stat().st_mtime_ns) if path is not None else None
         except FileNotFoundError:
-            if name != "default":
-                raise PolicyError(
-                    f"no policy named {name!r} in the service's policies ({self.settings.policies})"
-                ) from None
-            mtime = None
-        if cached is not None and cached[1] == mtime:
+            path, stamp = None, None  # removed since it was found: as if never there
+        if path is None and name != "default":
+            raise PolicyError(f"no policy named {name!r} among the service's policies")
+        if cached is not None and cached[1] == stamp:
             policy = cached[2]
-        elif mtime is None:
+        elif path is None:
             policy = default_policy()
         else:
             try:
@@ -278,7 +275,7 @@ class Service:
             except (OSError, UnicodeDecodeError) as e:
                 raise PolicyError(f"policy {name!r}: cannot read {path}: {e}") from e
             policy = parse_policy(text, f"policy {name!r}")
-        self._policies[name] = (now + POLICY_RECHECK_S, mtime, policy)
+        self._policies[name] = (now + POLICY_RECHECK_S, stamp, policy)
         return policy
 
     # --- verifications ----------------------------------------------------------------------

@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lockd.errors import InputError
+from lockd.policy import search_dirs
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
 STALE_AFTER_S = 180
@@ -25,11 +26,6 @@ def default_database_url(environ: Mapping[str, str] | None = None) -> str:
     env = os.environ if environ is None else environ
     base = Path(env.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
     return f"sqlite:///{base / 'lockd' / 'lockd.db'}"
-
-
-def default_policies() -> Path:
-    """The policies shipped beside lockd (the repository's policies/)."""
-    return Path(__file__).resolve().parents[2] / "policies"
 
 
 def _number(env: Mapping[str, str], name: str) -> float | None:
@@ -58,7 +54,7 @@ class Settings(BaseModel):
 
     database_url: str
     trusted_keys: tuple[Path, ...] = ()
-    policies: Path = Field(default_factory=default_policies)
+    policies: tuple[Path, ...] = ()  # searched before the shipped policies
     allow_anonymous_read: bool = False
     max_body_bytes: int = Field(default=MAX_BODY_BYTES, gt=0)
     admission_config: Path | None = None  # YAML: namespaces -> policy + mode (lockd.admission)
@@ -92,7 +88,8 @@ class Settings(BaseModel):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """``LOCKD_DATABASE_URL``, ``LOCKD_TRUSTED_KEYS`` (files separated by the OS path
-        separator), ``LOCKD_POLICIES`` (a folder), ``LOCKD_ALLOW_ANONYMOUS_READ`` (a flag),
+        separator), ``LOCKD_POLICIES`` (folders searched before the shipped policies, separated
+        likewise), ``LOCKD_ALLOW_ANONYMOUS_READ`` (a flag),
         ``LOCKD_ADMISSION_CONFIG`` (the admission webhook's YAML, see lockd.admission);
         the fleet's ``LOCKD_STALE_AFTER_S``, ``LOCKD_FLEET_EVENT_RETENTION_S``,
         ``LOCKD_FLEET_FORGET_AFTER_S`` (seconds), ``LOCKD_WEBHOOK_URL``,
@@ -105,7 +102,6 @@ class Settings(BaseModel):
         """
         env = os.environ if environ is None else environ
         keys = tuple(Path(p) for p in env.get("LOCKD_TRUSTED_KEYS", "").split(os.pathsep) if p)
-        policies = env.get("LOCKD_POLICIES")
         fleet: dict[str, object] = {}
         for field, name in _FLEET_ENV.items():
             value = _number(env, name)
@@ -122,7 +118,7 @@ class Settings(BaseModel):
                 **fleet,
                 database_url=env.get("LOCKD_DATABASE_URL") or default_database_url(env),
                 trusted_keys=keys,
-                policies=Path(policies) if policies else default_policies(),
+                policies=search_dirs(env),
                 allow_anonymous_read=anonymous,
                 admission_config=Path(admission) if admission else None,
             )

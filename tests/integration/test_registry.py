@@ -308,7 +308,7 @@ def test_admission_takes_manifests_from_the_registry_when_the_store_has_none(
         settings = Settings(
             database_url=f"sqlite:///{database}",
             trusted_keys=(public,),
-            policies=REPO / "policies",
+            policies=(REPO / "lockd" / "policies",),
             admission_config=config,
         )
         review = {

@@ -144,7 +144,7 @@ def settings(database_url: str, signer: Signer) -> Settings:
     return Settings(
         database_url=database_url,
         trusted_keys=(signer.public,),
-        policies=REPO / "policies",
+        policies=(REPO / "lockd" / "policies",),
     )
 
 

@@ -45,8 +45,8 @@ def run(*argv: str | Path, env: dict[str, str] | None = None, timeout: float = 9
 
 @pytest.fixture(scope="module")
 def service_image(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Build the image on the debootstrap base from a context of the Dockerfile, the lock, the
-    policies and a wheel folder (downloaded here, with hashes checked, for the base's Python)."""
+    """Build the image on the debootstrap base from a context of the Dockerfile, the lock and
+    a wheel folder (downloaded here, with hashes checked, for the base's Python)."""
     if (
         subprocess.run(
             ["docker", "image", "inspect", BASE_IMAGE], capture_output=True, check=False
@@ -98,7 +98,6 @@ def service_image(tmp_path_factory: pytest.TempPathFactory) -> str:
     shutil.copy(REPO / "Dockerfile", context / "Dockerfile")
     (context / "locks/lockd").mkdir(parents=True)
     shutil.copy(REPO / "locks/lockd/requirements.txt", context / "locks/lockd/requirements.txt")
-    shutil.copytree(REPO / "policies", context / "policies")
     shutil.copytree(wheels, context / "build/wheels")
     run(
         sys.executable,
