@@ -506,6 +506,9 @@ def lock(
 ) -> None:
     """Compile REQUIREMENTS_IN into a pinned, hashed lock (uv or pip-tools), with the PyTorch
     family held to its torch."""
+    from lockd.extras import require_extra
+
+    require_extra("lock", "lock")
     from lockd.lockfile import LockRequest, compile_lock
 
     compiled = compile_lock(
@@ -566,6 +569,9 @@ def serve(
 ) -> None:
     """Run the lockd service (settings from LOCKD_DATABASE_URL, LOCKD_TRUSTED_KEYS,
     LOCKD_POLICIES, LOCKD_ALLOW_ANONYMOUS_READ)."""
+    from lockd.extras import require_extra
+
+    require_extra("server", "serve")
     from lockd.server.run import serve as run
     from lockd.server.settings import Settings
 
@@ -590,6 +596,9 @@ def token_create(
 ) -> None:
     """Make a token in LOCKD_DATABASE_URL's database and print it, this once (only its hash is
     kept)."""
+    from lockd.extras import require_extra
+
+    require_extra("server", "token create")
     from lockd.server.run import create_token
     from lockd.server.settings import Settings
 

@@ -49,14 +49,17 @@ def wait_ready(
 
 
 @contextlib.contextmanager
-def lockd_serve(env: Mapping[str, str], log: Path, timeout: float = 60) -> Iterator[str]:
-    """A real ``lockd serve`` with ``env`` (its LOCKD_* settings) over the test's environment,
-    its output in ``log``: yields its URL once /readyz answers; stopped afterwards."""
+def lockd_serve(
+    env: Mapping[str, str], log: Path, timeout: float = 60, python: str = sys.executable
+) -> Iterator[str]:
+    """A real ``lockd serve`` (of ``python``'s lockd) with ``env`` (its LOCKD_* settings) over
+    the test's environment, its output in ``log``: yields its URL once /readyz answers; stopped
+    afterwards."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            dying_with_parent([sys.executable, "-m", "lockd", "serve", "--port", str(port)]),
+            dying_with_parent([python, "-m", "lockd", "serve", "--port", str(port)]),
             env={**os.environ, **env},
             stdout=out,
             stderr=subprocess.STDOUT,
