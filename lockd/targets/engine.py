@@ -443,8 +443,12 @@ def _read_body(sock: socket.socket, headers: dict[str, str], rest: bytes, host: 
     size = len(rest)
 
     def more() -> bytes:
+        # Never ask for more than one byte past the cap: what an untrusted peer can make us
+        # buffer is bounded by MAX_ANSWER, not by how its writes happen to be batched.
         nonlocal size
-        chunk = sock.recv(_READ_CHUNK)
+        if size > MAX_ANSWER:
+            raise too_long
+        chunk = sock.recv(min(_READ_CHUNK, MAX_ANSWER + 1 - size))
         size += len(chunk)
         if size > MAX_ANSWER:
             raise too_long
@@ -548,7 +552,11 @@ def read_frames(
     """Read a hijacked attach/exec stream to its end: (stdout, stderr tail, how it ended).
 
     ``sock``: an ExecStream, or the socket the docker SDK hands out. Stops early at the
-    deadline (``time.monotonic()``) or when stdout exceeds ``max_output`` bytes.
+    deadline (``time.monotonic()``) or when stdout exceeds ``max_output`` bytes: the output is
+    untrusted, so no read asks for more than can still go to stdout under the cap (one byte
+    past it) plus what is left of a stderr frame (kept only as a bounded tail). An overflow
+    therefore always returns exactly ``max_output + 1`` bytes of stdout, however the peer's
+    writes are batched.
     """
     stdout = bytearray()
     stderr = bytearray()
@@ -564,7 +572,8 @@ def read_frames(
             readable, _, _ = select.select([sock], [], [], remaining)
             if not readable:
                 continue
-        chunk = _recv(sock, _READ_CHUNK)
+        room = max_output + 1 - len(stdout)  # >= 1: stdout over the cap has returned
+        chunk = _recv(sock, min(_READ_CHUNK, room + (left if stream == 2 else 0)))
         if chunk is None:
             continue
         if not chunk:

@@ -407,8 +407,72 @@ def test_output_over_the_cap_stops_the_read() -> None:
     with stream_of(data) as sock:
         stdout, _, end = read_frames(sock, time.monotonic() + 10, 4096)
 
-    assert end == "overflow"
-    assert 4096 < len(stdout) <= 5000 + 4096
+    assert (stdout, end) == (b"x" * 4097, "overflow")
+
+
+class Batched:
+    """A peer that has sent ``data`` and whose bytes arrive ``batch`` at a time (all that is
+    asked for when ``batch`` is None): the read sizes are the client's, the batching the
+    kernel's. Counts the bytes handed out."""
+
+    def __init__(self, data: bytes, batch: int | None) -> None:
+        self.data = data
+        self.batch = batch
+        self.taken = 0
+        self.asked: list[int] = []
+
+    def pending(self) -> bool:  # no select(): every read is answered at once
+        return True
+
+    def recv(self, size: int) -> bytes:
+        assert size > 0
+        self.asked.append(size)
+        size = min(size, self.batch or size)
+        chunk = self.data[self.taken : self.taken + size]
+        self.taken += len(chunk)
+        return chunk
+
+
+@pytest.mark.parametrize("batch", [None, 1, 7, 8, 4096, 5008, 1 << 20])
+def test_the_cap_holds_however_the_output_is_batched(batch: int | None) -> None:
+    data = frame(2, b"e" * 3000) + frame(1, b"x" * 5000) + frame(1, b"y" * 5000)
+    peer = Batched(data + frame(1, b"z" * (1 << 20)), batch)
+
+    stdout, stderr, end = read_frames(peer, time.monotonic() + 10, 4096)
+
+    assert (stdout, stderr, end) == (b"x" * 4097, b"e" * 3000, "overflow")
+    # never buffered past the cap: headers (8 bytes each) and stderr aside, one byte over it
+    assert peer.taken <= 8 + 3000 + 8 + 4097
+
+
+def test_a_long_stderr_near_the_cap_is_read_in_large_pieces() -> None:
+    """What is left of a stderr frame never counts towards the cap: a process that filled
+    stdout to the byte and then writes 1 MB to stderr is not read a byte at a time."""
+    peer = Batched(frame(1, b"x" * 4096) + frame(2, b"e" * (1 << 20)), None)
+
+    stdout, stderr, end = read_frames(peer, time.monotonic() + 10, 4096)
+
+    assert (stdout, len(stderr), end) == (b"x" * 4096, engine._STDERR_KEEP, "eof")
+    assert len(peer.asked) < 100
+
+
+@pytest.mark.parametrize("headers", [{}, {"transfer-encoding": "chunked"}])
+def test_an_answer_is_never_read_past_its_cap(
+    monkeypatch: pytest.MonkeyPatch, headers: dict[str, str]
+) -> None:
+    """However much an answer sends at once, the client takes at most one byte past
+    MAX_ANSWER before it gives up (to the end, or in chunks)."""
+    monkeypatch.setattr(engine, "MAX_ANSWER", 1000)
+    body = b"[" + b"0," * 50_000 + b"0]"
+    peer = Batched(chunked(body) if headers else body, None)
+
+    with pytest.raises(EngineError) as caught:
+        engine._read_body(peer, headers, b"", "unix:///fake.sock")  # type: ignore[arg-type]
+
+    assert (
+        str(caught.value) == "the Docker daemon (unix:///fake.sock) answered more than 1000 bytes"
+    )
+    assert peer.taken <= 1001
 
 
 def test_a_silent_stream_times_out() -> None:
