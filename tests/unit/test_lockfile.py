@@ -506,11 +506,14 @@ def test_the_pytorch_cuda_reference_lock_pins_the_cuda_12_4_stack() -> None:
 
 
 def test_lockds_own_lock_follows_pyproject() -> None:
+    """The service image's lock is lockd[all]'s: the bare dependencies and both extras (its .in's
+    header comment predates the extras; changing it would mean recompiling the lock)."""
     import tomllib
     from packaging.requirements import Requirement
 
     pyproject = tomllib.loads((LOCKS.parent / "pyproject.toml").read_text())
-    dependencies = pyproject["project"]["dependencies"]
+    optional = pyproject["project"]["optional-dependencies"]
+    dependencies = [*pyproject["project"]["dependencies"], *optional["lock"], *optional["server"]]
     listed = (LOCKS / "lockd" / "requirements.in").read_text().splitlines()
     assert sorted(line for line in listed if line and not line.startswith("#")) == sorted(
         dependencies
