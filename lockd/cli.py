@@ -28,6 +28,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # docstrings are wrapped at 100 columns: markdown reflows them to the terminal's width
+    rich_markup_mode="markdown",
 )
 
 TargetArg = Annotated[
