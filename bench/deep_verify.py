@@ -28,14 +28,19 @@ interleaved, in the same run:
 
 lockd's peak memory is the largest ru_maxrss of its verify --deep runs (os.wait4).
 Target (issue 3): at least 2x faster than the baseline, peak memory <= 200 MB.
+With ``--before COMMIT``, that commit's lockd (a git worktree of it, with its own manifest and
+caches) runs cold and warm verify, with and without --deep, interleaved with the rest: a
+change's figures beside the figures before it (target of the sound-evidence issue: no more
+than 10 % slower).
 Needs the machine set up by scripts/setup (root, the daemon, the torch-cpu wheels).
-Usage: python bench/deep_verify.py [--runs N]
+Usage: python bench/deep_verify.py [--runs N] [--before COMMIT]
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import platform
@@ -47,6 +52,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from before import OtherLockd, lockd_at, short
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = "lockd-bench/torch-cpu:latest"
@@ -106,10 +113,43 @@ def tree_size(top: str) -> tuple[int, int]:
     return files, size
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=7)
-    args = parser.parse_args()
+    parser.add_argument("--before", metavar="COMMIT", help="also measure this commit's lockd")
+    return parser.parse_args()
+
+
+def merged_dir(container: str) -> str:
+    return subprocess.run(
+        ["docker", "inspect", "-f", "{{.GraphDriver.Data.MergedDir}}", container],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+def own_caches(tmp: Path, env: dict[str, str], layer_cache: Path) -> dict[str, dict[str, str]]:
+    """The environments of "first" and "sibling": cache directories of their own, sharing the
+    run's layer cache."""
+    envs = {}
+    for key in ("first", "sibling"):
+        own = tmp / f"{key}-cache"
+        own.mkdir(mode=0o700)
+        (own / "deep").symlink_to(layer_cache / "deep")
+        envs[key] = {**env, "LOCKD_CACHE_DIR": str(own)}
+    return envs
+
+
+def start_containers(*names: str) -> None:
+    for container in names:
+        subprocess.run(
+            ["docker", "run", "-d", "--name", container, IMAGE], check=True, capture_output=True
+        )
+
+
+def main() -> None:
+    args = parse_args()
     cores = len(os.sched_getaffinity(0))
     build_image()
     lockd = [sys.executable, "-m", "lockd"]
@@ -117,18 +157,11 @@ def main() -> None:
     env = {**os.environ, "LOCKD_PASSWORD": "bench", "LOCKD_CACHE_DIR": cache.name}
     name = f"lockd-bench-deep-{os.getpid()}"
     other = f"{name}-recorded"  # the layer cache is filled from this one
-    for container in (name, other):
-        subprocess.run(
-            ["docker", "run", "-d", "--name", container, IMAGE], check=True, capture_output=True
-        )
+    start_containers(name, other)
+    before: OtherLockd | None = None
+    stack = contextlib.ExitStack()
     try:
-        merged = subprocess.run(
-            ["docker", "inspect", "-f", "{{.GraphDriver.Data.MergedDir}}", name],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        site = merged + SITE
+        site = merged_dir(name) + SITE
         with tempfile.TemporaryDirectory() as tmp:
             prefix = Path(tmp) / "k"
             subprocess.run(
@@ -160,15 +193,14 @@ def main() -> None:
                 "verify-cold": [*verify, "--no-cache"],
                 "verify-warm": verify,
             }
-            # "first" and "sibling" have cache directories of their own, sharing the run's
-            # layer cache; "sibling"'s is filled by verifying the other container first
-            envs = dict.fromkeys(argvs, env)
-            for key in ("first", "sibling"):
-                own = Path(tmp) / f"{key}-cache"
-                own.mkdir(mode=0o700)
-                (own / "deep").symlink_to(Path(cache.name) / "deep")
-                envs[key] = {**env, "LOCKD_CACHE_DIR": str(own)}
+            # "sibling"'s own cache is filled by verifying the other container first
+            envs = {**dict.fromkeys(argvs, env), **own_caches(Path(tmp), env, Path(cache.name))}
             sibling_first = [*lockd, "verify", other, *verify[5:], "--deep"]
+            if args.before:
+                before = stack.enter_context(lockd_at(args.before))
+                old_argvs, old_env = before_argvs(before, (name, other), prefix, Path(tmp), env)
+                argvs.update(old_argvs)
+                envs.update(dict.fromkeys(old_argvs, old_env))
 
             def prepare(key: str) -> None:
                 if key in ("first", "sibling"):
@@ -190,6 +222,7 @@ def main() -> None:
             integrity = recorded_integrity(manifest)
             files, size = tree_size(site)
     finally:
+        stack.close()
         for container in (name, other):
             subprocess.run(["docker", "rm", "-f", container], capture_output=True, check=False)
         cache.cleanup()
@@ -197,7 +230,46 @@ def main() -> None:
         Measured(samples, inprocess, (load_before[0], load_after[0]), integrity, files, size),
         cores,
         args.runs,
+        before.commit if before is not None else None,
     )
+
+
+def before_argvs(
+    before: OtherLockd, containers: tuple[str, str], prefix: Path, tmp: Path, env: dict[str, str]
+) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """The runs of ``before``'s lockd (keys ``before-<key of BEFORE_ARGVS>``) on the first
+    container, against a manifest that lockd records --deep of the second (its own format, and
+    its layer cache filled as this lockd's is), and the environment they run in."""
+    name, other = containers
+    old_env = before.environ(env)
+    manifest = tmp / "before.json"
+    record = [*before.argv, "record", other, "--key", f"{prefix}.key", "-o", str(manifest)]
+    subprocess.run([*record, "--deep"], env=old_env, check=True, capture_output=True)
+    verify = [*before.argv, "verify", name, "--manifest", str(manifest)]
+    verify += ["--key", f"{prefix}.pub", "--json"]
+    return {f"before-{key}": [*verify, *argv] for key, argv in BEFORE_ARGVS.items()}, old_env
+
+
+BEFORE_ARGVS = {
+    "cold": ["--deep", "--no-cache"],
+    "warm": ["--deep"],
+    "verify-cold": ["--no-cache"],
+    "verify-warm": [],
+}
+"""What ``--before``'s lockd runs, by the key of this lockd's run it is compared with."""
+
+
+def report_before(samples: dict[str, list[tuple[float, float, int]]], commit: str) -> None:
+    """This checkout's figures beside ``commit``'s, each a median over the same interleaved
+    runs on the same container."""
+    print(f"beside the lockd of {short(commit)} (its own manifest and caches, same runs):")
+    for key in BEFORE_ARGVS:
+        now = statistics.median(s[0] for s in samples[key])
+        then = statistics.median(s[0] for s in samples[f"before-{key}"])
+        print(
+            f"  {key:<12} now {now:6.2f} s, at {short(commit)} {then:6.2f} s: "
+            f"{now / then:.2f}x (target <= 1.10x)"
+        )
 
 
 @dataclass
@@ -210,7 +282,7 @@ class Measured:
     size: int
 
 
-def report(m: Measured, cores: int, runs_count: int) -> None:
+def report(m: Measured, cores: int, runs_count: int, before: str | None) -> None:
     walls = {k: [s[0] for s in v] for k, v in m.samples.items()}
     cpu = {k: statistics.median(s[1] for s in v) for k, v in m.samples.items()}
     median = {k: statistics.median(v) for k, v in walls.items()}
@@ -262,6 +334,8 @@ def report(m: Measured, cores: int, runs_count: int) -> None:
         + ", ".join(f"{key} {mb:.0f} MB" for key, mb in peak.items())
         + " (target <= 200 MB)"
     )
+    if before is not None:
+        report_before(m.samples, before)
 
 
 def forget_container(cache: Path) -> None:

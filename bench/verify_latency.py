@@ -5,13 +5,16 @@ Target (issue 2): a full verify (signature, image, packages, filesystem, python,
 Also prints the CPU time (user + system) of each command's own process: on a machine shared
 with other jobs it moves less than wall time does. lockd runs with its bytecode cached, as an
 installed lockd does (PYTHONDONTWRITEBYTECODE, if set, would make every run compile lockd's
-modules again). Needs the machine set up by scripts/setup.
-Usage: python bench/verify_latency.py [--runs N]
+modules again). With ``--before COMMIT``, that commit's lockd (a git worktree of it, its own
+manifest and caches) is measured too, interleaved on the same container: a change's figures
+beside the figures before it. Needs the machine set up by scripts/setup.
+Usage: python bench/verify_latency.py [--runs N] [--before COMMIT]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import shutil
@@ -21,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from before import OtherLockd, lockd_at, short
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = "lockd-bench/app:latest"
@@ -57,9 +62,25 @@ def line(what: str, runs: list[tuple[float, float]]) -> str:
     )
 
 
+def record_and_verify_argv(
+    lockd: list[str], env: dict[str, str], name: str, tmp: Path, prefix: Path, tag: str
+) -> list[str]:
+    """Record the container with ``lockd`` (a manifest of that lockd's own format) and return the
+    argv that verifies the container against it."""
+    manifest = tmp / f"{tag}.json"
+    subprocess.run(
+        [*lockd, "record", name, "--key", f"{prefix}.key", "-o", str(manifest)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    return [*lockd, "verify", name, "--manifest", str(manifest), "--key", f"{prefix}.pub", "--json"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=21)
+    parser.add_argument("--before", metavar="COMMIT", help="also measure this commit's lockd")
     args = parser.parse_args()
     wheels = Path(os.environ.get("LOCKD_WHEELS", "/var/cache/lockd/wheels"))
     build_image(wheels)
@@ -69,8 +90,9 @@ def main() -> None:
     load = os.getloadavg()
     name = f"lockd-bench-{os.getpid()}"
     subprocess.run(["docker", "run", "-d", "--name", name, IMAGE], check=True, capture_output=True)
+    before: OtherLockd | None = None
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
             prefix = Path(tmp) / "k"
             subprocess.run(
                 [*lockd, "keygen", "--output-key-prefix", str(prefix)],
@@ -78,34 +100,26 @@ def main() -> None:
                 check=True,
                 capture_output=True,
             )
-            manifest = Path(tmp) / "m.json"
-            subprocess.run(
-                [*lockd, "record", name, "--key", f"{prefix}.key", "-o", str(manifest)],
-                env=env,
-                check=True,
-                capture_output=True,
-            )
-            verify = [
-                *lockd,
-                "verify",
-                name,
-                "--manifest",
-                str(manifest),
-                "--key",
-                f"{prefix}.pub",
-                "--json",
-            ]
-            baseline = ["docker", "exec", name, "pip", "freeze"]
-            timed(verify, env), timed(baseline, env)  # warm caches once
-            ours: list[tuple[float, float]] = []
-            theirs: list[tuple[float, float]] = []
-            for _ in range(args.runs):  # interleaved, so drift in machine load hits both alike
-                ours.append(timed(verify, env))
-                theirs.append(timed(baseline, env))
+            argvs = {
+                "lockd": record_and_verify_argv(lockd, env, name, Path(tmp), prefix, "now"),
+                "baseline": ["docker", "exec", name, "pip", "freeze"],
+            }
+            envs = dict.fromkeys(argvs, env)
+            if args.before:
+                before = stack.enter_context(lockd_at(args.before))
+                envs["before"] = before.environ(env)
+                argvs["before"] = record_and_verify_argv(
+                    before.argv, envs["before"], name, Path(tmp), prefix, "before"
+                )
+            for key, argv in argvs.items():  # warm caches once
+                timed(argv, envs[key])
+            samples: dict[str, list[tuple[float, float]]] = {key: [] for key in argvs}
+            for _ in range(args.runs):  # interleaved, so drift in machine load hits all alike
+                for key, argv in argvs.items():
+                    samples[key].append(timed(argv, envs[key]))
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
-    m_ours = statistics.median(w for w, _ in ours)
-    m_theirs = statistics.median(w for w, _ in theirs)
+    median = {key: statistics.median(w for w, _ in runs) for key, runs in samples.items()}
     print(f"runs: {args.runs} each, interleaved, same container, machine: {os.cpu_count()} cores")
     print(
         "load average (1, 5, 15 min): before "
@@ -113,9 +127,19 @@ def main() -> None:
         + "; after "
         + ", ".join(f"{x:.2f}" for x in os.getloadavg())
     )
-    print(line("lockd verify (full, --json)", ours))
-    print(line("docker exec pip freeze (baseline)", theirs))
-    print(f"ratio lockd/baseline: {m_ours / m_theirs:.2f}x  (target <= 1.5x, and <= 1.0 s median)")
+    print(line("lockd verify (full, --json)", samples["lockd"]))
+    if before is not None:
+        print(line(f"the same at {short(before.commit)}", samples["before"]))
+    print(line("docker exec pip freeze (baseline)", samples["baseline"]))
+    print(
+        f"ratio lockd/baseline: {median['lockd'] / median['baseline']:.2f}x  "
+        "(target <= 1.5x, and <= 1.0 s median)"
+    )
+    if before is not None:
+        print(
+            f"ratio lockd/lockd at {short(before.commit)}: "
+            f"{median['lockd'] / median['before']:.2f}x (target <= 1.10x)"
+        )
 
 
 if __name__ == "__main__":
