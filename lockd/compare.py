@@ -21,7 +21,7 @@ from lockd.model import (
     Observation,
     ProbeReport,
 )
-from lockd.policy import Policy, watched
+from lockd.policy import Policy, shadows_code
 
 _ENV_PREFIXES = ("CUDA_", "NCCL_", "NVIDIA_", "PYTORCH_", "TORCH_", "CUBLAS_")
 _ENV_NAMES = frozenset({"LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONPATH", "PYTHONHOME"})
@@ -176,7 +176,7 @@ def check_packages(expected: ProbeReport, observed: ProbeReport, p: Policy) -> C
 
 
 def _mount_shadows(destination: str, manifest: Manifest, p: Policy) -> bool:
-    if watched(destination, p.filesystem) or watched(destination + "/", p.filesystem):
+    if shadows_code(destination, p.filesystem):
         return True
     probe = manifest.observation.probe
     if probe is None:
@@ -191,16 +191,13 @@ def check_filesystem(manifest: Manifest, observed: HostEvidence | None, p: Polic
     if observed is None:
         return _skip("filesystem", "host", "a local environment has no host-side view")
     recorded = manifest.observation.host
-    recorded_changes = {(c.path, c.kind) for c in recorded.changes} if recorded else set()
     recorded_mounts = (
         {(m.destination, m.source, m.type) for m in recorded.mounts} if recorded else set()
     )
+    from lockd.filechanges import judge_changes, summary
+
+    judged = judge_changes(manifest, observed, p)
     findings = [
-        Finding(kind=c.kind, path=c.path)
-        for c in observed.changes
-        if (c.path, c.kind) not in recorded_changes and watched(c.path, p.filesystem)
-    ]
-    findings += [
         Finding(
             kind="mount",
             path=m.destination,
@@ -216,13 +213,15 @@ def check_filesystem(manifest: Manifest, observed: HostEvidence | None, p: Polic
         "api": "the daemon's changes API",
         "none": "a fresh container of the image",
     }[observed.changes_source]
+    ok, bad = summary(judged, findings, source)
     return _check(
         "filesystem",
         p,
         "host",
-        findings,
-        ok=f"no changes under watched paths (read from {source})",
-        bad=f"{len(findings)} change(s) under watched paths (read from {source})",
+        judged.listed(findings),
+        ok=ok,
+        bad=bad,
+        failed=bool(judged.failing or findings),
     )
 
 

@@ -285,10 +285,35 @@ class GpuSuiteResult(Frozen):
 
 ChangeKind = Literal["added", "changed", "deleted"]
 
+MAX_CHANGES = 100_000
+"""The most filesystem changes an Observation holds: past it the walk stops and `record`
+refuses (exit 2); `verify` fails the `filesystem` check."""
+
+
+FileType = Literal["file", "dir", "symlink", "char", "block", "fifo", "socket"]
+
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
 
 class FileChange(Frozen):
+    """One path the container changed, added or deleted relative to its image.
+
+    What it holds, read on the host from the overlay upper directory (predicate v2 onwards):
+    the entry's ``type``, ``mode`` (permission bits, with setuid/setgid/sticky), ``uid`` and
+    ``gid``; a regular file's ``size`` and ``sha256``; a symbolic link's ``target``. A
+    deletion (a whiteout) has none of them. All are None where the content could not be read
+    (the daemon's changes API, a manifest of predicate v1): see HostEvidence.changes_content.
+    """
+
     path: Str
     kind: ChangeKind
+    type: FileType | None = None
+    mode: Annotated[int, Field(ge=0, le=0o7777)] | None = None
+    uid: Annotated[int, Field(ge=0)] | None = None
+    gid: Annotated[int, Field(ge=0)] | None = None
+    size: Annotated[int, Field(ge=0)] | None = None
+    sha256: Hex64 | None = None
+    target: Str | None = None  # a symbolic link's target, as written
 
 
 class Mount(Frozen):
@@ -305,8 +330,20 @@ class HostEvidence(Frozen):
     repo_digests: list[Str] = []
     repo_tags: list[Str] = []
     container_id: Str | None = None
-    changes: list[FileChange] = []
+    changes: Annotated[list[FileChange], Field(max_length=MAX_CHANGES)] = []
     changes_source: Literal["overlay", "api", "none"] = "none"
+    # True: each change carries its content (type, mode, owner, sha256 or link target), read on
+    # the host; False: names and kinds only (the daemon's changes API, a manifest of predicate
+    # v1, recorded before lockd kept content)
+    changes_content: bool = False
+    # more changes than MAX_CHANGES: the walk stopped, ``changes`` is incomplete
+    changes_truncated: bool = False
+    # the volatile patterns the walk did not descend into (lockd.targets.docker): changes
+    # there are not in ``changes``
+    changes_skipped: Annotated[list[Str], Field(max_length=256)] = []
+    # the container asked for GPUs (--gpus, a CDI device, the nvidia runtime): the NVIDIA
+    # container toolkit's injections are expected (lockd.filechanges.runtime_change)
+    gpus_requested: bool = False
     mounts: list[Mount] = []
     config_env: dict[Str, Str] = {}
 
@@ -376,7 +413,10 @@ class Observation(Frozen):
 
 # --- the signed record -------------------------------------------------------------------
 
-PREDICATE_TYPE = "https://lockd.dev/manifest/v1"
+PREDICATE_TYPE = "https://lockd.dev/manifest/v2"
+"""v2: FileChange carries content (type, mode, owner, sha256, link target)."""
+PREDICATE_TYPES = (PREDICATE_TYPE, "https://lockd.dev/manifest/v1")
+"""The predicate types lockd reads: v1 manifests hold changes by name only (compare says so)."""
 
 
 class LockPin(Frozen):

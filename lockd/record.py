@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lockd import __version__
-from lockd.errors import RefusedError
-from lockd.model import Finding, LockInfo, Manifest, Observation
+from lockd.errors import InputError, RefusedError
+from lockd.model import MAX_CHANGES, Finding, LockInfo, Manifest, Observation
 from lockd.statement import PAYLOAD_TYPE, Subject, make_statement, subjects_for
 
 if TYPE_CHECKING:
@@ -80,6 +80,21 @@ def require_coherent(observation: Observation) -> None:
 def build_manifest(
     observation: Observation, *, now: dt.datetime | None = None, lock: LockInfo | None = None
 ) -> Manifest:
+    """The manifest of ``observation``: its changes relative to the image, each with content
+    (lockd.targets.docker), are signed with it.
+
+    Raises:
+        InputError: the container changed more files than lockd records (MAX_CHANGES).
+    """
+    host = observation.host
+    if host is not None and host.changes_truncated:
+        where = f"{observation.target.kind}:{observation.target.ref}"
+        raise InputError(
+            f"{where}: refusing to record: more than {MAX_CHANGES} files changed since its image "
+            "outside the volatile places (tmp, logs, caches); nothing was written. Build those "
+            "files into the image, or have the container write them to a volatile place or a "
+            "mounted volume"
+        )
     moment = now or dt.datetime.now(dt.timezone.utc)
     suites = [] if observation.gpu_suite is None else [observation.gpu_suite]
     return Manifest(

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lockd.errors import ManifestError
-from lockd.model import PREDICATE_TYPE, Manifest, Observation
+from lockd.model import PREDICATE_TYPE, PREDICATE_TYPES, Manifest, Observation
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -71,9 +71,11 @@ def parse_statement(payload: bytes, source: str) -> tuple[list[Subject], Manifes
         raise ManifestError(f"{source}: the envelope's payload is not JSON: {e}") from e
     if not isinstance(data, dict) or data.get("_type") != STATEMENT_TYPE:
         raise ManifestError(f"{source}: the payload is not an in-toto Statement v1")
-    if data.get("predicateType") != PREDICATE_TYPE:
+    if data.get("predicateType") not in PREDICATE_TYPES:
         found = data.get("predicateType")
-        raise ManifestError(f"{source}: predicateType is {found!r}, not lockd's {PREDICATE_TYPE}")
+        raise ManifestError(
+            f"{source}: predicateType is {found!r}, not lockd's ({', '.join(PREDICATE_TYPES)})"
+        )
     try:
         subjects = [Subject.model_validate(s) for s in data.get("subject") or []]
         manifest = Manifest.model_validate(data.get("predicate"))

@@ -203,7 +203,7 @@ def verify_target(
     from lockd.model import Report, ReportManifest
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockd-probe") as pool:
-        ignore = policy.filesystem.ignore if deep else None
+        ignore = policy.filesystem.patterns() if deep else None
         # (else the caller started reach_and_observe(reach, gpu) itself); a mistyped path
         # fails at once, not once a probe started for nothing is over
         if observing is None and manifest_path.is_file():

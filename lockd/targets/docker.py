@@ -58,12 +58,14 @@ if TYPE_CHECKING:
         ChangeKind,
         FamilyImports,
         FileChange,
+        FileType,
         HostEvidence,
         Mount,
         Observation,
         ProbeReport,
         TargetInfo,
     )
+    from lockd.policy import Volatile
     from lockd.targets.base import Target
     from lockd.targets.scripts import Gpus
 
@@ -93,6 +95,7 @@ _EXIT_WAIT = 5.0  # seconds to wait for an exec's exit code once its output has 
 _TEXT_LIMIT = 4096  # the model's longest string
 _OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 _CHANGE_KINDS: dict[int, ChangeKind] = {0: "changed", 1: "added", 2: "deleted"}
+_MAX_CHANGES = 100_000  # lockd.model.MAX_CHANGES, not imported: the probe starts before models
 
 
 # --- the daemon ---------------------------------------------------------------------------------
@@ -423,12 +426,75 @@ def _walk_files(top: str) -> Iterator[str]:
                 yield entry.path
 
 
-def changes_from_overlay(upper_dir: str, lower_dirs: Sequence[str]) -> list[FileChange]:
-    """A container's filesystem changes, read from its overlay2 directories on this host.
+_HASH_CHUNK = 1024 * 1024
+_TYPES: tuple[tuple[Callable[[int], bool], FileType], ...] = (
+    (stat.S_ISREG, "file"),
+    (stat.S_ISLNK, "symlink"),
+    (stat.S_ISDIR, "dir"),
+    (stat.S_ISCHR, "char"),
+    (stat.S_ISBLK, "block"),
+    (stat.S_ISFIFO, "fifo"),
+    (stat.S_ISSOCK, "socket"),
+)
+
+
+def _sha256(path: str, st: os.stat_result) -> str | None:
+    """The sha256 of the regular file at ``path`` (streamed: bounded memory), None when it is
+    gone or is no longer the file ``st`` describes (replaced while lockd reads)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        now = os.fstat(fd)
+        if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            return None
+        digest = hashlib.sha256()
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _content(path: str, st: os.stat_result) -> dict[str, Any]:
+    """What a FileChange holds of an entry of the upper directory (see FileChange)."""
+    kind: FileType = next((name for test, name in _TYPES if test(st.st_mode)), "file")
+    found: dict[str, Any] = {
+        "type": kind,
+        "mode": stat.S_IMODE(st.st_mode),
+        "uid": st.st_uid,
+        "gid": st.st_gid,
+    }
+    if kind == "file":
+        found["size"] = st.st_size
+        found["sha256"] = _sha256(path, st)
+    elif kind == "symlink":
+        with suppress(OSError):
+            found["target"] = _fit(os.readlink(path))
+    return found
+
+
+def _default_volatile(env: dict[str, str]) -> Volatile:
+    """The default policy's volatile places for a container configured with ``env``: what the
+    walk does not descend into (a verifying policy still judges what it reads)."""
+    from lockd.policy import DEFAULT_VOLATILE, python_places, volatile_places
+
+    return volatile_places(DEFAULT_VOLATILE, env, python_places(env))
+
+
+def changes_from_overlay(
+    upper_dir: str,
+    lower_dirs: Sequence[str],
+    volatile: Volatile | None = None,
+    limit: int = _MAX_CHANGES,
+) -> list[FileChange]:
+    """A container's filesystem changes, read from its overlay2 directories on this host, with
+    their content (FileChange: type, mode, owner, a file's sha256, a link's target).
 
     Every non-directory in the upper directory is a change: a whiteout is ``deleted``, an entry
     the image has is ``changed``, anything else ``added``; the files an opaque directory hides
     are ``deleted``. Directories themselves are not listed. Paths are container-absolute.
+    Nothing in ``volatile`` is read (a directory it skips is not walked). At most ``limit`` + 1
+    changes: one more than ``limit`` says there are more (the walk stopped there).
 
     Raises:
         OSError: a directory cannot be read (the caller falls back to the daemon's API).
@@ -436,36 +502,49 @@ def changes_from_overlay(upper_dir: str, lower_dirs: Sequence[str]) -> list[File
     from lockd.model import FileChange
 
     layers = _LowerLayers(lower_dirs)
-    changes: dict[str, ChangeKind] = {}
+    changes: dict[str, FileChange] = {}
     stack = [""]
-    while stack:
+    while stack and len(changes) <= limit:
         rel_dir = stack.pop()
         directory = os.path.join(upper_dir, rel_dir) if rel_dir else upper_dir
         try:
             with os.scandir(directory) as entries:
-                listed = list(entries)
+                listed = sorted(entries, key=lambda e: e.name)
         except (FileNotFoundError, NotADirectoryError):
             continue  # removed while we walk: the container is running
         for entry in listed:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            path = "/" + rel
             st = _lstat(entry)
             if st is None:
                 continue
             if stat.S_ISDIR(st.st_mode):
+                if volatile is not None and volatile.skips(path):
+                    continue
                 if _is_opaque(entry.path):
-                    for hidden in layers.files_under(rel):
+                    for hidden in sorted(layers.files_under(rel)):
                         if not os.path.lexists(os.path.join(upper_dir, hidden)):
-                            changes["/" + hidden] = "deleted"
+                            gone = "/" + hidden
+                            if volatile is None or gone not in volatile:
+                                changes[gone] = FileChange(path=_fit(gone), kind="deleted")
                 stack.append(rel)
+            elif volatile is not None and path in volatile:
+                continue
             elif _is_whiteout(st):
-                changes["/" + rel] = "deleted"
+                changes[path] = FileChange(path=_fit(path), kind="deleted")
             else:
-                changes["/" + rel] = "changed" if layers.contains(rel) else "added"
-    return [FileChange(path=_fit(path), kind=changes[path]) for path in sorted(changes)]
+                kind: ChangeKind = "changed" if layers.contains(rel) else "added"
+                changes[path] = FileChange(path=_fit(path), kind=kind, **_content(entry.path, st))
+            if len(changes) > limit:
+                break
+    return [changes[path] for path in sorted(changes)][: limit + 1]
 
 
-def changes_from_api(container: Container) -> list[FileChange]:
-    """A container's filesystem changes as the daemon reports them (``docker diff``).
+def changes_from_api(
+    container: Container, volatile: Volatile | None = None, limit: int = _MAX_CHANGES
+) -> list[FileChange]:
+    """A container's filesystem changes as the daemon reports them (``docker diff``): names and
+    kinds, no content.
 
     The daemon also lists the directories above each change; those are dropped, to match
     ``changes_from_overlay`` (an empty directory that was added still shows).
@@ -475,10 +554,13 @@ def changes_from_api(container: Container) -> list[FileChange]:
     """
     with _docker_errors(f"cannot read the filesystem changes of container {container.name}"):
         diff = container.diff() or []
-    return _changes_from_diff(diff)
+    return _changes_from_diff(diff, volatile, limit)
 
 
-def _changes_from_diff(diff: Iterable[dict[str, Any]]) -> list[FileChange]:
+def _changes_from_diff(
+    diff: Iterable[dict[str, Any]], volatile: Volatile | None = None, limit: int = _MAX_CHANGES
+) -> list[FileChange]:
+    """The changes of the daemon's answer, less those in ``volatile``: at most ``limit`` + 1."""
     from lockd.model import FileChange
 
     kinds = {str(item["Path"]): _CHANGE_KINDS.get(int(item["Kind"]), "changed") for item in diff}
@@ -488,11 +570,12 @@ def _changes_from_diff(diff: Iterable[dict[str, Any]]) -> list[FileChange]:
         while parent not in parents and parent != "/":
             parents.add(parent)
             parent = posixpath.dirname(parent)
-    return [
-        FileChange(path=_fit(path), kind=kinds[path])
+    kept = [
+        path
         for path in sorted(kinds)
-        if path not in parents
+        if path not in parents and (volatile is None or path not in volatile)
     ]
+    return [FileChange(path=_fit(path), kind=kinds[path]) for path in kept[: limit + 1]]
 
 
 def container_changes(
@@ -504,22 +587,63 @@ def container_changes(
     Raises:
         TargetError: the daemon failed.
     """
-    return _changes(container.attrs, lambda: changes_from_api(container))
+    found = _changes(container.attrs, lambda v, n: changes_from_api(container, v, n))
+    return found.changes, found.source
+
+
+@dataclass(frozen=True)
+class _Changes:
+    changes: list[FileChange]
+    source: Literal["overlay", "api"]
+    truncated: bool
+    skipped: list[str]
+    gpus: bool
+
+    def evidence(self) -> dict[str, Any]:
+        """HostEvidence's fields about the changes."""
+        return {
+            "changes": self.changes,
+            "changes_source": self.source,
+            "changes_content": self.source == "overlay",
+            "changes_truncated": self.truncated,
+            "changes_skipped": self.skipped,
+            "gpus_requested": self.gpus,
+        }
+
+
+def _gpus_requested(attrs: dict[str, Any]) -> bool:
+    """Whether the container asked for GPUs: ``--gpus`` or a CDI device (DeviceRequests), the
+    nvidia runtime."""
+    host_config = attrs.get("HostConfig") or {}
+    runtime = str(host_config.get("Runtime") or "")
+    return bool(host_config.get("DeviceRequests")) or "nvidia" in runtime
 
 
 def _changes(
-    attrs: dict[str, Any], from_api: Callable[[], list[FileChange]]
-) -> tuple[list[FileChange], Literal["overlay", "api"]]:
+    attrs: dict[str, Any],
+    from_api: Callable[[Volatile, int], list[FileChange]],
+    limit: int = _MAX_CHANGES,
+) -> _Changes:
+    """The changes of the container ``attrs`` describes (see container_changes), but what is
+    volatile by default (not read at all), at most ``limit``."""
+    from lockd.policy import DEFAULT_VOLATILE
+
     driver = attrs.get("GraphDriver") or {}
     data = driver.get("Data") or {}
     upper = data.get("UpperDir")
     lowers = [p for p in str(data.get("LowerDir") or "").split(":") if p]
+    volatile = _default_volatile(_parse_env((attrs.get("Config") or {}).get("Env")))
+    skipped = [p for p in DEFAULT_VOLATILE if not p.startswith("!")]
+    gpus = _gpus_requested(attrs)
     if driver.get("Name") == "overlay2" and upper and os.path.isdir(upper):
         try:
-            return changes_from_overlay(upper, lowers), "overlay"
+            found = changes_from_overlay(upper, lowers, volatile, limit)
         except OSError:
             pass  # not ours to read after all (permissions, another host's path)
-    return from_api(), "api"
+        else:
+            return _Changes(found[:limit], "overlay", len(found) > limit, skipped, gpus)
+    found = from_api(volatile, limit)
+    return _Changes(found[:limit], "api", len(found) > limit, skipped, gpus)
 
 
 # --- files, for lockd.integrity (--deep) ---------------------------------------------------------
@@ -898,22 +1022,21 @@ class ContainerTarget:
 
         image_id = str(attrs["Image"])
         repo_digests, repo_tags = _image_names(self._api, image_id)
-        changes, changes_source = _changes(attrs, self._changes_from_api)
+        changes = _changes(attrs, self._changes_from_api)
         return HostEvidence(
             image_id=image_id,
             repo_digests=repo_digests,
             repo_tags=repo_tags,
             container_id=str(attrs.get("Id", self.id)),
-            changes=changes,
-            changes_source=changes_source,
+            **changes.evidence(),
             mounts=_mounts(attrs),
             config_env=_parse_env((attrs.get("Config") or {}).get("Env")),
         )
 
-    def _changes_from_api(self) -> list[FileChange]:
+    def _changes_from_api(self, volatile: Volatile, limit: int) -> list[FileChange]:
         with _docker_errors(f"cannot read the filesystem changes of {self._source}"):
             diff = self._api.diff(self.id)
-        return _changes_from_diff(diff)
+        return _changes_from_diff(diff, volatile, limit)
 
     def _probe(
         self,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lockd.fstree import MAX_ENTRIES, tree_digest
 from lockd.model import Observation
-from lockd.policy import Policy, matches, watched
+from lockd.policy import Policy, python_places, shadows_code, volatile_places
 
 DRIVER_VERSION = Path("/proc/driver/nvidia/version")
 
@@ -30,17 +30,14 @@ def ignorable(policy: Policy, observation: Observation | None) -> Callable[[str,
     not make a container due for a probe; except on the way to, or inside, a place the last
     probe found Python or its distributions in that the policy ignores as a whole (a
     ``sys.path`` entry under ``/tmp`` still counts)."""
-    places = _places(observation)
-    ignore = policy.filesystem.ignore
-    ignored_places = [p for p in places if matches(p + "/", ignore)]
+    env = observation.host.config_env if observation and observation.host else {}
+    fs = policy.filesystem
+    volatile = volatile_places(
+        fs.volatile + fs.ignore, env, [*_places(observation), *python_places(env)]
+    )
 
     def skip(path: str, is_dir: bool) -> bool:
-        if not matches(path + "/" if is_dir else path, ignore):
-            return False
-        prefix = path + "/"
-        if any(p == path or p.startswith(prefix) for p in places):
-            return False  # on the way to a place Python looks in
-        return not any(path.startswith(p + "/") for p in ignored_places)
+        return volatile.skips(path) if is_dir else path in volatile
 
     return skip
 
@@ -63,10 +60,8 @@ def watched_mounts(
     for mount in mounts:
         destination = mount[0].rstrip("/") or "/"
         prefix = destination.rstrip("/") + "/"
-        if (
-            watched(destination, policy.filesystem)
-            or watched(prefix, policy.filesystem)
-            or any(p == destination or p.startswith(prefix) for p in places)
+        if shadows_code(destination, policy.filesystem) or any(
+            p == destination or p.startswith(prefix) for p in places
         ):
             found.append(mount)
     return found

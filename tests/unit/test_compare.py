@@ -14,8 +14,15 @@ from observations import (
 )
 
 from lockd.compare import compare, verified
-from lockd.model import Check, Observation, TargetInfo
-from lockd.policy import Checks, PackagesPolicy, Policy, load_policy
+from lockd.model import EMPTY_SHA256, Check, Observation, TargetInfo
+from lockd.policy import (
+    DEFAULT_VOLATILE,
+    Checks,
+    FilesystemPolicy,
+    PackagesPolicy,
+    Policy,
+    load_policy,
+)
 
 STRICT = Policy()
 
@@ -103,32 +110,210 @@ def test_ignored_packages_and_warn_level() -> None:
     assert by_id(compare(manifest(), seen, skipping))["packages"].status == "skip"
 
 
-def test_filesystem_changes_under_watched_paths_only() -> None:
+def file(path: str, kind: str = "added", sha: str = "1" * 64, **more: object) -> FileChange:
+    """A change as lockd reads it on the host: with content."""
+    fields: dict[str, object] = {"type": "file", "mode": 0o644, "uid": 0, "gid": 0, "size": 12}
+    fields.update(more)
+    return FileChange(path=path, kind=kind, sha256=sha, **fields)  # type: ignore[arg-type]
+
+
+def with_content(changes: list[FileChange], **more: object) -> Observation:
+    return observation(host_evidence=host(changes=changes, changes_content=True, **more))
+
+
+def filesystem(recorded: Observation, seen: Observation, policy: Policy = STRICT) -> Check:
+    return by_id(compare(manifest(recorded), seen, policy))["filesystem"]
+
+
+def test_filesystem_denies_by_default() -> None:
     changes = [
-        FileChange(path=f"{SITE}/idna/core.py", kind="changed"),
+        file(f"{SITE}/idna/core.py", "changed"),
         FileChange(path=f"{SITE}/six.py", kind="deleted"),
-        FileChange(path=f"{SITE}/tomli/__init__.py", kind="added"),
-        FileChange(path="/tmp/scratch", kind="added"),
-        FileChange(path=f"{SITE}/idna/__pycache__/core.cpython-311.pyc", kind="added"),
-        FileChange(path="/etc/hostname", kind="changed"),
+        file(f"{SITE}/tomli/__init__.py"),
+        file(f"{SITE}/sitecustomize.py"),
+        file("/etc/ld.so.preload"),
+        file("/usr/local/bin/pip", "changed"),
+        file("/tmp/scratch"),
+        file("/root/.cache/pip/http/x"),
+        file(f"{SITE}/idna/__pycache__/core.cpython-311.pyc"),
+        file("/etc/hostname", "added", sha=EMPTY_SHA256, size=0),
     ]
-    check = by_id(compare(manifest(), observation(host_evidence=host(changes=changes)), STRICT))[
-        "filesystem"
-    ]
+    check = filesystem(with_content([]), with_content(changes))
     assert check.status == "fail"
     assert check.evidence == "host"
     assert [(f.kind, f.path) for f in check.findings] == [
+        ("added", "/etc/ld.so.preload"),
         ("changed", f"{SITE}/idna/core.py"),
+        ("added", f"{SITE}/sitecustomize.py"),
         ("deleted", f"{SITE}/six.py"),
         ("added", f"{SITE}/tomli/__init__.py"),
+        ("changed", "/usr/local/bin/pip"),
+        ("runtime", "/etc/hostname"),
     ]
+    assert check.message == (
+        "6 finding(s): 3 added, 2 changed, 1 deleted (read from the overlay upper directory; "
+        "1 made by the container runtime (listed, not drift); 3 under volatile places)"
+    )
 
 
-def test_changes_recorded_in_the_manifest_are_expected() -> None:
-    change = FileChange(path=f"{SITE}/idna/core.py", kind="changed")
-    recorded = manifest(observation(host_evidence=host(changes=[change])))
-    seen = observation(host_evidence=host(changes=[change]))
-    assert by_id(compare(recorded, seen, STRICT))["filesystem"].status == "pass"
+def test_changes_recorded_with_the_same_content_are_expected() -> None:
+    changes = [file(f"{SITE}/idna/core.py", "changed"), file(f"{SITE}/extra.py")]
+    check = filesystem(with_content(changes), with_content(changes))
+    assert check.status == "pass"
+    assert check.message == (
+        "no changes outside the volatile places but those recorded, with the same content "
+        "(read from the overlay upper directory)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("now", "observed"),
+    [
+        (file(f"{SITE}/extra.py", sha="2" * 64), f"file 0644 0:0 12 bytes sha256:{'2' * 64}"),
+        (file(f"{SITE}/extra.py", mode=0o4755), f"file 4755 0:0 12 bytes sha256:{'1' * 64}"),
+        (file(f"{SITE}/extra.py", uid=1000), f"file 0644 1000:0 12 bytes sha256:{'1' * 64}"),
+        (
+            FileChange(
+                path=f"{SITE}/extra.py", kind="added", type="symlink", mode=0o777, uid=0, gid=0,
+                target="/tmp/evil.py",
+            ),
+            "symlink 0777 0:0 -> /tmp/evil.py",
+        ),
+    ],
+)  # fmt: skip
+def test_the_same_path_with_other_content_is_changed(now: FileChange, observed: str) -> None:
+    check = filesystem(with_content([file(f"{SITE}/extra.py")]), with_content([now]))
+    assert check.status == "fail"
+    [finding] = check.findings
+    assert finding.model_dump(exclude_none=True) == {
+        "kind": "changed",
+        "path": f"{SITE}/extra.py",
+        "expected": f"file 0644 0:0 12 bytes sha256:{'1' * 64}",
+        "observed": observed,
+        "message": "recorded with other content",
+    }
+
+
+def test_content_the_host_cannot_read_is_unverified_never_a_pass() -> None:
+    recorded = with_content(
+        [file(f"{SITE}/extra.py"), FileChange(path="/etc/motd", kind="deleted")]
+    )
+    seen = observation(
+        host_evidence=host(
+            changes=[
+                FileChange(path=f"{SITE}/extra.py", kind="added"),
+                FileChange(path="/etc/motd", kind="deleted"),
+            ],
+            changes_source="api",
+        )
+    )
+    check = filesystem(recorded, seen)
+    assert check.status == "fail"
+    [finding] = check.findings  # a deletion needs no content
+    assert finding.model_dump(exclude_none=True) == {
+        "kind": "unverified",
+        "path": f"{SITE}/extra.py",
+        "expected": f"file 0644 0:0 12 bytes sha256:{'1' * 64}",
+        "message": "content unverified: recorded with content, but lockd could not read this "
+        "container's (not root, or a storage driver without an upper directory)",
+    }
+    assert "read from the daemon's changes API" in check.message
+    audit = filesystem(recorded, seen, load_policy("audit"))
+    assert audit.status == "warn"
+
+
+def test_a_manifest_without_content_compares_names_and_says_what_it_lacks() -> None:
+    """Predicate v1 manifests hold changes by name only: a recorded change cannot be
+    vouched for by content, so it is `unverified` (fails under the strict policy); a manifest
+    that recorded no changes needs no content, and new changes are drift as ever."""
+    v1 = observation(host_evidence=host(changes=[FileChange(path=f"{SITE}/x.py", kind="added")]))
+    seen = with_content([file(f"{SITE}/x.py")])
+    check = filesystem(v1, seen)
+    assert check.status == "fail"
+    [finding] = check.findings
+    assert (finding.kind, finding.path, finding.observed) == (
+        "unverified",
+        f"{SITE}/x.py",
+        f"file 0644 0:0 12 bytes sha256:{'1' * 64}",
+    )
+    assert finding.message == (
+        "content unverified: the manifest recorded this change by name only (predicate v1, or "
+        "recorded through the daemon's changes API); record it again"
+    )
+    empty_v1 = observation(host_evidence=host())
+    assert filesystem(empty_v1, with_content([])).status == "pass"
+    assert [f.path for f in filesystem(empty_v1, seen).findings] == [f"{SITE}/x.py"]
+
+
+def test_a_recorded_change_that_is_gone_is_reverted() -> None:
+    check = filesystem(with_content([file("/etc/app.conf")]), with_content([]))
+    assert check.status == "fail"
+    [finding] = check.findings
+    assert finding.model_dump(exclude_none=True) == {
+        "kind": "reverted",
+        "path": "/etc/app.conf",
+        "expected": f"added: file 0644 0:0 12 bytes sha256:{'1' * 64}",
+        "message": "recorded as added, no longer changed: the image's content is back",
+    }
+
+
+def test_more_changes_than_lockd_reads_fail_and_listing_is_capped() -> None:
+    many = [file(f"/srv/f{i:05}") for i in range(1500)]
+    check = filesystem(with_content([]), with_content(many, changes_truncated=True))
+    assert check.status == "fail"
+    assert len(check.findings) == 1000
+    assert check.message == (
+        "1501 finding(s): 1500 added, 1 truncated (read from the overlay upper directory; "
+        "501 more finding(s) not listed)"
+    )
+
+
+def test_a_policy_that_still_watches_says_so() -> None:
+    narrowing = Policy(filesystem=FilesystemPolicy(watch=["**/site-packages/**"]))
+    seen = with_content([file("/etc/ld.so.preload")])
+    check = filesystem(with_content([]), seen, narrowing)
+    assert check.status == "pass"
+    [note] = check.findings
+    assert (note.kind, note.message) == (
+        "narrowed",
+        "this policy watches only 1 pattern(s) (**/site-packages/**): changes elsewhere are "
+        "not checked",
+    )
+    assert "this policy watches only some paths (filesystem.watch)" in check.message
+
+
+def test_a_place_lockd_does_not_read_is_named_when_the_policy_checks_it() -> None:
+    fewer = [p for p in DEFAULT_VOLATILE if p != "/tmp/**"]
+    policy = Policy(filesystem=FilesystemPolicy(volatile=fewer))
+    seen = with_content([], changes_skipped=["/tmp/**", "/var/log/**"])
+    check = filesystem(with_content([]), seen, policy)
+    [note] = check.findings
+    assert (note.kind, note.path) == ("unchecked", "/tmp/**")
+    assert check.status == "pass"
+
+
+def test_a_policy_adds_volatile_places_and_variables_resolve_from_the_container() -> None:
+    seen = with_content(
+        [file("/srv/scratch/a"), file("/data/hf/hub/x"), file("/usr/share/x")],
+        config_env={"HF_HOME": "/data/hf", "TRITON_CACHE_DIR": "/usr/share"},
+    )
+    policy = Policy(filesystem=FilesystemPolicy(ignore=["/srv/scratch/**"]))
+    check = filesystem(with_content([]), seen, policy)
+    assert [(f.kind, f.path) for f in check.findings] == [("added", "/usr/share/x")]
+    assert "not taken as volatile: TRITON_CACHE_DIR=/usr/share: at, in or above /usr" in (
+        check.message
+    )
+
+
+def test_a_module_on_a_python_path_under_tmp_is_not_volatile() -> None:
+    python = probe().python
+    on_tmp = observation(
+        host_evidence=host(changes_content=True),
+        report=probe(python=python.model_copy(update={"path": [*python.path, "/tmp/lib"]})),
+    )
+    seen = with_content([file("/tmp/lib/sitecustomize.py"), file("/tmp/other")])
+    check = filesystem(on_tmp, seen)
+    assert [(f.kind, f.path) for f in check.findings] == [("added", "/tmp/lib/sitecustomize.py")]
 
 
 @pytest.mark.parametrize(
