@@ -157,21 +157,29 @@ def runtime_change(
     return None
 
 
-def _toolkit_link(change: FileChange, host: HostEvidence, points: set[str] | None) -> str | None:
+def _toolkit_link(
+    change: FileChange, host: HostEvidence, points: set[str] | None, depth: int = 0
+) -> str | None:
+    """A link the toolkit makes: an NVIDIA library's name to an NVIDIA library in the same
+    folder that is one of its mount points (libcuda.so.1 -> libcuda.so.550.54.15), or to such
+    a link (libcuda.so -> libcuda.so.1, the create-symlinks hook); two links at most."""
     target = change.target or ""
     folder = posixpath.dirname(change.path)
-    resolved = target if target.startswith("/") else posixpath.join(folder, target)
-    if posixpath.dirname(resolved) != folder or not NVIDIA_LIBRARY.match(resolved):
-        return None
-    if not NVIDIA_LIBRARY.match(change.path):
+    resolved = posixpath.normpath(posixpath.join(folder, target))
+    if (
+        depth > 1
+        or posixpath.dirname(resolved) != folder
+        or not NVIDIA_LIBRARY.match(resolved)
+        or not NVIDIA_LIBRARY.match(change.path)
+    ):
         return None
     for other in host.changes:
-        if (
-            other.path == resolved
-            and other.type in (None, "file")
-            and _empty(other)
-            and (points is None or resolved in points)
-        ):
+        if other.path != resolved or other.kind == "deleted":
+            continue
+        if other.type == "symlink" and _toolkit_link(other, host, points, depth + 1):
+            return f"a link the NVIDIA container toolkit makes to {target}"
+        mounted = points is None or resolved in points
+        if other.type in (None, "file") and _empty(other) and mounted:
             return f"a link the NVIDIA container toolkit's ldconfig makes to {target}"
     return None
 
