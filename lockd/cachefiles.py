@@ -17,7 +17,7 @@ import re
 import stat
 import tempfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -162,19 +162,26 @@ def _entry_path(directory: Path, name: str, kind: str) -> Path:
 
 
 def load_entry(
-    directory: Path, name: str, fmt: str, key: str, max_bytes: int, *, kind: str = ""
+    directory: Path,
+    name: str,
+    fmt: str,
+    key: str | Callable[[Mapping[str, Any]], str | None],
+    max_bytes: int,
+    *,
+    kind: str = "",
 ) -> dict[str, Any] | None:
     """The document kept as ``name`` (and ``kind``) in format ``fmt`` under fingerprint
-    ``key``, with its ``observed_at``; None when ``name`` is not 64 hex digits or there is no
-    such document (``load_document``)."""
+    ``key`` (or the one ``key(document)`` gives: what it must have been kept under follows from
+    what it says it rests on), with its ``observed_at``; None when ``name`` is not 64 hex
+    digits or there is no such document (``load_document``)."""
     if not _NAME.fullmatch(name):
         return None
-    document = load_document(
-        _entry_path(directory, name, kind),
-        max_bytes,
-        {"format": fmt, "container": name, "key": key},
-    )
+    fields = {"format": fmt, "container": name}
+    document = load_document(_entry_path(directory, name, kind), max_bytes, fields)
     if document is None or not isinstance(document.get("observed_at"), str):
+        return None
+    expected = key if isinstance(key, str) else key(document)
+    if expected is None or document.get("key") != expected:
         return None
     return document
 

@@ -208,6 +208,7 @@ def check_filesystem(manifest: Manifest, observed: HostEvidence | None, p: Polic
         if (m.destination, m.source, m.type) not in recorded_mounts
         and _mount_shadows(m.destination, manifest, p)
     ]
+    findings += kernel_mount_findings(observed)
     source = {
         "overlay": "the overlay upper directory",
         "api": "the daemon's changes API",
@@ -222,6 +223,89 @@ def check_filesystem(manifest: Manifest, observed: HostEvidence | None, p: Polic
         ok=ok,
         bad=bad,
         failed=bool(judged.failing or findings),
+    )
+
+
+def kernel_mount_findings(observed: HostEvidence) -> list[Finding]:
+    """The mounts the kernel lists in the container's namespaces that nobody asked the daemon
+    for (lockd.kernel): a mount made inside the container hides what lies below it from every
+    other check. Each one, whatever it covers: its content is not evidence lockd compares."""
+    if observed.kernel is None:
+        return []
+    return [
+        Finding(
+            kind="mount",
+            path=m.mount_point,
+            observed=f"{m.fstype} {m.source}",
+            message=f"{m.fstype} mounted inside the container (not among the daemon's mounts)",
+        )
+        for m in observed.kernel.mounts
+        if m.declared is None
+    ]
+
+
+_REACHES_HOST = frozenset({"SYS_ADMIN", "CAP_SYS_ADMIN", "ALL"})
+
+
+def isolation_findings(observed: HostEvidence) -> list[Finding]:
+    """What the kernel's view says of the container's isolation: processes whose root is not
+    the container's (chroot, pivot_root: sshd's privilege separation, browser sandboxes, or a
+    decoy), a container that can reach the host (--privileged, CAP_SYS_ADMIN: nothing is
+    guaranteed for it), a view the host could not read whole."""
+    findings = []
+    kernel = observed.kernel
+    if kernel is None:
+        findings.append(
+            Finding(
+                kind="unreadable",
+                message="the host could not read the container's processes (not root, another "
+                "host's daemon, or a lockd that did not record them): mounts made inside it and "
+                "foreign roots are not seen",
+            )
+        )
+    else:
+        if kernel.incomplete is not None:
+            findings.append(Finding(kind="unreadable", message=kernel.incomplete))
+        findings += [
+            Finding(
+                kind="foreign-root",
+                name=f.command,
+                path=f.root,
+                observed=f"pid {f.pid}",
+                message=f.why,
+            )
+            for f in kernel.foreign_roots
+        ]
+    if observed.privileged:
+        findings.append(
+            Finding(kind="privileged", message="--privileged: the container can reach the host")
+        )
+    findings += [
+        Finding(
+            kind="capability",
+            name=cap,
+            message=f"{cap} added: the container can mount, and reach the host",
+        )
+        for cap in observed.cap_add
+        if cap.upper() in _REACHES_HOST
+    ]
+    return findings
+
+
+def check_isolation(observation: Observation, p: Policy) -> Check:
+    """``isolation`` (host evidence; ``warn`` by default): lockd.kernel's view of the
+    container's processes, and whether the daemon gave it the means to escape."""
+    observed = observation.host
+    if observed is None or observation.target.kind != "container":
+        return _skip("isolation", "host", "only a running container has processes to read")
+    findings = isolation_findings(observed)
+    return _check(
+        "isolation",
+        p,
+        "host",
+        findings,
+        ok="every process has the container's root; no privilege that reaches the host",
+        bad=f"{len(findings)} finding(s) on the container's isolation",
     )
 
 
@@ -841,6 +925,7 @@ def compare(manifest: Manifest, observation: Observation, policy: Policy) -> lis
         check_integrity(observation, policy),
         check_coherence(observation, policy),
         check_libraries(manifest, observation, policy),
+        check_isolation(observation, policy),
     ]
 
 

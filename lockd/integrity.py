@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
-from lockd import integritycache, probecache
+from lockd import integritycache
 from lockd.errors import LockdError, RefusedError, TargetError
 from lockd.integritycache import Guard, guard
 from lockd.layercache import DigestCache, LayerView, cache_dir, container_layer_keys
@@ -1749,7 +1749,7 @@ class DeepTarget:
         under)."""
         container = self._reusing()
         if container is None:
-            return None, (None, None)
+            return None, integritycache.Keys(None, None)
         return integritycache.load_first(container.id, container.inspect(), self.ignore)
 
     def _keep(
@@ -1764,8 +1764,11 @@ class DeepTarget:
         probe = observation.probe
         dists = integritycache.distributions_digest(probe.distributions if probe else [])
         after = integritycache.keys(container.inspect(), self.ignore)
-        for name, key in probecache.still_standing(container.id, under, after):
-            integritycache.store(name, key, found, dists, guards)
+        rests_on = integritycache.places(observation)
+        for name, key in integritycache.still_standing(
+            container.id, under, after, container.attrs, rests_on
+        ):
+            integritycache.store(name, key, found, dists, guards, rests_on)
 
     def _hash_while_observing(self) -> tuple[Observation, list[Guard] | None]:
         """The observation with its integrity, hashing the usual locations while the probe

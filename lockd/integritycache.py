@@ -5,7 +5,9 @@ changed.
 spares it re-reading the image's layers, but still lstat's, locates and compares each of tens of
 thousands of files in Python (about 1 CPU-second for torch). For a container verified again, the
 result is a function of what the probe cache fingerprints (lockd.probecache: the container's
-upper directory, /dev, mounts, configuration, image, the host), of the distributions the probe
+upper directory, the kernel's view of its processes and mounts, the host side of the mounts
+over the places the result rests on, configuration, image, the host: all read on the host,
+none through /proc/PID/root), of the distributions the probe
 reported, of the ignore patterns and of lockd's own code; and of the image's layer files, which
 the daemon never changes but root on the host could. So the result is kept under a fingerprint
 of the former, with guards for the latter: the size, mtime, ctime and inode number of every
@@ -13,8 +15,10 @@ lower-layer file lockd read or took from the layer cache, and of every lower-lay
 listed. A later ``verify --deep`` of the same container takes the result again when the
 fingerprint is the same, the probe reports the same distributions and every guard still holds
 (one lstat each, about 20 ms for torch); its report says so. An identical container of the same
-image (probecache.sibling_fingerprint: same configuration, same content in its upper directory
-and /dev, no mounts) takes a sibling's result the same way: it sees the same files.
+image (probecache.sibling_fingerprint: same configuration, same content in its upper directory,
+no mounts of its own) takes a sibling's result the same way: it sees the same files. A result
+is kept only when nothing it rests on changed while lockd hashed (the fingerprints before and
+after, and no ctime of an overlapping mount's entry from that time).
 ``--no-cache`` hashes everything again; ``record`` never takes a kept result.
 
 One zlib-compressed JSON file per container under ``cache_root()/integrity`` (the guarded paths
@@ -36,10 +40,10 @@ from typing import TYPE_CHECKING, Any
 
 from lockd import probecache
 from lockd.cachefiles import cache_root, load_entry, store_entry
-from lockd.probecache import Keys
+from lockd.probecache import KeyFor, Keys
 
 if TYPE_CHECKING:
-    from lockd.model import Distribution, Integrity
+    from lockd.model import Distribution, Integrity, Observation
 
 __all__ = [
     "FORMAT",
@@ -54,10 +58,12 @@ __all__ = [
     "keys",
     "load",
     "load_first",
+    "places",
+    "still_standing",
     "store",
 ]
 
-FORMAT = "lockd-integrity-cache/2"
+FORMAT = "lockd-integrity-cache/3"
 MAX_FILES = 256
 MAX_FILE_BYTES = 64 * 1024 * 1024
 
@@ -133,15 +139,33 @@ def load_first(
     return probecache.first_kept(container_id, attrs, _inputs(ignore), load)
 
 
+def places(observation: Observation) -> list[str]:
+    """Where a result for ``observation`` rests: the probe's places (lockd.probecache.places),
+    its distributions' locations among them."""
+    host = observation.host
+    env = [f"{k}={v}" for k, v in host.config_env.items()] if host is not None else []
+    return probecache.places(observation.probe, env)
+
+
+def still_standing(
+    container_id: str, before: Keys, after: Keys, attrs: dict[str, Any], found: Sequence[str]
+) -> list[tuple[str, str]]:
+    """lockd.probecache.still_standing: where to keep a result resting on ``found``."""
+    return probecache.still_standing(container_id, before, after, attrs, found)
+
+
 def distributions_digest(distributions: Iterable[Distribution]) -> str:
     """What of the probe's distributions a result rests on: names, locations, RECORDs."""
     rows = sorted((d.name, d.location, d.record_sha256 or "") for d in distributions)
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 
-def load(container_id: str, fingerprint: str, directory: Path | None = None) -> Kept | None:
-    """The result kept for the container under ``fingerprint``; None when there is none, it
-    was kept under another, or the file is not trusted or not in the format."""
+def load(
+    container_id: str, fingerprint: str | KeyFor, directory: Path | None = None
+) -> Kept | None:
+    """The result kept for the container under ``fingerprint`` (or the one ``fingerprint(the
+    document)`` gives); None when there is none, it was kept under another, or the file is not
+    trusted or not in the format."""
     from lockd.model import Integrity
 
     document = load_entry(
@@ -170,12 +194,15 @@ def store(
     integrity: Integrity,
     distributions: str,
     guards: Sequence[Guard],
+    found: Sequence[str] = (),
     directory: Path | None = None,
     now: dt.datetime | None = None,
 ) -> None:
-    """Keep a container's result under ``fingerprint``. Failing to write is not an error: the
-    cache is an optimisation."""
+    """Keep a container's result under ``fingerprint``, with the places it rests on
+    (``found``: ``places``). Failing to write is not an error: the cache is an
+    optimisation."""
     fields = {
+        "places": list(found),
         "distributions": distributions,
         "integrity": integrity.model_dump(mode="json", exclude_none=True),
         "guarded": [g[0] for g in guards],

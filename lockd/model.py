@@ -323,6 +323,38 @@ class Mount(Frozen):
     rw: bool
 
 
+class KernelMount(Frozen):
+    """A mount in one of the container's mount namespaces, as the kernel lists it on the host
+    (/proc/PID/mountinfo): lockd.kernel. ``declared``: why it is expected (``daemon``,
+    ``runtime``, ``masked``, ``gpu``...), None for a mount nobody asked the daemon for."""
+
+    mount_point: Str
+    fstype: Str
+    source: Str
+    root: Str  # the directory of the mounted filesystem that shows at mount_point
+    declared: Str | None = None
+
+
+class ForeignRoot(Frozen):
+    """A process of the container whose root directory is not the container's (chroot,
+    pivot_root): lockd.kernel."""
+
+    pid: Annotated[int, Field(ge=0)]
+    command: Str
+    root: Str
+    why: Str
+
+
+class KernelView(Frozen):
+    """The kernel's view of the container's processes, read on the host (lockd.kernel)."""
+
+    processes: Annotated[int, Field(ge=0)] = 0
+    namespaces: Annotated[int, Field(ge=0)] = 0  # distinct mount namespaces among them
+    mounts: Annotated[list[KernelMount], Field(max_length=8192)] = []
+    foreign_roots: Annotated[list[ForeignRoot], Field(max_length=1024)] = []
+    incomplete: Str | None = None  # what the host could not read
+
+
 class HostEvidence(Frozen):
     """What the Docker daemon and the host filesystem say about a container."""
 
@@ -346,6 +378,10 @@ class HostEvidence(Frozen):
     gpus_requested: bool = False
     mounts: list[Mount] = []
     config_env: dict[Str, Str] = {}
+    # the kernel's view (lockd.kernel): None where the host could not read it, or lockd is older
+    kernel: KernelView | None = None
+    privileged: bool = False  # HostConfig.Privileged
+    cap_add: Annotated[list[Str], Field(max_length=64)] = []  # HostConfig.CapAdd
 
 
 TargetKind = Literal["local", "container", "image"]

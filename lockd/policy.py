@@ -117,6 +117,7 @@ class Checks(_Strict):
     integrity: Level = "required"
     coherence: Level = "required"
     libraries: Level = "required"
+    isolation: Level = "warn"  # chroot'd processes, --privileged, CAP_SYS_ADMIN (lockd.kernel)
 
 
 class PackagesPolicy(_Strict):

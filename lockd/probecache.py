@@ -4,38 +4,52 @@ the probe can see has changed.
 The probe imports torch (and, for --deep, the PyTorch family) inside the container: 2-3
 CPU-seconds on every verification, most of what ``lockd verify <container>`` costs. What it
 reports is a function of what its process sees, and lockd reads all of that on the host side
-(trusted evidence) into one fingerprint:
+(trusted evidence), from places the container cannot redirect, into one fingerprint:
 
 * the container's root filesystem: the image's layers never change once extracted
   (lockd.layercache), and every write the container makes lands in its overlay upper
   directory;
-* what it may write outside that: its /dev (with /dev/shm) and every mount (volumes, bind
-  mounts, tmpfs), walked through its init process's root (/proc/PID/root); the files Docker
-  bind-mounts (/etc/hosts, hostname, resolv.conf);
-  of each entry its path, mode, size, mtime, ctime and inode number (a process in the
+* the kernel's view of its processes (lockd.kernel): the distinct mount namespaces, roots and
+  /proc/PID/mountinfo among every process of its cgroup. A mount made inside the container, a
+  chroot or pivot_root changes it; lockd's own ``docker exec`` probe (init's namespace and
+  root) does not;
+* the host side of each declared mount (a bind mount's or volume's source) that overlaps a
+  place the report rests on (``places``: Python's prefixes and ``sys.path``, the distributions'
+  locations, the library search path, the dynamic loader's configuration); a dataset volume
+  elsewhere is not walked. A declared tmpfs (or the runtime's /dev, /dev/shm) over such a place
+  cannot be read on the host: nothing is reused;
+* the files Docker bind-mounts (/etc/hosts, hostname, resolv.conf: writable from inside);
+* of each entry its path, mode, size, mtime, ctime and inode number (a process in the
   container can set an mtime back, not a ctime);
 * the daemon's inspect answer: the image, Config (environment, user, working directory),
-  HostConfig (devices, GPUs, runtime, IPC and PID namespaces), the start time and init pid;
+  HostConfig (devices, GPUs, runtime, IPC and PID namespaces), Mounts, the start time and init
+  pid;
 * the probe's command lines (its source included, so lockd's version);
 * the host kernel and the NVIDIA driver's /proc files (its version, its GPUs).
 
+Nothing is read through /proc/PID/root: it is the container's choice (an init that called
+chroot() points it at a decoy, and a walk through it would see the decoy unchanged).
+
 An identical container of the same image shares a second fingerprint (``sibling_fingerprint``):
-the image, Config but for its hostname and labels, the same HostConfig, inputs and host, and the
-*content* of its upper directory and /dev (hashed: a fresh container has next to nothing
-there). A fresh container (a CI job's, a fleet's replica) then takes the report a sibling's
-probe made; a container with mounts never does (their content is not compared).
+the image, Config but for its hostname and labels, the same HostConfig, inputs and host, the
+same declared mounts in the kernel's view, and the *content* of its upper directory (hashed: a
+fresh container has next to nothing there). A fresh container (a CI job's, a fleet's replica)
+then takes the report a sibling's probe made; a container with mounts of its own never does
+(their content is not compared).
 
-A container whose files lockd cannot read on the host side (another storage driver, a remote
-daemon, not root), or with more than ``MAX_ENTRIES`` entries in one of those trees (a large data
-volume), is probed every time. The walks are lockd.fstree's, as the watch agent's.
+A container whose files or processes lockd cannot read on the host side (another storage
+driver, a remote daemon, not root, a namespace only a chroot'd process shows), or with more
+than ``MAX_ENTRIES`` entries in one of those trees, is probed every time. The walks are
+lockd.fstree's, as the watch agent's.
 
-The report's bytes are kept under the fingerprint taken before the probe ran, and only when the
-one taken after it ran is the same (a change while it ran keeps nothing). A later verification
-takes them again when the fingerprint is still the same, and says so: the report's checks rest
-on inside evidence either way, what the container said about itself, and reusing it adds
-nothing the container could steer (the decision rests on host evidence only). ``--no-cache``
-asks the probe again. One JSON file per container (or sibling fingerprint) and probe command
-line (``variant``) under ``cache_root()/probe``, at most
+The report's bytes are kept, with the places it rests on, under the fingerprint taken before
+the probe ran, and only when the one taken after it ran is the same and no entry of an
+overlapping mount has a ctime from the moment lockd started (a change while it ran keeps
+nothing). A later verification takes them again when the fingerprint is still the same, and
+says so: the report's checks rest on inside evidence either way, what the container said about
+itself, and reusing it adds nothing the container could steer (the decision rests on host
+evidence only). ``--no-cache`` asks the probe again. One JSON file per container (or sibling
+fingerprint) and probe command line (``variant``) under ``cache_root()/probe``, at most
 ``MAX_FILES``, trusted only when this user owns it and nobody else can write it.
 """
 
@@ -46,14 +60,20 @@ import errno
 import hashlib
 import json
 import os
+import posixpath
 import stat
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
+from lockd import kernel
 from lockd.cachefiles import cache_root, load_entry, store_entry
-from lockd.fstree import MAX_ENTRIES, tree_digest
+from lockd.fstree import MAX_ENTRIES, entry_digest
+
+if TYPE_CHECKING:
+    from lockd.model import ProbeReport
 
 __all__ = [
     "FORMAT",
@@ -61,18 +81,22 @@ __all__ = [
     "MAX_FILES",
     "CachedProbe",
     "Keys",
+    "base_fingerprint",
     "cache_dir",
     "fingerprint",
     "first_kept",
+    "kernel_digest",
     "keys",
     "load",
+    "places",
     "sibling_fingerprint",
     "still_standing",
     "store",
     "variant",
+    "with_mounts",
 ]
 
-FORMAT = "lockd-probe-cache/1"
+FORMAT = "lockd-probe-cache/2"
 MAX_FILES = 256
 """Containers whose last report is kept."""
 MAX_FILE_BYTES = 32 * 1024 * 1024  # the probe's output is capped at 16 MiB
@@ -112,21 +136,11 @@ def cache_dir() -> Path:
 # --- what the probe can see (host side) ---------------------------------------------------------
 
 
-def _container_dirs(attrs: dict[str, Any]) -> list[tuple[str, str]]:
-    """(label, host path) of each directory tree whose content the container's processes see
-    and may change, read on the host side: the overlay upper directory, and through the init
-    process's root (/proc/PID/root: resolved inside the container) its /dev (with /dev/shm) and
-    every mount."""
-    upper = str(((attrs.get("GraphDriver") or {}).get("Data") or {}).get("UpperDir") or "")
-    root = f"/proc/{int((attrs.get('State') or {}).get('Pid') or 0)}/root"
-    destinations = {str(m.get("Destination") or "") for m in attrs.get("Mounts") or []}
-    destinations |= set((attrs.get("HostConfig") or {}).get("Tmpfs") or {})
-    found = [("upper", upper), ("/dev", root + "/dev")]
-    found += [(d, root + d) for d in sorted(destinations) if d.startswith("/")]
-    return found
+def _upper(attrs: Mapping[str, Any]) -> str:
+    return str(((attrs.get("GraphDriver") or {}).get("Data") or {}).get("UpperDir") or "")
 
 
-def _readable(attrs: dict[str, Any]) -> bool:
+def _readable(attrs: Mapping[str, Any]) -> bool:
     """Whether the container's files can be read on the host side: overlay2 storage, a
     running init process."""
     driver = attrs.get("GraphDriver") or {}
@@ -137,19 +151,100 @@ def _readable(attrs: dict[str, Any]) -> bool:
     )
 
 
-def _entry_digest(path: str) -> str | None:
-    """``tree_digest`` of a directory; of anything else (a file bind-mounted over a path) its
-    lstat numbers; None when it cannot be read or is too large a tree."""
+def kernel_digest(attrs: Mapping[str, Any]) -> str | None:
+    """lockd.kernel's digest of the distinct (mount namespace, root, mountinfo) of the
+    container's processes, read on the host; None when any of it cannot be read (a process
+    whose root is not the container's in a namespace no other process shows whole, not root,
+    another host's daemon)."""
+    from lockd.errors import TargetError
+
     try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    if stat.S_ISDIR(st.st_mode):
-        return tree_digest(path, MAX_ENTRIES)
-    return repr((st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+        return kernel.read_view(attrs, "the container", judge=False).digest()
+    except TargetError:
+        return None  # it stopped: the verification says so
 
 
-def _host_state(attrs: dict[str, Any]) -> dict[str, Any]:
+def _entry_digest(path: str, newest: list[int] | None = None) -> str | None:
+    return entry_digest(path, MAX_ENTRIES, newest)
+
+
+_LOADER = (
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/ld.so.preload",
+    "/etc/os-release",
+    "/usr/lib/os-release",
+    "/lib",
+    "/lib64",
+    "/usr/lib",
+    "/usr/lib64",
+    "/usr/local/lib",
+)
+"""What every probe report rests on besides Python's own places: the dynamic loader's
+configuration and system library directories, the OS release."""
+
+
+def places(probe: ProbeReport | None, config_env: Sequence[str] = ()) -> list[str]:
+    """Where a probe's report rests (sorted): the interpreter's prefixes and ``sys.path``, the
+    distributions' locations, the library search path (LD_LIBRARY_PATH of the report's and the
+    container's environment, the directories of the libraries the process mapped), the dynamic
+    loader's configuration and system library directories. A mount that overlaps one of these is
+    walked on its host side; any other (a dataset volume) is not."""
+    found = set(_LOADER)
+    env = [e.partition("=") for e in config_env]
+    search = [value for name, _, value in env if name == "LD_LIBRARY_PATH"]
+    if probe is not None:
+        python = probe.python
+        found.update([python.prefix, python.base_prefix, *python.path])
+        found.update(d.location for d in probe.distributions)
+        search.append(probe.env.get("LD_LIBRARY_PATH", ""))
+        if probe.libraries is not None:
+            found.update(posixpath.dirname(lib.path) for lib in probe.libraries.libraries)
+    found.update(p for value in search for p in value.split(":"))
+    normal = {posixpath.normpath(p) for p in found if p.startswith("/")}
+    return sorted(normal)
+
+
+def _overlaps(destination: str, found: Sequence[str]) -> bool:
+    top = destination.rstrip("/") or "/"
+    below = top.rstrip("/") + "/"
+    return any(
+        p == top or p.startswith(below) or top.startswith(p.rstrip("/") + "/") for p in found
+    )
+
+
+def mounts_digest(
+    attrs: Mapping[str, Any], found: Sequence[str], newest: list[int] | None = None
+) -> str | None:
+    """A digest of the host side of every declared mount (the daemon's ``Mounts`` and
+    ``--tmpfs``, the runtime's /dev and /dev/shm) that overlaps ``found`` (``places``): a bind
+    mount's or volume's host source, walked; None when one of them has none this host can read
+    (a tmpfs, a volume driver's, a source too large). Mounts made inside the container are in
+    ``kernel_digest``, and their content is not readable on the host: a verification that
+    finds one fails (lockd.compare's filesystem check)."""
+    digest = hashlib.sha256()
+    host_config = attrs.get("HostConfig") or {}
+    runtime = ("/dev", "/dev/shm")  # noqa: S108  the runtime's tmpfs mounts
+    tmpfs = {*runtime, *(str(d) for d in host_config.get("Tmpfs") or {})}
+    for destination in sorted(tmpfs):
+        if _overlaps(destination, found):
+            return None
+    for mount in sorted(attrs.get("Mounts") or [], key=lambda m: str(m.get("Destination"))):
+        destination = str(mount.get("Destination") or "")
+        if not _overlaps(destination, found):
+            continue
+        source = str(mount.get("Source") or "")
+        if mount.get("Type") not in ("bind", "volume") or not source.startswith("/"):
+            return None
+        entry = _entry_digest(source, newest)
+        if entry is None:
+            return None
+        digest.update(f"\0{destination}\0{source}\0{entry}".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def _host_state(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """The host kernel; the NVIDIA driver's version and GPUs where it is loaded; the files
     Docker bind-mounts into the container (/etc/hosts, hostname, resolv.conf: writable from
     inside), as stat numbers."""
@@ -171,11 +266,15 @@ def _host_state(attrs: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
-def fingerprint(attrs: dict[str, Any], inputs: Sequence[Sequence[str]]) -> str | None:
+def base_fingerprint(attrs: Mapping[str, Any], inputs: Sequence[Sequence[str]]) -> str | None:
     """The fingerprint of what a process in the container (``attrs``: the daemon's inspect
-    answer) can see, with ``inputs`` (the probe's command lines: what else its answer depends
-    on); None when the host cannot read all of it (another storage driver, not root, the
-    container stopped) or one of its trees holds more than ``MAX_ENTRIES`` entries."""
+    answer) can see but the content of its mounts, with ``inputs`` (the probe's command lines:
+    what else its answer depends on): the upper directory, the kernel's view of its processes
+    (lockd.kernel: mountinfo and roots, read on the host), the inspect answer, the host. None
+    when the host cannot read all of it (another storage driver, not root, the container
+    stopped, a namespace only a chroot'd process shows) or the upper directory holds more than
+    ``MAX_ENTRIES`` entries. Nothing is read through /proc/PID/root: that is the container's
+    choice (a chroot'd init points it at a decoy)."""
     if not _readable(attrs):
         return None
     state = attrs.get("State") or {}
@@ -186,16 +285,40 @@ def fingerprint(attrs: dict[str, Any], inputs: Sequence[Sequence[str]]) -> str |
         "image": attrs.get("Image"),
         "config": attrs.get("Config"),
         "host_config": {key: host_config.get(key) for key in _HOST_CONFIG_KEYS},
+        "mounts": attrs.get("Mounts"),
         "started": [state.get("StartedAt"), state.get("Pid")],
         "inputs": [list(argv) for argv in inputs],
         "host": _host_state(attrs),
     }
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    for label, top in _container_dirs(attrs):
-        found = _entry_digest(top)
-        if found is None:
-            return None
-        digest.update(f"\0{label}\0{found}".encode("utf-8", "surrogateescape"))
+    upper = _entry_digest(_upper(attrs))
+    if upper is None:
+        return None
+    view = kernel_digest(attrs)
+    if view is None:
+        return None
+    digest.update(f"\0upper\0{upper}\0kernel\0{view}".encode())
+    return digest.hexdigest()
+
+
+def fingerprint(
+    attrs: Mapping[str, Any], inputs: Sequence[Sequence[str]], found: Sequence[str]
+) -> str | None:
+    """``base_fingerprint`` with the host side of the mounts that overlap ``found`` (where the
+    answer rests: ``places``) and ``found`` itself; None when any of it cannot be read."""
+    base = base_fingerprint(attrs, inputs)
+    return None if base is None else with_mounts(base, attrs, found)
+
+
+def with_mounts(
+    base: str, attrs: Mapping[str, Any], found: Sequence[str], newest: list[int] | None = None
+) -> str | None:
+    """``fingerprint`` from a ``base_fingerprint`` already taken."""
+    mounts = mounts_digest(attrs, found, newest)
+    if mounts is None:
+        return None
+    digest = hashlib.sha256(f"{base}\0{mounts}\0".encode())
+    digest.update(json.dumps(list(found)).encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
@@ -294,14 +417,34 @@ def _content_of(path: str, st: os.stat_result, budget: list[int]) -> bytes | Non
     return digest.hexdigest().encode()
 
 
-def sibling_fingerprint(attrs: dict[str, Any], inputs: Sequence[Sequence[str]]) -> str | None:
+def kernel_shape(attrs: Mapping[str, Any]) -> str | None:
+    """What of the kernel's view identical containers share: the mounts of their one mount
+    namespace (mount point, filesystem type, why declared). None when the view is incomplete,
+    a process's root is not the container's, a mount was made inside it, or its processes
+    hold several namespaces: such a container takes no sibling's answer."""
+    from lockd.errors import TargetError
+
+    try:
+        view = kernel.read_view(attrs, "the container")
+    except TargetError:
+        return None
+    if view.incomplete is not None or view.foreign or len(view.mounts) != 1:
+        return None
+    [mounts] = view.mounts.values()
+    if any(why is None for _, why in mounts):
+        return None
+    shape = [[e.mount_point, e.fstype, why] for e, why in mounts]
+    return hashlib.sha256(json.dumps(shape).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def sibling_fingerprint(attrs: Mapping[str, Any], inputs: Sequence[Sequence[str]]) -> str | None:
     """The fingerprint every identical container of the same image shares: the image, Config
     but for the hostname and labels, the HostConfig that shapes a process, ``inputs``, the host
-    kernel and driver, and the *content* of the container's upper directory and /dev. A fresh
-    container (a CI job's, a fleet's replica) sees what a sibling verified before saw, so the
-    sibling's report stands for it. None for a container with mounts (their content is not
-    compared), whose files cannot be read on the host, or that wrote more than
-    ``MAX_CONTENT_BYTES``."""
+    kernel and driver, the shape of the kernel's view (``kernel_shape``) and the *content* of
+    the container's upper directory. A fresh container (a CI job's, a fleet's replica) sees
+    what a sibling verified before saw, so the sibling's report stands for it. None for a
+    container with mounts of its own (their content is not compared), whose files or
+    processes cannot be read on the host, or that wrote more than ``MAX_CONTENT_BYTES``."""
     host_config = attrs.get("HostConfig") or {}
     if not _readable(attrs) or attrs.get("Mounts") or host_config.get("Tmpfs"):
         return None
@@ -317,49 +460,100 @@ def sibling_fingerprint(attrs: dict[str, Any], inputs: Sequence[Sequence[str]]) 
         "host": host,
     }
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    budget = [MAX_CONTENT_BYTES]
-    for label, top in _container_dirs(attrs)[:2]:  # the upper directory, /dev
-        found = _content_digest(top, budget)
-        if found is None:
-            return None
-        digest.update(f"\0{label}\0{found}".encode())
+    shape = kernel_shape(attrs)
+    if shape is None:
+        return None
+    content = _content_digest(_upper(attrs), [MAX_CONTENT_BYTES])
+    if content is None:
+        return None
+    digest.update(f"\0kernel\0{shape}\0upper\0{content}".encode())
     return digest.hexdigest()
 
 
 # --- where a kept answer is looked for, and kept ------------------------------------------------
 
-Keys = tuple[str | None, str | None]
-"""A container's fingerprints for some inputs: its own (``fingerprint``) and the one identical
-containers of its image share (``sibling_fingerprint``); None where there is none."""
+SETTLE_NS = 1_000_000_000
+"""A mount entry whose ctime is within this of the moment lockd took its fingerprints (or
+later) may have changed while the probe ran: nothing is kept. File times come from the
+kernel's coarse clock, a tick behind the one lockd reads."""
 
 
-def keys(attrs: dict[str, Any], inputs: Sequence[Sequence[str]]) -> Keys:
-    return fingerprint(attrs, inputs), sibling_fingerprint(attrs, inputs)
+class Keys(NamedTuple):
+    """A container's fingerprints for some inputs, taken at ``since`` (ns, the host's clock):
+    its own without its mounts' content (``base_fingerprint``), and the one identical
+    containers of its image share (``sibling_fingerprint``); None where there is none."""
+
+    own: str | None
+    sibling: str | None
+    since: int = 0
+
+
+def keys(attrs: Mapping[str, Any], inputs: Sequence[Sequence[str]]) -> Keys:
+    since = time.time_ns()
+    return Keys(base_fingerprint(attrs, inputs), sibling_fingerprint(attrs, inputs), since)
+
+
+KeyFor = Callable[[Mapping[str, Any]], "str | None"]
+"""The fingerprint a kept document must have been kept under, from what it says it rests on
+(its ``places``)."""
+
+
+def kept_places(document: Mapping[str, Any]) -> list[str] | None:
+    """The ``places`` a kept document rests on; None when it names none."""
+    found = document.get("places")
+    if not isinstance(found, list) or not all(isinstance(p, str) for p in found):
+        return None
+    return found
 
 
 def first_kept(
     container_id: str,
-    attrs: dict[str, Any],
+    attrs: Mapping[str, Any],
     inputs: Sequence[Sequence[str]],
-    load: Callable[[str, str], T | None],
+    load: Callable[[str, KeyFor], T | None],
 ) -> tuple[T | None, Keys]:
-    """(what ``load(name, key)`` finds or None, the fingerprints looked under). The container's
-    own fingerprint (kept as its ID) is tried first; the sibling one (kept as itself; taking it
-    hashes the content of the container's own files) only when that finds nothing."""
-    own = fingerprint(attrs, inputs)
-    found = None if own is None else load(container_id, own)
-    if found is not None:
-        return found, (own, None)
+    """(what ``load(name, key_for)`` finds or None, the fingerprints looked under). The
+    container's own fingerprint (kept as its ID; with the host side of the mounts that overlap
+    the places the kept answer rests on) is tried first; the sibling one (kept as itself;
+    taking it hashes the content of the container's own files) only when that finds
+    nothing."""
+    since = time.time_ns()
+    base = base_fingerprint(attrs, inputs)
+    if base is not None:
+
+        def own(document: Mapping[str, Any]) -> str | None:
+            found = kept_places(document)
+            return None if found is None else with_mounts(base, attrs, found)
+
+        kept = load(container_id, own)
+        if kept is not None:
+            return kept, Keys(base, None, since)
     sibling = sibling_fingerprint(attrs, inputs)
-    return (None if sibling is None else load(sibling, sibling)), (own, sibling)
+    kept = None if sibling is None else load(sibling, lambda _: sibling)
+    return kept, Keys(base, sibling, since)
 
 
-def still_standing(container_id: str, before: Keys, after: Keys) -> list[tuple[str, str]]:
-    """(name, fingerprint) to keep an answer under: each fingerprint taken before lockd worked
-    that is the same after (a change meanwhile keeps nothing under it)."""
-    own, sibling = (b if b == a else None for b, a in zip(before, after, strict=True))
-    found = [] if own is None else [(container_id, own)]
-    return found if sibling is None else [*found, (sibling, sibling)]
+def still_standing(
+    container_id: str,
+    before: Keys,
+    after: Keys,
+    attrs: Mapping[str, Any],
+    found: Sequence[str],
+) -> list[tuple[str, str]]:
+    """(name, fingerprint) to keep an answer resting on ``found`` (``places``) under: the
+    container's own when its base fingerprint is the same after lockd worked as before and no
+    entry of a mount that overlaps ``found`` changed since (its ctime: a container can set an
+    mtime back, not a ctime); the sibling one when it is the same after as before. A change
+    meanwhile keeps nothing under it."""
+    kept = []
+    if before.own is not None and before.own == after.own:
+        newest = [0]
+        own = with_mounts(after.own, attrs, found, newest)
+        if own is not None and newest[0] < before.since - SETTLE_NS:
+            kept.append((container_id, own))
+    if before.sibling is not None and before.sibling == after.sibling:
+        kept.append((before.sibling, before.sibling))
+    return kept
 
 
 # --- the files ----------------------------------------------------------------------------------
@@ -372,10 +566,11 @@ def variant(inputs: Sequence[Sequence[str]]) -> str:
 
 
 def load(
-    container_id: str, key: str, *, kind: str = "", directory: Path | None = None
+    container_id: str, key: str | KeyFor, *, kind: str = "", directory: Path | None = None
 ) -> CachedProbe | None:
-    """The report kept for the container under fingerprint ``key``; None when there is none,
-    it was kept under another fingerprint, or the file is not trusted or not in the format."""
+    """The report kept for the container under fingerprint ``key`` (or the one ``key(the
+    document)`` gives); None when there is none, it was kept under another fingerprint, or the
+    file is not trusted or not in the format."""
     document = load_entry(
         directory or cache_dir(), container_id, FORMAT, key, MAX_FILE_BYTES, kind=kind
     )
@@ -392,13 +587,14 @@ def store(
     key: str,
     stdout: bytes,
     python: str,
+    found: Sequence[str] = (),
     *,
     kind: str = "",
     directory: Path | None = None,
     now: dt.datetime | None = None,
 ) -> None:
-    """Keep the report (the probe's stdout) for the container under fingerprint ``key``;
-    ``kind``: the probe's ``variant``.
+    """Keep the report (the probe's stdout) for the container under fingerprint ``key``,
+    with the places it rests on (``found``: ``places``); ``kind``: the probe's ``variant``.
     Failing to write is not an error: the cache is an optimisation."""
     try:
         text = stdout.decode("utf-8")
@@ -409,7 +605,7 @@ def store(
         container_id,
         FORMAT,
         key,
-        {"python": python, "stdout": text},
+        {"python": python, "stdout": text, "places": list(found)},
         MAX_FILE_BYTES,
         MAX_FILES,
         kind=kind,

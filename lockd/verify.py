@@ -36,6 +36,7 @@ LATER_CHECKS = (
     "gpu",
     "integrity",
     "coherence",
+    "isolation",
 )
 
 

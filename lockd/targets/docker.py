@@ -30,7 +30,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from lockd import probecache
+from lockd import kernel, probecache
 from lockd.errors import InputError, ProbeError, TargetError
 from lockd.targets.base import (
     MAX_PROBE_OUTPUT,
@@ -963,10 +963,12 @@ class ContainerTarget:
             return self._observation(host, None, None, no_python)
         stdout, python = ran
         probe, imports = self._parse(stdout)
-        if any(keys):  # kept where nothing changed while it ran
+        if keys.own or keys.sibling:  # kept where nothing changed while it ran
             after = probecache.keys(self.inspect(), self._probe_argvs(pythons))
-            for name, key in probecache.still_standing(self.id, keys, after):
-                probecache.store(name, key, stdout, python, kind=kind)
+            env = (self.attrs.get("Config") or {}).get("Env") or []
+            rests_on = probecache.places(probe, env)
+            for name, key in probecache.still_standing(self.id, keys, after, self.attrs, rests_on):
+                probecache.store(name, key, stdout, python, rests_on, kind=kind)
         return self._observation(host, probe, imports, None)
 
     def _observation(
@@ -996,11 +998,11 @@ class ContainerTarget:
         identical containers of its image (which hashes the content of the container's own
         files) only when that finds nothing."""
         if not self.reuse_probe:
-            return None, (None, None), ""
+            return None, probecache.Keys(None, None), ""
         argvs = self._probe_argvs(pythons)
         kind = probecache.variant(argvs)
 
-        def load(name: str, key: str) -> probecache.CachedProbe | None:
+        def load(name: str, key: probecache.KeyFor) -> probecache.CachedProbe | None:
             return probecache.load(name, key, kind=kind)
 
         found, keys = probecache.first_kept(self.id, attrs, argvs, load)
@@ -1023,6 +1025,7 @@ class ContainerTarget:
         image_id = str(attrs["Image"])
         repo_digests, repo_tags = _image_names(self._api, image_id)
         changes = _changes(attrs, self._changes_from_api)
+        host_config = attrs.get("HostConfig") or {}
         return HostEvidence(
             image_id=image_id,
             repo_digests=repo_digests,
@@ -1031,6 +1034,9 @@ class ContainerTarget:
             **changes.evidence(),
             mounts=_mounts(attrs),
             config_env=_parse_env((attrs.get("Config") or {}).get("Env")),
+            kernel=kernel.evidence(kernel.read_view(attrs, self._source)),
+            privileged=bool(host_config.get("Privileged")),
+            cap_add=sorted(str(c) for c in host_config.get("CapAdd") or [])[:64],
         )
 
     def _changes_from_api(self, volatile: Volatile, limit: int) -> list[FileChange]:

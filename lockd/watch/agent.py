@@ -39,6 +39,7 @@ from lockd.watch.fingerprint import (
     combine,
     host_key,
     ignorable,
+    kernel_key,
     mount_digest,
     tree_digest,
     watched_mounts,
@@ -488,8 +489,9 @@ class Agent:
         skip = ignorable(self.policy, tracked.observation)
         upper = tree_digest(inspected.upper_dir, skip=skip) if inspected.upper_dir else None
         mounts = watched_mounts(inspected.seen.mounts, tracked.observation, self.policy)
+        view = kernel_key(inspected.attrs)
         return combine(
-            [inspected.config_key, upper, self._host_key, *(mount_digest(m) for m in mounts)]
+            [inspected.config_key, upper, view, self._host_key, *(mount_digest(m) for m in mounts)]
         )
 
     def _submit(self, tracked: Tracked, fingerprint: str | None, now: float) -> None:

@@ -2,8 +2,11 @@
 
 A container's fingerprint digests its configuration (inspect: environment, command, mounts,
 start time), the ``lstat`` of every entry of its overlay upper directory (what it wrote: a
-``pip install`` inside adds files there, a copy-up of a lower file too), the same of the mounts
-that may hide watched paths (a volume over site-packages), and the host's NVIDIA driver version.
+``pip install`` inside adds files there, a copy-up of a lower file too), the same of the host
+side of the mounts that may hide watched paths (a volume over site-packages), the kernel's view
+of its processes (their mount namespaces, mountinfo and roots: a mount made inside, a chroot),
+and the host's NVIDIA driver version. Every input is read on the host, none through
+/proc/PID/root; every stat guard holds mode, size, mtime, ctime and inode.
 Stat-walking a few hundred entries costs microseconds; the probe costs a Python start-up inside
 the container. When any part cannot be read (another storage driver, a tmpfs over a watched
 path, a tree too large) there is no fingerprint and the container is probed every interval.
@@ -12,16 +15,19 @@ path, a tree too large) there is no fingerprint and the container is probed ever
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from lockd.fstree import MAX_ENTRIES, tree_digest
+from lockd import kernel
+from lockd.errors import TargetError
+from lockd.fstree import MAX_ENTRIES, entry_digest, tree_digest
 from lockd.model import Observation
 from lockd.policy import Policy, python_places, shadows_code, volatile_places
 
 DRIVER_VERSION = Path("/proc/driver/nvidia/version")
 
-__all__ = ["combine", "host_key", "tree_digest", "watched_mounts"]
+__all__ = ["combine", "host_key", "kernel_key", "tree_digest", "watched_mounts"]
 
 
 def ignorable(policy: Policy, observation: Observation | None) -> Callable[[str, bool], bool]:
@@ -68,12 +74,25 @@ def watched_mounts(
 
 
 def mount_digest(mount: tuple[str, str, str, bool], limit: int = MAX_ENTRIES) -> str | None:
-    """A digest of a watched mount's content on this host; None for one that is not a path
-    here (tmpfs, a volume driver's) or cannot be read."""
+    """A digest of a watched mount's content on this host (a file bind-mounted: its mode,
+    size, mtime, ctime and inode); None for one that is not a path here (tmpfs, a volume
+    driver's) or cannot be read."""
     _, source, kind, _ = mount
-    if kind not in ("bind", "volume") or not source:
+    if kind not in ("bind", "volume") or not source.startswith("/"):
         return None
-    return tree_digest(source, limit)
+    return entry_digest(source, limit)
+
+
+def kernel_key(attrs: Mapping[str, Any]) -> str | None:
+    """The kernel's view of the container's processes, read on the host (lockd.kernel): the
+    distinct mount namespaces, roots and mountinfo among them. A mount made inside the
+    container, a chroot or pivot_root changes it; the agent's own probe (a ``docker exec``
+    sharing init's namespace and root) does not. None when it cannot all be read: probed every
+    interval. Nothing is read through /proc/PID/root (the container's choice)."""
+    try:
+        return kernel.read_view(attrs, "the container", judge=False).digest()
+    except TargetError:
+        return None  # stopped: the daemon's events say so
 
 
 def host_key(driver_version: Path = DRIVER_VERSION) -> str:

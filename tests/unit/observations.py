@@ -8,6 +8,7 @@ from lockd.model import (
     Distribution,
     FileChange,
     HostEvidence,
+    KernelView,
     Manifest,
     Mount,
     Observation,
@@ -62,6 +63,8 @@ def host(**changes: Any) -> HostEvidence:
         "container_id": "c" * 64,
         "changes_source": "overlay",
         "config_env": {"PATH": "/usr/bin", "CUDA_HOME": "/usr/local/cuda"},
+        # the kernel's view of a plain container's one process (lockd.kernel)
+        "kernel": KernelView(processes=1, namespaces=1),
     }
     base.update(changes)
     return HostEvidence(**base)

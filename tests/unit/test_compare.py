@@ -47,6 +47,7 @@ def test_identical_environment_passes_every_check() -> None:
         "integrity",
         "coherence",
         "libraries",
+        "isolation",
     ]
     assert {c.status for c in checks} == {"pass", "skip"}
     assert by_id(checks)["lock"].status == "skip"

@@ -101,6 +101,7 @@ def test_a_stored_result_loads_under_its_key_only(tmp_path: Path) -> None:
         "integrity",
         "key",
         "observed_at",
+        "places",
     ]
     assert load(CONTAINER, "k2", directory=tmp_path / "integrity") is None
     assert load(OTHER, "k1", directory=tmp_path / "integrity") is None
@@ -115,6 +116,7 @@ def test_a_malformed_container_id_is_neither_stored_nor_loaded(
     assert load(container, "k1", directory=tmp_path / "integrity") is None
 
 
+@pytest.mark.usefixtures("root_required")  # chown
 def test_a_file_others_can_write_or_own_is_not_trusted(tmp_path: Path) -> None:
     path = stored(tmp_path)
     path.chmod(0o666)

@@ -1,6 +1,7 @@
 """The probe cache without Docker: the fingerprint of what a probe can see, read from real
-directories standing for a container's upper directory, /dev and mounts (through the root of a
-real process); the cache files kept and trusted; lockd.cachefiles' reading and writing."""
+directories standing for a container's upper directory and its mounts' host side, and from the
+kernel's view of a real process of its own mount namespace standing for its init (never through
+its root); the cache files kept and trusted; lockd.cachefiles' reading and writing."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import datetime as dt
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from lockd import probecache
+from lockd import kernel, probecache
 from lockd.cachefiles import read_trusted, write_atomic
 from lockd.probecache import FORMAT, CachedProbe, fingerprint, load, store
 
@@ -27,7 +29,7 @@ NOW = "2026-01-02T03:04:05+00:00"
 
 
 @pytest.fixture
-def init_pid() -> Iterator[int]:
+def init_pid(root_required: None) -> Iterator[int]:
     """A process of its own mount namespace whose /dev is a fresh tmpfs (holding ``ready``),
     standing for a container's init: the host's /dev changes under other tests (PostgreSQL's
     /dev/shm segments), this one only when a test writes to it."""
@@ -52,8 +54,11 @@ def init_pid() -> Iterator[int]:
 
 
 @pytest.fixture
-def attrs(tmp_path: Path, init_pid: int) -> dict[str, Any]:
-    """An inspect answer: overlay2 with an upper directory of one file, a running init."""
+def attrs(tmp_path: Path, init_pid: int, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """An inspect answer: overlay2 with an upper directory of one file, a running init. The
+    container's cgroup holds ``members`` (init, and what a test adds)."""
+    members = [init_pid]
+    monkeypatch.setattr(kernel, "_member_pids", lambda pid, cid: (list(members), None))
     upper = tmp_path / "upper"
     (upper / "etc").mkdir(parents=True)
     (upper / "etc/motd").write_text("hello\n")
@@ -68,23 +73,33 @@ def attrs(tmp_path: Path, init_pid: int) -> dict[str, Any]:
         "HostConfig": {"IpcMode": "private", "Tmpfs": None},
         "Mounts": [],
         "HostsPath": str(hosts),
+        "members": members,  # for the tests: not the daemon's
     }
 
 
-def key(attrs: dict[str, Any], argvs: list[list[str]] = PROBE) -> str:
-    found = fingerprint(attrs, argvs)
-    assert found is not None
-    return found
+PLACES = ["/opt/venv", "/opt/venv/lib/python3.11/site-packages", "/usr/lib/python3.11"]
+
+
+def key(attrs: dict[str, Any], argvs: list[list[str]] = PROBE, found: list[str] = PLACES) -> str:
+    got = fingerprint(attrs, argvs, found)
+    assert got is not None
+    return got
 
 
 def changed(attrs: dict[str, Any], path: tuple[str, ...], value: object) -> dict[str, Any]:
     """A copy of ``attrs`` with the value at ``path`` replaced."""
     other = copy.deepcopy(attrs)
+    other["members"] = attrs["members"]
     where = other
     for step in path[:-1]:
         where = where[step]
     where[path[-1]] = value
     return other
+
+
+def in_namespace(pid: int, *command: str) -> subprocess.Popen[bytes]:
+    """Run ``command`` in the mount namespace of ``pid`` (nsenter)."""
+    return subprocess.Popen(["nsenter", "-t", str(pid), "-m", *command])
 
 
 # --- fingerprint ---------------------------------------------------------------------------------
@@ -119,12 +134,80 @@ def test_a_file_rewritten_with_its_mtime_set_back_changes_the_fingerprint(
     assert key(attrs) != before
 
 
-def test_a_write_to_the_containers_dev_changes_the_fingerprint(
+def test_nothing_is_read_through_the_inits_root(attrs: dict[str, Any], init_pid: int) -> None:
+    """/proc/PID/root is the container's choice (a chroot'd init points it at a decoy): the
+    fingerprint reads nothing there. A write to its /dev, a tmpfs over no place the report
+    rests on, changes nothing a probe reports."""
+    before = key(attrs)
+    Path(f"/proc/{init_pid}/root/dev/shm-file").write_text("x")
+    assert key(attrs) == before
+
+
+def test_a_mount_made_in_the_containers_namespace_changes_the_fingerprint(
     attrs: dict[str, Any], init_pid: int
 ) -> None:
     before = key(attrs)
-    Path(f"/proc/{init_pid}/root/dev/shm-file").write_text("x")
+    made = in_namespace(init_pid, "mount", "-t", "tmpfs", "tmpfs", "/mnt")
+    assert made.wait() == 0
     assert key(attrs) != before
+
+
+def test_a_process_with_another_root_changes_the_fingerprint(
+    attrs: dict[str, Any], init_pid: int
+) -> None:
+    before = key(attrs)
+    chrooted = in_namespace(
+        init_pid, sys.executable, "-c", "import os, time; os.chroot('/tmp'); time.sleep(600)"
+    )
+    try:
+        while os.readlink(f"/proc/{chrooted.pid}/root") != "/tmp":
+            time.sleep(0.01)
+        attrs["members"].append(chrooted.pid)
+        assert key(attrs) != before
+    finally:
+        chrooted.kill()
+        chrooted.wait()
+
+
+def test_a_process_that_comes_and_goes_in_inits_namespace_and_root_changes_nothing(
+    attrs: dict[str, Any], init_pid: int
+) -> None:
+    """What lockd's own ``docker exec`` probe is: it must not change the fingerprint."""
+    before = key(attrs)
+    probe = in_namespace(init_pid, "sleep", "600")
+    try:
+        while os.readlink(f"/proc/{probe.pid}/ns/mnt") != os.readlink(f"/proc/{init_pid}/ns/mnt"):
+            time.sleep(0.01)
+        attrs["members"].append(probe.pid)
+        assert key(attrs) == before
+    finally:
+        probe.kill()
+        probe.wait()
+    assert key(attrs) == before  # gone: skipped
+
+
+def test_a_namespace_only_a_chrooted_process_shows_has_no_fingerprint(
+    attrs: dict[str, Any], init_pid: int
+) -> None:
+    """A chroot'd process's mountinfo leaves out what lies outside its root: with no process
+    of the namespace showing it whole, nothing is reused."""
+    other = subprocess.Popen(
+        [
+            "unshare",
+            "--mount",
+            sys.executable,
+            "-c",
+            "import os, time; os.chroot('/tmp'); time.sleep(600)",
+        ]
+    )
+    try:
+        while os.readlink(f"/proc/{other.pid}/root") != "/tmp":
+            time.sleep(0.01)
+        attrs["members"].append(other.pid)
+        assert fingerprint(attrs, PROBE, PLACES) is None
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_a_rewritten_hosts_file_changes_the_fingerprint(
@@ -150,31 +233,78 @@ def test_a_changed_setting_changes_the_fingerprint(
     assert key(changed(attrs, path, value)) != key(attrs)
 
 
-def test_another_probe_command_changes_the_fingerprint(attrs: dict[str, Any]) -> None:
+def test_another_probe_command_or_other_places_change_the_fingerprint(
+    attrs: dict[str, Any],
+) -> None:
     other = [["/usr/bin/python3", "-I", "-c", "print('probe')"]]
     assert key(attrs, other) != key(attrs)
     assert key(attrs, [*PROBE, *other]) != key(attrs)
+    assert key(attrs, PROBE, [*PLACES, "/srv/lib"]) != key(attrs)
 
 
-def test_a_file_added_in_a_mount_changes_the_fingerprint(
-    attrs: dict[str, Any], tmp_path: Path
+def volume(attrs: dict[str, Any], tmp_path: Path, destination: str) -> Path:
+    source = tmp_path / "volume"
+    source.mkdir()
+    attrs["Mounts"] = [{"Type": "bind", "Source": str(source), "Destination": destination}]
+    return source
+
+
+@pytest.mark.parametrize(
+    "destination", ["/opt/venv/lib/python3.11/site-packages", "/opt", "/opt/venv/extra"]
+)
+def test_a_change_on_the_host_side_of_a_mount_over_a_place_changes_the_fingerprint(
+    attrs: dict[str, Any], tmp_path: Path, destination: str
 ) -> None:
-    volume = tmp_path / "volume"
-    volume.mkdir()
-    attrs["Mounts"] = [{"Type": "bind", "Source": str(volume), "Destination": str(volume)}]
+    source = volume(attrs, tmp_path, destination)
     before = key(attrs)
     assert before != key(changed(attrs, ("Mounts",), []))
-    (volume / "data.bin").write_bytes(b"\0")
+    (source / "data.bin").write_bytes(b"\0")
     assert key(attrs) != before
 
 
-def test_a_tmpfs_is_walked_like_a_mount(attrs: dict[str, Any], tmp_path: Path) -> None:
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    attrs["HostConfig"]["Tmpfs"] = {str(scratch): "rw"}
+def test_a_file_bind_mounted_over_a_place_is_guarded_by_its_stat(
+    attrs: dict[str, Any], tmp_path: Path
+) -> None:
+    source = tmp_path / "ld.so.preload"
+    source.write_text("")
+    attrs["Mounts"] = [{"Type": "bind", "Source": str(source), "Destination": "/etc/ld.so.preload"}]
+    loader = probecache.places(None)  # the dynamic loader's files, whatever Python reports
+    before = key(attrs, PROBE, loader)
+    source.write_text("/evil.so\n")
+    assert key(attrs, PROBE, loader) != before
+
+
+def test_a_dataset_volume_over_no_place_is_not_walked(
+    attrs: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = volume(attrs, tmp_path, "/data")
+    walked: list[str] = []
+    monkeypatch.setattr(probecache, "_entry_digest", lambda p, n=None: walked.append(p) or "x")
     before = key(attrs)
-    (scratch / "f").write_text("")
-    assert key(attrs) != before
+    (source / "shard-0001").write_bytes(b"\0")
+    assert key(attrs) == before
+    assert str(source) not in walked
+
+
+@pytest.mark.parametrize(
+    "mounts, tmpfs",
+    [
+        ([], {"/opt/venv/lib/python3.11/site-packages": "rw"}),
+        ([{"Type": "tmpfs", "Destination": "/opt/venv", "Source": ""}], None),
+        ([{"Type": "volume", "Destination": "/opt", "Source": "/nonexistent/lockd-volume"}], None),
+    ],
+    ids=["tmpfs", "mount-type-tmpfs", "unreadable-volume"],
+)
+def test_a_mount_over_a_place_the_host_cannot_read_has_no_fingerprint(
+    attrs: dict[str, Any], mounts: list[dict[str, str]], tmpfs: dict[str, str] | None
+) -> None:
+    attrs["Mounts"], attrs["HostConfig"]["Tmpfs"] = mounts, tmpfs
+    assert fingerprint(attrs, PROBE, PLACES) is None
+    assert fingerprint(attrs, PROBE, ["/srv"]) is not None  # over no place: not read
+
+
+def test_a_place_under_the_runtimes_dev_has_no_fingerprint(attrs: dict[str, Any]) -> None:
+    assert fingerprint(attrs, PROBE, [*PLACES, "/dev/shm/site"]) is None
 
 
 @pytest.mark.parametrize(
@@ -184,13 +314,21 @@ def test_a_tmpfs_is_walked_like_a_mount(attrs: dict[str, Any], tmp_path: Path) -
         (("GraphDriver", "Data", "UpperDir"), ""),
         (("GraphDriver", "Data", "UpperDir"), "/nonexistent/lockd-upper"),
         (("State", "Pid"), 0),
-        (("Mounts",), [{"Destination": "/nonexistent/lockd-volume"}]),
     ],
 )
 def test_what_the_host_cannot_read_has_no_fingerprint(
     attrs: dict[str, Any], path: tuple[str, ...], value: object
 ) -> None:
-    assert fingerprint(changed(attrs, path, value), PROBE) is None
+    assert fingerprint(changed(attrs, path, value), PROBE, PLACES) is None
+
+
+def test_processes_the_host_cannot_list_have_no_fingerprint(
+    attrs: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        kernel, "_member_pids", lambda pid, cid: ([pid], "cannot list the processes")
+    )
+    assert fingerprint(attrs, PROBE, PLACES) is None
 
 
 def test_more_entries_than_max_entries_have_no_fingerprint(
@@ -200,9 +338,52 @@ def test_more_entries_than_max_entries_have_no_fingerprint(
     (tmp_path / "upper/etc/a").write_text("")
     (tmp_path / "upper/etc/b").write_text("")
     monkeypatch.setattr(probecache, "MAX_ENTRIES", 4)
-    assert fingerprint(attrs, PROBE) is not None
+    assert fingerprint(attrs, PROBE, PLACES) is not None
     (tmp_path / "upper/etc/c").write_text("")
-    assert fingerprint(attrs, PROBE) is None
+    assert fingerprint(attrs, PROBE, PLACES) is None
+
+
+# --- kept while nothing changed ------------------------------------------------------------------
+
+
+def test_an_answer_is_kept_only_when_nothing_changed_while_lockd_worked(
+    attrs: dict[str, Any], tmp_path: Path
+) -> None:
+    source = volume(attrs, tmp_path, "/opt/venv/lib/python3.11/site-packages")
+    (source / "six.py").write_text("")
+    time.sleep(probecache.SETTLE_NS / 1e9 + 0.05)
+    before = probecache.keys(attrs, PROBE)
+    after = probecache.keys(attrs, PROBE)
+    [(name, own)] = probecache.still_standing(CONTAINER, before, after, attrs, PLACES)
+    assert (name, own) == (CONTAINER, key(attrs))
+
+    (source / "six.py").write_text("x")  # a write on the mount's host side while it ran
+    after = probecache.keys(attrs, PROBE)
+    assert probecache.still_standing(CONTAINER, before, after, attrs, PLACES) == []
+
+    (tmp_path / "upper/etc/new").write_text("")  # and one in the upper directory
+    time.sleep(probecache.SETTLE_NS / 1e9 + 0.05)
+    before = probecache.keys(attrs, PROBE)
+    (tmp_path / "upper/etc/newer").write_text("")
+    after = probecache.keys(attrs, PROBE)
+    assert probecache.still_standing(CONTAINER, before, after, attrs, PLACES) == []
+
+
+def test_a_kept_report_is_found_under_the_places_it_rests_on(
+    attrs: dict[str, Any], tmp_path: Path
+) -> None:
+    source = volume(attrs, tmp_path, "/opt/venv/lib/python3.11/site-packages")
+    directory = tmp_path / "probe"
+
+    def load(name: str, key_for: probecache.KeyFor) -> CachedProbe | None:
+        return probecache.load(name, key_for, directory=directory)
+
+    store(CONTAINER, key(attrs), b"{}", "python3", PLACES, directory=directory)
+    found, _ = probecache.first_kept(CONTAINER, attrs, PROBE, load)
+    assert found is not None and found.stdout == b"{}"
+    (source / "evil.pth").write_text("import evil\n")
+    found, _ = probecache.first_kept(CONTAINER, attrs, PROBE, load)
+    assert found is None
 
 
 # --- the files -----------------------------------------------------------------------------------
@@ -244,6 +425,7 @@ def test_a_report_that_is_not_utf8_is_not_stored(tmp_path: Path) -> None:
     assert not (tmp_path / "probe").exists()
 
 
+@pytest.mark.usefixtures("root_required")  # chown
 def test_a_file_others_can_write_or_own_is_not_trusted(tmp_path: Path) -> None:
     path = stored(tmp_path)
     path.chmod(0o666)
@@ -322,6 +504,7 @@ def test_read_trusted_refuses_a_file_others_can_write(tmp_path: Path, mode: int)
     assert read_trusted(path, 10) is None
 
 
+@pytest.mark.usefixtures("root_required")  # chown
 def test_read_trusted_refuses_a_file_of_another_user(tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"x")

@@ -1,6 +1,8 @@
 """The probe cache's sibling fingerprint without Docker: what identical containers of one image
-share, read from real upper directories (content, not inodes or times) and the /dev of real
-processes of their own mount namespace (standing for two containers' init processes)."""
+share, read from real upper directories (content, not inodes or times), with real processes of
+their own mount namespace standing for two containers' init processes (whose /dev is never
+read: it is reached only through their root, the container's choice). The shape of the
+kernel's view (lockd.kernel) is a stand-in here; tests/unit/test_kernel.py covers it."""
 
 from __future__ import annotations
 
@@ -15,14 +17,14 @@ from typing import Any
 
 import pytest
 
-from lockd import probecache
+from lockd import kernel, probecache
 from lockd.probecache import fingerprint, sibling_fingerprint
 
 PROBE = [["/opt/venv/bin/python", "-I", "-c", "print('probe')"]]
 
 
 @pytest.fixture
-def sandbox() -> Iterator[Callable[[], int]]:
+def sandbox(root_required: None) -> Iterator[Callable[[], int]]:
     """``sandbox()``: the pid of a new process of its own mount namespace whose /dev is a fresh
     tmpfs holding ``ready`` (the same content in each), standing for a container's init."""
     started: list[subprocess.Popen[bytes]] = []
@@ -85,10 +87,18 @@ def attrs_of(
     }
 
 
+PLACES = ["/opt/venv"]
+
+
 @pytest.fixture
-def pair(tmp_path: Path, sandbox: Callable[[], int]) -> tuple[dict[str, Any], dict[str, Any]]:
+def pair(
+    tmp_path: Path, sandbox: Callable[[], int], monkeypatch: pytest.MonkeyPatch
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Two identical containers of one image: other ids, hostnames, labels, start times and init
-    processes; upper directories of the same content made apart (other inodes, other times)."""
+    processes; upper directories of the same content made apart (other inodes, other times).
+    Each one's cgroup holds its init; the shape of its kernel view is ``attrs["shape"]``."""
+    monkeypatch.setattr(kernel, "_member_pids", lambda pid, cid: ([pid], None))
+    monkeypatch.setattr(probecache, "kernel_shape", lambda attrs: attrs.get("shape", "one"))
     first = populate(tmp_path / "a")
     time.sleep(0.05)  # past the coarse clock of file times
     second = populate(tmp_path / "b")
@@ -132,8 +142,9 @@ def test_identical_containers_share_the_sibling_fingerprint_not_their_own(
     assert a["State"] != b["State"]
     assert sibling(a) == sibling(b)
     assert sibling(a) == sibling(copy.deepcopy(a))
-    assert fingerprint(a, PROBE) != fingerprint(b, PROBE)
-    assert sibling(a) != fingerprint(a, PROBE)
+    own_a, own_b = fingerprint(a, PROBE, PLACES), fingerprint(b, PROBE, PLACES)
+    assert own_a is not None and own_b is not None and own_a != own_b
+    assert sibling(a) != own_a
 
 
 def test_a_files_times_alone_do_not_change_the_sibling_fingerprint(
@@ -191,12 +202,22 @@ def test_an_extra_empty_file_changes_the_sibling_fingerprint(
     assert sibling(a) != sibling(b)
 
 
-def test_a_write_to_one_containers_dev_changes_its_sibling_fingerprint(
+def test_nothing_is_read_through_a_containers_root(
+    pair: tuple[dict[str, Any], dict[str, Any]],
+) -> None:
+    """/proc/PID/root is the container's choice (a chroot'd init points it at a decoy): its
+    /dev, a tmpfs over no place a probe's report rests on, is not compared."""
+    a, b = pair
+    Path(f"/proc/{b['State']['Pid']}/root/dev/shm-file").write_text("x")
+    assert sibling(a) == sibling(b)
+
+
+def test_another_shape_of_the_kernels_view_changes_the_sibling_fingerprint(
     pair: tuple[dict[str, Any], dict[str, Any]],
 ) -> None:
     a, b = pair
-    Path(f"/proc/{b['State']['Pid']}/root/dev/shm-file").write_text("")
-    assert sibling(a) != sibling(b)
+    assert sibling({**b, "shape": "two"}) != sibling(a)
+    assert sibling_fingerprint({**b, "shape": None}, PROBE) is None
 
 
 @pytest.mark.parametrize(
@@ -270,11 +291,11 @@ def test_more_content_than_max_content_bytes_has_none(
     pair: tuple[dict[str, Any], dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a, _ = pair
-    total = len(b"hello\n") + len(b"threads = 4\n")  # /dev holds one empty file
+    total = len(b"hello\n") + len(b"threads = 4\n")
     monkeypatch.setattr(probecache, "MAX_CONTENT_BYTES", total)
     assert sibling_fingerprint(a, PROBE) is not None
-    (Path(f"/proc/{a['State']['Pid']}/root/dev/shm-file")).write_bytes(b"x")
-    assert sibling_fingerprint(a, PROBE) is None  # the budget spans the upper directory and /dev
+    (upper(a) / "tmp/f").write_bytes(b"x")
+    assert sibling_fingerprint(a, PROBE) is None
 
 
 def test_more_entries_than_max_entries_have_none(
