@@ -12,9 +12,10 @@ Finding kinds, failing: ``added``, ``changed``, ``deleted`` (a change the manife
 have, or has with other content), ``reverted`` (a recorded change is gone: the image's file is
 back, or an added file removed), ``unverified`` (the manifest recorded content the observation
 cannot show, or recorded none: the daemon's changes API, a manifest of predicate v1),
-``truncated`` (more changes than lockd reads). Not failing: ``runtime``, ``narrowed`` (the
-policy's ``watch`` leaves changes out of the check), ``unchecked`` (a place lockd does not read
-that the policy does not call volatile).
+``truncated`` (more changes than lockd reads), ``unread`` (a place Python imports from lies
+below a default volatile place, which lockd does not read). Not failing: ``runtime``,
+``narrowed`` (the policy's ``watch`` leaves changes out of the check), ``unchecked`` (a place
+lockd does not read that the policy does not call volatile).
 """
 
 from __future__ import annotations
@@ -25,7 +26,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from lockd.model import EMPTY_SHA256, MAX_CHANGES, FileChange, Finding, HostEvidence, Manifest
-from lockd.policy import Policy, Volatile, narrowed, python_places, volatile_places
+from lockd.policy import (
+    DEFAULT_VOLATILE,
+    Policy,
+    Volatile,
+    narrowed,
+    python_places,
+    volatile_places,
+)
 
 MAX_LISTED = 1000
 """The most findings the `filesystem` check lists; its message counts the rest by kind."""
@@ -104,12 +112,12 @@ def _empty(change: FileChange) -> bool:
 
 
 def _kernel_points(host: HostEvidence) -> set[str] | None:
-    """The mount points the kernel lists for the container (another part of lockd reads them);
-    None where that view is absent."""
-    kernel = getattr(host, "kernel", None)
-    if kernel is None:
+    """Where the kernel lists an expected mount in the container's namespaces (lockd.kernel:
+    declared by the daemon, the runtime or the NVIDIA toolkit); None where that view is absent
+    (lockd not root, or a manifest recorded before it was kept)."""
+    if host.kernel is None:
         return None
-    return {str(getattr(m, "mount_point", "")) for m in getattr(kernel, "mounts", [])}
+    return {m.mount_point for m in host.kernel.mounts if m.declared is not None}
 
 
 def runtime_change(
@@ -272,6 +280,7 @@ def judge_changes(manifest: Manifest, observed: HostEvidence, policy: Policy) ->
                 "changes elsewhere are not checked",
             )
         )
+    judged.failing += _unread_python(manifest, observed)
     mine = set(fs.volatile + fs.ignore)
     judged.notes += [
         Finding(
@@ -284,6 +293,35 @@ def judge_changes(manifest: Manifest, observed: HostEvidence, policy: Policy) ->
         if pattern not in mine
     ]
     return judged
+
+
+def _unread_python(manifest: Manifest, observed: HostEvidence) -> list[Finding]:
+    """A place Python imports from that lies where the walk did not go (a virtualenv under
+    ~/.cache, as Poetry makes them): its changes were never read, which must not pass."""
+    if not observed.changes_skipped or manifest.observation.probe is None:
+        return []
+    probe = manifest.observation.probe
+    never = [p for p in DEFAULT_VOLATILE if p.startswith("!")]
+    env = observed.config_env
+    walk = volatile_places(observed.changes_skipped + never, env, python_places(env))
+    places = {probe.python.prefix, *probe.python.path, *(d.location for d in probe.distributions)}
+    findings = []
+    for place in sorted(p.rstrip("/") for p in places if p.startswith("/")):
+        parts = place.strip("/").split("/")
+        for depth in range(1, len(parts) + 1):
+            above = "/" + "/".join(parts[:depth])
+            if walk.skips(above):
+                findings.append(
+                    Finding(
+                        kind="unread",
+                        path=place,
+                        message=f"Python imports from here, but lockd does not read changes "
+                        f"below {above} (volatile by default): they cannot be checked; keep "
+                        "Python environments out of the volatile places",
+                    )
+                )
+                break
+    return findings
 
 
 def _compare(

@@ -14,7 +14,7 @@ from observations import (
 )
 
 from lockd.compare import compare, verified
-from lockd.model import EMPTY_SHA256, Check, Observation, TargetInfo
+from lockd.model import EMPTY_SHA256, Check, KernelMount, KernelView, Observation, TargetInfo
 from lockd.policy import (
     DEFAULT_VOLATILE,
     Checks,
@@ -139,7 +139,11 @@ def test_filesystem_denies_by_default() -> None:
         file(f"{SITE}/idna/__pycache__/core.cpython-311.pyc"),
         file("/etc/hostname", "added", sha=EMPTY_SHA256, size=0),
     ]
-    check = filesystem(with_content([]), with_content(changes))
+    hostname = KernelMount(
+        mount_point="/etc/hostname", fstype="ext4", source="/dev/x", root="/h", declared="runtime"
+    )
+    seen = with_content(changes, kernel=KernelView(processes=1, namespaces=1, mounts=[hostname]))
+    check = filesystem(with_content([]), seen)
     assert check.status == "fail"
     assert check.evidence == "host"
     assert [(f.kind, f.path) for f in check.findings] == [
@@ -422,3 +426,25 @@ def test_audit_policy_never_fails() -> None:
     checks = compare(manifest(), seen, audit)
     assert {c.status for c in checks} == {"warn", "pass", "skip"}  # skip: no lock
     assert verified(checks)
+
+
+def test_a_python_environment_where_lockd_does_not_read_fails() -> None:
+    """A virtualenv under ~/.cache (Poetry's default): the walk does not descend there, so its
+    changes would never be seen; that is a finding, not a pass."""
+    venv = "/root/.cache/pypoetry/virtualenvs/app-1/lib/python3.11/site-packages"
+    python = probe().python
+    recorded = observation(
+        host_evidence=host(changes_content=True),
+        report=probe(python=python.model_copy(update={"path": [*python.path, venv]})),
+    )
+    seen = with_content([], changes_skipped=[p for p in DEFAULT_VOLATILE if p[0] != "!"])
+    check = filesystem(recorded, seen)
+    assert check.status == "fail"
+    [finding] = check.findings
+    assert (finding.kind, finding.path) == ("unread", venv)
+    assert finding.message == (
+        "Python imports from here, but lockd does not read changes below /root/.cache "
+        "(volatile by default): they cannot be checked; keep Python environments out of the "
+        "volatile places"
+    )
+    assert filesystem(observation(host_evidence=host(changes_content=True)), seen).status == "pass"

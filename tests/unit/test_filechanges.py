@@ -18,7 +18,7 @@ import pytest
 from observations import host, manifest, observation
 
 from lockd.filechanges import describe, judge_changes, runtime_change
-from lockd.model import EMPTY_SHA256, FileChange, HostEvidence, Mount
+from lockd.model import EMPTY_SHA256, FileChange, HostEvidence, KernelMount, KernelView, Mount
 from lockd.policy import Policy
 
 DRIVER = "550.54.15"
@@ -106,11 +106,31 @@ UPPER = sorted(
 """The GPU container's upper directory (/run/nvidia-persistenced/socket, volatile, left out)."""
 
 
-def gpu_host(changes: list[FileChange] = UPPER, *, gpus: bool = True) -> HostEvidence:
+def kernel_view(mountinfo: str, gpus: bool = True) -> KernelView:
+    """The kernel's view as lockd.kernel would give it: every mount of MOUNTINFO, declared
+    (the container's root, the runtime's standard set, the daemon's bind, the toolkit's)."""
+    mounts = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        point, fstype, source = fields[4], fields[-3], fields[-2]
+        nvidia = "nvidia" in point or point.startswith("/lib/firmware")
+        declared = "gpu" if nvidia and gpus else None if nvidia else "runtime"
+        mounts.append(
+            KernelMount(
+                mount_point=point, fstype=fstype, source=source, root=fields[3], declared=declared
+            )
+        )
+    return KernelView(processes=1, namespaces=1, mounts=mounts)
+
+
+def gpu_host(
+    changes: list[FileChange] = UPPER, *, gpus: bool = True, kernel: bool = True
+) -> HostEvidence:
     return host(
         changes=changes,
         changes_content=True,
         gpus_requested=gpus,
+        kernel=kernel_view(MOUNTINFO, gpus) if kernel else None,
         mounts=[
             Mount(destination="/app/config.yaml", source="/srv/app.yaml", type="bind", rw=False)
         ],
@@ -131,8 +151,11 @@ def test_every_change_the_gpu_runtime_makes_is_runtime_evidence() -> None:
     assert why[f"{LIB}/libcuda.so"] == "a link the NVIDIA container toolkit makes to libcuda.so.1"
     assert why["/etc/ld.so.cache"] == "rewritten by the NVIDIA container toolkit's ldconfig hook"
     assert why["/app/config.yaml"] == "the mount point of a mount Docker makes"
-    # and without the kernel's view (lockd not root, or older): the daemon's word
+    # the same from HostEvidence's own kernel view, and without one (lockd not root, or a
+    # manifest recorded before it was kept): the daemon's word
     assert all(runtime_change(c, evidence) for c in evidence.changes)
+    without = gpu_host(kernel=False)
+    assert all(runtime_change(c, without) for c in without.changes)
 
 
 def test_the_filesystem_check_lists_them_without_failing() -> None:
@@ -153,7 +176,13 @@ def test_a_manifest_recorded_on_another_driver_verifies_here() -> None:
         link(f"{LIB}/libcuda.so.1", "libcuda.so.535.104.05"),
         written("/etc/ld.so.cache", sha="4" * 64),
     ]
-    recorded = manifest(observation(host_evidence=gpu_host(other)))
+    there = host(
+        changes=other,
+        changes_content=True,
+        gpus_requested=True,
+        kernel=kernel_view(MOUNTINFO.replace(DRIVER, "535.104.05")),
+    )
+    recorded = manifest(observation(host_evidence=there))
     assert judge_changes(recorded, gpu_host(), Policy()).failing == []
 
 
@@ -187,9 +216,9 @@ def test_a_real_change_cannot_hide_behind_the_runtime(change: FileChange, why: s
     points = mount_points(MOUNTINFO)
     assert runtime_change(change, evidence, points) is None
     if why == "not mounted":
-        # without the kernel's view lockd takes the daemon's word for an empty file: it has
-        # no bytes to run; with it (lockd.kernel), the file must be mounted over
-        return
+        # without the kernel's view lockd takes the daemon's word for an empty file (it has
+        # no bytes to run); with it (lockd.kernel), the file must be mounted over
+        assert runtime_change(change, gpu_host([*UPPER, change], kernel=False)) is not None
     changes = [c for c in evidence.changes if c.path != change.path] + [change]
     seen = gpu_host(sorted(changes, key=lambda c: c.path), gpus=gpus)
     recorded = manifest(observation(host_evidence=host(changes_content=True)))
