@@ -3,12 +3,12 @@ line in a child process, and a key pair made by it; the fixtures that stand for 
 needs beyond ``pip install -e '.[all,dev]'`` (root, the network, torch, Python 3.8), and the
 markers applied from them.
 
-Markers are never written by hand on a test: ``pytest_collection_modifyitems`` below applies
-them by directory (tests/integration, tests/service, tests/pages) and by the fixtures a test
-asks for, directly or through other fixtures (``docker_client`` makes a test ``integration``
-wherever it is). ``scripts/test --quick`` deselects them all (``QUICK``); the full run selects
-everything, and a test whose requirement is missing fails, saying what to install: it never
-skips.
+Markers need not be written by hand on a test: ``pytest_collection_modifyitems`` below
+applies them by directory (tests/integration, tests/service, tests/pages, tests/install) and
+by the fixtures a test asks for, directly or through other fixtures (``docker_client`` makes a
+test ``integration`` wherever it is). ``scripts/test --quick`` deselects them all
+(``QUICK``); the full run selects everything, and a test whose requirement is missing fails,
+saying what to install: it never skips.
 """
 
 from __future__ import annotations
@@ -30,7 +30,12 @@ TEST_PASSWORD = "correct horse"  # of the keys the `keypair` fixture makes
 
 # --- markers ------------------------------------------------------------------------------------
 
-DIRECTORY_MARKERS = {"integration": "integration", "service": "service", "pages": "pages"}
+DIRECTORY_MARKERS = {
+    "integration": "integration",
+    "service": "service",
+    "pages": "pages",
+    "install": "network",  # fresh venvs resolved from the package index
+}
 """tests/<folder>/: the marker of every test in it."""
 FIXTURE_MARKERS = {
     "docker_client": "integration",  # tests/integration/conftest.py: the real daemon

@@ -26,11 +26,8 @@ SETUP = "run scripts/setup (as root) to prepare this machine"
 _HERE = Path(__file__).resolve().parent
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test under tests/integration/ is marked ``integration``."""
-    for item in items:
-        if item.path.is_relative_to(_HERE):
-            item.add_marker(pytest.mark.integration)
+# Every test here, and every test anywhere that asks for docker_client, is marked
+# ``integration`` by tests/conftest.py.
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import ast
 import base64
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -29,6 +28,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -104,7 +104,7 @@ def _thrust_archs(path: Path) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def torchaudio_wheel() -> Path:
+def torchaudio_wheel(network_access: None) -> Path:
     return _download(TORCHAUDIO)
 
 
@@ -139,7 +139,7 @@ def test_libctc_prefix_decoder_one_container(torchaudio_wheel: Path) -> None:
     assert (found["sass"], found["ptx"], found["containers"]) == (GENERIC_2_6, ["compute_50"], 1)
 
 
-def test_libtorch_cuda_of_torch_2_6_0(tmp_path: Path) -> None:
+def test_libtorch_cuda_of_torch_2_6_0(tmp_path: Path, network_access: None) -> None:
     """The issue's key assertion: sm_50, 60, 70, 75, 80, 86, 90 and no PTX. Two of its 341
     containers (FlashAttention-3-style Hopper kernels) also carry an arch-specific sm_90a cubin,
     which runs only on compute capability 9.0: cuobjdump lists the same two."""
@@ -173,10 +173,8 @@ def test_libtorch_cuda_of_torch_2_6_0(tmp_path: Path) -> None:
     assert int(grown.stdout) < 64 * 1024  # KiB
 
 
-def test_a_shared_object_without_cuda_code() -> None:
-    spec = importlib.util.find_spec("torch")
-    assert spec is not None and spec.origin is not None
-    torch_lib = Path(spec.origin).parent / "lib"
+def test_a_shared_object_without_cuda_code(torch_module: ModuleType) -> None:
+    torch_lib = Path(torch_module.__file__ or "").parent / "lib"  # the CPU wheel's
     assert fatbin.scan_binary(str(torch_lib / "libc10.so")) is None
 
 
@@ -240,23 +238,10 @@ def test_the_reader_runs_on_python_3_8_syntax() -> None:
     ast.parse(reader_source(), feature_version=(3, 8))
 
 
-def _old_python() -> str | None:
-    root = os.environ.get("PYENV_ROOT", str(Path.home() / ".pyenv"))
-    for candidate in sorted(Path(root, "versions").glob("3.8.*/bin/python3")):
-        if subprocess.run([candidate, "-c", "pass"], check=False).returncode == 0:
-            return str(candidate)
-    return None
-
-
-OLD_PYTHON = _old_python()
-
-
-@pytest.mark.skipif(OLD_PYTHON is None, reason="no Python 3.8 on this machine")
-def test_python_3_8_reads_the_same(libtorchaudio: Path) -> None:
+def test_python_3_8_reads_the_same(libtorchaudio: Path, old_python: str) -> None:
     script = Path(fatbin.__file__)
-    assert OLD_PYTHON is not None
     old = subprocess.run(
-        [OLD_PYTHON, str(script), str(libtorchaudio)], capture_output=True, check=True
+        [old_python, str(script), str(libtorchaudio)], capture_output=True, check=True
     )
     assert json.loads(old.stdout)["fatbin"] == fatbin.scan_binary(str(libtorchaudio))
 

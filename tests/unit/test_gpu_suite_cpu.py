@@ -7,7 +7,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.metadata
-import importlib.util
 import json
 import os
 import subprocess
@@ -23,13 +22,6 @@ from lockd.model import GpuSuiteResult, GpuTestStats
 from lockd.probe import environment
 
 Lockd = Callable[..., subprocess.CompletedProcess[str]]  # the `lockd` fixture (tests/conftest.py)
-
-if importlib.util.find_spec("torch") is None:  # pragma: no cover - a set-up error, not a skip
-    pytest.fail(
-        "torch is not installed in this environment: scripts/setup installs the CPU torch "
-        "(pip install torch==2.13.0) that these tests run the suite on",
-        pytrace=False,
-    )
 
 CPU_TESTS = {
     "fp32_matmul",
@@ -62,14 +54,17 @@ def suite(cwd: Path, *args: str, env: dict[str, str] | None = None) -> GpuSuiteR
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[GpuSuiteResult, GpuSuiteResult]:
-    """The whole suite, torch.compile included, in two fresh processes."""
+def two_runs(
+    tmp_path_factory: pytest.TempPathFactory, torch_module: object
+) -> tuple[GpuSuiteResult, GpuSuiteResult]:
+    """The whole suite, torch.compile included, in two fresh processes (on the CPU torch:
+    torch_module fails the tests, never skips them, where it is missing)."""
     cwd = tmp_path_factory.mktemp("suite")
     return suite(cwd), suite(cwd)
 
 
 @pytest.fixture(scope="module")
-def overridden(tmp_path_factory: pytest.TempPathFactory) -> GpuSuiteResult:
+def overridden(tmp_path_factory: pytest.TempPathFactory, torch_module: object) -> GpuSuiteResult:
     """A run with TF32 on, cudnn.benchmark on and another CUBLAS_WORKSPACE_CONFIG (given the
     way a person testing lockd gives them: LOCKD_GPU_SUITE_OVERRIDES)."""
     cwd = tmp_path_factory.mktemp("overridden")
@@ -228,7 +223,7 @@ CPU = {"LOCKD_GPU_DEVICE": "cpu"}  # this machine has no GPU: the suite's CPU fa
 
 
 def test_record_append_and_verify_with_the_suite(
-    keypair: tuple[Path, Path], tmp_path: Path, lockd: Lockd
+    keypair: tuple[Path, Path], tmp_path: Path, lockd: Lockd, torch_module: object
 ) -> None:
     key, pub = keypair
     out = tmp_path / "m.dsse.json"

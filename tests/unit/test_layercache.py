@@ -170,6 +170,7 @@ def container_tree(tmp_path: Path, cache: Path) -> HostTree:
     )
 
 
+@pytest.mark.usefixtures("root_required")  # mknod: an overlay whiteout
 def test_lower_files_come_from_the_cache_and_the_upper_dirs_are_hashed(tmp_path: Path) -> None:
     """A lower layer with a distribution; the container edited one file (in its upper
     directory) and deleted another (a whiteout); the merged directory shows both."""
@@ -204,6 +205,7 @@ def test_lower_files_come_from_the_cache_and_the_upper_dirs_are_hashed(tmp_path:
     assert run() == (expected, 4, 1)  # rehashed: another mtime
 
 
+@pytest.mark.usefixtures("root_required")  # mknod: an overlay whiteout
 def test_what_the_container_writes_while_lockd_hashes_is_unstable(tmp_path: Path) -> None:
     """Files are read in the lower layer; what the container writes into its upper directory
     meanwhile (here: just before lockd reads the upper directory again) makes exactly the

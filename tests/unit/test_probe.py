@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import ast
-import glob
 import hashlib
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -355,35 +353,13 @@ def test_source_is_python_3_8_syntax() -> None:
     ast.parse(probe_source(), feature_version=(3, 8))
 
 
-def old_pythons() -> list[str]:
-    """Interpreters older than this one that actually run (pyenv shims may not)."""
-    candidates = [shutil.which(f"python3.{minor}") for minor in (8, 9)]
-    root = os.environ.get("PYENV_ROOT", str(Path.home() / ".pyenv"))
-    candidates += sorted(glob.glob(f"{root}/versions/3.[89].*/bin/python3"))
-    found: dict[str, str] = {}
-    for candidate in candidates:
-        if not candidate:
-            continue
-        result = subprocess.run(
-            [candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode == 0:
-            found.setdefault(result.stdout.strip(), candidate)
-    return [found[version] for version in sorted(found)]
-
-
-OLD_PYTHONS = old_pythons()
-
-
-@pytest.mark.skipif(not OLD_PYTHONS, reason="no Python 3.8 or 3.9 on this machine")
-@pytest.mark.parametrize("python", OLD_PYTHONS)
-def test_runs_on_old_pythons(tmp_path: Path, site: Path, python: str) -> None:
+def test_runs_on_python_3_8(tmp_path: Path, site: Path, old_python: str) -> None:
+    """The probe's contract: it runs on the oldest interpreter a container may have. The
+    old_python fixture (tests/conftest.py) finds a Python 3.8, and fails the test where there
+    is none: deselected by scripts/test --quick, never skipped by the full run."""
     dist_info(site, "Foo_Bar-1.2.dist-info", "Foo_Bar", "1.2", record=RECORD, installer="pip")
-    report = run_probe(tmp_path, site, python=python, env={"CUDA_HOME": "/cuda"})
-    assert report.python.version.startswith(("3.8.", "3.9."))
+    report = run_probe(tmp_path, site, python=old_python, env={"CUDA_HOME": "/cuda"})
+    assert report.python.version.startswith("3.8.")
     assert by_name(report)["foo-bar"].files == 3
     assert report.env["CUDA_HOME"] == "/cuda"
 
