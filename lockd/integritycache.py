@@ -10,7 +10,7 @@ over the places the result rests on, configuration, image, the host: all read on
 none through /proc/PID/root), of the distributions the probe
 reported, of the ignore patterns and of lockd's own code; and of the image's layer files, which
 the daemon never changes but root on the host could. So the result is kept under a fingerprint
-of the former, with guards for the latter: the size, mtime, ctime and inode number of every
+of the former, with guards for the latter: the size, mtime, ctime, inode number and mode of every
 lower-layer file lockd read or took from the layer cache, and of every lower-layer directory it
 listed. A later ``verify --deep`` of the same container takes the result again when the
 fingerprint is the same, the probe reports the same distributions and every guard still holds
@@ -63,12 +63,12 @@ __all__ = [
     "store",
 ]
 
-FORMAT = "lockd-integrity-cache/3"
+FORMAT = "lockd-integrity-cache/3"  # 3: places, mode in guards
 MAX_FILES = 256
 MAX_FILE_BYTES = 64 * 1024 * 1024
 
-Guard = tuple[str, int, int, int, int]
-"""(host path, size, mtime_ns, ctime_ns, inode) of a lower-layer file or directory."""
+Guard = tuple[str, int, int, int, int, int]
+"""(host path, size, mtime_ns, ctime_ns, inode, mode) of a lower-layer file or directory."""
 
 
 @dataclass(frozen=True)
@@ -100,15 +100,15 @@ def cache_dir() -> Path:
 
 
 def guard(path: str, st: os.stat_result) -> Guard:
-    return path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+    return path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode
 
 
 def guard_digest(guards: Iterable[Guard]) -> str:
     """One digest of guards, in their order."""
     digest = hashlib.sha256()
-    for path, size, mtime, ctime, inode in guards:
+    for path, size, mtime, ctime, inode, mode in guards:
         name = path.encode("utf-8", "surrogateescape")
-        digest.update(b"%s\0%d %d %d %d\n" % (name, size, mtime, ctime, inode))
+        digest.update(b"%s\0%d %d %d %d %o\n" % (name, size, mtime, ctime, inode, mode))
     return digest.hexdigest()
 
 
