@@ -26,11 +26,14 @@ from test_probe_reuse import reused as probe_reused
 CHROOT_INIT = (
     "import os, time\n"
     "os.makedirs('/decoy/opt/venv', exist_ok=True)\n"
+    "os.makedirs('/decoy/dev', exist_ok=True)\n"
     "os.chroot('/decoy')\n"
     "os.chdir('/')\n"
     "time.sleep(10**6)\n"
 )
-"""PID 1 of the first attack: chroot() into a decoy directory, then wait."""
+"""PID 1 of the first attack: chroot() into a decoy directory (with the /dev and mount points
+a walk through /proc/PID/root looked for: lockd before this change then kept and took again
+its --deep result, exit 0 after the edit), then wait."""
 
 
 def chrooted(pid: int) -> bool:
