@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from pathlib import Path
 
+import pytest
 from observations import observation, probe
 
+from lockd import kernel
 from lockd.policy import default_policy
 from lockd.watch.fingerprint import (
     combine,
     host_key,
     ignorable,
+    kernel_key,
     mount_digest,
     tree_digest,
     watched_mounts,
@@ -138,3 +143,54 @@ def test_an_ignored_place_on_sys_path_still_counts(tmp_path: Path) -> None:
     assert not skip("/tmp/lib/pkg.py", False)
     assert skip("/var/log/app.log", False)
     assert not skip("/opt/venv/lib/python3.11/site-packages/x.py", False)
+
+
+def test_a_file_bind_mounted_is_guarded_by_its_stat(tmp_path: Path) -> None:
+    source = tmp_path / "ld.so.preload"
+    source.write_text("")
+    mount = ("/etc/ld.so.preload", str(source), "bind", True)
+    before = mount_digest(mount)
+    assert before is not None
+    source.write_text("/evil.so\n")
+    assert mount_digest(mount) != before
+    source.chmod(0o600)
+    assert mount_digest(mount) not in (None, before)
+
+
+def test_the_kernel_key_follows_mounts_made_in_the_namespace_not_processes_coming_and_going(
+    root_required: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent's own probe (a ``docker exec`` in init's namespace and root) must not make the
+    container due again; a mount made inside must."""
+    init = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sleep", "600"])
+    mine = os.readlink("/proc/self/ns/mnt")
+    others: list[subprocess.Popen[bytes]] = []
+    try:
+        while os.readlink(f"/proc/{init.pid}/ns/mnt") == mine:
+            time.sleep(0.01)
+        members = [init.pid]
+        monkeypatch.setattr(kernel, "_member_pids", lambda pid, cid: (list(members), None))
+        attrs = {"Id": "c" * 64, "State": {"Pid": init.pid}}
+        before = kernel_key(attrs)
+        assert before is not None
+        probe = subprocess.Popen(["nsenter", "-t", str(init.pid), "-m", "sleep", "600"])
+        others.append(probe)
+        while os.readlink(f"/proc/{probe.pid}/ns/mnt") == mine:
+            time.sleep(0.01)
+        members.append(probe.pid)
+        assert kernel_key(attrs) == before
+        mounted = subprocess.run(
+            ["nsenter", "-t", str(init.pid), "-m", "mount", "-t", "tmpfs", "tmpfs", "/mnt"],
+            check=False,
+        )
+        assert mounted.returncode == 0
+        assert kernel_key(attrs) not in (None, before)
+    finally:
+        for process in [init, *others]:
+            process.kill()
+            process.wait()
+
+
+def test_no_kernel_key_for_processes_the_host_cannot_attribute() -> None:
+    """pid 1 of this host is in no cgroup of a container called c...c: nothing to trust."""
+    assert kernel_key({"Id": "c" * 64, "State": {"Pid": 1}}) is None
