@@ -173,7 +173,8 @@ def verify_attested(
         ServerError: the service cannot be reached or refuses.
     """
     from lockd.model import Check
-    from lockd.verify import check_signature_for, report_for
+    from lockd.report import report_for
+    from lockd.verify import check_signature_for
 
     if client is not None and _service_holds(client, observation):
         from lockd.client import verify_remote

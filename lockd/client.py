@@ -201,11 +201,11 @@ def verify_remote(
     Raises:
         ServerError: the service cannot be reached or holds no manifest for the target.
     """
-    from lockd.compare import compare, verified
     from lockd.dsse import Envelope
-    from lockd.model import Check, Report, ReportManifest
+    from lockd.model import ReportManifest
+    from lockd.report import build_report, manifest_reference, target_summary
     from lockd.statement import parse_statement, subjects_for
-    from lockd.verify import LATER_CHECKS, check_signature
+    from lockd.verify import check_signature
 
     info = observation.target
     digests = ["sha256:" + s.digest["sha256"] for s in subjects_for(observation)]
@@ -222,34 +222,13 @@ def verify_remote(
     except (KeyError, ValueError) as e:
         raise ServerError(f"{source}: the answer carries no valid envelope ({e})") from e
     signature, keyids = check_signature(envelope, trusted)
-    summary: dict[str, object] = {"kind": info.kind, "ref": info.ref}
-    if observation.host is not None:
-        summary["image_id"] = observation.host.image_id
-    if signature.status == "fail":
-        untrusted = "not compared: the manifest's signature is not trusted"
-        report = Report(
-            verified=False,
-            target=summary,
-            manifest=ReportManifest(path=source),
-            checks=[
-                signature,
-                *(
-                    Check(id=c, status="skip", evidence="signature", message=untrusted)
-                    for c in LATER_CHECKS
-                ),
-            ],
-        )
-    else:
+    reference = ReportManifest(path=source)
+    compared = None
+    if signature.status != "fail":
         subjects, manifest = parse_statement(envelope.payload_bytes(), source)
-        checks = [signature, *compare(manifest, observation, policy)]
-        report = Report(
-            verified=verified(checks),
-            target=summary,
-            manifest=ReportManifest(
-                path=source, subject=[s.model_dump() for s in subjects], keyid=keyids[0]
-            ),
-            checks=checks,
-        )
+        reference = manifest_reference(source, subjects, keyids)
+        compared = (manifest, observation)
+    report = build_report(target_summary(info, observation), signature, reference, compared, policy)
     client.push_report(report)
     return report
 

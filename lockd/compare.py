@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from operator import attrgetter
 
+from lockd.checks import COMPARED
 from lockd.model import (
     Check,
     Distribution,
@@ -897,36 +898,41 @@ def check_libraries(manifest: Manifest, observation: Observation, p: Policy) -> 
     )
 
 
+Runner = Callable[[Manifest, Observation, Policy], Check]
+
+
+def _inside(check_id: str, run: Callable[[ProbeReport, ProbeReport, Policy], Check]) -> Runner:
+    """A check of two probe reports, skipped where either has none."""
+    return lambda m, o, p: _inside_check(
+        check_id, m.observation.probe, o, lambda want, have: run(want, have, p)
+    )
+
+
+RUNNERS: dict[str, Runner] = {
+    "image": lambda m, o, p: check_image(m.observation.host, o.host, p),
+    "packages": _inside("packages", check_packages),
+    "filesystem": lambda m, o, p: check_filesystem(m, o.host, p),
+    "python": _inside("python", check_python),
+    "env": check_env,
+    "system": _inside("system", check_system),
+    "lock": check_lock,
+    "cuda": _inside("cuda", check_cuda),
+    "driver": lambda m, o, p: _inside_check(
+        "driver", m.observation.probe, o, lambda _want, _have: check_driver(m, o, p)
+    ),
+    "gpu": check_gpu,
+    "integrity": lambda _m, o, p: check_integrity(o, p),
+    "coherence": lambda _m, o, p: check_coherence(o, p),
+    "libraries": check_libraries,
+    "isolation": lambda _m, o, p: check_isolation(o, p),
+}
+"""How compare() runs each check of the registry (lockd.checks), by id."""
+
+
 def compare(manifest: Manifest, observation: Observation, policy: Policy) -> list[Check]:
-    """Every check except `signature` (the caller verified the envelope before trusting it)."""
-    recorded = manifest.observation
-    return [
-        check_image(recorded.host, observation.host, policy),
-        _inside_check(
-            "packages", recorded.probe, observation, lambda e, o: check_packages(e, o, policy)
-        ),
-        check_filesystem(manifest, observation.host, policy),
-        _inside_check(
-            "python", recorded.probe, observation, lambda e, o: check_python(e, o, policy)
-        ),
-        check_env(manifest, observation, policy),
-        _inside_check(
-            "system", recorded.probe, observation, lambda e, o: check_system(e, o, policy)
-        ),
-        check_lock(manifest, observation, policy),
-        _inside_check("cuda", recorded.probe, observation, lambda e, o: check_cuda(e, o, policy)),
-        _inside_check(
-            "driver",
-            recorded.probe,
-            observation,
-            lambda e, o: check_driver(manifest, observation, policy),
-        ),
-        check_gpu(manifest, observation, policy),
-        check_integrity(observation, policy),
-        check_coherence(observation, policy),
-        check_libraries(manifest, observation, policy),
-        check_isolation(observation, policy),
-    ]
+    """Every check except `signature` (the caller verified the envelope before trusting it), in
+    the registry's order."""
+    return [RUNNERS[check_id](manifest, observation, policy) for check_id in COMPARED]
 
 
 def verified(checks: Iterable[Check]) -> bool:

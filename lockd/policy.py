@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from lockd.checks import REGISTRY, SIGNATURE, Level
 from lockd.errors import PolicyError
-
-Level = Literal["required", "warn", "ignore"]
 
 DEFAULT_VOLATILE = (
     # temporary directories
@@ -102,22 +101,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class Checks(_Strict):
-    signature: Level = "required"
-    image: Level = "required"
-    packages: Level = "required"
-    filesystem: Level = "required"
-    python: Level = "required"
-    env: Level = "required"
-    system: Level = "required"
-    lock: Level = "required"
-    cuda: Level = "required"
-    driver: Level = "required"
-    gpu: Level = "required"
-    integrity: Level = "required"
-    coherence: Level = "required"
-    libraries: Level = "required"
-    isolation: Level = "warn"  # chroot'd processes, --privileged, CAP_SYS_ADMIN (lockd.kernel)
+if TYPE_CHECKING:
+    Checks = BaseModel
+else:
+    Checks = create_model(
+        "Checks",
+        __base__=_Strict,
+        __doc__="The level of every check (lockd.checks), defaulting to the strict policy's.",
+        **{kind.id: (Level, kind.default) for kind in REGISTRY.values()},
+    )
+"""A model with one field per check of the registry, so a policy cannot miss or mistype one."""
 
 
 class PackagesPolicy(_Strict):
@@ -186,7 +179,7 @@ def parse_policy(text: str, source: str) -> Policy:
         policy = Policy.model_validate(data)
     except ValidationError as e:
         raise PolicyError(f"{source}: {_describe(e)}") from e
-    if policy.checks.signature != "required":
+    if policy.level(SIGNATURE) != "required":
         raise PolicyError(
             f"{source}: checks.signature must be 'required': an untrusted manifest proves nothing"
         )

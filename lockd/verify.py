@@ -17,27 +17,12 @@ from lockd.fileio import read_capped
 if TYPE_CHECKING:
     from lockd.dsse import Envelope
     from lockd.keys import PublicKey
-    from lockd.model import Check, Manifest, Observation, Report, TargetInfo
+    from lockd.model import Check, Manifest, Observation, Report
     from lockd.policy import Policy
     from lockd.statement import Subject
     from lockd.targets.base import Target
 
 MAX_ENVELOPE_BYTES = 64 * 1024 * 1024
-LATER_CHECKS = (
-    "image",
-    "packages",
-    "filesystem",
-    "python",
-    "env",
-    "system",
-    "lock",
-    "cuda",
-    "driver",
-    "gpu",
-    "integrity",
-    "coherence",
-    "isolation",
-)
 
 
 def load_envelope(path: Path) -> Envelope:
@@ -72,48 +57,6 @@ def check_signature_for(keyids: Sequence[str], note: str = "") -> Check:
     )
 
 
-def skipped_checks(why: str) -> list[Check]:
-    """Every check after ``signature``, skipped: there is no trusted manifest to compare with."""
-    from lockd.model import Check
-
-    return [Check(id=c, status="skip", evidence="signature", message=why) for c in LATER_CHECKS]
-
-
-def report_for(
-    observation: Observation,
-    where: str,
-    signature: Check,
-    keyids: Sequence[str],
-    statement: tuple[list[Subject], Manifest] | None,
-    policy: Policy,
-) -> Report:
-    """``observation`` against the manifest from ``where``: with its trusted Statement, every
-    check; without one (``signature`` says why), the others skipped."""
-    from lockd.compare import compare, verified
-    from lockd.model import Report, ReportManifest
-
-    summary = _target_summary(observation.target, observation)
-    if statement is None:
-        return Report(
-            verified=False,
-            target=summary,
-            manifest=ReportManifest(path=where),
-            checks=[signature, *skipped_checks("not compared: no trusted manifest")],
-        )
-    subjects, manifest = statement
-    checks = [signature, *compare(manifest, observation, policy)]
-    return Report(
-        verified=verified(checks),
-        target=summary,
-        manifest=ReportManifest(
-            path=where,
-            subject=[s.model_dump() for s in subjects],
-            keyid=keyids[0] if keyids else None,
-        ),
-        checks=checks,
-    )
-
-
 def open_manifest(
     path: Path, trusted: Sequence[PublicKey]
 ) -> tuple[Check, list[str], tuple[list[Subject], Manifest] | None]:
@@ -125,15 +68,6 @@ def open_manifest(
     if signature.status == "fail":
         return signature, keyids, None
     return signature, keyids, parse_statement(envelope.payload_bytes(), str(path))
-
-
-def _target_summary(info: TargetInfo, observation: Observation | None) -> dict[str, object]:
-    summary: dict[str, object] = {"kind": info.kind, "ref": info.ref}
-    if observation is not None and observation.host is not None:
-        summary["image_id"] = observation.host.image_id
-    if observation is not None and observation.probe_reused_from is not None:
-        summary["probe_reused_from"] = observation.probe_reused_from
-    return summary
 
 
 def reach_and_observe(
@@ -201,8 +135,6 @@ def verify_target(
     An untrusted envelope fails `signature` and nothing else is compared: whatever the target
     says cannot be held against an untrusted record (a target error then does not matter).
     """
-    from lockd.model import Report, ReportManifest
-
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockd-probe") as pool:
         ignore = policy.filesystem.patterns() if deep else None
         # (else the caller started reach_and_observe(reach, gpu) itself); a mistyped path
@@ -212,20 +144,16 @@ def verify_target(
         signature, keyids, statement = open_manifest(manifest_path, trusted)
         if observing is None:
             observing = pool.submit(reach_and_observe, reach, gpu, ignore, cache=cache)
+        # imported once the probe is on its way: the models and compare() load meanwhile
+        from lockd.model import ReportManifest
+        from lockd.report import build_report, report_for, target_summary
+
         if statement is None:
-            checks = [
-                signature,
-                *skipped_checks("not compared: the manifest's signature is not trusted"),
-            ]
             try:
-                target_summary = _target_summary(observing.result()[0].info, None)
+                target: dict[str, object] = target_summary(observing.result()[0].info)
             except LockdError as e:
-                target_summary = {"error": e.diagnostics()}
-            return Report(
-                verified=False,
-                target=target_summary,
-                manifest=ReportManifest(path=str(manifest_path)),
-                checks=checks,
-            )
+                target = {"error": e.diagnostics()}
+            reference = ReportManifest(path=str(manifest_path))
+            return build_report(target, signature, reference, None, policy)
         _, observation = observing.result()
     return report_for(observation, str(manifest_path), signature, keyids, statement, policy)

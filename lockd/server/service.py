@@ -24,16 +24,15 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 from starlette.concurrency import run_in_threadpool
 
 from lockd import dsse
-from lockd.compare import compare, verified
 from lockd.errors import InputError, LockdError, PolicyError, SignatureError
 from lockd.model import Check, Manifest, Observation, Report, ReportManifest
 from lockd.policy import POLICY_NAME, Policy, default_policy, find_policy, parse_policy
+from lockd.report import build_report, manifest_reference, target_summary
 from lockd.server.groupcommit import GroupCommit
 from lockd.server.metrics import Metrics
 from lockd.statement import Subject, parse_statement, subjects_for
 from lockd.store.engine import is_sqlite
 from lockd.store.repository import NewVerification, VerificationRecord
-from lockd.verify import LATER_CHECKS
 
 if TYPE_CHECKING:
     from lockd.keys import PublicKey
@@ -73,11 +72,7 @@ class TrustedManifest:
     @cached_property
     def reference(self) -> ReportManifest:
         """How every report on this manifest names it."""
-        return ReportManifest(
-            path=f"/v1/manifests/{self.digest}",
-            subject=[s.model_dump() for s in self.subjects],
-            keyid=self.keyids[0],
-        )
+        return manifest_reference(f"/v1/manifests/{self.digest}", self.subjects, self.keyids)
 
 
 def payload_digest(envelope: dsse.Envelope) -> str:
@@ -126,16 +121,6 @@ def parse_labels(raw: Sequence[str], *, need_value: bool) -> dict[str, str | Non
             raise InputError(f"label {key!r} is given twice")
         labels[key] = value
     return labels
-
-
-def _target_summary(observation: Observation) -> dict[str, object]:
-    summary: dict[str, object] = {
-        "kind": observation.target.kind,
-        "ref": observation.target.ref,
-    }
-    if observation.host is not None:
-        summary["image_id"] = observation.host.image_id
-    return summary
 
 
 class Service:
@@ -326,28 +311,15 @@ class Service:
         observation: Observation,
         policy: Policy,
     ) -> Report:
-        target = _target_summary(observation)
-        path = f"/v1/manifests/{digest}"
+        target = target_summary(observation.target, observation)
         if isinstance(trusted, SignatureError):
-            untrusted = "not compared: the manifest's signature is not trusted"
-            return Report(
-                verified=False,
-                target=target,
-                manifest=ReportManifest(path=path),
-                checks=[
-                    Check(
-                        id="signature", status="fail", evidence="signature", message=str(trusted)
-                    ),
-                    *(
-                        Check(id=c, status="skip", evidence="signature", message=untrusted)
-                        for c in LATER_CHECKS
-                    ),
-                ],
+            signature = Check(
+                id="signature", status="fail", evidence="signature", message=str(trusted)
             )
-        checks = [trusted.signature, *compare(trusted.manifest, observation, policy)]
-        return Report(
-            verified=verified(checks), target=target, manifest=trusted.reference, checks=checks
-        )
+            reference = ReportManifest(path=f"/v1/manifests/{digest}")
+            return build_report(target, signature, reference, None, policy)
+        compared = (trusted.manifest, observation)
+        return build_report(target, trusted.signature, trusted.reference, compared, policy)
 
     def client_report(self, report: Report, *, actor: str) -> NewVerification:
         """The row to store a report a client made (``lockd verify --server``) as, that

@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from lockd.compare import compare, verified
 from lockd.dsse import Envelope
 from lockd.errors import LockdError, ServerError
 from lockd.fileio import write_atomic
 from lockd.fleet import MAX_FINDINGS, Verdict
 from lockd.model import Check, Finding, Manifest, Observation, Report, ReportManifest
+from lockd.report import build_report, manifest_reference, target_summary
 from lockd.statement import Subject, parse_statement
-from lockd.verify import LATER_CHECKS, check_signature
+from lockd.verify import check_signature
 
 if TYPE_CHECKING:
     from lockd.client import Client
@@ -136,37 +136,14 @@ def judge(
     for the image, so ``unrecorded``). Pure."""
     if opened is None:
         return Judgement("unrecorded", None, (f"no manifest for image {image_id}",), None, None)
-    target: dict[str, object] = {"kind": observation.target.kind, "ref": observation.target.ref}
-    if observation.host is not None:
-        target["image_id"] = observation.host.image_id
-    if opened.statement is None:
-        untrusted = "not compared: the manifest's signature is not trusted"
-        checks = [
-            opened.signature,
-            *(
-                Check(id=c, status="skip", evidence="signature", message=untrusted)
-                for c in LATER_CHECKS
-            ),
-        ]
-        report = Report(
-            verified=False,
-            target=target,
-            manifest=ReportManifest(path=opened.source),
-            checks=checks,
-        )
-    else:
+    target = target_summary(observation.target, observation)
+    reference = ReportManifest(path=opened.source)
+    compared = None
+    if opened.statement is not None:
         subjects, manifest = opened.statement
-        checks = [opened.signature, *compare(manifest, observation, policy)]
-        report = Report(
-            verified=verified(checks),
-            target=target,
-            manifest=ReportManifest(
-                path=opened.source,
-                subject=[s.model_dump() for s in subjects],
-                keyid=opened.keyids[0] if opened.keyids else None,
-            ),
-            checks=checks,
-        )
+        reference = manifest_reference(opened.source, subjects, opened.keyids)
+        compared = (manifest, observation)
+    report = build_report(target, opened.signature, reference, compared, policy)
     return Judgement(
         "pass" if report.verified else "fail",
         opened.digest,
