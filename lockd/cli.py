@@ -184,7 +184,7 @@ def record(
     write_atomic(out, recorded.envelope.to_json(), force=force or in_place)
     console = _console()
     if observation.gpu_suite is not None:
-        from lockd.gpu import summary
+        from lockd.gpucompare import summary
 
         console.print(summary(observation.gpu_suite))
         if append is not None:
@@ -466,9 +466,11 @@ def compat(
 ) -> None:
     """Which GPUs and drivers a torch/CUDA build runs on; with --driver/--gpu, exit 0 when it
     runs there, 1 when not."""
-    from lockd.compat import assess, load_build, render_text
+    from lockd.compat import MAX_SOURCE_BYTES, assess, build_from_bytes, render_text
+    from lockd.fileio import read_capped
 
-    result = assess(load_build(source), driver=driver, gpus=gpu or [])
+    data = read_capped(source, limit=MAX_SOURCE_BYTES, what="manifest or lock")
+    result = assess(build_from_bytes(data, str(source)), driver=driver, gpus=gpu or [])
     sys.stdout.write(result.to_json() + "\n" if json else render_text(result))
     raise typer.Exit(0 if result.verdict is None or result.verdict.runs else 1)
 
@@ -511,7 +513,7 @@ def lock(
     from lockd.extras import require_extra
 
     require_extra("lock", "lock")
-    from lockd.lockfile import LockRequest, compile_lock
+    from lockd.lockcompile import LockRequest, compile_lock
 
     compiled = compile_lock(
         LockRequest(

@@ -640,7 +640,7 @@ def check_gpu(manifest: Manifest, observation: Observation, p: Policy) -> Check:
     observed = observation.gpu_suite
     if not recorded:
         return _skip("gpu", "inside", "the manifest holds no GPU suite results (record --gpu)")
-    from lockd.gpu import compare_suites, describe
+    from lockd.gpucompare import compare_suites, describe
 
     if observed is None:
         where = ", ".join(describe(r) for r in recorded)

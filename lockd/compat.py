@@ -23,7 +23,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote
 
@@ -36,6 +35,8 @@ if TYPE_CHECKING:
     from lockd.model import Manifest
 
 MAX_SOURCE_BYTES = 64 * 1024 * 1024
+"""The largest manifest or lock the compat command reads (the caller reads it: this module
+only parses bytes)."""
 Capability = tuple[int, int]
 
 # --- compilation targets ----------------------------------------------------------------------
@@ -506,14 +507,6 @@ def build_from_bytes(data: bytes, source: str) -> Build:
             f"{source}: neither a lockd manifest (JSON) nor a requirements file (UTF-8 text)"
         ) from e
     return build_from_requirements(text, source)
-
-
-def load_build(path: Path) -> Build:
-    """Read `path` (a manifest or a requirements.txt lock). Raises InputError naming it."""
-    from lockd.fileio import read_capped
-
-    data = read_capped(path, limit=MAX_SOURCE_BYTES, what="manifest or lock")
-    return build_from_bytes(data, str(path))
 
 
 # --- the assessment --------------------------------------------------------------------------

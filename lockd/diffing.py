@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from lockd.gpu import DEFAULT_TOLERANCE, TOLERANCES, deviation, key_differences
+from lockd.gpucompare import DEFAULT_TOLERANCE, TOLERANCES, deviation, key_differences
 from lockd.model import GpuSuiteResult, GpuTestResult, Manifest
 from lockd.statement import Subject
 

@@ -13,7 +13,7 @@ from importlib.util import find_spec
 from lockd.errors import InputError
 
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
-    "lock": ("piptools",),  # uv: its wheel's binary, else any uv on PATH (lockd.lockfile)
+    "lock": ("piptools",),  # uv: its wheel's binary, else any uv on PATH (lockd.lockcompile)
     "server": ("fastapi", "uvicorn", "sqlalchemy", "alembic", "jinja2", "prometheus_client"),
 }
 """The modules an extra installs that its commands import (psycopg is imported only for a

@@ -121,7 +121,7 @@ def append_gpu_result(manifest_path: Path, key: PrivateKey, observation: Observa
             recorded result of the same key has other bits.
     """
     from lockd.compare import compare
-    from lockd.gpu import merge_result
+    from lockd.gpucompare import merge_result
     from lockd.policy import default_policy
     from lockd.verify import open_manifest
 

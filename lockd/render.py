@@ -155,7 +155,7 @@ def print_manifest(
             f"{g.sm_count or '-'} SMs  uuid sha256:{(g.uuid_sha256 or '-')[:16]}"
         )
     if manifest.gpu_suites:
-        from lockd.gpu import summary
+        from lockd.gpucompare import summary
 
         for result in manifest.gpu_suites:
             console.print(escape(summary(result)) + f" (recorded {result.recorded_at or '-'})")

@@ -171,7 +171,7 @@ def _start_webhook(app: FastAPI, service: Service) -> WebhookWorker | None:
 
 def app_from_env() -> FastAPI:
     """For ``uvicorn --factory lockd.server.app:app_from_env`` (several workers)."""
-    from lockd.server.run import tune_gc
+    from lockd.server.tuning import tune_gc
 
     app = create_app(Settings.from_env())
     tune_gc()

@@ -263,7 +263,7 @@ def manifest_page(
 ) -> HTMLResponse:
     """Everything a manifest records, at a URL that stays: ``/m/sha256:<hex>``."""
     from lockd.dsse import Envelope
-    from lockd.gpu import describe
+    from lockd.gpucompare import describe
     from lockd.statement import parse_statement
 
     record = service.store.get_manifest(digest)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import getpass
 import logging
 
@@ -11,24 +10,11 @@ from pydantic import ValidationError
 from lockd.errors import InputError
 from lockd.server.schemas import TokenCreate
 from lockd.server.settings import Settings
+from lockd.server.tuning import tune_gc
 from lockd.store.migrate import upgrade
 from lockd.store.repository import Store
 
 log = logging.getLogger("lockd.server")
-# Allocations (net of frees) between young collections of the cyclic garbage collector.
-GC_THRESHOLD = 50_000
-
-
-def tune_gc() -> None:
-    """For a long-running server, once its app is built: everything alive now (modules, the
-    app, pydantic's schemas: ~100k objects) moves out of the collector's sight (gc.freeze), and
-    young collections wait for 50k net allocations instead of 700. A request allocates and
-    frees thousands of objects (a parsed observation), so the default thresholds ran a
-    collection for nearly every request and a full one, over everything, every ~200; that was
-    about a fifth of a verification's CPU time."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_THRESHOLD, 20, 100)
 
 
 def open_store(settings: Settings, *, migrate: bool = True) -> Store:

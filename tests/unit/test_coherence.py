@@ -26,7 +26,7 @@ from lockd.coherence import (
 from lockd.coherence_data import DECLARED, OVERRIDES, TORCH_RELEASES
 from lockd.compare import check_coherence, compare, verified
 from lockd.errors import InputError, RefusedError
-from lockd.lockfile import choose_resolver, in_requirements, render_header
+from lockd.lockcompile import choose_resolver, in_requirements, render_header
 from lockd.model import FamilyImport, FamilyImports, Observation
 from lockd.policy import Checks, Policy
 from lockd.probe.environment import family_import
@@ -319,7 +319,7 @@ def test_a_resolution_that_strays_is_constrained_again_except_what_the_in_pins()
 
 
 def test_an_explicit_incoherent_pin_is_refused_before_resolving(tmp_path: Path) -> None:
-    from lockd.lockfile import LockRequest, compile_lock
+    from lockd.lockcompile import LockRequest, compile_lock
 
     source = tmp_path / "requirements.in"
     source.write_text("torch==2.6.0\ntorchaudio==2.5.1\n")

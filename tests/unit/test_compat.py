@@ -12,6 +12,7 @@ import observations as obs
 import pytest
 
 from lockd import dsse, keys
+from lockd.cli import main
 from lockd.compat import (
     Build,
     Target,
@@ -20,7 +21,6 @@ from lockd.compat import (
     build_from_manifest,
     build_from_requirements,
     kernel_for,
-    load_build,
     parse_arch_flags,
     parse_driver,
     render_text,
@@ -65,7 +65,8 @@ def lock(tmp_path: Path, text: str = REQUIREMENTS) -> Path:
 
 @pytest.fixture
 def build_2_6(tmp_path: Path) -> Build:
-    return load_build(lock(tmp_path))
+    path = lock(tmp_path)
+    return build_from_bytes(path.read_bytes(), str(path))
 
 
 # --- the Done-when lines, on a torch 2.6.0 + cu124 lock ---------------------------------
@@ -461,12 +462,14 @@ def test_a_file_that_is_neither_text_nor_json(tmp_path: Path) -> None:
     path = tmp_path / "blob"
     path.write_bytes(b"\xff\xfe\x00torch")
     with pytest.raises(InputError, match="blob: neither a lockd manifest"):
-        load_build(path)
+        build_from_bytes(path.read_bytes(), str(path))
 
 
-def test_a_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="missing.txt: no such manifest or lock file"):
-        load_build(tmp_path / "missing.txt")
+def test_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["compat", str(tmp_path / "missing.txt")])
+    assert e.value.code == 2
+    assert "missing.txt: no such manifest or lock file" in " ".join(capsys.readouterr().err.split())
 
 
 # --- manifests --------------------------------------------------------------------------------
@@ -502,7 +505,7 @@ def test_an_envelope_gives_the_same_build(tmp_path: Path) -> None:
     envelope = dsse.sign(statement, PAYLOAD_TYPE, keys.generate_private_key())
     path = tmp_path / "m.dsse.json"
     path.write_bytes(envelope.to_json())
-    result = assess(load_build(path), gpus=["B200"])
+    result = assess(build_from_bytes(path.read_bytes(), str(path)), gpus=["B200"])
     assert result.ptx
     assert result.verdict is not None
     assert result.verdict.reasons == ["B200, sm_100: PTX compute_90 JIT"]

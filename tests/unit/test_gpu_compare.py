@@ -12,14 +12,13 @@ from observations import dist, manifest, observation, probe
 
 from lockd.compare import compare
 from lockd.errors import ProbeError, RefusedError
-from lockd.gpu import (
+from lockd.gpu import parse_suite_output, suite_signature
+from lockd.gpucompare import (
     TOLERANCES,
     compare_suites,
     deviation,
     key_differences,
     merge_result,
-    parse_suite_output,
-    suite_signature,
     summary,
 )
 from lockd.model import (

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from lockd.gpu import compare_suites, parse_suite_output, suite_argv, suite_source
+from lockd.gpu import parse_suite_output, suite_argv, suite_source
+from lockd.gpucompare import compare_suites
 from lockd.model import GpuSuiteResult, GpuTestStats
 from lockd.probe import environment
 

@@ -11,17 +11,14 @@ from observations import SITE, dist, manifest, observation, probe
 
 from lockd.compare import compare, lock_findings
 from lockd.errors import InputError, RefusedError
+from lockd.lockcompile import LockRequest, compile_lock, render_header, uv_platform
 from lockd.lockfile import (
     Lock,
-    LockRequest,
-    compile_lock,
     cuda_stack,
     lock_info,
     parse_lock,
     read_lock,
-    render_header,
     require_hashes,
-    uv_platform,
 )
 from lockd.model import (
     Check,
