@@ -121,7 +121,10 @@ def _kernel_points(host: HostEvidence) -> set[str] | None:
 
 
 def runtime_change(
-    change: FileChange, host: HostEvidence, points: set[str] | None = None
+    change: FileChange,
+    host: HostEvidence,
+    points: set[str] | None = None,
+    volatile: Volatile | None = None,
 ) -> str | None:
     """Why ``change`` is the container runtime's doing rather than the container's, or None.
 
@@ -131,7 +134,8 @@ def runtime_change(
     there, only where something is mounted. A symbolic link counts when the toolkit's
     ldconfig made it: an NVIDIA library's name, in the same folder as the NVIDIA library it
     points to, which is itself one of the toolkit's mount points. /etc/ld.so.cache and
-    ldconfig's aux-cache count only in a container that asked for GPUs. Anything else,
+    ldconfig's aux-cache count only in a container that asked for GPUs, the cache only when
+    lockd read it and none of its entries is in a ``volatile`` place. Anything else,
     including a mount point with content, is the container's change."""
     path = change.path
     if points is None:
@@ -149,6 +153,8 @@ def runtime_change(
         return None
     if not host.gpus_requested:
         return None
+    if path == "/etc/ld.so.cache":
+        return _ld_cache(change, volatile)
     if path in LDCONFIG_OUTPUTS:
         return (
             "rewritten by the NVIDIA container toolkit's ldconfig hook"
@@ -163,6 +169,18 @@ def runtime_change(
         if _empty(change) and (points is None or path in points):
             return "the mount point of a driver file the NVIDIA container toolkit mounts"
     return None
+
+
+def _ld_cache(change: FileChange, volatile: Volatile | None) -> str | None:
+    """/etc/ld.so.cache as the toolkit's ldconfig leaves it: read on the host, every entry in
+    a folder that is not volatile (so each library it names is the image's, or a change of its
+    own that is judged). Unread (the daemon's API) or pointing into /tmp: the container's."""
+    folders = change.cache_dirs
+    if change.type != "file" or folders is None:
+        return None
+    if volatile is not None and any(f.rstrip("/") + "/lib.so" in volatile for f in folders):
+        return None
+    return "rewritten by the NVIDIA container toolkit's ldconfig hook"
 
 
 def _toolkit_link(
@@ -231,7 +249,7 @@ def _index(
         if change.path in volatile:
             skipped += 1
             continue
-        why = runtime_change(change, host, points)
+        why = runtime_change(change, host, points, volatile)
         if why is not None:
             runtime.append((change, why))
         else:

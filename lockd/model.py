@@ -314,6 +314,8 @@ class FileChange(Frozen):
     size: Annotated[int, Field(ge=0)] | None = None
     sha256: Hex64 | None = None
     target: Str | None = None  # a symbolic link's target, as written
+    # /etc/ld.so.cache: the folders its entries point the loader to (None: not parsed)
+    cache_dirs: Annotated[list[Str], Field(max_length=1024)] | None = None
 
 
 class Mount(Frozen):

@@ -455,7 +455,59 @@ def _sha256(path: str, st: os.stat_result) -> str | None:
     return digest.hexdigest()
 
 
-def _content(path: str, st: os.stat_result) -> dict[str, Any]:
+_LD_CACHE = "/etc/ld.so.cache"
+_LD_CACHE_MAX = 64 * 1024 * 1024
+_NEW_MAGIC = b"glibc-ld.so.cache1.1"
+_OLD_MAGIC = b"ld.so-1.7.0"
+
+
+def ld_cache_folders(data: bytes) -> list[str] | None:
+    """The folders the entries of an ld.so.cache point the dynamic loader to (glibc's format,
+    "glibc-ld.so.cache1.1", alone or after the old "ld.so-1.7.0" table), read the way ld.so
+    reads them: each entry's value offset, the string there. None when it is not such a file
+    or any entry points outside it: a cache lockd cannot read is not the toolkit's."""
+    import struct
+
+    base = 0
+    if data.startswith(_OLD_MAGIC):
+        if len(data) < 16:
+            return None
+        (old,) = struct.unpack_from("<I", data, 12)
+        base = (16 + old * 12 + 7) & ~7
+    if data[base : base + len(_NEW_MAGIC)] != _NEW_MAGIC or len(data) < base + 48:
+        return None
+    (count,) = struct.unpack_from("<I", data, base + 20)
+    if base + 48 + count * 24 > len(data):
+        return None
+    folders: set[str] = set()
+    for i in range(count):
+        (value,) = struct.unpack_from("<I", data, base + 48 + i * 24 + 8)
+        start = base + value
+        end = data.find(b"\0", start)
+        if value == 0 or start >= len(data) or end < 0:
+            return None
+        path = data[start:end].decode("utf-8", "surrogateescape")
+        if not path.startswith("/"):
+            return None
+        folders.add(posixpath.normpath(posixpath.dirname(path)))
+    return sorted(folders)[:1024] if len(folders) <= 1024 else None
+
+
+def _ld_cache(path: str, st: os.stat_result) -> list[str] | None:
+    if st.st_size > _LD_CACHE_MAX:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = f.read(_LD_CACHE_MAX + 1)
+    return ld_cache_folders(data)
+
+
+def _content(path: str, st: os.stat_result, where: str = "") -> dict[str, Any]:
     """What a FileChange holds of an entry of the upper directory (see FileChange)."""
     kind: FileType = next((name for test, name in _TYPES if test(st.st_mode)), "file")
     found: dict[str, Any] = {
@@ -467,6 +519,8 @@ def _content(path: str, st: os.stat_result) -> dict[str, Any]:
     if kind == "file":
         found["size"] = st.st_size
         found["sha256"] = _sha256(path, st)
+        if where == _LD_CACHE:
+            found["cache_dirs"] = _ld_cache(path, st)
     elif kind == "symlink":
         with suppress(OSError):
             found["target"] = _fit(os.readlink(path))
@@ -534,7 +588,9 @@ def changes_from_overlay(
                 changes[path] = FileChange(path=_fit(path), kind="deleted")
             else:
                 kind: ChangeKind = "changed" if layers.contains(rel) else "added"
-                changes[path] = FileChange(path=_fit(path), kind=kind, **_content(entry.path, st))
+                changes[path] = FileChange(
+                    path=_fit(path), kind=kind, **_content(entry.path, st, path)
+                )
             if len(changes) > limit:
                 break
     return [changes[path] for path in sorted(changes)][: limit + 1]

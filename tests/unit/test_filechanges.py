@@ -19,7 +19,8 @@ from observations import host, manifest, observation
 
 from lockd.filechanges import describe, judge_changes, runtime_change
 from lockd.model import EMPTY_SHA256, FileChange, HostEvidence, KernelMount, KernelView, Mount
-from lockd.policy import Policy
+from lockd.policy import DEFAULT_VOLATILE, Policy, volatile_places
+from lockd.targets.docker import ld_cache_folders
 
 DRIVER = "550.54.15"
 LIB = "/usr/lib/x86_64-linux-gnu"
@@ -98,7 +99,9 @@ UPPER = sorted(
         *(empty(p) for p in MOUNTED_FILES),
         *(link(p, t) for p, t in LINKS.items()),
         empty("/app/config.yaml"),  # the mount point of a declared file bind mount
-        written("/etc/ld.so.cache"),
+        written("/etc/ld.so.cache").model_copy(
+            update={"cache_dirs": [LIB, "/lib/x86_64-linux-gnu"]}
+        ),
         written("/var/cache/ldconfig/aux-cache", "added"),
     ],
     key=lambda c: c.path,
@@ -174,7 +177,7 @@ def test_a_manifest_recorded_on_another_driver_verifies_here() -> None:
     other = [
         empty(f"{LIB}/libcuda.so.535.104.05"),
         link(f"{LIB}/libcuda.so.1", "libcuda.so.535.104.05"),
-        written("/etc/ld.so.cache", sha="4" * 64),
+        written("/etc/ld.so.cache", sha="4" * 64).model_copy(update={"cache_dirs": [LIB]}),
     ]
     there = host(
         changes=other,
@@ -189,8 +192,15 @@ def test_a_manifest_recorded_on_another_driver_verifies_here() -> None:
 @pytest.mark.parametrize(
     ("change", "why"),
     [
-        # /etc/ld.so.cache rewritten in a container that asked for no GPU
-        (written("/etc/ld.so.cache"), "no gpus"),
+        # /etc/ld.so.cache rewritten in a container that asked for no GPU, or pointing the
+        # loader into a volatile place, or not read (the daemon's changes API)
+        (written("/etc/ld.so.cache").model_copy(update={"cache_dirs": [LIB]}), "no gpus"),
+        (
+            written("/etc/ld.so.cache").model_copy(update={"cache_dirs": [LIB, "/tmp/evil"]}),
+            "loader into /tmp",
+        ),
+        (written("/etc/ld.so.cache"), "not parsed"),
+        (FileChange(path="/etc/ld.so.cache", kind="changed"), "not read"),
         # a driver library's mount point with content: the library was replaced
         (written(f"{LIB}/libcuda.so.{DRIVER}", "added"), "content"),
         # an empty file where the kernel lists no mount
@@ -214,7 +224,8 @@ def test_a_real_change_cannot_hide_behind_the_runtime(change: FileChange, why: s
     gpus = why != "no gpus"
     evidence = gpu_host([*UPPER, written(f"{LIB}/libnvidia-x.so.2", "added")], gpus=gpus)
     points = mount_points(MOUNTINFO)
-    assert runtime_change(change, evidence, points) is None
+    volatile = volatile_places(DEFAULT_VOLATILE, {})
+    assert runtime_change(change, evidence, points, volatile) is None
     if why == "not mounted":
         # without the kernel's view lockd takes the daemon's word for an empty file (it has
         # no bytes to run); with it (lockd.kernel), the file must be mounted over
@@ -250,3 +261,52 @@ def test_the_kernel_view_confirms_the_mount_points() -> None:
 )
 def test_describe(change: FileChange, line: str) -> None:
     assert describe(change) == line
+
+
+def ld_cache(paths: list[str], *, old: int = 0, shift: int = 0) -> bytes:
+    """An ld.so.cache in glibc's format (``old``: entries of the old table before it), its
+    entries' values pointing at ``paths`` (``shift`` bytes into each string)."""
+    import struct
+
+    head = b""
+    if old:
+        head = b"ld.so-1.7.0\0" + struct.pack("<I", old) + b"\0" * (12 * old)
+        head += b"\0" * (-len(head) % 8)
+    strings = b""
+    offsets = []
+    table = 48 + 24 * len(paths)
+    for path in paths:
+        offsets.append(table + len(strings) + shift)
+        strings += path.encode() + b"\0"
+    new = b"glibc-ld.so.cache1.1" + struct.pack("<IIB3xI12x", len(paths), len(strings), 2, 0)
+    for value in offsets:
+        new += struct.pack("<iIIIQ", 0x303, value, value, 0, 0)
+    return head + new + strings
+
+
+@pytest.mark.parametrize(
+    ("data", "folders"),
+    [
+        (
+            ld_cache([f"{LIB}/libz.so.1", "/lib/x86_64-linux-gnu/libc.so.6"]),
+            ["/lib/x86_64-linux-gnu", LIB],
+        ),
+        (ld_cache([f"{LIB}/libz.so.1"], old=3), [LIB]),
+        # what ld.so reads: the string at the value's offset, not the string around it
+        (ld_cache(["/usr/lib/x/tmp/evil/libc.so.6"], shift=10), ["/tmp/evil"]),
+        (ld_cache(["libc.so.6"]), None),  # not an absolute path
+        (ld_cache([f"{LIB}/libz.so.1"])[:60], None),  # cut short
+        (b"garbage", None),
+        (b"", None),
+    ],
+)
+def test_ld_cache_folders(data: bytes, folders: list[str] | None) -> None:
+    assert ld_cache_folders(data) == folders
+
+
+def test_this_hosts_ld_cache_reads() -> None:
+    from pathlib import Path
+
+    folders = ld_cache_folders(Path("/etc/ld.so.cache").read_bytes())  # a glibc host's own
+    assert folders
+    assert all(f.startswith("/") for f in folders)
