@@ -359,7 +359,7 @@ def _verify(
         from lockd.client import Client, verify_remote
 
         client = None if server is None else Client.from_env(server)
-        ignore = chosen.filesystem.ignore if deep else None
+        ignore = chosen.filesystem.patterns() if deep else None
         _, observation = (
             early.result()
             if early is not None
