@@ -581,6 +581,8 @@ def changes_from_overlay(
                             gone = "/" + hidden
                             if volatile is None or gone not in volatile:
                                 changes[gone] = FileChange(path=_fit(gone), kind="deleted")
+                            if len(changes) > limit:
+                                break
                 stack.append(rel)
             elif volatile is not None and path in volatile:
                 continue
