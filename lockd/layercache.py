@@ -6,7 +6,7 @@ by its chain ID (``RootFS.Layers`` of the image, chained), stores it in one dire
 overlay2 ``LowerDir`` entries, top first) and never writes to it again. So lockd keeps each
 such file's digest, keyed by (chain ID, path inside the layer), and takes it from the cache
 the next time, on any container of an image that shares the layer, as long as the file's size,
-mtime, ctime and inode number are still those it hashed (a cheap guard: extracting the layer
+mtime, ctime, inode number and mode are still those it hashed (a cheap guard: extracting the layer
 again gives new inodes and ctimes).
 
 Which layer provides a file follows overlayfs (``resolve_dir``, ``provider``: pure): the
@@ -57,7 +57,7 @@ __all__ = [
     "step_dir",
 ]
 
-FORMAT = "lockd-deep-cache/1"
+FORMAT = "lockd-deep-cache/2"  # 2: the mode joins the guard
 MAX_FILES = 256
 """Layer files kept in the cache directory."""
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -314,11 +314,11 @@ def cache_dir() -> Path:
     return cache_root() / "deep"
 
 
-_Guard = tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode
+_Guard = tuple[int, int, int, int, int]  # size, mtime_ns, ctime_ns, inode, mode
 
 
 def _guard(st: os.stat_result) -> _Guard:
-    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode
 
 
 class DigestCache:
@@ -348,8 +348,8 @@ class DigestCache:
             if document.get("format") != FORMAT or document.get("layer") != key:
                 raise ValueError("another format")
             entries: dict[str, tuple[_Guard, str]] = {}
-            for rel, (size, mtime, ctime, inode, digest) in document["files"].items():
-                guard = (size, mtime, ctime, inode)
+            for rel, (size, mtime, ctime, inode, mode, digest) in document["files"].items():
+                guard = (size, mtime, ctime, inode, mode)
                 if not all(type(n) is int for n in guard) or not isinstance(digest, str):
                     raise ValueError("a malformed entry")
                 entries[rel] = guard, digest

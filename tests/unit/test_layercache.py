@@ -198,7 +198,7 @@ def test_lower_files_come_from_the_cache_and_the_upper_dirs_are_hashed(tmp_path:
     # the cached digest of a.py is only believed for the file hashed
     [stored] = cache.iterdir()
     document = json.loads(stored.read_text())
-    document["files"][f"{SITE}/demo/a.py"[1:]][4] = digest(b"not a")
+    document["files"][f"{SITE}/demo/a.py"[1:]][5] = digest(b"not a")
     stored.write_text(json.dumps(document))
     assert run()[0] == [("modified", f"{SITE}/demo/a.py"), *expected]
     os.utime(tmp_path / "lower" / SITE.lstrip("/") / "demo" / "a.py", ns=(5, 5))
