@@ -445,14 +445,18 @@ def _sha256(path: str, st: os.stat_result) -> str | None:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
-    with os.fdopen(fd, "rb", buffering=0) as f:
+    try:
         now = os.fstat(fd)
         if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
             return None
         digest = hashlib.sha256()
-        while chunk := f.read(_HASH_CHUNK):
+        while chunk := os.read(fd, _HASH_CHUNK):
             digest.update(chunk)
-    return digest.hexdigest()
+        return digest.hexdigest()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 _LD_CACHE = "/etc/ld.so.cache"
@@ -509,10 +513,13 @@ def _ld_cache(path: str, st: os.stat_result) -> list[str] | None:
 
 def _content(path: str, st: os.stat_result, where: str = "") -> dict[str, Any]:
     """What a FileChange holds of an entry of the upper directory (see FileChange)."""
-    kind: FileType = next((name for test, name in _TYPES if test(st.st_mode)), "file")
+    mode = st.st_mode
+    kind: FileType = (
+        "file" if stat.S_ISREG(mode) else next((n for t, n in _TYPES if t(mode)), "file")
+    )
     found: dict[str, Any] = {
         "type": kind,
-        "mode": stat.S_IMODE(st.st_mode),
+        "mode": stat.S_IMODE(mode),
         "uid": st.st_uid,
         "gid": st.st_gid,
     }
