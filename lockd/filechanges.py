@@ -260,9 +260,7 @@ def _index(
 def judge_changes(manifest: Manifest, observed: HostEvidence, policy: Policy) -> Judged:
     """Every observed change against the manifest's record of the container's changes."""
     fs = policy.filesystem
-    volatile = volatile_places(
-        fs.volatile + fs.ignore, observed.config_env, _guarded(manifest, observed)
-    )
+    volatile = fs.places(observed.config_env, _guarded(manifest, observed))
     recorded_host = manifest.observation.host
     judged = Judged(refused=volatile.refused)
     seen, runtime, judged.volatile = _index(observed.changes, observed, volatile)

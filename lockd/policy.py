@@ -128,6 +128,12 @@ class FilesystemPolicy(_Strict):
     ignore: list[str] = Field(default_factory=list)
     watch: list[str] | None = None
 
+    def places(self, env: Mapping[str, str], guarded: Sequence[str] = ()) -> "Volatile":
+        """This policy's volatile places for a container configured with ``env``, nothing
+        volatile below ``guarded`` but ``__pycache__`` (see :func:`volatile_places`): the one
+        list every check that needs it judges by."""
+        return volatile_places(self.volatile + self.ignore, env, guarded)
+
     def patterns(self) -> list[str]:
         """``volatile`` and ``ignore`` as plain patterns: ``~/`` expanded, places named by a
         variable and ``!`` exceptions left out (what lockd.integrity skips of unlisted files)."""

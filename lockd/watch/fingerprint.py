@@ -23,7 +23,7 @@ from lockd import kernel
 from lockd.errors import TargetError
 from lockd.fstree import MAX_ENTRIES, entry_digest, tree_digest
 from lockd.model import Observation
-from lockd.policy import Policy, python_places, shadows_code, volatile_places
+from lockd.policy import Policy, python_places, shadows_code
 
 DRIVER_VERSION = Path("/proc/driver/nvidia/version")
 
@@ -37,10 +37,7 @@ def ignorable(policy: Policy, observation: Observation | None) -> Callable[[str,
     probe found Python or its distributions in that the policy ignores as a whole (a
     ``sys.path`` entry under ``/tmp`` still counts)."""
     env = observation.host.config_env if observation and observation.host else {}
-    fs = policy.filesystem
-    volatile = volatile_places(
-        fs.volatile + fs.ignore, env, [*_places(observation), *python_places(env)]
-    )
+    volatile = policy.filesystem.places(env, [*_places(observation), *python_places(env)])
 
     def skip(path: str, is_dir: bool) -> bool:
         return volatile.skips(path) if is_dir else path in volatile
