@@ -203,6 +203,24 @@ def test_a_tmpfs_mounted_inside_over_a_package_fails_filesystem_and_is_not_reuse
     assert "mounted inside the container" in finding["message"]
 
 
+def test_a_mount_point_with_a_space_a_tab_a_newline_and_a_backslash_is_named_exactly(
+    app_image: str, run_container: Callable[..., Any], verifier: Callable[[Any], Verifier]
+) -> None:
+    """The kernel escapes them in mountinfo (\\040 \\011 \\012 \\134): the finding names
+    the real path."""
+    container = run_container(app_image, cap_add=["SYS_ADMIN"])
+    v = verifier(container)
+    assert v.json()[0] == 0
+    name = "/srv/a b\tc\nd\\e"
+    code, output = container.exec_run(
+        ["sh", "-c", 'mkdir -p "$1" && mount -t tmpfs x "$1"', "-", name]
+    )
+    assert code == 0, output.decode()
+    code, report, _ = v.json()
+    assert code == 1
+    assert kernel_mounts(report) == [(name, "tmpfs")]
+
+
 def test_a_mount_in_a_private_namespace_of_a_child_process_is_found(
     app_image: str, run_container: Callable[..., Any], verifier: Callable[[Any], Verifier]
 ) -> None:
