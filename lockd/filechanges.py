@@ -13,9 +13,9 @@ have, or has with other content), ``reverted`` (a recorded change is gone: the i
 back, or an added file removed), ``unverified`` (the manifest recorded content the observation
 cannot show, or recorded none: the daemon's changes API, a manifest of predicate v1),
 ``truncated`` (more changes than lockd reads), ``unread`` (a place Python imports from lies
-below a default volatile place, which lockd does not read). Not failing: ``runtime``,
-``narrowed`` (the policy's ``watch`` leaves changes out of the check), ``unchecked`` (a place
-lockd does not read that the policy does not call volatile).
+below a default volatile place, which lockd does not read), ``unchecked`` (a place lockd does
+not read that the policy does not call volatile). Not failing: ``runtime``, ``narrowed`` (the
+policy's ``watch`` leaves changes out of the check).
 """
 
 from __future__ import annotations
@@ -215,7 +215,7 @@ class Judged:
     """The file-change part of the `filesystem` check."""
 
     failing: list[Finding] = field(default_factory=list)
-    notes: list[Finding] = field(default_factory=list)  # runtime, narrowed, unchecked
+    notes: list[Finding] = field(default_factory=list)  # runtime, narrowed
     volatile: int = 0  # observed changes under a volatile place
     refused: list[str] = field(default_factory=list)  # variables not taken as volatile places
 
@@ -298,12 +298,13 @@ def judge_changes(manifest: Manifest, observed: HostEvidence, policy: Policy) ->
         )
     judged.failing += _unread_python(manifest, observed)
     mine = set(fs.volatile + fs.ignore)
-    judged.notes += [
+    judged.failing += [
         Finding(
             kind="unchecked",
             path=pattern,
-            message="lockd does not read changes here (volatile by default); this policy does "
-            "not call it volatile, so changes here are not checked",
+            message="lockd does not read changes here (volatile by default) and this policy "
+            "does not call it volatile: what lockd did not read cannot pass; add it to "
+            "filesystem.volatile or filesystem.ignore",
         )
         for pattern in observed.changes_skipped
         if pattern not in mine
@@ -407,8 +408,6 @@ def summary(judged: Judged, others: list[Finding], source: str) -> tuple[str, st
         notes.append("not taken as volatile: " + "; ".join(judged.refused))
     if any(f.kind == "narrowed" for f in judged.notes):
         notes.append("this policy watches only some paths (filesystem.watch)")
-    if any(f.kind == "unchecked" for f in judged.notes):
-        notes.append("some places this policy checks are not read")
     failing = judged.failing + others
     unlisted = len(failing) + len(judged.notes) - MAX_LISTED
     if unlisted > 0:

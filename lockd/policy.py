@@ -52,7 +52,8 @@ DEFAULT_VOLATILE = (
     "~/.sh_history",
     "~/.ash_history",
     "~/.python_history",
-    # bytecode Python writes beside its sources (a bare .pyc is a module of its own: not here)
+    # bytecode Python writes beside its sources (a bare .pyc is a module of its own: not here);
+    # read all the same (BYTECODE_PLACE), so that a policy without it judges it
     "**/__pycache__/**",
     # never volatile, though under a place above: what IPython, Jupyter and matplotlib run or
     # import at start-up (none of them writes these files itself)
@@ -69,6 +70,9 @@ DEFAULT_VOLATILE = (
 /root and every /home/*; ``$NAME`` for the directory the container's configured environment
 gives that variable (see :func:`volatile_places`); ``!`` marks a place that is never volatile,
 whatever else matches it."""
+
+BYTECODE_PLACE = "**/__pycache__/**"
+"""The one default volatile place lockd's walk reads (it holds code: a crafted .pyc runs)."""
 
 CODE_PLACES = (
     "**/site-packages/**",

@@ -534,12 +534,21 @@ def _content(path: str, st: os.stat_result, where: str = "") -> dict[str, Any]:
     return found
 
 
-def _default_volatile(env: dict[str, str]) -> Volatile:
-    """The default policy's volatile places for a container configured with ``env``: what the
-    walk does not descend into (a verifying policy still judges what it reads)."""
-    from lockd.policy import DEFAULT_VOLATILE, python_places, volatile_places
+def walk_skipped() -> list[str]:
+    """The default policy's volatile places the walk does not descend into: all but bytecode
+    (``__pycache__``), which sits beside the code it stands for and is read, so that a policy
+    which does not call it volatile judges it (a crafted .pyc runs instead of its source)."""
+    from lockd.policy import BYTECODE_PLACE, DEFAULT_VOLATILE
 
-    return volatile_places(DEFAULT_VOLATILE, env, python_places(env))
+    return [p for p in DEFAULT_VOLATILE if p != BYTECODE_PLACE]
+
+
+def _default_volatile(env: dict[str, str]) -> Volatile:
+    """What the walk does not descend into for a container configured with ``env``
+    (walk_skipped, with its never-volatile places; a verifying policy judges what it reads)."""
+    from lockd.policy import python_places, volatile_places
+
+    return volatile_places(walk_skipped(), env, python_places(env))
 
 
 def changes_from_overlay(
@@ -691,14 +700,12 @@ def _changes(
 ) -> _Changes:
     """The changes of the container ``attrs`` describes (see container_changes), but what is
     volatile by default (not read at all), at most ``limit``."""
-    from lockd.policy import DEFAULT_VOLATILE
-
     driver = attrs.get("GraphDriver") or {}
     data = driver.get("Data") or {}
     upper = data.get("UpperDir")
     lowers = [p for p in str(data.get("LowerDir") or "").split(":") if p]
     volatile = _default_volatile(_parse_env((attrs.get("Config") or {}).get("Env")))
-    skipped = [p for p in DEFAULT_VOLATILE if not p.startswith("!")]
+    skipped = [p for p in walk_skipped() if not p.startswith("!")]
     gpus = _gpus_requested(attrs)
     if driver.get("Name") == "overlay2" and upper and os.path.isdir(upper):
         try:

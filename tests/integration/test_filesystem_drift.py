@@ -205,6 +205,30 @@ def test_writes_under_the_volatile_places_verify(
     assert "under volatile places" not in check(report, "filesystem")["message"]  # not read
 
 
+def test_a_policy_without_bytecode_among_its_volatile_places_judges_a_crafted_pyc(
+    app: Any, keypair: tuple[Path, Path], tmp_path: Path, lockd: Lockd
+) -> None:
+    """__pycache__ is volatile by default, yet a .pyc runs instead of its source: lockd reads it
+    all the same, so a policy that leaves it out of its volatile places fails a crafted one."""
+    manifest = record(lockd, app.name, keypair[0], tmp_path / "m.json")
+    crafted = f"{SITE}/__pycache__/six.cpython-311.pyc"
+    sh(app, f"mkdir -p {SITE}/__pycache__ && printf 'crafted' > {crafted}")
+    code, report = verify(lockd, app.name, manifest, keypair[1], "--no-cache")
+    assert code == 0, check(report, "filesystem")
+    default = Path(__file__).resolve().parents[2] / "lockd" / "policies" / "default.yaml"
+    strict = tmp_path / "no-bytecode.yaml"
+    lines = default.read_text(encoding="utf-8").splitlines()
+    strict.write_text("\n".join(line for line in lines if "__pycache__" not in line) + "\n")
+    code, report = verify(
+        lockd, app.name, manifest, keypair[1], "--no-cache", "--policy", str(strict)
+    )
+    assert code == 1
+    assert failing(report) == ["filesystem"]
+    assert {"kind": "changed", "path": crafted} in [  # the image's own bytecode, rewritten
+        {"kind": f["kind"], "path": f["path"]} for f in check(report, "filesystem")["findings"]
+    ]
+
+
 def test_a_restart_and_everything_at_once_verify_with_and_without_the_cache(
     app: Any, keypair: tuple[Path, Path], tmp_path: Path, lockd: Lockd
 ) -> None:

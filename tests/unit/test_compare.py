@@ -287,14 +287,16 @@ def test_a_policy_that_still_watches_says_so() -> None:
     assert "this policy watches only some paths (filesystem.watch)" in check.message
 
 
-def test_a_place_lockd_does_not_read_is_named_when_the_policy_checks_it() -> None:
+def test_a_place_lockd_does_not_read_fails_when_the_policy_checks_it() -> None:
     fewer = [p for p in DEFAULT_VOLATILE if p != "/tmp/**"]
     policy = Policy(filesystem=FilesystemPolicy(volatile=fewer))
     seen = with_content([], changes_skipped=["/tmp/**", "/var/log/**"])
     check = filesystem(with_content([]), seen, policy)
-    [note] = check.findings
-    assert (note.kind, note.path) == ("unchecked", "/tmp/**")
-    assert check.status == "pass"
+    [finding] = check.findings
+    assert (finding.kind, finding.path) == ("unchecked", "/tmp/**")
+    assert finding.message is not None and "add it to filesystem.volatile" in finding.message
+    assert check.status == "fail"
+    assert filesystem(with_content([]), seen, Policy()).status == "pass"
 
 
 def test_a_policy_adds_volatile_places_and_variables_resolve_from_the_container() -> None:

@@ -60,3 +60,15 @@ def test_the_walk_stops_one_past_the_limit(tmp_path: Path) -> None:
     upper, lower = tree(tmp_path)
     found = changes_from_overlay(str(upper), [str(lower)], None, limit=10)
     assert len(found) == 11
+
+
+def test_a_containers_walk_reads_bytecode_so_a_stricter_policy_can_judge_it(tmp_path: Path) -> None:
+    from lockd.policy import BYTECODE_PLACE
+    from lockd.targets.docker import _default_volatile, walk_skipped
+
+    assert BYTECODE_PLACE in DEFAULT_VOLATILE
+    assert BYTECODE_PLACE not in walk_skipped()
+    upper, lower = tree(tmp_path)
+    found = {c.path for c in changes_from_overlay(str(upper), [str(lower)], _default_volatile({}))}
+    assert f"/{SITE}/__pycache__/six.cpython-311.pyc" in found
+    assert not any(path.startswith("/tmp/") for path in found)
