@@ -30,8 +30,8 @@ import hashlib
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from functools import cache
+from typing import Any, NamedTuple
 
 from lockd.errors import TargetError
 
@@ -63,8 +63,7 @@ class MountinfoError(ValueError):
     """A line of /proc/PID/mountinfo that is not in the kernel's format."""
 
 
-@dataclass(frozen=True)
-class MountEntry:
+class MountEntry(NamedTuple):
     """One line of /proc/PID/mountinfo (proc(5)), its paths unescaped."""
 
     mount_id: int
@@ -191,23 +190,29 @@ _RUNTIME = {
 """The mounts the runtime (runc, as Docker asks it) makes in every container, with the
 filesystem types it makes them with (empty: a bind of a host file, any type)."""
 
-_GPU_PATTERNS = (
-    re.compile(r"/dev/nvidia[^/]*"),
-    re.compile(r"/dev/nvidia-caps(/.*)?"),
-    re.compile(r"/dev/dri(/.*)?"),
-    re.compile(r"/proc/driver/nvidia(/.*)?"),
-    re.compile(r"/(usr/)?(local/)?s?bin/nvidia-[^/]+"),
-    re.compile(
+_GPU_PATTERNS: tuple[str, ...] = (
+    r"/dev/nvidia[^/]*",
+    r"/dev/nvidia-caps(/.*)?",
+    r"/dev/dri(/.*)?",
+    r"/proc/driver/nvidia(/.*)?",
+    r"/(usr/)?(local/)?s?bin/nvidia-[^/]+",
+    (
         r"/(usr/)?lib(32|64)?(/[^/]+)*/lib(cuda|cudadebugger|nvcuvid|nvoptix|nvidia-[^/]+|"
         r"GLX_nvidia|EGL_nvidia|GLESv[12][^/]*_nvidia|nvrtc|nvrtc-builtins|nvos)[^/]*\.so[^/]*"
     ),
-    re.compile(r"/(usr/)?lib(/[^/]+)*/firmware/nvidia(/.*)?"),
-    re.compile(r"/run/nvidia-(persistenced|fabricmanager)/socket"),
-    re.compile(r"/(etc|usr/share)/(vulkan|glvnd|egl|OpenCL)(/.*)?"),
-    re.compile(r"/usr/share/nvidia(/.*)?"),
+    r"/(usr/)?lib(/[^/]+)*/firmware/nvidia(/.*)?",
+    r"/run/nvidia-(persistenced|fabricmanager)/socket",
+    r"/(etc|usr/share)/(vulkan|glvnd|egl|OpenCL)(/.*)?",
+    r"/usr/share/nvidia(/.*)?",
 )
 """Where the NVIDIA container toolkit (nvidia-container-cli, or its CDI specification) mounts
-the host's driver into a container that asked for GPUs."""
+the host's driver into a container that asked for GPUs (compiled on first use: most
+verifications have no GPU)."""
+
+
+@cache
+def _gpu_pattern() -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{p})" for p in _GPU_PATTERNS))
 
 
 def gpu_requested(attrs: Mapping[str, Any]) -> bool:
@@ -308,7 +313,7 @@ def _declared(
     # the toolkit binds files read-only; devices and its /proc/driver/nvidia tmpfs are not
     if (
         gpus
-        and any(p.fullmatch(point) for p in _GPU_PATTERNS)
+        and _gpu_pattern().fullmatch(point)
         and (entry.read_only or point.startswith(("/dev/", "/proc/driver/nvidia", "/run/")))
     ):
         return "gpu"
@@ -335,26 +340,26 @@ def _recursive_bind(
 # --- reading it (the edge) ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Process:
+class Process(NamedTuple):
     pid: int
     namespace: str  # /proc/PID/ns/mnt as a link: "mnt:[4026532...]"
     root: str  # /proc/PID/root as a link: "/" unless it called chroot
     command: str
 
 
-@dataclass
 class View:
     """What the host read of one container's processes. ``mounts``: per mount namespace, its
     mounts as a process whose root is the container's sees them (classified); ``foreign``:
     (process, why) whose root is not the container's; ``incomplete``: what could not be read
-    (nothing read from such a view is a reason to reuse a kept answer)."""
+    (nothing read from such a view is a reason to reuse a kept answer). A plain class, as the
+    others here are tuples: lockd.kernel is imported on every verification."""
 
-    processes: list[Process] = field(default_factory=list)
-    mountinfo: dict[tuple[str, str], bytes] = field(default_factory=dict)
-    mounts: dict[str, list[tuple[MountEntry, str | None]]] = field(default_factory=dict)
-    foreign: list[tuple[Process, str]] = field(default_factory=list)
-    incomplete: str | None = None
+    def __init__(self) -> None:
+        self.processes: list[Process] = []
+        self.mountinfo: dict[tuple[str, str], bytes] = {}
+        self.mounts: dict[str, list[tuple[MountEntry, str | None]]] = {}
+        self.foreign: list[tuple[Process, str]] = []
+        self.incomplete: str | None = None
 
     def digest(self) -> str | None:
         """One digest of the distinct (namespace, root, mountinfo) of the container's
