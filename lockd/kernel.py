@@ -198,8 +198,11 @@ _GPU_PATTERNS: tuple[str, ...] = (
     r"/(usr/)?(local/)?s?bin/nvidia-[^/]+",
     (
         r"/(usr/)?lib(32|64)?(/[^/]+)*/lib(cuda|cudadebugger|nvcuvid|nvoptix|nvidia-[^/]+|"
-        r"GLX_nvidia|EGL_nvidia|GLESv[12][^/]*_nvidia|nvrtc|nvrtc-builtins|nvos)[^/]*\.so[^/]*"
+        r"GLX_nvidia|EGL_nvidia|GLESv[12][^/]*_nvidia|vdpau_nvidia|glxserver_nvidia|nvrtc|"
+        r"nvrtc-builtins|nvos)[^/]*\.so[^/]*"
     ),
+    r"/(usr/)?lib(32|64)?(/[^/]+)*/(nvidia_drv|nvidia-drm_gbm)\.so[^/]*",  # Xorg, GBM
+    r"/tmp/nvidia-mps",  # noqa: S108  the MPS pipe directory
     r"/(usr/)?lib(/[^/]+)*/firmware/nvidia(/.*)?",
     r"/run/nvidia-(persistenced|fabricmanager)/socket",
     r"/(etc|usr/share)/(vulkan|glvnd|egl|OpenCL)(/.*)?",
@@ -208,6 +211,11 @@ _GPU_PATTERNS: tuple[str, ...] = (
 """Where the NVIDIA container toolkit (nvidia-container-cli, or its CDI specification) mounts
 the host's driver into a container that asked for GPUs (compiled on first use: most
 verifications have no GPU)."""
+
+
+_GPU_WRITABLE = ("/dev/", "/proc/driver/nvidia", "/run/", "/tmp/nvidia-mps")  # noqa: S108
+"""Where the toolkit's mounts are not read-only binds: devices, its /proc tmpfs, sockets, the
+MPS pipe directory."""
 
 
 @cache
@@ -314,7 +322,7 @@ def _declared(
     if (
         gpus
         and _gpu_pattern().fullmatch(point)
-        and (entry.read_only or point.startswith(("/dev/", "/proc/driver/nvidia", "/run/")))
+        and (entry.read_only or point.startswith(_GPU_WRITABLE))
     ):
         return "gpu"
     return None

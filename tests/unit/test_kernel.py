@@ -251,13 +251,17 @@ GPU = """\
 155 77 0:5 /nvidiactl /dev/nvidiactl rw,nosuid,noexec,relatime - devtmpfs udev rw
 156 76 0:70 / /proc/driver/nvidia rw,nosuid,nodev,noexec,relatime - tmpfs tmpfs rw,mode=555
 157 75 0:25 /nvidia-persistenced/socket /run/nvidia-persistenced/socket rw,nosuid,nodev,noexec - tmpfs tmpfs rw
+158 75 254:0 /usr/lib/x86_64-linux-gnu/vdpau/libvdpau_nvidia.so.580.95.05 /usr/lib/x86_64-linux-gnu/vdpau/libvdpau_nvidia.so.580.95.05 ro,nosuid,nodev,relatime - ext4 /dev/vda rw
+159 75 254:0 /usr/lib/xorg/modules/drivers/nvidia_drv.so /usr/lib/xorg/modules/drivers/nvidia_drv.so ro,nosuid,nodev,relatime - ext4 /dev/vda rw
+160 75 0:25 /nvidia-mps /tmp/nvidia-mps rw,nosuid,nodev - tmpfs tmpfs rw
+161 75 254:0 /usr/share/vulkan/icd.d/nvidia_icd.json /usr/share/vulkan/icd.d/nvidia_icd.json ro,nosuid,nodev,relatime - ext4 /dev/vda rw
 """
 
 
 def test_the_nvidia_toolkits_injections_are_declared_for_a_gpu_container_only() -> None:
     gpus = attrs(DeviceRequests=[{"Driver": "", "Count": -1, "Capabilities": [["gpu"]]}])
     assert undeclared(STANDARD + GPU, gpus) == []
-    assert len(undeclared(STANDARD + GPU, attrs())) == 8
+    assert len(undeclared(STANDARD + GPU, attrs())) == 12
     assert undeclared(STANDARD + GPU, attrs(Runtime="nvidia")) == []
 
 
