@@ -30,6 +30,7 @@ import hashlib
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import suppress
 from functools import cache
 from typing import Any, NamedTuple
 
@@ -382,10 +383,21 @@ class View:
 
 
 def _read(path: str, limit: int = MAX_MOUNTINFO_BYTES) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read(limit + 1)
+    """Up to ``limit + 1`` bytes of a /proc or cgroup file, read in small pieces (asking for a
+    buffer of ``limit`` at once costs more than reading the file: most are under 4 KiB)."""
+    chunks = []
+    size = 0
+    with open(path, "rb", buffering=0) as handle:
+        while size <= limit:
+            chunk = handle.read(min(65536, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    return b"".join(chunks)
 
 
+@cache
 def _unified(root: str = CGROUP_ROOT) -> bool:
     return os.path.exists(os.path.join(root, "cgroup.controllers"))
 
@@ -417,14 +429,16 @@ def _member_pids(init_pid: int, container_id: str) -> tuple[list[int], str | Non
     return [init_pid], "cannot list the processes of its cgroup"
 
 
-def _process(pid: int) -> Process:
-    """Raises: OSError (FileNotFoundError / ProcessLookupError when it exited)."""
+def _process(pid: int, named: bool) -> Process:
+    """``named``: read its command too (for a report; a fingerprint needs none).
+
+    Raises: OSError (FileNotFoundError / ProcessLookupError when it exited)."""
     namespace = os.readlink(f"/proc/{pid}/ns/mnt")
     root = os.readlink(f"/proc/{pid}/root")
-    try:
-        command = _read(f"/proc/{pid}/comm", 64).decode("utf-8", "replace").strip()
-    except OSError:
-        command = "?"
+    command = "?"
+    if named:
+        with suppress(OSError):
+            command = _read(f"/proc/{pid}/comm", 64).decode("utf-8", "replace").strip()
     return Process(pid, namespace, root, command)
 
 
@@ -451,21 +465,19 @@ def read_view(attrs: Mapping[str, Any], source: str, *, judge: bool = True) -> V
     if init_pid <= 0 or not container_id:
         view.incomplete = "the daemon names no running process"
         return view
-    if not os.path.exists(f"/proc/{init_pid}"):
-        upper = _upper_dir(attrs)
-        if upper and os.path.isdir(upper):  # its files are on this host: it stopped
-            raise TargetError(f"{source} stopped while lockd read its processes (pid {init_pid})")
-        view.incomplete = f"pid {init_pid} is not on this host (is the daemon remote?)"
-        return view
     try:
         pids, view.incomplete = _member_pids(init_pid, container_id)
     except ProcessLookupError:
-        raise TargetError(
-            f"{source} stopped while lockd read its processes (pid {init_pid})"
-        ) from None
+        upper = _upper_dir(attrs)
+        if upper and os.path.isdir(upper):  # its files are on this host: it stopped
+            raise TargetError(
+                f"{source} stopped while lockd read its processes (pid {init_pid})"
+            ) from None
+        view.incomplete = f"pid {init_pid} is not on this host (is the daemon remote?)"
+        return view
     for pid in pids:
         try:
-            view.processes.append(_process(pid))
+            view.processes.append(_process(pid, judge))
         except (FileNotFoundError, ProcessLookupError):
             if pid == init_pid:
                 raise TargetError(
