@@ -65,15 +65,33 @@ def test_docs_index_links_every_page_in_docs() -> None:
     assert not missing, f"docs/index.md does not link {missing}: add a line for each"
 
 
+def _anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives the headings of ``path``: lower case, punctuation dropped,
+    spaces as hyphens, a repeated heading numbered."""
+    anchors: set[str] = set()
+    seen: dict[str, int] = {}
+    text = FENCE.sub("", path.read_text(encoding="utf-8"))
+    for match in re.finditer(r"^#{1,6} +(.+?) *#*$", text, re.M):
+        slug = re.sub(r"[^\w\- ]", "", match.group(1).strip().lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        anchors.add(slug if count == 0 else f"{slug}-{count}")
+    return anchors
+
+
 @pytest.mark.parametrize("path", [README, *_pages()], ids=lambda p: str(Path(p).relative_to(ROOT)))
-def test_every_relative_link_points_at_a_file_that_exists(path: Path) -> None:
+def test_every_relative_link_points_at_a_file_and_heading_that_exist(path: Path) -> None:
     broken = []
     for target in _links(path):
-        if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
-            continue  # a URL (http:, mailto:...) or an anchor in the same page
-        if not (path.parent / target.split("#")[0]).exists():
-            broken.append(target)
-    assert not broken, f"{path.relative_to(ROOT)} links to files that do not exist: {broken}"
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target):
+            continue  # a URL: http:, mailto:...
+        file, _, anchor = target.partition("#")
+        linked = path.parent / file if file else path
+        if not linked.exists():
+            broken.append(f"{target} (no such file)")
+        elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
+            broken.append(f"{target} (no such heading)")
+    assert not broken, f"{path.relative_to(ROOT)} has broken links: {broken}"
 
 
 def test_the_readme_checks_table_lists_exactly_the_check_ids() -> None:
