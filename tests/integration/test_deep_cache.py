@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from test_deep import SITE, Lockd, check, findings, record, sh, verify_deep
 
+from lockd.layercache import FORMAT
+
 CACHED = "files from lockd's layer cache"
 
 
@@ -123,12 +125,12 @@ def test_a_corrupt_cache_file_is_ignored_and_written_again(
     second: Any, warm: Path, deep: Deep
 ) -> None:
     for path in deep.cache_files():
-        path.write_bytes(b'{"format": "lockd-deep-cache/1", "files": {"x": [1, 2')
+        path.write_bytes(b'{"format": "%s", "files": {"x": [1, 2' % FORMAT.encode())
     code, report = deep.verify(second.name, warm)
     assert code == 0, report
     assert cached_count(report) == 0
     for path in deep.cache_files():
-        assert json.loads(path.read_bytes())["format"] == "lockd-deep-cache/1"
+        assert json.loads(path.read_bytes())["format"] == FORMAT
     deep.forget_results()
     code, report = deep.verify(second.name, warm)
     assert code == 0
@@ -142,8 +144,8 @@ def test_a_cache_entry_that_lies_is_believed_only_without_no_cache(
     and neither reads nor writes it."""
     [layer] = [p for p in deep.cache_files() if f"{SITE}/six.py"[1:] in p.read_text()]
     document = json.loads(layer.read_text())
-    entry = document["files"][f"{SITE}/six.py"[1:]]
-    entry[4] = "sha256=" + "A" * 43
+    entry = document["files"][f"{SITE}/six.py"[1:]]  # size, mtime, ctime, inode, mode, digest
+    entry[5] = "sha256=" + "A" * 43
     layer.write_text(json.dumps(document))
 
     code, report = deep.verify(second.name, warm)
@@ -166,7 +168,7 @@ def test_a_cache_entry_that_lies_is_believed_only_without_no_cache(
     report = json.loads(verified.stdout)
     assert check(report, "integrity")["status"] == "pass"
     assert cached_count(report) == 0
-    assert json.loads(layer.read_text())["files"][f"{SITE}/six.py"[1:]][4] == entry[4]
+    assert json.loads(layer.read_text())["files"][f"{SITE}/six.py"[1:]][5] == entry[5]
 
 
 def test_record_no_cache_hashes_everything(
