@@ -442,6 +442,16 @@ def _process(pid: int, named: bool) -> Process:
     return Process(pid, namespace, root, command)
 
 
+@cache
+def _host_namespaces() -> frozenset[str]:
+    """The host's mount namespaces as lockd sees them: its own and PID 1's."""
+    found = set()
+    for pid in ("self", "1"):
+        with suppress(OSError):
+            found.add(os.readlink(f"/proc/{pid}/ns/mnt"))
+    return frozenset(found)
+
+
 def host_mount_points(pid: int = 1) -> set[str]:
     """The mount points of the host's (PID 1's) mount namespace; empty when unreadable."""
     try:
@@ -475,9 +485,14 @@ def read_view(attrs: Mapping[str, Any], source: str, *, judge: bool = True) -> V
             ) from None
         view.incomplete = f"pid {init_pid} is not on this host (is the daemon remote?)"
         return view
+    hosts = _host_namespaces()
     for pid in pids:
         try:
-            view.processes.append(_process(pid, judge))
+            process = _process(pid, judge)
+            if process.namespace in hosts and pid != init_pid:
+                continue  # a `docker exec` in transit (runc init joins the namespace after it
+                # joins the cgroup); no process of a container lives in the host's namespace
+            view.processes.append(process)
         except (FileNotFoundError, ProcessLookupError):
             if pid == init_pid:
                 raise TargetError(

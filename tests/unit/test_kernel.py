@@ -347,6 +347,18 @@ def test_the_view_of_a_cgroups_processes_names_mounts_and_foreign_roots(
         chrooted.wait()
 
 
+def test_a_member_in_the_hosts_namespace_is_an_exec_in_transit_and_left_out(
+    sandbox: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`runc init` joins the container's cgroup before its mount namespace: a `docker exec`
+    starting (lockd's own probe) must not show the host's mount table as the container's."""
+    monkeypatch.setattr(kernel, "_member_pids", lambda pid, cid: ([pid, os.getpid()], None))
+    inspect = {**attrs(), "State": {"Pid": sandbox.pid}}
+    view = kernel.read_view(inspect, "container x")
+    assert [p.pid for p in view.processes] == [sandbox.pid]
+    assert len(view.mounts) == 1
+
+
 def test_an_init_that_vanished_is_a_target_error_naming_the_container(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
