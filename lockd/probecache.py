@@ -285,7 +285,10 @@ def base_fingerprint(attrs: Mapping[str, Any], inputs: Sequence[Sequence[str]]) 
         "image": attrs.get("Image"),
         "config": attrs.get("Config"),
         "host_config": {key: host_config.get(key) for key in _HOST_CONFIG_KEYS},
-        "mounts": attrs.get("Mounts"),
+        # the daemon lists Mounts in Go map order: another order on every inspect
+        "mounts": sorted(
+            (json.dumps(m, sort_keys=True, default=str) for m in attrs.get("Mounts") or []),
+        ),
         "started": [state.get("StartedAt"), state.get("Pid")],
         "inputs": [list(argv) for argv in inputs],
         "host": _host_state(attrs),

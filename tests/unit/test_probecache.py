@@ -262,6 +262,20 @@ def test_a_change_on_the_host_side_of_a_mount_over_a_place_changes_the_fingerpri
     assert key(attrs) != before
 
 
+def test_the_order_the_daemon_lists_mounts_in_changes_nothing(
+    attrs: dict[str, Any], tmp_path: Path
+) -> None:
+    """Docker builds inspect's Mounts from a Go map: their order differs between calls."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    mounts = [
+        {"Type": "bind", "Source": str(tmp_path / "a"), "Destination": "/opt/venv/share/a"},
+        {"Type": "bind", "Source": str(tmp_path / "b"), "Destination": "/data"},
+    ]
+    attrs["Mounts"] = mounts
+    assert key(changed(attrs, ("Mounts",), mounts[::-1])) == key(attrs)
+
+
 def test_a_file_bind_mounted_over_a_place_is_guarded_by_its_stat(
     attrs: dict[str, Any], tmp_path: Path
 ) -> None:
