@@ -57,7 +57,11 @@ def volume(docker_client: Any) -> Iterator[str]:
     name = f"lockd-test-{uuid.uuid4().hex[:10]}"
     docker_client.volumes.create(name, labels={"lockd.test": "1"})
     yield name
-    with contextlib.suppress(Exception):  # the container may still hold it: best effort
+    # torn down before run_container's containers: remove the ones that hold it first
+    for container in docker_client.containers.list(all=True, filters={"volume": name}):
+        with contextlib.suppress(Exception):
+            container.remove(force=True)
+    with contextlib.suppress(Exception):
         docker_client.volumes.get(name).remove(force=True)
 
 
