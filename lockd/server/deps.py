@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -39,29 +39,50 @@ def _unauthorized(detail: str) -> HTTPException:
     )
 
 
+class Refusal(NamedTuple):
+    """Why a caller is not admitted: the HTTP status (401 or 403) and what to say."""
+
+    status: int
+    detail: str
+
+
+def admit(service: Service, token: str | None, role: Role) -> Principal | Refusal:
+    """The one authorization decision of every route (the verifications fast path included):
+    who holds ``token`` when it admits ``role`` or a stronger one, else why not."""
+    if token is None:
+        if role == "reader" and service.settings.allow_anonymous_read:
+            return ANONYMOUS
+        return Refusal(
+            status.HTTP_401_UNAUTHORIZED,
+            "this needs a bearer token (header 'Authorization: Bearer <token>'); an admin "
+            "makes one with `lockd token create NAME --role ROLE`",
+        )
+    principal = service.principal(token)
+    if principal is None:
+        return Refusal(
+            status.HTTP_401_UNAUTHORIZED, "the bearer token is not known to this service"
+        )
+    if RANK[principal.role] < RANK[role]:
+        return Refusal(
+            status.HTTP_403_FORBIDDEN,
+            f"token {principal.name!r} has the role {principal.role}; this needs "
+            f"{role} or stronger",
+        )
+    return principal
+
+
 async def authorize(service: Service, token: str | None, role: Role) -> Principal:
-    """Who holds ``token``, admitted for ``role`` or a stronger one.
+    """Who holds ``token``, admitted for ``role`` or a stronger one (:func:`admit`).
 
     Raises:
         HTTPException: 401 without a token or with an unknown one, 403 for too weak a role.
     """
-    if token is None:
-        if role == "reader" and service.settings.allow_anonymous_read:
-            return ANONYMOUS
-        raise _unauthorized(
-            "this needs a bearer token (header 'Authorization: Bearer <token>'); an admin "
-            "makes one with `lockd token create NAME --role ROLE`"
-        )
-    principal = service.principal(token)
-    if principal is None:
-        raise _unauthorized("the bearer token is not known to this service")
-    if RANK[principal.role] < RANK[role]:
-        raise HTTPException(
-            status_code=status.HTTP_403_FORBIDDEN,
-            detail=f"token {principal.name!r} has the role {principal.role}; this needs "
-            f"{role} or stronger",
-        )
-    return principal
+    decided = admit(service, token, role)
+    if isinstance(decided, Refusal):
+        if decided.status == status.HTTP_401_UNAUTHORIZED:
+            raise _unauthorized(decided.detail)
+        raise HTTPException(status_code=decided.status, detail=decided.detail)
+    return decided
 
 
 def bearer_token(authorization: str | None) -> str | None:

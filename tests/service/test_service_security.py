@@ -432,3 +432,16 @@ def test_tampering_names_the_first_bad_entry(
 
 def test_base64_helper_roundtrip() -> None:
     assert dsse.b64decode(base64.b64encode(b"x").decode()) == b"x"
+
+
+def test_one_authorization_decision_serves_every_route_and_the_fast_path() -> None:
+    """deps.admit is the only place a token is judged: the routes' dependency raises from its
+    refusal and the verifications fast path hands a refusal on to the route."""
+    import inspect
+
+    from lockd.server import deps
+    from lockd.server.routes import verifications
+
+    assert "admit(" in inspect.getsource(deps.authorize)
+    fast = inspect.getsource(verifications.FastPath._row)
+    assert "admit(" in fast and ".principal(" not in fast and "RANK" not in fast

@@ -16,13 +16,13 @@ from pydantic import TypeAdapter, ValidationError
 
 from lockd.errors import LockdError
 from lockd.model import Report
-from lockd.server.deps import ReaderDep, ServiceDep, authorize, bearer_token
+from lockd.server.deps import ReaderDep, Refusal, ServiceDep, admit, authorize, bearer_token
 from lockd.server.middleware import ASGIApp, Message, Receive, Scope, Send
 from lockd.server.routes import problems
 from lockd.server.routes.manifests import DigestQuery
 from lockd.server.schemas import VerificationOut, VerificationRequest
 from lockd.server.service import NotFoundError, Service
-from lockd.store.repository import RANK, NewVerification, VerificationRecord
+from lockd.store.repository import NewVerification, VerificationRecord
 
 PATH = "/v1/verifications"
 
@@ -175,10 +175,9 @@ class FastPath:
             ),
             None,
         )
-        token = bearer_token(authorization)
-        principal = None if token is None else self.service.principal(token)
-        if principal is None or RANK[principal.role] < RANK["recorder"]:
-            return None
+        principal = admit(self.service, bearer_token(authorization), "recorder")
+        if isinstance(principal, Refusal):
+            return None  # the route answers with the refusal
         try:
             return await _row(self.service, _BODY.validate_json(data), principal.name)
         except (ValidationError, LockdError):
