@@ -312,6 +312,42 @@ def test_drift_is_found_by_the_next_pass_reported_and_alerted_once(
     assert drifting.name in status.stdout and "fail" in status.stdout
 
 
+def test_a_mount_made_inside_makes_the_container_due_and_fails(
+    service: Service,
+    app_image: str,
+    run_container: Callable[..., Any],
+    label: str,
+    watch: Watch,
+) -> None:
+    """The agent probes a container again only when its fingerprint changes: a tmpfs mounted
+    inside (CAP_SYS_ADMIN) over a package directory, with nothing written to the upper
+    directory, must change it (the kernel's view of the container's mounts is part of it), and
+    the verdict must fail on the mount; the container beside it stays unprobed."""
+    labels = {TEST_LABEL: "1", LABEL: label}
+    mounting = run_container(
+        app_image, name_prefix="lockd-watch", labels=labels, cap_add=["SYS_ADMIN"]
+    )
+    steady = run_container(app_image, name_prefix="lockd-watch", labels=labels)
+    with watch() as agent:
+        clock = Clock()
+        agent.clock = clock
+        first = agent.run_pass(force=False)
+        assert first.containers == {mounting.name: "pass", steady.name: "pass"}
+        clock.now += 2.0
+        assert agent.run_pass(force=False).probes == 0  # unchanged: nothing probed
+
+        site = "/opt/venv/lib/python3.11/site-packages"
+        code, output = mounting.exec_run(["sh", "-c", f"mount -t tmpfs tmpfs {site}/idna"])
+        assert code == 0, output.decode()
+        clock.now += 2.0
+        after = agent.run_pass(force=False)
+        assert after.containers == {mounting.name: "fail", steady.name: "pass"}
+        assert after.probes == 1
+        assert agent.courier.deliver()
+    findings = service.fleet(f"watch-{label}")[mounting.name].findings
+    assert any(f"{site}/idna" in line and "tmpfs" in line for line in findings), findings
+
+
 def test_the_agent_follows_events_and_survives_a_service_restart(
     service: Service,
     app_image: str,
