@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 from service_helpers import Server, envelope, image, observation  # noqa: E402
 from service_load import load, read_response  # noqa: E402
 
-from lockd import keys  # noqa: E402
 from lockd.store.migrate import upgrade  # noqa: E402
 from lockd.store.repository import Store  # noqa: E402
+from lockd.trust import keys  # noqa: E402
 
 REG = "registry.internal:5000/team"
 

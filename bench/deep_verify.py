@@ -8,7 +8,7 @@ interleaved, in the same run:
   signature, probe, every check, and every file of every RECORD hashed, read on the host from
   the container's layers; no cache of any kind);
 * first: ``lockd verify <container> --deep`` as on a container never verified before, of an
-  image lockd has seen, nor an identical sibling: the layer cache (lockd.layercache) filled by
+  image lockd has seen, nor an identical sibling: the layer cache (lockd.evidence.cache.layers) filled by
   ``lockd record --deep`` of another container of the same image, the probe and integrity
   caches emptied before each run (the probe imports torch in the container, every file is
   located and compared);
@@ -17,13 +17,13 @@ interleaved, in the same run:
   before each run the probe and integrity caches are emptied and the other container
   verified, unmeasured; the measured one takes its report and result (sibling fingerprint);
 * warm: ``lockd verify <container> --deep`` of a container verified before and unchanged
-  since: the probe's report and the integrity result are taken again (lockd.probecache,
-  lockd.integritycache) once the host's evidence shows nothing they rest on changed;
+  since: the probe's report and the integrity result are taken again (lockd.evidence.cache.probe,
+  lockd.evidence.cache.integrity) once the host's evidence shows nothing they rest on changed;
 * the baseline: ``find <site-packages> -type f -print0 | xargs -0 -P<cores> sha256sum`` on the
   host, over the container's merged directory;
 * for context, ``lockd verify <container>`` without --deep, cold (--no-cache: the probe, which
   imports torch inside the container, runs) and warm;
-* in-process: ``lockd.integrity.check_files`` alone (no CLI, no probe; every file hashed, no
+* in-process: ``lockd.evidence.integrity.check_files`` alone (no CLI, no probe; every file hashed, no
   cache), in one Python process on the same container, beside the same baseline.
 
 lockd's peak memory is the largest ru_maxrss of its verify --deep runs (os.wait4).
@@ -347,8 +347,8 @@ def forget_container(cache: Path) -> None:
 
 IN_PROCESS = """
 import json, statistics, sys, time
-from lockd.integrity import check_files, open_source
-from lockd.targets.docker import open_docker_target
+from lockd.evidence.integrity import check_files, open_source
+from lockd.evidence.targets.docker import open_docker_target
 
 target = open_docker_target(sys.argv[1])
 distributions = target.observe().probe.distributions

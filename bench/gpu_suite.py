@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lockd.gpu import parse_suite_output, suite_argv  # noqa: E402
+from lockd.evidence.gpurun import parse_suite_output, suite_argv  # noqa: E402
 
 LOADED_CUDNN = r"""
 import ctypes, json, os, torch

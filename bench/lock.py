@@ -52,7 +52,7 @@ def run_lock(resolver: str, out: Path, cache: Path | None) -> float:
 
 def run_plain_uv(out: Path, cache: Path, constraints: Path) -> float:
     """The baseline: uv alone, as lockd runs it (same options, index and constraints)."""
-    from lockd.lockcompile import _clean_env, default_index_url, find_uv
+    from lockd.lock import _clean_env, default_index_url, find_uv
 
     uv = find_uv()
     if uv is None:

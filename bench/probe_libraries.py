@@ -1,7 +1,7 @@
 """The environment probe's extra cost for recording what the process loaded (issue 10).
 
 The probe, after `import torch`, reads /proc/self/maps and hashes every mapped library of the
-CUDA stack and the Python extensions (lockd.libraries), and reads the CUDA fat binaries of every
+CUDA stack and the Python extensions (lockd.judgement.libraries), and reads the CUDA fat binaries of every
 installed shared object. Baseline in the same run: the same probe with LOCKD_PROBE_LIBRARIES=0
 (no record), runs alternating, so both see the same page cache. Also printed: the time the
 record itself reports (maps, ownership, hashing) and the fat binary scan's.
@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lockd.evidence.targets.base import parse_probe_output  # noqa: E402
 from lockd.probe import probe_source  # noqa: E402
-from lockd.targets.base import parse_probe_output  # noqa: E402
 
 
 def probe(python: str, libraries: bool) -> tuple[float, dict[str, object]]:

@@ -32,10 +32,10 @@ sys.path.insert(0, str(ROOT / "tests" / "service"))
 
 from service_helpers import Server, envelope, image, observation  # noqa: E402
 
-from lockd import keys  # noqa: E402
 from lockd.store.engine import make_engine  # noqa: E402
 from lockd.store.migrate import upgrade  # noqa: E402
 from lockd.store.repository import Store  # noqa: E402
+from lockd.trust import keys  # noqa: E402
 
 
 def postgres_url() -> str:

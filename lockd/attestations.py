@@ -18,11 +18,12 @@ from lockd.errors import InputError, LockdError, SignatureError
 
 if TYPE_CHECKING:
     from lockd.client import Client
-    from lockd.dsse import Envelope
-    from lockd.keys import PublicKey
-    from lockd.model import Manifest, Observation, Report
-    from lockd.policy import Policy
-    from lockd.statement import Subject
+    from lockd.judgement.policy import Policy
+    from lockd.model.manifest import Manifest, Observation
+    from lockd.model.report import Report
+    from lockd.trust.dsse import Envelope
+    from lockd.trust.keys import PublicKey
+    from lockd.trust.statement import Subject
 
 __all__ = ["Attestation", "Choice", "choose", "registry_images", "verify_attested"]
 
@@ -57,7 +58,7 @@ def registry_images(observation: Observation) -> list[str]:
     Raises:
         InputError: a local target, or an image that is in no registry lockd can read.
     """
-    from lockd.registry import parse_ref
+    from lockd.trust.registry import parse_ref
 
     where = f"{observation.target.kind} {observation.target.ref}"
     if observation.host is None:
@@ -90,8 +91,8 @@ def choose(
 ) -> tuple[Choice | None, list[str]]:
     """Pure: the newest of ``found`` signed by a trusted key whose subjects name its image's
     digest (the first of equals, in ``found``'s order), and why each other one is not eligible."""
-    from lockd import dsse
-    from lockd.statement import parse_statement
+    from lockd.trust import dsse
+    from lockd.trust.statement import parse_statement
 
     reasons: list[str] = []
     eligible: list[tuple[dt.datetime, int, str, list[str], list[Subject], Manifest]] = []
@@ -128,7 +129,7 @@ def _from_registry(image: str) -> list[Attestation]:
         RegistryError: the registry cannot be reached, answers garbage, or has no such image.
     """
     from lockd.gate import envelopes_from_registry
-    from lockd.registry import Registry, RegistryError, parse_ref
+    from lockd.trust.registry import Registry, RegistryError, parse_ref
 
     found = [
         Attestation(where, image.rpartition("@")[2], e)
@@ -145,7 +146,7 @@ def _from_registry(image: str) -> list[Attestation]:
 
 
 def _service_holds(client: Client, observation: Observation) -> bool:
-    from lockd.statement import subjects_for
+    from lockd.trust.statement import subjects_for
 
     return any(
         client.manifests_for("sha256:" + s.digest["sha256"]) for s in subjects_for(observation)
@@ -172,8 +173,8 @@ def verify_attested(
         RegistryError: a registry cannot be reached, answers garbage or lacks the image (exit 3).
         ServerError: the service cannot be reached or refuses.
     """
-    from lockd.model import Check
-    from lockd.report import report_for
+    from lockd.judgement.reporting import report_for
+    from lockd.model.report import Check
     from lockd.verify import check_signature_for
 
     if client is not None and _service_holds(client, observation):

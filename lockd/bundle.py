@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 from lockd import __version__
 from lockd.errors import InputError, LockdError, ServerError
-from lockd.statement import canonical_json
+from lockd.trust.statement import canonical_json
 
 if TYPE_CHECKING:
     from lockd.client import Client
-    from lockd.keys import PublicKey
+    from lockd.trust.keys import PublicKey
 
 __all__ = [
     "FORMAT",
@@ -148,10 +148,10 @@ def bundle_files(
         ManifestError: the envelope does not carry a lockd Statement.
         InputError: an entry covering the manifest or a report is missing from ``entries``.
     """
-    from lockd import keys
-    from lockd.dsse import parse_envelope
     from lockd.sbom import sbom_json
-    from lockd.statement import parse_statement
+    from lockd.trust import keys
+    from lockd.trust.dsse import parse_envelope
+    from lockd.trust.statement import parse_statement
 
     parsed = parse_envelope(envelope, f"manifest {digest}")
     subjects, manifest = parse_statement(parsed.payload_bytes(), f"manifest {digest}")
@@ -271,7 +271,7 @@ class Exported:
 def _report_text(report: Mapping[str, Any], source: str) -> str:
     from pydantic import ValidationError
 
-    from lockd.model import Report
+    from lockd.model.report import Report
 
     try:
         return Report.model_validate(report).model_dump_json(exclude_none=True)
@@ -296,8 +296,8 @@ def export_bundle(
         SignatureError: the envelope does not verify against the service's keys.
         OutputExistsError: ``output`` exists and ``force`` is false.
     """
-    from lockd import dsse, keys
     from lockd.fileio import refuse_existing, write_atomic
+    from lockd.trust import dsse, keys
 
     refuse_existing(output, force=force)
     where = f"{client.base_url}/v1/manifests/{digest}"
@@ -354,7 +354,7 @@ def _covering_entries(
 ) -> list[dict[str, Any]]:
     """The whole chain is fetched and checked; the segment from the manifest's entry to the
     newest report's entry is kept."""
-    from lockd.store.audit import ChainChecker
+    from lockd.trust.auditlog import ChainChecker
 
     checker = ChainChecker()
     chain: list[dict[str, Any]] = []
@@ -501,7 +501,7 @@ def _check_index(files: Mapping[str, bytes], refused: Sequence[str]) -> str:
 
 
 def _check_signature(files: Mapping[str, bytes], meta: Mapping[str, Any]) -> tuple[str, list[str]]:
-    from lockd import dsse, keys
+    from lockd.trust import dsse, keys
 
     found: list[PublicKey] = []
     for name in sorted(n for n in files if n.startswith("keys/")):
@@ -534,9 +534,9 @@ def _check_signature(files: Mapping[str, bytes], meta: Mapping[str, Any]) -> tup
 
 
 def _check_sbom(files: Mapping[str, bytes]) -> str:
-    from lockd.dsse import parse_envelope
     from lockd.sbom import sbom_json
-    from lockd.statement import parse_statement
+    from lockd.trust.dsse import parse_envelope
+    from lockd.trust.statement import parse_statement
 
     envelope = parse_envelope(files["envelope.dsse.json"], "envelope.dsse.json")
     subjects, manifest = parse_statement(envelope.payload_bytes(), "envelope.dsse.json")
@@ -562,7 +562,7 @@ def _check_sbom(files: Mapping[str, bytes]) -> str:
 
 
 def _check_chain(files: Mapping[str, bytes], meta: Mapping[str, Any]) -> str:
-    from lockd.store.audit import entry_hash
+    from lockd.trust.auditlog import entry_hash
 
     entries = _load_json(files, "audit.json")
     if not isinstance(entries, list) or not entries:

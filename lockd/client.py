@@ -18,11 +18,12 @@ from lockd.errors import ServerError
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from lockd.fleet import FleetAck, FleetBatch, FleetView
-    from lockd.keys import PublicKey
-    from lockd.model import Observation, Report
-    from lockd.policy import Policy
-    from lockd.store.audit import ChainCheck
+    from lockd.judgement.policy import Policy
+    from lockd.model.fleet import FleetAck, FleetBatch, FleetView
+    from lockd.model.manifest import Observation
+    from lockd.model.report import Report
+    from lockd.trust.auditlog import ChainCheck
+    from lockd.trust.keys import PublicKey
 
 M = TypeVar("M", bound="BaseModel")
 TIMEOUT_S = 30.0
@@ -130,7 +131,7 @@ class Client:
     def push_fleet(self, batch: FleetBatch) -> FleetAck:
         """Deliver one agent batch (``POST /v1/fleet/reports``); a redelivered one is
         acknowledged with ``applied: false``."""
-        from lockd.fleet import FleetAck
+        from lockd.model.fleet import FleetAck
 
         body = batch.model_dump_json(exclude_none=True).encode("utf-8")
         _, answer = self._request("POST", "/v1/fleet/reports", body=body)
@@ -138,7 +139,7 @@ class Client:
 
     def fleet(self, *, host: str | None = None, verdict: str | None = None) -> FleetView:
         """The fleet view (``GET /v1/fleet``), optionally of one host or one verdict."""
-        from lockd.fleet import FleetView
+        from lockd.model.fleet import FleetView
 
         query = [("host", host)] if host else []
         query += [("verdict", verdict)] if verdict else []
@@ -201,10 +202,10 @@ def verify_remote(
     Raises:
         ServerError: the service cannot be reached or holds no manifest for the target.
     """
-    from lockd.dsse import Envelope
-    from lockd.model import ReportManifest
-    from lockd.report import build_report, manifest_reference, target_summary
-    from lockd.statement import parse_statement, subjects_for
+    from lockd.judgement.reporting import build_report, manifest_reference, target_summary
+    from lockd.model.report import ReportManifest
+    from lockd.trust.dsse import Envelope
+    from lockd.trust.statement import parse_statement, subjects_for
     from lockd.verify import check_signature
 
     info = observation.target
@@ -236,7 +237,7 @@ def verify_remote(
 def check_remote_audit(client: Client) -> ChainCheck:
     """Re-hash the service's whole audit log here, independently of the service's own verdict
     (entries are checked as they are fetched, page by page)."""
-    from lockd.store.audit import ChainChecker
+    from lockd.trust.auditlog import ChainChecker
 
     checker = ChainChecker()
     for entry in client.audit_entries():

@@ -15,9 +15,9 @@ from lockd.errors import InputError, LockdError, SignatureError
 
 if TYPE_CHECKING:
     from lockd.client import Client
-    from lockd.dsse import Envelope
-    from lockd.keys import PublicKey
-    from lockd.policy import Policy
+    from lockd.judgement.policy import Policy
+    from lockd.trust.dsse import Envelope
+    from lockd.trust.keys import PublicKey
 
 _PINNED = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
 
@@ -66,9 +66,9 @@ def judge(
     """Pure: the first of ``envelopes`` ((where, envelope), newest first) that is signed by a
     trusted key, names the image's digest as a subject and whose recorded checks pass
     ``policy``; reasons for each that does not."""
-    from lockd import dsse
-    from lockd.compare import compare
-    from lockd.statement import parse_statement
+    from lockd.judgement.compare import compare
+    from lockd.trust import dsse
+    from lockd.trust.statement import parse_statement
 
     digest = pinned_digest(image)
     reasons: list[str] = []
@@ -103,8 +103,8 @@ def envelopes_from_server(client: Client, digest: str) -> list[tuple[str, Envelo
     Raises:
         ServerError: the service cannot be reached or answers garbage.
     """
-    from lockd.dsse import Envelope
     from lockd.errors import ServerError
+    from lockd.trust.dsse import Envelope
 
     found = []
     for summary in client.manifests_for(digest):
@@ -118,14 +118,14 @@ def envelopes_from_server(client: Client, digest: str) -> list[tuple[str, Envelo
 
 
 def envelopes_from_registry(image: str) -> list[tuple[str, Envelope]]:
-    """Every envelope stored next to ``image`` in its registry (lockd.registry.fetch).
+    """Every envelope stored next to ``image`` in its registry (lockd.trust.registry.fetch).
 
     Raises:
         InputError: no registry host in the reference.
         RegistryError: the registry cannot be reached or answers garbage.
     """
-    from lockd.dsse import parse_envelope
-    from lockd.registry import fetch
+    from lockd.trust.dsse import parse_envelope
+    from lockd.trust.registry import fetch
 
     found = []
     for data in fetch(image):

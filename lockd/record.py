@@ -8,24 +8,27 @@ from typing import TYPE_CHECKING
 
 from lockd import __version__
 from lockd.errors import InputError, RefusedError
-from lockd.model import MAX_CHANGES, Finding, LockInfo, Manifest, Observation
-from lockd.statement import PAYLOAD_TYPE, Subject, make_statement, subjects_for
+from lockd.model.host import MAX_CHANGES
+from lockd.model.manifest import LockInfo, Manifest, Observation
+from lockd.model.report import Finding
+from lockd.trust.statement import PAYLOAD_TYPE, Subject, make_statement, subjects_for
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from lockd.dsse import Envelope
-    from lockd.keys import PrivateKey
-    from lockd.lockfile import Lock
-    from lockd.targets.base import Target
+    from lockd.evidence.targets.base import Target
+    from lockd.judgement.locks import Lock
+    from lockd.trust.dsse import Envelope
+    from lockd.trust.keys import PrivateKey
 
 
 def observe(
     target: Target, *, gpu: bool = False, deep: bool = False, cache: bool = True
 ) -> Observation:
     """What record signs of ``target``: its Observation; with ``gpu``, a run of the GPU suite
-    in it; with ``deep``, its installed files hashed against their RECORDs (lockd.integrity),
-    through the layer cache unless not ``cache`` (lockd.layercache).
+    in it; with ``deep``, its installed files hashed against their RECORDs
+    (lockd.evidence.integrity),
+    through the layer cache unless not ``cache`` (lockd.evidence.cache.layers).
 
     Raises:
         RefusedError: with ``deep``, installed files disagree with their RECORD, or a RECORD
@@ -33,37 +36,37 @@ def observe(
         TargetError, ProbeError: the target cannot be observed.
     """
     if deep and not gpu:
-        from lockd.integrity import DeepTarget
+        from lockd.evidence.integrity import DeepTarget
 
         # hashing overlaps the probe, which runs the import smoke test too
         observation = DeepTarget(target, cache=cache, family_imports=True).observe()
     elif gpu:
-        from lockd.gpu import observe_with_suite
+        from lockd.evidence.gpurun import observe_with_suite
 
         observation = observe_with_suite(target)
     else:
         observation = target.observe()
     if deep:
-        from lockd.integrity import deepen, require_intact
+        from lockd.evidence.integrity import deepen, require_intact
 
         if observation.integrity is None:
             observation = deepen(target, observation, cache=cache)
         require_intact(observation)
-        from lockd.smoke import with_family_imports
+        from lockd.evidence.smoke import with_family_imports
 
         observation = with_family_imports(target, observation)  # unless the probe ran it
     return observation
 
 
 def require_coherent(observation: Observation) -> None:
-    """Refuse to sign a PyTorch family that does not fit its torch (lockd.coherence), or
+    """Refuse to sign a PyTorch family that does not fit its torch (lockd.judgement.coherence), or
     (--deep) that fails to import.
 
     Raises:
         RefusedError: listing every finding; nothing may be signed (record --allow-incoherent
             signs it anyway, and verify then fails its `coherence` check).
     """
-    from lockd.compare import coherence_findings
+    from lockd.judgement.compare import coherence_findings
 
     findings = coherence_findings(observation)
     if not findings:
@@ -81,7 +84,7 @@ def build_manifest(
     observation: Observation, *, now: dt.datetime | None = None, lock: LockInfo | None = None
 ) -> Manifest:
     """The manifest of ``observation``: its changes relative to the image, each with content
-    (lockd.targets.docker), are signed with it.
+    (lockd.evidence.targets.docker), are signed with it.
 
     Raises:
         InputError: the container changed more files than lockd records (MAX_CHANGES).
@@ -120,9 +123,9 @@ def append_gpu_result(manifest_path: Path, key: PrivateKey, observation: Observa
             not the recorded environment (image, packages, python or CUDA stack differ), or a
             recorded result of the same key has other bits.
     """
-    from lockd.compare import compare
-    from lockd.gpucompare import merge_result
-    from lockd.policy import default_policy
+    from lockd.judgement.compare import compare
+    from lockd.judgement.gpucompare import merge_result
+    from lockd.judgement.policy import default_policy
     from lockd.verify import open_manifest
 
     result = observation.gpu_suite
@@ -161,7 +164,7 @@ def append_gpu_result(manifest_path: Path, key: PrivateKey, observation: Observa
 def load_lock(path: Path, *, allow_unhashed: bool = False) -> Lock:
     """The lock for `record --lock`. Raises InputError: unreadable, malformed, or (unless
     `allow_unhashed`) a pin without --hash."""
-    from lockd.lockfile import read_lock, require_hashes
+    from lockd.judgement.locks import read_lock, require_hashes
 
     lock = read_lock(path)
     if not allow_unhashed:
@@ -188,8 +191,8 @@ def bind_lock(observation: Observation, lock: Lock) -> LockInfo:
     archive the lock does not allow; also when the target could not be probed or the lock was
     compiled for another Python or platform.
     """
-    from lockd.compare import lock_findings
-    from lockd.lockfile import lock_info
+    from lockd.judgement.compare import lock_findings
+    from lockd.judgement.locks import lock_info
 
     where = f"{observation.target.kind}:{observation.target.ref}"
     probe = observation.probe
@@ -218,7 +221,7 @@ class Recorded:
 
 
 def sign_manifest(manifest: Manifest, key: PrivateKey) -> Recorded:
-    from lockd import dsse, keys
+    from lockd.trust import dsse, keys
 
     envelope = dsse.sign(make_statement(manifest), PAYLOAD_TYPE, key)
     return Recorded(

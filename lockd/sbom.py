@@ -18,13 +18,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from lockd import __version__
-from lockd.model import Distribution, LockPin, Manifest, PipArchive, TorchInfo
+from lockd.model.environment import Distribution, PipArchive, TorchInfo
+from lockd.model.manifest import LockPin, Manifest
 
 if TYPE_CHECKING:
     from cyclonedx.model.bom import Bom
     from cyclonedx.model.component import Component
 
-    from lockd.statement import Subject
+    from lockd.trust.statement import Subject
 
 SBOM_NAMESPACE = uuid.UUID("5f0c1d0e-7a9b-4f3e-9a43-6c0c4b1d2e61")
 """uuid5 namespace of lockd's SBOM serial numbers (fixed: the same manifest, the same serial)."""
@@ -152,7 +153,7 @@ def build_bom(manifest: Manifest, subjects: Sequence[Subject]) -> Bom:
     from cyclonedx.model.component import Component, ComponentType
     from cyclonedx.model.tool import ToolRepository
 
-    from lockd.statement import canonical_json
+    from lockd.trust.statement import canonical_json
 
     observation = manifest.observation
     probe = observation.probe

@@ -15,27 +15,28 @@ from lockd.errors import LockdError, SignatureError
 from lockd.fileio import read_capped
 
 if TYPE_CHECKING:
-    from lockd.dsse import Envelope
-    from lockd.keys import PublicKey
-    from lockd.model import Check, Manifest, Observation, Report
-    from lockd.policy import Policy
-    from lockd.statement import Subject
-    from lockd.targets.base import Target
+    from lockd.evidence.targets.base import Target
+    from lockd.judgement.policy import Policy
+    from lockd.model.manifest import Manifest, Observation
+    from lockd.model.report import Check, Report
+    from lockd.trust.dsse import Envelope
+    from lockd.trust.keys import PublicKey
+    from lockd.trust.statement import Subject
 
 MAX_ENVELOPE_BYTES = 64 * 1024 * 1024
 
 
 def load_envelope(path: Path) -> Envelope:
     """Raises InputError / ManifestError naming `path`."""
-    from lockd.dsse import parse_envelope
+    from lockd.trust.dsse import parse_envelope
 
     data = read_capped(path, limit=MAX_ENVELOPE_BYTES, what="manifest")
     return parse_envelope(data, str(path))
 
 
 def check_signature(envelope: Envelope, trusted: Sequence[PublicKey]) -> tuple[Check, list[str]]:
-    from lockd import dsse
-    from lockd.model import Check
+    from lockd.model.report import Check
+    from lockd.trust import dsse
 
     try:
         keyids = dsse.verify(envelope, trusted)
@@ -46,7 +47,7 @@ def check_signature(envelope: Envelope, trusted: Sequence[PublicKey]) -> tuple[C
 
 def check_signature_for(keyids: Sequence[str], note: str = "") -> Check:
     """The passing ``signature`` check of an envelope these trusted keys signed."""
-    from lockd.model import Check
+    from lockd.model.report import Check
 
     message = f"signed by keyid {', '.join(k[:16] for k in keyids)}"
     return Check(
@@ -61,7 +62,7 @@ def open_manifest(
     path: Path, trusted: Sequence[PublicKey]
 ) -> tuple[Check, list[str], tuple[list[Subject], Manifest] | None]:
     """The signature check, the keyids that verified and, when trusted, the parsed Statement."""
-    from lockd.statement import parse_statement
+    from lockd.trust.statement import parse_statement
 
     envelope = load_envelope(path)
     signature, keyids = check_signature(envelope, trusted)
@@ -78,25 +79,26 @@ def reach_and_observe(
     cache: bool = True,
 ) -> tuple[Target, Observation]:
     """``deep``: check installed files against their RECORDs, not reporting unlisted files
-    that match these patterns (lockd.integrity); ``cache``: through the layer cache
-    (lockd.layercache), else every file hashed; ``cache`` also lets a container take its probe
-    report from the probe cache when nothing the probe can see changed (lockd.probecache)."""
+    that match these patterns (lockd.evidence.integrity); ``cache``: through the layer cache
+    (lockd.evidence.cache.layers), else every file hashed; ``cache`` also lets a container take its
+    probe report from the probe cache when nothing the probe can see changed
+    (lockd.evidence.cache.probe)."""
     target = reach()
     if cache and hasattr(target, "reuse_probe"):
         target.reuse_probe = True
     if deep is not None and not gpu:
-        from lockd.integrity import DeepTarget
+        from lockd.evidence.integrity import DeepTarget
 
         observed = DeepTarget(target, ignore=deep, cache=cache, family_imports=True).observe()
         return target, _with_family_imports(target, observed, deep)
     if gpu:
-        from lockd.gpu import observe_with_suite
+        from lockd.evidence.gpurun import observe_with_suite
 
         observation = observe_with_suite(target)
     else:
         observation = target.observe()
     if deep is not None:
-        from lockd.integrity import deepen
+        from lockd.evidence.integrity import deepen
 
         observation = deepen(target, observation, ignore=deep, cache=cache)
     return target, _with_family_imports(target, observation, deep)
@@ -109,7 +111,7 @@ def _with_family_imports(
     the probe ran it."""
     if deep is None:
         return observation
-    from lockd.smoke import with_family_imports
+    from lockd.evidence.smoke import with_family_imports
 
     return with_family_imports(target, observation)
 
@@ -128,7 +130,7 @@ def verify_target(
     """Verify the target `reach()` opens against the signed manifest under `policy`; with
     `gpu`, run the GPU validation suite in it too (the `gpu` check); with `deep`, hash every
     installed file against its RECORD (the `integrity` check), through the layer cache unless
-    not `cache` (lockd.layercache).
+    not `cache` (lockd.evidence.cache.layers).
 
     The target is reached and probed in a worker thread while the envelope is read and its
     signature checked: the probe mostly waits on the container, so this hides its latency.
@@ -145,8 +147,8 @@ def verify_target(
         if observing is None:
             observing = pool.submit(reach_and_observe, reach, gpu, ignore, cache=cache)
         # imported once the probe is on its way: the models and compare() load meanwhile
-        from lockd.model import ReportManifest
-        from lockd.report import build_report, report_for, target_summary
+        from lockd.judgement.reporting import build_report, report_for, target_summary
+        from lockd.model.report import ReportManifest
 
         if statement is None:
             try:

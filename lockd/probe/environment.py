@@ -701,29 +701,29 @@ def family_imports(dists: list[dict[str, Any]] | None = None) -> dict[str, Any]:
 # After ``import torch``: every shared object of the CUDA stack and the Python extensions that
 # this process mapped (/proc/self/maps), with its sha256, size, soname, version and owner, and
 # the GPU architectures (SASS and PTX) that each installed shared object carries in its CUDA
-# fat binaries. lockd/fatbin.py does the reading; lockd embeds its source below when it streams
-# this file (lockd.libraries.embed_reader), and from a checkout it is read from beside this
-# package. Without torch installed neither runs: the probe then maps only the interpreter's own
+# fat binaries. lockd/probe/fatbin.py does the reading; lockd embeds its source below when it
+# streams
+# this file (lockd.judgement.libraries.embed_reader), and from a checkout it is read from beside
+# this package. Without torch installed neither runs: the probe then maps only the interpreter's own
 # libraries, and stays as fast as it was. LOCKD_PROBE_LIBRARIES=0 turns both off (to measure).
 
-FATBIN_SOURCE = None  # lockd/fatbin.py's source, embedded by lockd when it streams this file
+FATBIN_SOURCE = None  # lockd/probe/fatbin.py's source, embedded by lockd when it streams this file
 LIBRARIES_ENV = "LOCKD_PROBE_LIBRARIES"
 
 
 def fatbin_reader() -> dict[str, Any] | None:
-    """lockd/fatbin.py's functions, from the embedded source or the file beside this package."""
+    """lockd/probe/fatbin.py's functions, from the embedded source or the file beside this one."""
     source = FATBIN_SOURCE
     if source is None:
         here = globals().get("__file__")
         data = None
         if here:
-            package = os.path.dirname(os.path.dirname(os.path.abspath(here)))
-            data = _read(os.path.join(package, "fatbin.py"))
+            data = _read(os.path.join(os.path.dirname(os.path.abspath(here)), "fatbin.py"))
         if data is None:
             return None
         source = data.decode("utf-8")
     namespace: dict[str, Any] = {"__name__": "lockd_fatbin"}
-    exec(compile(source, "lockd/fatbin.py", "exec"), namespace)
+    exec(compile(source, "lockd/probe/fatbin.py", "exec"), namespace)
     return namespace
 
 
@@ -734,7 +734,7 @@ def loaded_evidence() -> dict[str, Any]:
     try:
         reader = fatbin_reader()
         if reader is None:
-            raise RuntimeError("lockd/fatbin.py is not available to the probe")
+            raise RuntimeError("lockd/probe/fatbin.py is not available to the probe")
         locations = [entry for entry in sys.path if entry]
         index = reader["record_index"](locations)
         libraries = reader["loaded_libraries"]("probe", locations, index=index)

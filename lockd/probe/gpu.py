@@ -79,7 +79,7 @@ REASON_LIMIT = 500
 ALLREDUCE_TIMEOUT = 240.0
 EXIT_NO_TORCH = 2
 
-# Test names, in the order they run. lockd/gpu.py keeps the tolerance of each.
+# Test names, in the order they run. lockd/evidence/gpurun.py keeps the tolerance of each.
 TESTS = (
     "fp32_matmul",
     "tf32_matmul",
@@ -612,24 +612,25 @@ def nccl_allreduce(torch: Any, gpus: int) -> Any:
 #
 # The same record the environment probe makes after ``import torch``, made after the tests, when
 # the libraries torch loads lazily (cuDNN's engines, cuBLAS, cuBLASLt, NVRTC...) are mapped too.
-# lockd/fatbin.py does it; lockd embeds its source below when it streams this file.
+# lockd/probe/fatbin.py does it; lockd embeds its source below when it streams this file.
 
-FATBIN_SOURCE = None  # lockd/fatbin.py's source, embedded by lockd when it streams this file
+FATBIN_SOURCE = None  # lockd/probe/fatbin.py's source, embedded by lockd when it streams this file
 LIBRARIES_ENV = "LOCKD_PROBE_LIBRARIES"
 
 
 def loaded_libraries() -> dict[str, Any]:
-    """lockd/fatbin.py's mapped-library record (scope ``suite``); a failure is its ``error``."""
+    """lockd/probe/fatbin.py's mapped-library record (scope ``suite``); a failure is its
+    ``error``."""
     started = time.perf_counter()
     try:
         source = FATBIN_SOURCE
-        if source is None:  # run from a checkout: the file beside this package
+        if source is None:  # run from a checkout: the file beside this one
             here = os.path.abspath(globals().get("__file__") or "")
-            path = os.path.join(os.path.dirname(os.path.dirname(here)), "fatbin.py")
+            path = os.path.join(os.path.dirname(here), "fatbin.py")
             with open(path, encoding="utf-8") as handle:
                 source = handle.read()
         namespace: dict[str, Any] = {"__name__": "lockd_fatbin"}
-        exec(compile(source, "lockd/fatbin.py", "exec"), namespace)
+        exec(compile(source, "lockd/probe/fatbin.py", "exec"), namespace)
         locations = [entry for entry in sys.path if entry]
         record: dict[str, Any] = namespace["loaded_libraries"]("suite", locations)
     except Exception as error:

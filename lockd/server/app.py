@@ -104,7 +104,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
         InputError: a bad database URL.
         PolicyError: a bad admission config (LOCKD_ADMISSION_CONFIG).
     """
-    from lockd import keys
+    from lockd.trust import keys
 
     trusted = [keys.load_public_key(path) for path in settings.trusted_keys]
     owned = store is None

@@ -91,7 +91,7 @@ class _FleetCollector(Collector):
         yield from self._families()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from lockd.fleet import HOST_STATES, VERDICTS
+        from lockd.model.fleet import HOST_STATES, VERDICTS
 
         containers, hosts = self._families()
         by_verdict, by_state = self._counts()

@@ -26,8 +26,8 @@ from lockd.server.service import NotFoundError, Service, parse_labels
 if TYPE_CHECKING:
     from jinja2 import Environment
 
-    from lockd.diffing import DiffReport
-    from lockd.model import Manifest
+    from lockd.judgement.diffing import DiffReport
+    from lockd.model.manifest import Manifest
     from lockd.store.repository import ManifestRecord, VerificationRecord
 
 router = APIRouter(include_in_schema=False)
@@ -63,8 +63,8 @@ def _page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
 
 
 def _manifest_of(record: ManifestRecord) -> Manifest:
-    from lockd.dsse import Envelope
-    from lockd.statement import parse_statement
+    from lockd.trust.dsse import Envelope
+    from lockd.trust.statement import parse_statement
 
     envelope = Envelope.model_validate_json(record.envelope)
     _, manifest = parse_statement(envelope.payload_bytes(), f"stored manifest {record.digest}")
@@ -84,7 +84,7 @@ class Row:
 
 
 def _row(record: ManifestRecord, package: str | None) -> Row | None:
-    from lockd.model import normalise_name
+    from lockd.model.base import normalise_name
 
     manifest = _manifest_of(record)
     probe = manifest.observation.probe
@@ -173,10 +173,10 @@ class Cell:
 
 
 def compat_matrix(manifest: Manifest, recorded_driver: str | None) -> dict[str, Any]:
-    """The compatibility matrix (lockd.compat): known GPUs by driver floors, each cell whether
-    the recorded torch build runs there; ``error`` when the manifest has no CUDA build."""
-    from lockd.compat import assess, build_from_manifest
+    """The compatibility matrix (lockd.judgement.compat): known GPUs by driver floors, each cell
+    whether the recorded torch build runs there; ``error`` when the manifest has no CUDA build."""
     from lockd.errors import LockdError
+    from lockd.judgement.compat import assess, build_from_manifest
 
     try:
         result = assess(build_from_manifest(manifest, "the manifest"))
@@ -232,7 +232,7 @@ def _entries_by_body(service: Service) -> dict[str, Any]:
 def reports_for(service: Service, record: ManifestRecord) -> list[VerificationRecord]:
     """The stored reports made against this manifest (by the service, or by clients that
     named it), newest first."""
-    from lockd.model import Report
+    from lockd.model.report import Report
 
     seen: dict[int, VerificationRecord] = {}
     for _, subject in record.subjects:
@@ -262,9 +262,9 @@ def manifest_page(
     digest: DigestPath, request: Request, service: ServiceDep, _: ReaderDep
 ) -> HTMLResponse:
     """Everything a manifest records, at a URL that stays: ``/m/sha256:<hex>``."""
-    from lockd.dsse import Envelope
-    from lockd.gpucompare import describe
-    from lockd.statement import parse_statement
+    from lockd.judgement.gpucompare import describe
+    from lockd.trust.dsse import Envelope
+    from lockd.trust.statement import parse_statement
 
     record = service.store.get_manifest(digest)
     if record is None:
@@ -301,7 +301,7 @@ def manifest_page(
 
 
 def _diff(service: Service, a: str, b: str) -> DiffReport:
-    from lockd.diffing import diff_manifests
+    from lockd.judgement.diffing import diff_manifests
 
     first, second = service.trusted_manifest(a), service.trusted_manifest(b)
     return diff_manifests(
@@ -327,7 +327,7 @@ def _classes(text: str) -> Iterable[tuple[str, str]]:
 @router.get("/diff/{a}/{b}", response_class=HTMLResponse)
 def diff_page(a: DigestPath, b: DigestPath, service: ServiceDep, _: ReaderDep) -> HTMLResponse:
     """What differs between two stored manifests: the report ``lockd diff`` prints."""
-    from lockd.diffing import render_text
+    from lockd.judgement.diffing import render_text
 
     missing = [d for d in (a, b) if service.store.get_manifest(d) is None]
     if missing:
@@ -350,7 +350,7 @@ def public_key(
     keyid: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")], service: ServiceDep, _: ReaderDep
 ) -> JSONResponse:
     """A public key this service trusts, by keyid: ``{"keyid", "pem"}``."""
-    from lockd import keys
+    from lockd.trust import keys
 
     for key in service.trusted:
         if keys.keyid(key) == keyid:

@@ -6,8 +6,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from lockd.dsse import Envelope
-from lockd.model import Digest, Manifest, Observation, Report
+from lockd.model.base import Digest
+from lockd.model.manifest import Manifest, Observation
+from lockd.model.report import Report
+from lockd.trust.dsse import Envelope
 
 PolicyName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 TokenName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")]

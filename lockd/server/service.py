@@ -23,21 +23,22 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 
-from lockd import dsse
 from lockd.errors import InputError, LockdError, PolicyError, SignatureError
-from lockd.model import Check, Manifest, Observation, Report, ReportManifest
-from lockd.policy import POLICY_NAME, Policy, default_policy, find_policy, parse_policy
-from lockd.report import build_report, manifest_reference, target_summary
+from lockd.judgement.policy import POLICY_NAME, Policy, default_policy, find_policy, parse_policy
+from lockd.judgement.reporting import build_report, manifest_reference, target_summary
+from lockd.model.manifest import Manifest, Observation
+from lockd.model.report import Check, Report, ReportManifest
 from lockd.server.groupcommit import GroupCommit
 from lockd.server.metrics import Metrics
-from lockd.statement import Subject, parse_statement, subjects_for
 from lockd.store.engine import is_sqlite
 from lockd.store.repository import NewVerification, VerificationRecord
+from lockd.trust import dsse
+from lockd.trust.statement import Subject, parse_statement, subjects_for
 
 if TYPE_CHECKING:
-    from lockd.keys import PublicKey
     from lockd.server.settings import Settings
     from lockd.store.repository import ManifestRecord, Principal, Store
+    from lockd.trust.keys import PublicKey
 
 P = ParamSpec("P")
 T = TypeVar("T")

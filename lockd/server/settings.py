@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lockd.errors import InputError
-from lockd.policy import search_dirs
+from lockd.judgement.policy import search_dirs
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
 STALE_AFTER_S = 180
@@ -57,8 +57,10 @@ class Settings(BaseModel):
     policies: tuple[Path, ...] = ()  # searched before the shipped policies
     allow_anonymous_read: bool = False
     max_body_bytes: int = Field(default=MAX_BODY_BYTES, gt=0)
-    admission_config: Path | None = None  # YAML: namespaces -> policy + mode (lockd.admission)
-    # The fleet (lockd.fleet): a host is stale when it has not reported for this long.
+    admission_config: Path | None = (
+        None  # YAML: namespaces -> policy + mode (lockd.judgement.admission)
+    )
+    # The fleet (lockd.model.fleet): a host is stale when it has not reported for this long.
     stale_after_s: int = Field(default=STALE_AFTER_S, gt=0)
     # Transition events that wait for nothing (delivered, given up, never to be sent) are
     # deleted this long after their transition; hosts that have not reported for
@@ -90,7 +92,7 @@ class Settings(BaseModel):
         """``LOCKD_DATABASE_URL``, ``LOCKD_TRUSTED_KEYS`` (files separated by the OS path
         separator), ``LOCKD_POLICIES`` (folders searched before the shipped policies, separated
         likewise), ``LOCKD_ALLOW_ANONYMOUS_READ`` (a flag),
-        ``LOCKD_ADMISSION_CONFIG`` (the admission webhook's YAML, see lockd.admission);
+        ``LOCKD_ADMISSION_CONFIG`` (the admission webhook's YAML, see lockd.judgement.admission);
         the fleet's ``LOCKD_STALE_AFTER_S``, ``LOCKD_FLEET_EVENT_RETENTION_S``,
         ``LOCKD_FLEET_FORGET_AFTER_S`` (seconds), ``LOCKD_WEBHOOK_URL``,
         ``LOCKD_WEBHOOK_SECRET``, ``LOCKD_WEBHOOK_MAX_ATTEMPTS``, ``LOCKD_WEBHOOK_BACKOFF_S``,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from starlette.concurrency import run_in_threadpool
 
-from lockd.fleet import timestamp
+from lockd.model.fleet import timestamp
 from lockd.store import fleet as store_fleet
 
 if TYPE_CHECKING:

@@ -1,5 +1,5 @@
 """The transition webhook's delivery worker: a task of the service's event loop that POSTs each
-queued transition event (lockd.fleet.TransitionEvent) to ``LOCKD_WEBHOOK_URL``, retrying with
+queued transition event (lockd.model.fleet.TransitionEvent) to ``LOCKD_WEBHOOK_URL``, retrying with
 exponential backoff, and records the outcome in the database.
 
 An event is marked delivered when the receiver answers 2xx, and is never sent again; events not
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from lockd import __version__
-from lockd.fleet import EVENT_HEADER, SIGNATURE_HEADER, sign, timestamp
+from lockd.model.fleet import EVENT_HEADER, SIGNATURE_HEADER, sign, timestamp
 from lockd.store import fleet as store_fleet
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
 
-from lockd.fleet import (
+from lockd.model.fleet import (
     FleetBatch,
     FleetContainerView,
     FleetHostView,

@@ -18,9 +18,9 @@ from sqlalchemy import Connection, Engine, and_, exists, func, select
 
 from lockd.errors import InputError
 from lockd.store import tables as t
-from lockd.store.audit import ChainCheck, ChainChecker, entry_hash
 from lockd.store.engine import is_postgres, make_engine
 from lockd.store.writelock import WriteLock
+from lockd.trust.auditlog import ChainCheck, ChainChecker, entry_hash
 
 Role = Literal["reader", "recorder", "admin"]
 ROLES: tuple[Role, ...] = get_args(Role)

@@ -115,7 +115,7 @@ audit_head = Table(
     Column("hash", String(64), nullable=False),
 )
 
-# --- the fleet (lockd.fleet): what the watch agents report --------------------------------
+# --- the fleet (lockd.model.fleet): what the watch agents report --------------------------------
 
 HOST = 253
 

@@ -6,5 +6,6 @@ followed and coalesced), :mod:`fingerprint` (what must change before a container
 again), :mod:`prober` (the inside probe), :mod:`verifier` (manifests from the service, cached on
 disk; the verdict), :mod:`spool` (the on-disk queue of batches for the service), :mod:`metrics`
 (Prometheus text), :mod:`agent` (the loop that ties them together) and :mod:`run` (an agent from
-the options). The daemon is asked through lockd's stdlib Docker client, :mod:`lockd.targets.engine`.
+the options). The daemon is asked through lockd's stdlib Docker client,
+:mod:`lockd.evidence.targets.engine`.
 """

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from lockd.errors import LockdError, ServerError
-from lockd.fleet import MAX_RESULTS, FleetBatch, FleetResult
-from lockd.targets.engine import EngineError, NotFoundError
+from lockd.evidence.targets.engine import EngineError, NotFoundError
+from lockd.model.fleet import MAX_RESULTS, FleetBatch, FleetResult
 from lockd.watch.discovery import Inspected, Seen, docker_filters, from_inspect, from_list, selected
 from lockd.watch.events import Coalescer, EventFollower, event_filters
 from lockd.watch.fingerprint import (
@@ -51,9 +51,9 @@ from lockd.watch.verifier import Judgement, ManifestCache, ServiceDownError, fai
 
 if TYPE_CHECKING:
     from lockd.client import Client
-    from lockd.model import Observation
-    from lockd.policy import Policy
-    from lockd.targets.engine import Engine
+    from lockd.evidence.targets.engine import Engine
+    from lockd.judgement.policy import Policy
+    from lockd.model.manifest import Observation
     from lockd.watch.prober import Prober
 
 log = logging.getLogger("lockd.watch")

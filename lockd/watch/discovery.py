@@ -1,5 +1,5 @@
 """Containers as the daemon lists and inspects them, reduced to what the agent tracks. Pure:
-the daemon's JSON in, frozen values out (``lockd.targets.engine`` does the asking)."""
+the daemon's JSON in, frozen values out (``lockd.evidence.targets.engine`` does the asking)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lockd.fleet import MAX_LABELS, FleetContainer
+from lockd.model.fleet import MAX_LABELS, FleetContainer
 from lockd.watch.options import Selector
 
 THROWAWAY_LABEL = "lockd.throwaway"  # lockd's own short-lived probe containers: never watched

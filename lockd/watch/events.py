@@ -11,11 +11,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lockd.targets.engine import EngineError
+from lockd.evidence.targets.engine import EngineError
 from lockd.watch.options import Selector
 
 if TYPE_CHECKING:
-    from lockd.targets.engine import Engine, EventStream
+    from lockd.evidence.targets.engine import Engine, EventStream
 
 log = logging.getLogger("lockd.watch")
 

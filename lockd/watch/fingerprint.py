@@ -19,11 +19,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lockd import kernel
 from lockd.errors import TargetError
-from lockd.fstree import MAX_ENTRIES, entry_digest, tree_digest
-from lockd.model import Observation
-from lockd.policy import Policy, python_places, shadows_code
+from lockd.evidence import kernel
+from lockd.evidence.cache.fstree import MAX_ENTRIES, entry_digest, tree_digest
+from lockd.judgement.policy import Policy, python_places, shadows_code
+from lockd.model.manifest import Observation
 
 DRIVER_VERSION = Path("/proc/driver/nvidia/version")
 
@@ -81,7 +81,7 @@ def mount_digest(mount: tuple[str, str, str, bool], limit: int = MAX_ENTRIES) ->
 
 
 def kernel_key(attrs: Mapping[str, Any]) -> str | None:
-    """The kernel's view of the container's processes, read on the host (lockd.kernel): the
+    """The kernel's view of the container's processes, read on the host (lockd.evidence.kernel): the
     distinct mount namespaces, roots and mountinfo among them. A mount made inside the
     container, a chroot or pivot_root changes it; the agent's own probe (a ``docker exec``
     sharing init's namespace and root) does not. None when it cannot all be read: probed every

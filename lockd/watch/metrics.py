@@ -11,7 +11,7 @@ import resource
 import threading
 from collections.abc import Callable
 
-from lockd.fleet import VERDICTS
+from lockd.model.fleet import VERDICTS
 
 log = logging.getLogger("lockd.watch")
 

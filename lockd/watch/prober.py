@@ -1,4 +1,5 @@
-"""The inside probe, run the way ``lockd verify`` runs it (lockd.targets.docker.ContainerTarget):
+"""The inside probe, run the way ``lockd verify`` runs it
+(lockd.evidence.targets.docker.ContainerTarget):
 host evidence from the daemon and the overlay directories, the probe through ``docker exec``
 with a deadline, over the agent's Engine (one connection per request, so the agent's worker
 threads share it).
@@ -10,8 +11,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lockd.model import Observation
-    from lockd.targets.engine import Engine
+    from lockd.evidence.targets.engine import Engine
+    from lockd.model.manifest import Observation
 
 __all__ = ["Prober"]
 
@@ -29,7 +30,7 @@ class Prober:
             TargetError: the container is gone or stopped, or the daemon failed.
             ProbeError: the probe failed, hung past the timeout, or printed garbage.
         """
-        from lockd.targets.docker import ContainerTarget
+        from lockd.evidence.targets.docker import ContainerTarget
 
         target = ContainerTarget(self.engine, dict(attrs), python=self.python, timeout=self.timeout)
         return target.observe()

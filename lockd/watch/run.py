@@ -29,10 +29,10 @@ def open_agent(options: WatchOptions) -> Iterator[Agent]:
         InputError: a bad policy, key, spool directory or metrics address (exit 2).
         TargetError: the Docker daemon cannot be reached (exit 3).
     """
-    from lockd import keys
     from lockd.client import Client
-    from lockd.policy import load_policy
-    from lockd.targets.engine import Engine
+    from lockd.evidence.targets.engine import Engine
+    from lockd.judgement.policy import load_policy
+    from lockd.trust import keys
     from lockd.watch.metrics import AgentMetrics, MetricsServer
     from lockd.watch.prober import Prober
     from lockd.watch.spool import Spool

@@ -33,7 +33,7 @@ from pydantic import ValidationError
 
 from lockd.errors import InputError
 from lockd.fileio import write_atomic
-from lockd.fleet import MAX_RESULTS, FleetBatch
+from lockd.model.fleet import MAX_RESULTS, FleetBatch
 
 log = logging.getLogger("lockd.watch")
 

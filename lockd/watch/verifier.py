@@ -1,6 +1,6 @@
 """Verdicts: the manifest the service holds for an image, kept on disk so verdicts go on while
-the service is away, and :func:`judge` (pure) — the signature, then ``lockd.compare`` under the
-policy, as ``lockd verify --server`` does.
+the service is away, and :func:`judge` (pure) — the signature, then ``lockd.judgement.compare``
+under the policy, as ``lockd verify --server`` does.
 
 Without ``--key`` the agent takes the service's word for the signature (the service only stores
 envelopes that verify against a key it trusts); with ``--key`` it checks every envelope here.
@@ -21,19 +21,20 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from lockd.dsse import Envelope
 from lockd.errors import LockdError, ServerError
 from lockd.fileio import write_atomic
-from lockd.fleet import MAX_FINDINGS, Verdict
-from lockd.model import Check, Finding, Manifest, Observation, Report, ReportManifest
-from lockd.report import build_report, manifest_reference, target_summary
-from lockd.statement import Subject, parse_statement
+from lockd.judgement.reporting import build_report, manifest_reference, target_summary
+from lockd.model.fleet import MAX_FINDINGS, Verdict
+from lockd.model.manifest import Manifest, Observation
+from lockd.model.report import Check, Finding, Report, ReportManifest
+from lockd.trust.dsse import Envelope
+from lockd.trust.statement import Subject, parse_statement
 from lockd.verify import check_signature
 
 if TYPE_CHECKING:
     from lockd.client import Client
-    from lockd.keys import PublicKey
-    from lockd.policy import Policy
+    from lockd.judgement.policy import Policy
+    from lockd.trust.keys import PublicKey
 
 log = logging.getLogger("lockd.watch")
 

@@ -133,8 +133,8 @@ def test_verify_fails_coherence_and_deep_shows_the_import_error(
 def test_the_smoke_test_runs_in_a_running_container(
     incoherent_image: str, run_container: Callable[..., Any]
 ) -> None:
-    from lockd.smoke import with_family_imports
-    from lockd.targets.select import open_target
+    from lockd.evidence.smoke import with_family_imports
+    from lockd.evidence.targets.select import open_target
 
     container = run_container(incoherent_image)
     target = open_target(f"container:{container.name}")

@@ -1,4 +1,4 @@
-"""The layer cache of --deep (lockd.layercache) against the real Docker daemon: digests of the
+"""The layer cache of --deep (lockd.evidence.cache.layers) against the real Docker daemon: digests of the
 image's read-only layers kept from one container to the next, the container's own writes
 always hashed, a corrupt cache file ignored and written again, --no-cache."""
 
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from test_deep import SITE, Lockd, check, findings, record, sh, verify_deep
 
-from lockd.layercache import FORMAT
+from lockd.evidence.cache.layers import FORMAT
 
 CACHED = "files from lockd's layer cache"
 
@@ -44,7 +44,7 @@ class Deep:
         return sorted((Path(self.env["LOCKD_CACHE_DIR"]) / "deep").glob("*.json"))
 
     def forget_results(self) -> None:
-        """Drop the containers' kept --deep results (lockd.integritycache): a container verified
+        """Drop the containers' kept --deep results (lockd.evidence.cache.integrity): a container verified
         again unchanged would take its result from there, not from the layer cache tested
         here."""
         shutil.rmtree(Path(self.env["LOCKD_CACHE_DIR"]) / "integrity", ignore_errors=True)

@@ -1,4 +1,4 @@
-"""lockd.targets.docker against the real Docker daemon: host evidence, the probe, its limits."""
+"""lockd.evidence.targets.docker against the real Docker daemon: host evidence, the probe, its limits."""
 
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 
 from lockd.errors import InputError, ProbeError, TargetError
-from lockd.model import FileChange, Mount, Observation
-from lockd.targets.docker import (
+from lockd.evidence.targets.docker import (
     THROWAWAY_LABEL,
     ContainerTarget,
     ImageTarget,
@@ -24,6 +23,8 @@ from lockd.targets.docker import (
     connect,
     resolve,
 )
+from lockd.model.host import FileChange, Mount
+from lockd.model.manifest import Observation
 
 SITE = "/opt/venv/lib/python3.11/site-packages"
 NO_PYTHON = "no Python interpreter found in the container (tried python3, python)"
@@ -390,7 +391,7 @@ def test_unreachable_daemon_is_a_target_error(
 
 
 def test_importing_the_target_does_not_import_the_docker_sdk(repo_root: Path) -> None:
-    code = "import sys, lockd.targets.docker; sys.exit('docker' in sys.modules)"
+    code = "import sys, lockd.evidence.targets.docker; sys.exit('docker' in sys.modules)"
     env = {**os.environ, "PYTHONPATH": str(repo_root)}
     assert subprocess.run([sys.executable, "-c", code], env=env, check=False).returncode == 0
 
@@ -402,7 +403,7 @@ def test_interrupted_image_probe_removes_its_container(
         # A job a shell starts in the background ignores SIGINT, and so do its children:
         # give this one Ctrl-C back, whatever runs the tests.
         "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-        "from lockd.targets.docker import ImageTarget, connect\n"
+        "from lockd.evidence.targets.docker import ImageTarget, connect\n"
         f"ImageTarget(connect(), {hang_image!r}, timeout=60).observe()\n"
     )
     env = {**os.environ, "PYTHONPATH": str(repo_root)}

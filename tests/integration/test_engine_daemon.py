@@ -1,4 +1,4 @@
-"""lockd.targets.engine (lockd's stdlib Docker client) and the container target over it, against
+"""lockd.evidence.targets.engine (lockd's stdlib Docker client) and the container target over it, against
 the real daemon: inspect, exec with stdin, the multiplexed stream, a container that goes away,
 output floods; and `lockd verify <container>` never importing the docker SDK."""
 
@@ -19,8 +19,8 @@ import typer
 
 from lockd import cli
 from lockd.errors import InputError, ProbeError, TargetError
-from lockd.targets.docker import ContainerTarget, ImageTarget, _SdkApi, open_docker_target
-from lockd.targets.engine import Engine, EngineError, NotFoundError, read_frames
+from lockd.evidence.targets.docker import ContainerTarget, ImageTarget, _SdkApi, open_docker_target
+from lockd.evidence.targets.engine import Engine, EngineError, NotFoundError, read_frames
 
 Run = Callable[..., Any]
 

@@ -1,4 +1,4 @@
-"""The integrity cache (lockd.integritycache) against the real daemon: `lockd verify <container>
+"""The integrity cache (lockd.evidence.cache.integrity) against the real daemon: `lockd verify <container>
 --deep` takes a container's result again while nothing the container can see changed and its
 image layers' files are those hashed then; it hashes again after a write in the container or a
 lower-layer file rewritten on the host, and never reuses with --no-cache or in `lockd record`."""

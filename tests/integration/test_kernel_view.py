@@ -1,4 +1,4 @@
-"""The kernel's view (lockd.kernel) and caches a container cannot freeze (issue #15 parts 4, 5),
+"""The kernel's view (lockd.evidence.kernel) and caches a container cannot freeze (issue #15 parts 4, 5),
 against the real daemon: each test is a container that tries to defeat a reuse rule or to hide
 a mount, and `lockd verify` must still answer NOT VERIFIED (exit 1) with the right check and a
 finding naming the path or mount. Plain containers, restarted ones, Docker's own mounts: clean.

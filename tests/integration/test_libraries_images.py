@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from lockd.libraries import library_findings, manifest_differences
-from lockd.model import Observation
-from lockd.statement import parse_statement
+from lockd.judgement.libraries import library_findings, manifest_differences
+from lockd.model.manifest import Observation
+from lockd.trust.statement import parse_statement
 from lockd.verify import load_envelope
 
 SITE = "/opt/venv/lib/python3.11/site-packages"

@@ -23,26 +23,14 @@ from typing import Any
 import child_processes
 import pytest
 
-from lockd import dsse, keys
 from lockd.gate import gate, judge
-from lockd.model import (
-    HostEvidence,
-    Manifest,
-    Observation,
-    OsInfo,
-    ProbeReport,
-    PythonInfo,
-    TargetInfo,
-)
-from lockd.policy import default_policy
-from lockd.registry import (
-    DSSE_MEDIA_TYPE,
-    Registry,
-    RegistryError,
-    attach,
-    fetch,
-)
-from lockd.statement import PAYLOAD_TYPE, make_statement
+from lockd.judgement.policy import default_policy
+from lockd.model.environment import OsInfo, ProbeReport, PythonInfo
+from lockd.model.host import HostEvidence, TargetInfo
+from lockd.model.manifest import Manifest, Observation
+from lockd.trust import dsse, keys
+from lockd.trust.registry import DSSE_MEDIA_TYPE, Registry, RegistryError, attach, fetch
+from lockd.trust.statement import PAYLOAD_TYPE, make_statement
 
 REPO = Path(__file__).resolve().parents[2]
 Lockd = Callable[..., subprocess.CompletedProcess[str]]  # the `lockd` fixture (tests/conftest.py)

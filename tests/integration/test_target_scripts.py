@@ -1,4 +1,4 @@
-"""lockd.targets.scripts.run_script: a script (the GPU suite, the import smoke test) run in a
+"""lockd.evidence.targets.scripts.run_script: a script (the GPU suite, the import smoke test) run in a
 local target, a running container and an image, and the same bounds as the probe: a non-zero
 exit, a flood of output, a missing interpreter."""
 
@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from lockd.errors import ProbeError
-from lockd.targets.base import Target
-from lockd.targets.local import LocalTarget
-from lockd.targets.scripts import run_script
-from lockd.targets.select import open_target
+from lockd.evidence.targets.base import Target
+from lockd.evidence.targets.local import LocalTarget
+from lockd.evidence.targets.scripts import run_script
+from lockd.evidence.targets.select import open_target
 
 HELLO = "import sys; print('hello from', sys.argv[1])"
 FAIL = "import sys; sys.stderr.write('broken\\n'); sys.exit(3)"

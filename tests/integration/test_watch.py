@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from lockd.client import Client
-from lockd.fleet import FleetBatch
+from lockd.model.fleet import FleetBatch
 from lockd.watch.agent import Agent
 from lockd.watch.options import Selector, WatchOptions
 from lockd.watch.run import open_agent

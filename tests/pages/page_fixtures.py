@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 
 from reference_manifests import manifest_a, manifest_b
 
-from lockd import dsse, keys
 from lockd.client import Client
-from lockd.model import Check, Report, ReportManifest
-from lockd.statement import PAYLOAD_TYPE, make_statement
+from lockd.model.report import Check, Report, ReportManifest
+from lockd.trust import dsse, keys
+from lockd.trust.statement import PAYLOAD_TYPE, make_statement
 
 SCREENSHOTS = Path(os.environ.get("LOCKD_SCREENSHOTS") or Path(__file__).parent / "screenshots")
 CHROMIUM_FLAGS = (

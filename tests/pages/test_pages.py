@@ -15,8 +15,8 @@ from pathlib import Path
 from page_fixtures import Browser, Service, _lockd
 from reference_manifests import manifest_a, manifest_b
 
-from lockd.diffing import diff_manifests, render_text
-from lockd.statement import subjects_for
+from lockd.judgement.diffing import diff_manifests, render_text
+from lockd.trust.statement import subjects_for
 
 
 def _text(dom: str) -> str:

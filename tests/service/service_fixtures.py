@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from lockd import keys
 from lockd.server.app import create_app
 from lockd.server.settings import Settings
 from lockd.store.engine import make_engine
 from lockd.store.migrate import upgrade
 from lockd.store.repository import Store
+from lockd.trust import keys
 
 REPO = Path(__file__).resolve().parents[2]
 _HERE = Path(__file__).resolve().parent

@@ -7,18 +7,11 @@ from typing import Any
 
 from child_processes import dying_with_parent
 
-from lockd import dsse, keys
-from lockd.model import (
-    Distribution,
-    HostEvidence,
-    Manifest,
-    Observation,
-    OsInfo,
-    ProbeReport,
-    PythonInfo,
-    TargetInfo,
-)
-from lockd.statement import PAYLOAD_TYPE, make_statement
+from lockd.model.environment import Distribution, OsInfo, ProbeReport, PythonInfo
+from lockd.model.host import HostEvidence, TargetInfo
+from lockd.model.manifest import Manifest, Observation
+from lockd.trust import dsse, keys
+from lockd.trust.statement import PAYLOAD_TYPE, make_statement
 
 SITE = "/opt/venv/lib/python3.11/site-packages"
 

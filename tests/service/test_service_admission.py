@@ -16,7 +16,9 @@ from fastapi.testclient import TestClient
 from service_fixtures import Signer, Tokens
 from service_helpers import envelope_json, free_port, image, observation
 
-from lockd.model import Finding, Integrity, Observation
+from lockd.model.host import Integrity
+from lockd.model.manifest import Observation
+from lockd.model.report import Finding
 from lockd.store.repository import Store
 
 KINDS = ("Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob")

@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from service_fixtures import Signer, Tokens
 from service_helpers import envelope, envelope_json, image, observation, observation_json
 
-from lockd.dsse import b64decode
-from lockd.store.audit import GENESIS, entry_hash
+from lockd.trust.auditlog import GENESIS, entry_hash
+from lockd.trust.dsse import b64decode
 
 
 def without_none(value: object) -> object:
@@ -280,7 +280,7 @@ def test_reads_are_answered_on_an_empty_store(
 
 
 def test_envelope_helper_signs_with_the_trusted_key(signer: Signer) -> None:
-    from lockd import dsse, keys
+    from lockd.trust import dsse, keys
 
     env = envelope(signer.key, observation(image(1)))
     trusted = keys.load_public_key(signer.public)

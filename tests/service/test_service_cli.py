@@ -20,7 +20,7 @@ Lockd = Callable[..., subprocess.CompletedProcess[str]]  # the `lockd` fixture (
 
 @pytest.fixture(scope="module")
 def other_pub(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from lockd import keys
+    from lockd.trust import keys
 
     path = tmp_path_factory.mktemp("other") / "other.pub"
     path.write_bytes(keys.public_pem(keys.generate_private_key()))

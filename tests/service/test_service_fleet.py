@@ -24,7 +24,7 @@ from service_fixtures import Signer, Tokens
 from service_helpers import Server
 from sqlalchemy import select, update
 
-from lockd.model import Report
+from lockd.model.report import Report
 from lockd.store import tables as t
 from lockd.store.fleet import pending_events
 from lockd.store.repository import Store
@@ -623,7 +623,7 @@ def server_env(database_url: str, signer: Signer) -> dict[str, str]:
 
 def push(url: str, token: str, body: dict[str, Any]) -> dict[str, Any]:
     from lockd.client import Client
-    from lockd.fleet import FleetBatch
+    from lockd.model.fleet import FleetBatch
 
     return Client(url, token).push_fleet(FleetBatch.model_validate(body)).model_dump()
 
@@ -635,7 +635,7 @@ def test_the_client_says_which_status_the_service_answered(
     another 4xx waits for an operator; None (no answer) and 5xx wait for the service."""
     from lockd.client import Client
     from lockd.errors import ServerError
-    from lockd.fleet import FleetBatch
+    from lockd.model.fleet import FleetBatch
 
     body = FleetBatch.model_validate(batch(1, [1], [result(1, "pass")]))
     with (tmp_path / "server.log").open("wb") as log:

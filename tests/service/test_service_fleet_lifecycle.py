@@ -26,7 +26,7 @@ from test_service_fleet import (
     wait_until,
 )
 
-from lockd.fleet import FleetBatch, timestamp
+from lockd.model.fleet import FleetBatch, timestamp
 from lockd.store import tables as t
 from lockd.store.fleet import apply_batch, forget_host, pending_events, prune_events
 from lockd.store.repository import Store

@@ -15,11 +15,11 @@ from service_fixtures import Signer, Tokens
 from service_helpers import envelope_json, image, observation, observation_json
 from sqlalchemy import delete, select, text, update
 
-from lockd import dsse
-from lockd.statement import PAYLOAD_TYPE, canonical_json
 from lockd.store import tables as t
-from lockd.store.audit import entry_hash
 from lockd.store.repository import Store
+from lockd.trust import dsse
+from lockd.trust.auditlog import entry_hash
+from lockd.trust.statement import PAYLOAD_TYPE, canonical_json
 
 # --- auth -------------------------------------------------------------------------------------
 

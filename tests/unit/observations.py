@@ -4,19 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from lockd.model import (
-    Distribution,
-    FileChange,
-    HostEvidence,
-    KernelView,
-    Manifest,
-    Mount,
-    Observation,
-    OsInfo,
-    ProbeReport,
-    PythonInfo,
-    TargetInfo,
-)
+from lockd.model.environment import Distribution, OsInfo, ProbeReport, PythonInfo
+from lockd.model.host import FileChange, HostEvidence, KernelView, Mount, TargetInfo
+from lockd.model.manifest import Manifest, Observation
 
 IMAGE = "sha256:" + "a" * 64
 OTHER_IMAGE = "sha256:" + "b" * 64
@@ -63,7 +53,7 @@ def host(**changes: Any) -> HostEvidence:
         "container_id": "c" * 64,
         "changes_source": "overlay",
         "config_env": {"PATH": "/usr/bin", "CUDA_HOME": "/usr/local/cuda"},
-        # the kernel's view of a plain container's one process (lockd.kernel)
+        # the kernel's view of a plain container's one process (lockd.evidence.kernel)
         "kernel": KernelView(processes=1, namespaces=1),
     }
     base.update(changes)

@@ -6,23 +6,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from lockd.gpu import suite_signature
-from lockd.model import (
+from lockd.evidence.gpurun import suite_signature
+from lockd.model.environment import (
     Distribution,
     DriverInfo,
     GpuInfo,
-    GpuSuiteResult,
-    HostEvidence,
-    LockInfo,
-    LockPin,
-    Manifest,
-    Observation,
     OsInfo,
     ProbeReport,
     PythonInfo,
-    TargetInfo,
     TorchInfo,
 )
+from lockd.model.gpusuite import GpuSuiteResult
+from lockd.model.host import HostEvidence, TargetInfo
+from lockd.model.manifest import LockInfo, LockPin, Manifest, Observation
 
 SITE = "/opt/venv/lib/python3.11/site-packages"
 IMAGE_A = "sha256:" + "1a" * 32

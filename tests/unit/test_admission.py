@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from lockd.admission import (
+from lockd.errors import PolicyError
+from lockd.judgement.admission import (
     AdmissionConfig,
     ContainerImage,
     ReviewError,
@@ -25,7 +26,6 @@ from lockd.admission import (
     review_response,
     static_problems,
 )
-from lockd.errors import PolicyError
 
 A = "sha256:" + "a" * 64
 B = "sha256:" + "b" * 64

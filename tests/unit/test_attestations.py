@@ -7,12 +7,13 @@ from __future__ import annotations
 import pytest
 from observations import host, manifest, observation
 
-from lockd import dsse, keys
 from lockd.attestations import Attestation, choose, registry_images, verify_attested
 from lockd.errors import InputError
-from lockd.model import Observation, TargetInfo
-from lockd.policy import default_policy
-from lockd.statement import PAYLOAD_TYPE, make_statement
+from lockd.judgement.policy import default_policy
+from lockd.model.host import TargetInfo
+from lockd.model.manifest import Observation
+from lockd.trust import dsse, keys
+from lockd.trust.statement import PAYLOAD_TYPE, make_statement
 
 REF = "registry.example:5000/team/app@sha256:" + "d" * 64
 DIGEST = REF.rpartition("@")[2]

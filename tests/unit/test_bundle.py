@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from reference_manifests import manifest_a
 
-from lockd import dsse, keys
 from lockd.bundle import (
     ReportItem,
     bundle_files,
@@ -27,9 +26,10 @@ from lockd.bundle import (
     verify_bundle,
 )
 from lockd.errors import InputError
-from lockd.model import Check, Report, ReportManifest
-from lockd.statement import PAYLOAD_TYPE, make_statement
-from lockd.store.audit import entry_hash
+from lockd.model.report import Check, Report, ReportManifest
+from lockd.trust import dsse, keys
+from lockd.trust.auditlog import entry_hash
+from lockd.trust.statement import PAYLOAD_TYPE, make_statement
 
 KEY = keys.generate_private_key()
 OTHER_KEY = keys.generate_private_key()

@@ -1,4 +1,4 @@
-"""lockd.cachefiles' documents: written as JSON, zlib-compressed or plain, and read back alike
+"""lockd.evidence.cache.files' documents: written as JSON, zlib-compressed or plain, and read back alike
 when trusted, within their limit once inflated, well formed and carrying the fields asked for."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lockd.cachefiles import load_document, store_document
+from lockd.evidence.cache.files import load_document, store_document
 
 FIELDS = {"format": "lockd-test-cache/1", "container": "c" * 64}
 DOCUMENT = {**FIELDS, "observed_at": "2026-01-02T03:04:05+00:00", "paths": ["/a", "/b"] * 50}

@@ -1,5 +1,5 @@
-"""One registry of checks (lockd.checks) serves compare(), the policy, the skipped checks of an
-untrusted manifest and every Report builder (lockd.report)."""
+"""One registry of checks (lockd.judgement.checks) serves compare(), the policy, the skipped checks of an
+untrusted manifest and every Report builder (lockd.judgement.reporting)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,19 @@ from pathlib import Path
 
 import yaml
 
-from lockd.checks import CHECK_IDS, COMPARED, REGISTRY, SIGNATURE
-from lockd.compare import RUNNERS, compare
-from lockd.model import Check, Manifest, Observation, ReportManifest, TargetInfo
-from lockd.policy import Policy, load_policy
-from lockd.report import UNTRUSTED, build_report, report_for, skipped_checks, target_summary
+from lockd.judgement.checks import CHECK_IDS, COMPARED, REGISTRY, SIGNATURE
+from lockd.judgement.compare import RUNNERS, compare
+from lockd.judgement.policy import Policy, load_policy
+from lockd.judgement.reporting import (
+    UNTRUSTED,
+    build_report,
+    report_for,
+    skipped_checks,
+    target_summary,
+)
+from lockd.model.host import TargetInfo
+from lockd.model.manifest import Manifest, Observation
+from lockd.model.report import Check, ReportManifest
 
 SHIPPED = Path(__file__).resolve().parents[2] / "lockd" / "policies"
 SIGNED = Check(id="signature", status="pass", evidence="signature", message="signed")

@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 from observations import dist, manifest, observation, probe
 
-from lockd.coherence import (
+from lockd.errors import InputError, RefusedError
+from lockd.evidence.smoke import parse_family_imports, run_family_imports, with_family_imports
+from lockd.evidence.targets.local import LocalTarget
+from lockd.judgement.coherence import (
     FAMILY,
     Constraints,
     IncoherentPinError,
@@ -23,16 +26,14 @@ from lockd.coherence import (
     rule_for,
     variant_of,
 )
-from lockd.coherence_data import DECLARED, OVERRIDES, TORCH_RELEASES
-from lockd.compare import check_coherence, compare, verified
-from lockd.errors import InputError, RefusedError
-from lockd.lockcompile import choose_resolver, in_requirements, render_header
-from lockd.model import FamilyImport, FamilyImports, Observation
-from lockd.policy import Checks, Policy
+from lockd.judgement.coherence_data import DECLARED, OVERRIDES, TORCH_RELEASES
+from lockd.judgement.compare import check_coherence, compare, verified
+from lockd.judgement.policy import Checks, Policy
+from lockd.lock import choose_resolver, in_requirements, render_header
+from lockd.model.environment import FamilyImport, FamilyImports
+from lockd.model.manifest import Observation
 from lockd.probe.environment import family_import
 from lockd.record import require_coherent
-from lockd.smoke import parse_family_imports, run_family_imports, with_family_imports
-from lockd.targets.local import LocalTarget
 
 LINUX = platform_environment("3.11", "manylinux_2_28_x86_64")
 ARM = platform_environment("3.11", "manylinux_2_28_aarch64")
@@ -319,7 +320,7 @@ def test_a_resolution_that_strays_is_constrained_again_except_what_the_in_pins()
 
 
 def test_an_explicit_incoherent_pin_is_refused_before_resolving(tmp_path: Path) -> None:
-    from lockd.lockcompile import LockRequest, compile_lock
+    from lockd.lock import LockRequest, compile_lock
 
     source = tmp_path / "requirements.in"
     source.write_text("torch==2.6.0\ntorchaudio==2.5.1\n")

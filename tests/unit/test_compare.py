@@ -13,9 +13,8 @@ from observations import (
     probe,
 )
 
-from lockd.compare import compare, verified
-from lockd.model import EMPTY_SHA256, Check, KernelMount, KernelView, Observation, TargetInfo
-from lockd.policy import (
+from lockd.judgement.compare import compare, verified
+from lockd.judgement.policy import (
     DEFAULT_VOLATILE,
     Checks,
     FilesystemPolicy,
@@ -23,6 +22,9 @@ from lockd.policy import (
     Policy,
     load_policy,
 )
+from lockd.model.host import EMPTY_SHA256, KernelMount, KernelView, TargetInfo
+from lockd.model.manifest import Observation
+from lockd.model.report import Check
 
 STRICT = Policy()
 

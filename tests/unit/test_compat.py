@@ -11,9 +11,9 @@ from pathlib import Path
 import observations as obs
 import pytest
 
-from lockd import dsse, keys
 from lockd.cli import main
-from lockd.compat import (
+from lockd.errors import InputError, ManifestError
+from lockd.judgement.compat import (
     Build,
     Target,
     assess,
@@ -28,9 +28,10 @@ from lockd.compat import (
     resolve_gpu,
     via,
 )
-from lockd.errors import InputError, ManifestError
-from lockd.model import Manifest, TorchInfo
-from lockd.statement import PAYLOAD_TYPE, make_statement
+from lockd.model.environment import TorchInfo
+from lockd.model.manifest import Manifest
+from lockd.trust import dsse, keys
+from lockd.trust.statement import PAYLOAD_TYPE, make_statement
 
 REPO = Path(__file__).resolve().parents[2]
 LOCK_2_6 = REPO / "locks" / "pytorch-cuda-2.6" / "requirements.txt"

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from reference_manifests import IMAGE_A, manifest_a, manifest_b
 
-from lockd.diffing import diff_manifests, render_text, report_json
-from lockd.model import Manifest
-from lockd.statement import make_statement, subjects_for
+from lockd.judgement.diffing import diff_manifests, render_text, report_json
+from lockd.model.manifest import Manifest
+from lockd.trust.statement import make_statement, subjects_for
 
 EXPECTED = """\
 A  a.json  recorded 2026-09-01T10:00:00+00:00 by lockd 0.1.0

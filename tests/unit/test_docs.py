@@ -10,7 +10,7 @@ import pytest
 import typer
 
 import lockd.cli
-from lockd.checks import CHECK_IDS
+from lockd.judgement.checks import CHECK_IDS
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -98,7 +98,7 @@ def test_the_readme_checks_table_lists_exactly_the_check_ids() -> None:
     section = _section(README.read_text(encoding="utf-8"), "Checks")
     listed = [cell.strip("`") for cell in _first_cells(section)]
     assert listed == list(CHECK_IDS), (
-        f"README.md's checks table lists {listed}; lockd.checks.CHECK_IDS is {list(CHECK_IDS)}"
+        f"README.md's checks table lists {listed}; lockd.judgement.checks.CHECK_IDS is {list(CHECK_IDS)}"
     )
 
 

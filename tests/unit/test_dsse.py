@@ -1,4 +1,4 @@
-"""lockd.dsse: PAE, envelopes, sign and verify, with an independent verifier over cryptography."""
+"""lockd.trust.dsse: PAE, envelopes, sign and verify, with an independent verifier over cryptography."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from lockd import dsse, keys
 from lockd.errors import ManifestError, SignatureError
+from lockd.trust import dsse, keys
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 PAYLOAD = b'{"_type": "https://in-toto.io/Statement/v1", "subject": []}'

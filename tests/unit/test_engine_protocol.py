@@ -1,4 +1,4 @@
-"""lockd.targets.engine's HTTP over a Unix socket, against servers that are not a Docker daemon:
+"""lockd.evidence.targets.engine's HTTP over a Unix socket, against servers that are not a Docker daemon:
 nothing listening, garbage, HTML, error pages, chunked answers, over-long answers."""
 
 from __future__ import annotations
@@ -12,8 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from lockd.targets import engine
-from lockd.targets.engine import Engine, EngineError, NotFoundError, UnreachableError, read_frames
+from lockd.evidence.targets import engine
+from lockd.evidence.targets.engine import (
+    Engine,
+    EngineError,
+    NotFoundError,
+    UnreachableError,
+    read_frames,
+)
 
 START_IT = (
     "Start it (e.g. `sudo systemctl start docker`, or `dockerd &` as root) or set DOCKER_HOST."

@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from lockd import extras
-from lockd.cli import main
-from lockd.extras import EXTRA_MODULES, MissingExtraError, require_extra
+from lockd.cli import extras, main
+from lockd.cli.extras import EXTRA_MODULES, MissingExtraError, require_extra
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 

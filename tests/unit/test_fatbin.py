@@ -1,4 +1,4 @@
-"""lockd/fatbin.py on real CUDA shared objects from real wheels, fetched once into a cache.
+"""lockd/probe/fatbin.py on real CUDA shared objects from real wheels, fetched once into a cache.
 
 * torchaudio 2.6.0 (+cu124, the default Linux wheel; 3.4 MB): libtorchaudio.so and
   libctc_prefix_decoder.so carry .nv_fatbin sections.
@@ -32,10 +32,10 @@ from types import ModuleType
 
 import pytest
 
-from lockd import fatbin
-from lockd.compat import TORCH_WHEELS, parse_arch_flags
 from lockd.errors import InputError, ProbeError
-from lockd.libraries import embed_reader, read_binary, reader_source
+from lockd.judgement.compat import TORCH_WHEELS, parse_arch_flags
+from lockd.judgement.libraries import embed_reader, read_binary, reader_source
+from lockd.probe import fatbin
 
 CACHE = Path(os.environ.get("LOCKD_FIXTURE_CACHE") or "/var/cache/lockd/fixtures")
 TORCHAUDIO = "torchaudio==2.6.0"
@@ -247,8 +247,7 @@ def test_python_3_8_reads_the_same(libtorchaudio: Path, old_python: str) -> None
 
 
 def test_the_probe_and_the_suite_carry_the_reader() -> None:
-    from lockd.gpu import suite_source
-    from lockd.probe import probe_source
+    from lockd.probe import probe_source, suite_source
 
     for source in (probe_source(), suite_source()):
         assert "FATBIN_SOURCE = None" not in source

@@ -1,4 +1,4 @@
-"""The container runtime's own changes (lockd.filechanges.runtime_change) against a GPU
+"""The container runtime's own changes (lockd.judgement.filechanges.runtime_change) against a GPU
 container's upper directory and mountinfo, and the ways an attacker might hide behind them.
 
 The GPU container fixture is NOT captured from a real machine: no Docker daemon with the NVIDIA
@@ -17,10 +17,10 @@ from __future__ import annotations
 import pytest
 from observations import host, manifest, observation
 
-from lockd.filechanges import describe, judge_changes, runtime_change
-from lockd.model import EMPTY_SHA256, FileChange, HostEvidence, KernelMount, KernelView, Mount
-from lockd.policy import DEFAULT_VOLATILE, Policy, volatile_places
-from lockd.targets.docker import ld_cache_folders
+from lockd.evidence.targets.docker import ld_cache_folders
+from lockd.judgement.filechanges import describe, judge_changes, runtime_change
+from lockd.judgement.policy import DEFAULT_VOLATILE, Policy, volatile_places
+from lockd.model.host import EMPTY_SHA256, FileChange, HostEvidence, KernelMount, KernelView, Mount
 
 DRIVER = "550.54.15"
 LIB = "/usr/lib/x86_64-linux-gnu"
@@ -110,7 +110,7 @@ UPPER = sorted(
 
 
 def kernel_view(mountinfo: str, gpus: bool = True) -> KernelView:
-    """The kernel's view as lockd.kernel would give it: every mount of MOUNTINFO, declared
+    """The kernel's view as lockd.evidence.kernel would give it: every mount of MOUNTINFO, declared
     (the container's root, the runtime's standard set, the daemon's bind, the toolkit's)."""
     mounts = []
     for line in mountinfo.splitlines():
@@ -228,7 +228,7 @@ def test_a_real_change_cannot_hide_behind_the_runtime(change: FileChange, why: s
     assert runtime_change(change, evidence, points, volatile) is None
     if why == "not mounted":
         # without the kernel's view lockd takes the daemon's word for an empty file (it has
-        # no bytes to run); with it (lockd.kernel), the file must be mounted over
+        # no bytes to run); with it (lockd.evidence.kernel), the file must be mounted over
         assert runtime_change(change, gpu_host([*UPPER, change], kernel=False)) is not None
     changes = [c for c in evidence.changes if c.path != change.path] + [change]
     seen = gpu_host(sorted(changes, key=lambda c: c.path), gpus=gpus)

@@ -1,4 +1,4 @@
-"""lockd.fleet (pure): the contract's models, transitions, stale hosts, the `lockd status`
+"""lockd.model.fleet (pure): the contract's models, transitions, stale hosts, the `lockd status`
 verdict and table, the webhook's body and signature; the service's fleet settings."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from lockd.errors import InputError
-from lockd.fleet import (
+from lockd.model.fleet import (
     FleetBatch,
     FleetContainerView,
     FleetHostView,

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from observations import dist, manifest, observation, probe
 
-from lockd.compare import compare
 from lockd.errors import ProbeError, RefusedError
-from lockd.gpu import parse_suite_output, suite_signature
-from lockd.gpucompare import (
+from lockd.evidence.gpurun import parse_suite_output, suite_signature
+from lockd.judgement.compare import compare
+from lockd.judgement.gpucompare import (
     TOLERANCES,
     compare_suites,
     deviation,
@@ -21,17 +21,11 @@ from lockd.gpucompare import (
     merge_result,
     summary,
 )
-from lockd.model import (
-    Check,
-    DriverInfo,
-    GpuInfo,
-    GpuSuiteResult,
-    GpuTestStats,
-    Manifest,
-    Observation,
-    TorchInfo,
-)
-from lockd.policy import Checks, Policy
+from lockd.judgement.policy import Checks, Policy
+from lockd.model.environment import DriverInfo, GpuInfo, TorchInfo
+from lockd.model.gpusuite import GpuSuiteResult, GpuTestStats
+from lockd.model.manifest import Manifest, Observation
+from lockd.model.report import Check
 
 STRICT = Policy()
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from lockd.gpu import parse_suite_output, suite_argv, suite_source
-from lockd.gpucompare import compare_suites
-from lockd.model import GpuSuiteResult, GpuTestStats
-from lockd.probe import environment
+from lockd.evidence.gpurun import parse_suite_output, suite_argv
+from lockd.judgement.gpucompare import compare_suites
+from lockd.model.gpusuite import GpuSuiteResult, GpuTestStats
+from lockd.probe import environment, suite_source
 
 Lockd = Callable[..., subprocess.CompletedProcess[str]]  # the `lockd` fixture (tests/conftest.py)
 

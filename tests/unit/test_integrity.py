@@ -12,9 +12,8 @@ from typing import Any
 import pytest
 from observations import observation
 
-from lockd.compare import check_integrity
 from lockd.errors import RefusedError
-from lockd.integrity import (
+from lockd.evidence.integrity import (
     FileState,
     HostTree,
     Row,
@@ -25,8 +24,11 @@ from lockd.integrity import (
     require_intact,
     row_finding,
 )
-from lockd.model import Distribution, Finding, Integrity
-from lockd.policy import Policy, load_policy
+from lockd.judgement.compare import check_integrity
+from lockd.judgement.policy import Policy, load_policy
+from lockd.model.environment import Distribution
+from lockd.model.host import Integrity
+from lockd.model.report import Finding
 
 SITE = "/opt/venv/lib/python3.11/site-packages"
 RECORD = f"{SITE}/demo-1.0.dist-info/RECORD"

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from lockd import integritycache
-from lockd.integritycache import (
+from lockd.evidence.cache import integrity as integritycache
+from lockd.evidence.cache.integrity import (
     FORMAT,
     Guard,
     Kept,
@@ -25,7 +25,9 @@ from lockd.integritycache import (
     load,
     store,
 )
-from lockd.model import Distribution, Finding, Integrity
+from lockd.model.environment import Distribution
+from lockd.model.host import Integrity
+from lockd.model.report import Finding
 
 CONTAINER = "c" * 64
 OTHER = "d" * 64

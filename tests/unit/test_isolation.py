@@ -8,18 +8,12 @@ from __future__ import annotations
 import pytest
 from observations import host, manifest, observation
 
-from lockd.checks import COMPARED
-from lockd.compare import check_filesystem, check_isolation, compare, verified
-from lockd.model import (
-    Check,
-    ForeignRoot,
-    HostEvidence,
-    KernelMount,
-    KernelView,
-    Observation,
-    TargetInfo,
-)
-from lockd.policy import Checks, Policy
+from lockd.judgement.checks import COMPARED
+from lockd.judgement.compare import check_filesystem, check_isolation, compare, verified
+from lockd.judgement.policy import Checks, Policy
+from lockd.model.host import ForeignRoot, HostEvidence, KernelMount, KernelView, TargetInfo
+from lockd.model.manifest import Observation
+from lockd.model.report import Check
 
 DECLARED = [
     KernelMount(mount_point="/", fstype="overlay", source="overlay", root="/", declared="root"),

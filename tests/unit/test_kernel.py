@@ -1,4 +1,4 @@
-"""lockd.kernel without Docker: mountinfo and cgroup parsing (escapes, optional fields, hostile
+"""lockd.evidence.kernel without Docker: mountinfo and cgroup parsing (escapes, optional fields, hostile
 lines), which mounts a container was given (Docker's standard set, masked and read-only paths,
 the NVIDIA toolkit's injections, recursive binds) and which it made itself, and reading a
 process's view at the edge (a process that vanishes, one that is not the container's)."""
@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from lockd import kernel
 from lockd.errors import TargetError
-from lockd.kernel import (
+from lockd.evidence import kernel
+from lockd.evidence.kernel import (
     MountinfoError,
     classify,
     parse_cgroup,

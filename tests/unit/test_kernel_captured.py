@@ -1,11 +1,11 @@
-"""lockd.kernel's parsers on what a real GPU machine's kernel printed (tests/assets/kernel)."""
+"""lockd.evidence.kernel's parsers on what a real GPU machine's kernel printed (tests/assets/kernel)."""
 
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
 
-from lockd.kernel import parse_cgroup, parse_mountinfo
+from lockd.evidence.kernel import parse_cgroup, parse_mountinfo
 
 KERNEL = Path(__file__).resolve().parents[1] / "assets" / "kernel"
 

@@ -1,4 +1,4 @@
-"""lockd.keys: cosign-compatible key files, checked against cosign's format independently."""
+"""lockd.trust.keys: cosign-compatible key files, checked against cosign's format independently."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from lockd import dsse, keys
 from lockd.errors import InputError, KeyFileError, OutputExistsError
+from lockd.trust import dsse, keys
 
 VECTORS = Path(__file__).resolve().parents[1] / "assets" / "vectors"
 COSIGN_KEY = VECTORS / "cosign-empty-password.key"

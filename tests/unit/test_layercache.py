@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 from test_integrity import SITE, digest, install
 
-from lockd.integrity import HostTree, check_files
-from lockd.layercache import (
+from lockd.evidence.cache.layers import (
     FORMAT,
     DigestCache,
     Entry,
@@ -25,6 +24,7 @@ from lockd.layercache import (
     provider,
     resolve_dir,
 )
+from lockd.evidence.integrity import HostTree, check_files
 
 
 def layers(*tables: dict[str, Entry]) -> tuple[int, Callable[[int, str], Entry]]:
@@ -143,7 +143,7 @@ def test_a_cache_file_others_can_write_is_not_trusted(tmp_path: Path) -> None:
 
 
 def test_the_cache_keeps_at_most_max_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("lockd.layercache.MAX_FILES", 2)
+    monkeypatch.setattr("lockd.evidence.cache.layers.MAX_FILES", 2)
     f = tmp_path / "f"
     f.write_bytes(b"x")
     for n in range(4):

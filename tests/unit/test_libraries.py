@@ -1,5 +1,5 @@
-"""What a process loaded: the record lockd/fatbin.py makes inside a process (here, processes of
-this interpreter with the torch CPU wheel) and lockd.libraries' findings and comparisons, on real
+"""What a process loaded: the record lockd/probe/fatbin.py makes inside a process (here, processes of
+this interpreter with the torch CPU wheel) and lockd.judgement.libraries' findings and comparisons, on real
 libraries, and on the manifest recorded on an H200 node (tests/assets/manifests/)."""
 
 from __future__ import annotations
@@ -16,20 +16,21 @@ from pathlib import Path
 
 import pytest
 
-from lockd import compat, fatbin
-from lockd.compare import check_libraries
-from lockd.libraries import (
+from lockd.evidence.targets.base import parse_probe_output
+from lockd.judgement import compat
+from lockd.judgement.compare import check_libraries
+from lockd.judgement.libraries import (
     compare_records,
     identity,
     intrinsic_findings,
     manifest_differences,
     manifest_records,
 )
-from lockd.model import LoadedLibraries, Manifest, ProbeReport
-from lockd.policy import Policy
-from lockd.probe import probe_source
-from lockd.statement import parse_statement
-from lockd.targets.base import parse_probe_output
+from lockd.judgement.policy import Policy
+from lockd.model.environment import LoadedLibraries, ProbeReport
+from lockd.model.manifest import Manifest
+from lockd.probe import fatbin, probe_source
+from lockd.trust.statement import parse_statement
 
 ROOT = Path(__file__).resolve().parents[2]
 H200 = ROOT / "tests" / "assets" / "manifests" / "h200-torch-2.11-gpu.dsse.json"
@@ -296,7 +297,7 @@ def test_a_python_module_of_the_same_name_is_no_shadow(
 
 
 def test_diff_shows_a_library_file_changed_under_the_same_version() -> None:
-    from lockd.diffing import diff_manifests, render_text
+    from lockd.judgement.diffing import diff_manifests, render_text
 
     manifest = h200()
     probe = manifest.observation.probe

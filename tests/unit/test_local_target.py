@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from lockd.errors import ProbeError
+from lockd.evidence.targets.base import Target, parse_probe_output, run_probe_subprocess
+from lockd.evidence.targets.local import LocalTarget
 from lockd.probe import probe_source
-from lockd.targets.base import Target, parse_probe_output, run_probe_subprocess
-from lockd.targets.local import LocalTarget
 
 
 def fake_python(tmp_path: Path, script: str) -> str:

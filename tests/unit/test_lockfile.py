@@ -9,29 +9,15 @@ from pathlib import Path
 import pytest
 from observations import SITE, dist, manifest, observation, probe
 
-from lockd.compare import compare, lock_findings
 from lockd.errors import InputError, RefusedError
-from lockd.lockcompile import LockRequest, compile_lock, render_header, uv_platform
-from lockd.lockfile import (
-    Lock,
-    cuda_stack,
-    lock_info,
-    parse_lock,
-    read_lock,
-    require_hashes,
-)
-from lockd.model import (
-    Check,
-    LockInfo,
-    LockPin,
-    Manifest,
-    Observation,
-    PipArchive,
-    PipReport,
-    PythonInfo,
-    normalise_name,
-)
-from lockd.policy import Checks, Policy, load_policy
+from lockd.judgement.compare import compare, lock_findings
+from lockd.judgement.locks import Lock, cuda_stack, lock_info, parse_lock, read_lock, require_hashes
+from lockd.judgement.policy import Checks, Policy, load_policy
+from lockd.lock import LockRequest, compile_lock, render_header, uv_platform
+from lockd.model.base import normalise_name
+from lockd.model.environment import PipArchive, PipReport, PythonInfo
+from lockd.model.manifest import LockInfo, LockPin, Manifest, Observation
+from lockd.model.report import Check
 from lockd.record import bind_lock
 
 H1, H2, H3 = "1" * 64, "2" * 64, "3" * 64
@@ -450,8 +436,8 @@ def test_bind_lock_refuses_a_target_without_a_probe() -> None:
 def test_show_states_the_cuda_stack_a_lock_pins() -> None:
     from rich.console import Console
 
-    from lockd.render import print_manifest
-    from lockd.statement import subjects_for
+    from lockd.cli.render import print_manifest
+    from lockd.trust.statement import subjects_for
 
     cuda = [
         LockPin(name="nvidia-cuda-runtime-cu12", version="12.4.127"),

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from lockd.errors import PolicyError
-from lockd.policy import (
+from lockd.judgement.policy import (
     DEFAULT_VOLATILE,
     FilesystemPolicy,
     Policy,

@@ -8,10 +8,11 @@ import json
 
 from observations import SITE, host, manifest, observation
 
-from lockd.compare import compare
-from lockd.model import PREDICATE_TYPE, PREDICATE_TYPES, FileChange
-from lockd.policy import Policy, load_policy
-from lockd.statement import make_statement, parse_statement
+from lockd.judgement.compare import compare
+from lockd.judgement.policy import Policy, load_policy
+from lockd.model.host import FileChange
+from lockd.model.manifest import PREDICATE_TYPE, PREDICATE_TYPES
+from lockd.trust.statement import make_statement, parse_statement
 
 V1 = "https://lockd.dev/manifest/v1"
 

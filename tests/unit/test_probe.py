@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from lockd.model import Distribution, ProbeReport
+from lockd.evidence.targets.base import parse_probe_output
+from lockd.model.environment import Distribution, ProbeReport
 from lockd.probe import environment, probe_source
-from lockd.targets.base import parse_probe_output
 
 RECORD = (
     "foo_bar/__init__.py,sha256=47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU,0\n"

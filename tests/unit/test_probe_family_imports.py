@@ -15,10 +15,10 @@ from test_coherence import BROKEN_EXTENSION, fake_distribution
 from test_probe_output import document, encode
 
 from lockd.errors import ProbeError
-from lockd.model import FamilyImport
-from lockd.smoke import observe, with_family_imports
-from lockd.targets.base import parse_probe_document
-from lockd.targets.local import LocalTarget
+from lockd.evidence.smoke import observe, with_family_imports
+from lockd.evidence.targets.base import parse_probe_document
+from lockd.evidence.targets.local import LocalTarget
+from lockd.model.environment import FamilyImport
 
 SOURCE = "container web-1"
 TORCH_OK = {"name": "torch", "version": "2.11.0", "module": "torch", "op": "torch.add", "ok": True}

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from lockd.errors import ProbeError
-from lockd.targets.base import MAX_PROBE_OUTPUT, parse_probe_output
+from lockd.evidence.targets.base import MAX_PROBE_OUTPUT, parse_probe_output
 
 SHA = "a" * 64
 

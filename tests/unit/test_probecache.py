@@ -1,7 +1,7 @@
 """The probe cache without Docker: the fingerprint of what a probe can see, read from real
 directories standing for a container's upper directory and its mounts' host side, and from the
 kernel's view of a real process of its own mount namespace standing for its init (never through
-its root); the cache files kept and trusted; lockd.cachefiles' reading and writing."""
+its root); the cache files kept and trusted; lockd.evidence.cache.files' reading and writing."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
-from lockd import kernel, probecache
-from lockd.cachefiles import read_trusted, write_atomic
-from lockd.probecache import FORMAT, CachedProbe, fingerprint, load, store
+from lockd.evidence import kernel
+from lockd.evidence.cache import probe as probecache
+from lockd.evidence.cache.files import read_trusted, write_atomic
+from lockd.evidence.cache.probe import FORMAT, CachedProbe, fingerprint, load, store
 
 PROBE = [["/opt/venv/bin/python", "-I", "-c", "print('probe')"]]
 CONTAINER = "c" * 64
@@ -496,7 +497,7 @@ def test_beyond_max_files_the_least_recently_used_goes(
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, third.name])
 
 
-# --- lockd.cachefiles ----------------------------------------------------------------------------
+# --- lockd.evidence.cache.files ----------------------------------------------------------------------------
 
 
 def test_read_trusted_reads_a_trusted_file_up_to_its_limit(tmp_path: Path) -> None:

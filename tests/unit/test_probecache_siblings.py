@@ -2,7 +2,7 @@
 share, read from real upper directories (content, not inodes or times), with real processes of
 their own mount namespace standing for two containers' init processes (whose /dev is never
 read: it is reached only through their root, the container's choice). The shape of the
-kernel's view (lockd.kernel) is a stand-in here; tests/unit/test_kernel.py covers it."""
+kernel's view (lockd.evidence.kernel) is a stand-in here; tests/unit/test_kernel.py covers it."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from lockd import kernel, probecache
-from lockd.probecache import fingerprint, sibling_fingerprint
+from lockd.evidence import kernel
+from lockd.evidence.cache import probe as probecache
+from lockd.evidence.cache.probe import fingerprint, sibling_fingerprint
 
 PROBE = [["/opt/venv/bin/python", "-I", "-c", "print('probe')"]]
 

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from observations import dist, host, manifest, observation, probe
 
-from lockd.model import LockInfo, LockPin, Manifest, PipArchive, PipReport, TorchInfo
+from lockd.model.environment import PipArchive, PipReport, TorchInfo
+from lockd.model.manifest import LockInfo, LockPin, Manifest
 from lockd.sbom import sbom_json, validation_error
-from lockd.statement import make_statement, subjects_for
+from lockd.trust.statement import make_statement, subjects_for
 
 H1, H2, H3 = "1" * 64, "2" * 64, "3" * 64
 REPO_DIGEST = "registry.invalid/team/app@sha256:" + "d" * 64

@@ -6,8 +6,9 @@ import pytest
 from observations import IMAGE, host, manifest, observation, probe
 
 from lockd.errors import ManifestError
-from lockd.model import PREDICATE_TYPE, Observation, TargetInfo
-from lockd.statement import STATEMENT_TYPE, make_statement, parse_statement, subjects_for
+from lockd.model.host import TargetInfo
+from lockd.model.manifest import PREDICATE_TYPE, Observation
+from lockd.trust.statement import STATEMENT_TYPE, make_statement, parse_statement, subjects_for
 
 
 def test_statement_is_canonical_and_round_trips() -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from observations import observation, probe
 
-from lockd import kernel
-from lockd.policy import default_policy
+from lockd.evidence import kernel
+from lockd.judgement.policy import default_policy
 from lockd.watch.fingerprint import (
     combine,
     host_key,

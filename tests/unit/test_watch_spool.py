@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lockd.errors import InputError
-from lockd.fleet import FleetBatch, FleetContainer, FleetResult
+from lockd.model.fleet import FleetBatch, FleetContainer, FleetResult
 from lockd.watch.spool import Spool, SpoolError, merge_batches
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from observations import IMAGE, dist, manifest, observation, probe
 
-from lockd import dsse, keys
 from lockd.client import Client
-from lockd.fleet import FleetResult
-from lockd.model import Check, Finding
-from lockd.policy import default_policy
-from lockd.statement import PAYLOAD_TYPE, make_statement
+from lockd.judgement.policy import default_policy
+from lockd.model.fleet import FleetResult
+from lockd.model.report import Check, Finding
+from lockd.trust import dsse, keys
+from lockd.trust.statement import PAYLOAD_TYPE, make_statement
 from lockd.watch.discovery import from_inspect, from_list, selected
 from lockd.watch.metrics import AgentMetrics
 from lockd.watch.options import Selector

@@ -24,7 +24,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.background import BackgroundTask
 
-from lockd.admission import (
+from lockd.errors import LockdError, SignatureError
+from lockd.judgement.admission import (
     AdmissionConfig,
     ContainerImage,
     Decision,
@@ -42,11 +43,10 @@ from lockd.admission import (
     review_response,
     static_problems,
 )
-from lockd.errors import LockdError, SignatureError
 from lockd.server.routes import problems
 
 if TYPE_CHECKING:
-    from lockd.policy import Policy
+    from lockd.judgement.policy import Policy
     from lockd.server.service import Service, TrustedManifest
     from lockd.store.repository import Store
 
@@ -183,7 +183,7 @@ class Gatekeeper:
     def _judge(
         self, trusted: TrustedManifest, manifest_digest: str, policy: Policy, policy_name: str
     ) -> Verdict:
-        from lockd.compare import compare
+        from lockd.judgement.compare import compare
 
         recorded = trusted.manifest
         failed = [c for c in compare(recorded, recorded.observation, policy) if c.status == "fail"]

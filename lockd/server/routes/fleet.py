@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Path, Query, Request, Response, status
 
-from lockd.fleet import FleetAck, FleetBatch, FleetView, HostName, Verdict, timestamp
+from lockd.model.fleet import FleetAck, FleetBatch, FleetView, HostName, Verdict, timestamp
 from lockd.server.deps import AdminDep, ReaderDep, RecorderDep, ServiceDep
 from lockd.server.routes import problems
 from lockd.server.service import NotFoundError

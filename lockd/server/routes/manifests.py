@@ -6,13 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
 
-from lockd.dsse import Envelope
 from lockd.server.deps import ReaderDep, RecorderDep, ServiceDep
 from lockd.server.routes import problems
 from lockd.server.schemas import ManifestDetail, ManifestSummary, SubjectOut
 from lockd.server.service import NotFoundError, check_name, parse_labels
-from lockd.statement import parse_statement
 from lockd.store.repository import ManifestRecord
+from lockd.trust.dsse import Envelope
+from lockd.trust.statement import parse_statement
 
 router = APIRouter(prefix="/v1/manifests", tags=["manifests"])
 

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 
 from lockd.errors import LockdError
-from lockd.model import Report
+from lockd.model.report import Report
 from lockd.server.deps import ReaderDep, Refusal, ServiceDep, admit, authorize, bearer_token
 from lockd.server.middleware import ASGIApp, Message, Receive, Scope, Send
 from lockd.server.routes import problems
