@@ -749,8 +749,7 @@ def check_integrity(observation: Observation, p: Policy) -> Check:
     )
 
 
-# --- the PyTorch family against the installed torch (lockd.judgement.coherence)
-# --------------------------
+# --- the PyTorch family against the installed torch (lockd.judgement.coherence) -------------------
 
 
 def coherence_findings(observation: Observation) -> list[Finding]:
@@ -826,8 +825,7 @@ def check_coherence(observation: Observation, p: Policy) -> Check:
     )
 
 
-# --- what the process loaded (lockd.judgement.libraries)
-# --------------------------------------------------
+# --- what the process loaded (lockd.judgement.libraries) ------------------------------------------
 
 
 def check_libraries(manifest: Manifest, observation: Observation, p: Policy) -> Check:

@@ -711,8 +711,7 @@ def _changes(
     return _Changes(found[:limit], "api", len(found) > limit, skipped, gpus)
 
 
-# --- files, for lockd.evidence.integrity (--deep)
-# ---------------------------------------------------------
+# --- files, for lockd.evidence.integrity (--deep) -------------------------------------------------
 
 Archive = tuple[Iterable[bytes], dict[str, Any]]
 """The daemon's tar stream of a path (``docker cp``) and the path's stat."""
