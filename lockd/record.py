@@ -66,7 +66,7 @@ def require_coherent(observation: Observation) -> None:
         RefusedError: listing every finding; nothing may be signed (record --allow-incoherent
             signs it anyway, and verify then fails its `coherence` check).
     """
-    from lockd.judgement.compare import coherence_findings
+    from lockd.judgement.checks.coherence import coherence_findings
 
     findings = coherence_findings(observation)
     if not findings:
@@ -191,7 +191,7 @@ def bind_lock(observation: Observation, lock: Lock) -> LockInfo:
     archive the lock does not allow; also when the target could not be probed or the lock was
     compiled for another Python or platform.
     """
-    from lockd.judgement.compare import lock_findings
+    from lockd.judgement.checks.lock import lock_findings
     from lockd.judgement.locks import lock_info
 
     where = f"{observation.target.kind}:{observation.target.ref}"

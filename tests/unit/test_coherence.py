@@ -14,6 +14,7 @@ from observations import dist, manifest, observation, probe
 from lockd.errors import InputError, RefusedError
 from lockd.evidence.smoke import parse_family_imports, run_family_imports, with_family_imports
 from lockd.evidence.targets.local import LocalTarget
+from lockd.judgement.checks.coherence import check_coherence
 from lockd.judgement.coherence import (
     FAMILY,
     Constraints,
@@ -27,7 +28,7 @@ from lockd.judgement.coherence import (
     variant_of,
 )
 from lockd.judgement.coherence_data import DECLARED, OVERRIDES, TORCH_RELEASES
-from lockd.judgement.compare import check_coherence, compare, verified
+from lockd.judgement.compare import compare, verified
 from lockd.judgement.policy import Checks, Policy
 from lockd.lock import choose_resolver, in_requirements, render_header
 from lockd.model.environment import FamilyImport, FamilyImports

@@ -24,7 +24,7 @@ from lockd.evidence.integrity import (
     require_intact,
     row_finding,
 )
-from lockd.judgement.compare import check_integrity
+from lockd.judgement.checks.integrity import check_integrity
 from lockd.judgement.policy import Policy, load_policy
 from lockd.model.environment import Distribution
 from lockd.model.host import Integrity

@@ -9,7 +9,9 @@ import pytest
 from observations import host, manifest, observation
 
 from lockd.judgement.checks import COMPARED
-from lockd.judgement.compare import check_filesystem, check_isolation, compare, verified
+from lockd.judgement.checks.filesystem import check_filesystem
+from lockd.judgement.checks.isolation import check_isolation
+from lockd.judgement.compare import compare, verified
 from lockd.judgement.policy import Checks, Policy
 from lockd.model.host import ForeignRoot, HostEvidence, KernelMount, KernelView, TargetInfo
 from lockd.model.manifest import Observation

@@ -18,7 +18,7 @@ import pytest
 
 from lockd.evidence.targets.base import parse_probe_output
 from lockd.judgement import compat
-from lockd.judgement.compare import check_libraries
+from lockd.judgement.checks.libraries import check_libraries
 from lockd.judgement.libraries import (
     compare_records,
     identity,

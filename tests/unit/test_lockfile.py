@@ -10,7 +10,8 @@ import pytest
 from observations import SITE, dist, manifest, observation, probe
 
 from lockd.errors import InputError, RefusedError
-from lockd.judgement.compare import compare, lock_findings
+from lockd.judgement.checks.lock import lock_findings
+from lockd.judgement.compare import compare
 from lockd.judgement.locks import Lock, cuda_stack, lock_info, parse_lock, read_lock, require_hashes
 from lockd.judgement.policy import Checks, Policy, load_policy
 from lockd.lock import LockRequest, compile_lock, render_header, uv_platform

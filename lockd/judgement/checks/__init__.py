@@ -3,6 +3,11 @@ check id. compare() runs the checks in this order, the policy's `checks` section
 each (defaulting to the registry's), an untrusted manifest's report skips every one after
 `signature`, and every Report builder (lockd.judgement.reporting) takes its ids from here.
 
+The checks themselves live beside this registry, one module per family (image, packages,
+filesystem, isolation, environment: python/env/system, lock, gpu: cuda/driver/gpu, integrity,
+coherence, libraries) over what they share (interface); lockd.judgement.compare maps each id to
+its family's function (RUNNERS).
+
 Pure data: this module imports nothing of lockd's.
 """
 
