@@ -49,11 +49,11 @@ __all__ = [
     "ContainerImage",
     "Decision",
     "ImageRef",
+    "ImageVerdict",
     "Review",
     "ReviewError",
     "Rule",
     "UnsupportedObjectError",
-    "Verdict",
     "decide",
     "images_of",
     "load_config",
@@ -293,7 +293,7 @@ def images_of(kind: str, obj: Mapping[str, Any] | None) -> list[ContainerImage]:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class ImageVerdict:
     """What the store says about one image digest under one policy."""
 
     ok: bool
@@ -356,7 +356,7 @@ def decide(
     rule: Rule,
     images: Sequence[ContainerImage],
     problems: Sequence[str],
-    verdicts: Mapping[str, Verdict],
+    verdicts: Mapping[str, ImageVerdict],
     *,
     unavailable: str | None = None,
     failure: Literal["closed", "open"] = "closed",

@@ -49,7 +49,7 @@ Capability = tuple[int, int]
 
 
 @dataclass(frozen=True)
-class Target:
+class ArchTarget:
     """One entry of a build's arch list: a cubin (`sm_XY`) or PTX (`compute_XY`)."""
 
     kind: Literal["sm", "compute"]
@@ -79,14 +79,14 @@ _ARCH_LIST_ENTRY = re.compile(r"^([1-9]\d?)\.(\d)([af]?)(\+ptx)?$", re.IGNORECAS
 _SEPARATORS = re.compile(r"[\s,;\[\]'\"]+")
 
 
-def parse_arch_flags(flags: str | Sequence[str], source: str) -> tuple[Target, ...]:
+def parse_arch_flags(flags: str | Sequence[str], source: str) -> tuple[ArchTarget, ...]:
     """Targets from torch._C._cuda_getArchFlags() output ("sm_50 sm_60 ... compute_90"), a
     list of such entries, or TORCH_CUDA_ARCH_LIST entries ("8.6", "9.0+PTX", "9.0a").
 
     Sorted and without duplicates. Raises InputError naming `source` and the bad entry.
     """
     text = flags if isinstance(flags, str) else " ".join(flags)
-    found: set[Target] = set()
+    found: set[ArchTarget] = set()
     for token in _SEPARATORS.split(text):
         if not token:
             continue
@@ -96,17 +96,17 @@ def parse_arch_flags(flags: str | Sequence[str], source: str) -> tuple[Target, .
     return tuple(sorted(found, key=_target_order))
 
 
-def _parse_target(token: str, source: str) -> list[Target]:
+def _parse_target(token: str, source: str) -> list[ArchTarget]:
     match = _TARGET.match(token)
     if match:
         kind, major, minor, suffix = match.groups()
-        return [Target(kind, int(major), int(minor), suffix)]  # type: ignore[arg-type]
+        return [ArchTarget(kind, int(major), int(minor), suffix)]  # type: ignore[arg-type]
     match = _ARCH_LIST_ENTRY.match(token)
     if match:
         major, minor, suffix, ptx = match.groups()
-        targets = [Target("sm", int(major), int(minor), suffix)]  # type: ignore[arg-type]
+        targets = [ArchTarget("sm", int(major), int(minor), suffix)]  # type: ignore[arg-type]
         if ptx:
-            targets.append(Target("compute", int(major), int(minor), suffix))  # type: ignore[arg-type]
+            targets.append(ArchTarget("compute", int(major), int(minor), suffix))  # type: ignore[arg-type]
         return targets
     raise InputError(
         f"{source}: {token!r} is not a GPU architecture (expected sm_XY, compute_XY, "
@@ -114,11 +114,11 @@ def _parse_target(token: str, source: str) -> list[Target]:
     )
 
 
-def _target_order(t: Target) -> tuple[int, int, str, bool]:
+def _target_order(t: ArchTarget) -> tuple[int, int, str, bool]:
     return (t.major, t.minor, t.suffix, t.ptx)
 
 
-def kernel_for(targets: Sequence[Target], cc: Capability) -> Target | None:
+def kernel_for(targets: Sequence[ArchTarget], cc: Capability) -> ArchTarget | None:
     """The code a device of capability `cc` would run: the closest cubin, else PTX, else None."""
     cubins = [t for t in targets if not t.ptx and t.runs_on(cc)]
     if cubins:
@@ -133,7 +133,7 @@ def sm_name(cc: Capability) -> str:
     return f"sm_{cc[0]}{cc[1]}"
 
 
-def via(kernel: Target | None, cc: Capability) -> str:
+def via(kernel: ArchTarget | None, cc: Capability) -> str:
     if kernel is None:
         return f"no kernel image for {sm_name(cc)}"
     if kernel.ptx:
@@ -260,11 +260,11 @@ class Binary:
 
     name: str  # as its distribution's RECORD lists it, else the file name
     distribution: str | None
-    groups: tuple[tuple[Target, ...], ...]
+    groups: tuple[tuple[ArchTarget, ...], ...]
     containers: tuple[int, ...]  # how many containers carry each group
 
     @property
-    def targets(self) -> tuple[Target, ...]:
+    def targets(self) -> tuple[ArchTarget, ...]:
         every = {t for group in self.groups for t in group}
         return tuple(sorted(every, key=_target_order))
 
@@ -278,7 +278,7 @@ class Build:
     source: str
     torch: str
     cuda: str  # major.minor
-    targets: tuple[Target, ...]
+    targets: tuple[ArchTarget, ...]
     cudnn: str | None = None
     nccl: str | None = None
     notes: tuple[str, ...] = ()
@@ -537,7 +537,7 @@ class ExtensionSupport(Frozen):
     gpus: list[GpuSupport]
 
 
-class Verdict(Frozen):
+class RunsVerdict(Frozen):
     runs: bool
     reasons: list[str]  # when it does not run, only the reasons why not
     driver: str | None = None
@@ -555,14 +555,14 @@ class Compat(Frozen):
     driver: DriverFloors
     gpus: list[GpuSupport]  # the architecture alone; the verdict adds the driver
     notes: list[str]
-    verdict: Verdict | None
+    verdict: RunsVerdict | None
     extensions: list[ExtensionSupport] = []  # every compiled extension (from a manifest)
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
 
 
-def support(targets: Sequence[Target], gpu: Gpu) -> GpuSupport:
+def support(targets: Sequence[ArchTarget], gpu: Gpu) -> GpuSupport:
     kernel = kernel_for(targets, gpu.cc)
     return GpuSupport(
         name=gpu.name,
@@ -661,7 +661,7 @@ def _label(gpu: Gpu) -> str:
 
 def _verdict(
     build: Build, floors: DriverFloors, driver: str | None, requested: Sequence[Gpu]
-) -> Verdict:
+) -> RunsVerdict:
     good: list[str] = []
     bad: list[str] = []
     rows = [support(build.targets, g) for g in requested]
@@ -683,7 +683,7 @@ def _verdict(
         good_d, bad_d = _driver_reasons(build, floors, driver, requested, rows)
         good += good_d
         bad += bad_d
-    return Verdict(runs=not bad, reasons=bad or good, driver=driver, gpus=rows)
+    return RunsVerdict(runs=not bad, reasons=bad or good, driver=driver, gpus=rows)
 
 
 def _driver_reasons(

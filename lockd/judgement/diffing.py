@@ -22,7 +22,7 @@ from lockd.trust.statement import Subject
 
 __all__ = [
     "DiffReport",
-    "Row",
+    "Difference",
     "Section",
     "Side",
     "diff_manifests",
@@ -35,7 +35,7 @@ STAT_FIELDS = ("mean", "l2", "absmax", "sum")
 
 
 @dataclass(frozen=True)
-class Row:
+class Difference:
     """One difference: ``a`` is the value in the first manifest, ``b`` in the second (None:
     absent there); ``note`` says what it means."""
 
@@ -52,7 +52,7 @@ class Section:
 
     id: str
     title: str
-    rows: tuple[Row, ...] = ()
+    rows: tuple[Difference, ...] = ()
     details: tuple[str, ...] = ()  # lines under the rows (statistics that moved)
     same: str = ""  # what to say when the aspect does not differ
 
@@ -94,13 +94,13 @@ def _side(label: str, manifest: Manifest, subjects: Sequence[Subject]) -> Side:
     )
 
 
-def _value_rows(pairs: Sequence[tuple[str, str | None, str | None, str]]) -> list[Row]:
+def _value_rows(pairs: Sequence[tuple[str, str | None, str | None, str]]) -> list[Difference]:
     rows = []
     for name, a, b, note in pairs:
         if a == b:
             continue
         kind: RowKind = "added" if a is None else "removed" if b is None else "changed"
-        rows.append(Row(kind, name, a, b, note))
+        rows.append(Difference(kind, name, a, b, note))
     return rows
 
 
@@ -142,19 +142,19 @@ def _environment(a: Manifest, b: Manifest) -> Section:
 def _distributions(a: Manifest, b: Manifest) -> Section:
     da = {d.name: d for d in (a.observation.probe.distributions if a.observation.probe else [])}
     db = {d.name: d for d in (b.observation.probe.distributions if b.observation.probe else [])}
-    rows: list[Row] = []
+    rows: list[Difference] = []
     for name in sorted(da.keys() | db.keys()):
         x, y = da.get(name), db.get(name)
         if x is None and y is not None:
-            rows.append(Row("added", name, None, y.version))
+            rows.append(Difference("added", name, None, y.version))
         elif y is None and x is not None:
-            rows.append(Row("removed", name, x.version, None))
+            rows.append(Difference("removed", name, x.version, None))
         elif x is not None and y is not None:
             if x.version != y.version:
-                rows.append(Row("changed", name, x.version, y.version))
+                rows.append(Difference("changed", name, x.version, y.version))
             elif x.record_sha256 != y.record_sha256:
                 rows.append(
-                    Row(
+                    Difference(
                         "modified",
                         name,
                         x.version,
@@ -230,21 +230,25 @@ def _moved(name: str, x: float, y: float) -> str:
     return f"{name} {x:.6g} -> {y:.6g} ({(y - x) / abs(x) * 100:+.3g}%)"
 
 
-def _test_row(x: GpuTestResult, y: GpuTestResult) -> tuple[Row, str] | None:
+def _test_row(x: GpuTestResult, y: GpuTestResult) -> tuple[Difference, str] | None:
     if x.status != "ok" or y.status != "ok":
         if x.status == y.status:
             return None
-        return Row("changed", x.name, x.status, y.status, y.reason or x.reason or ""), ""
+        return Difference("changed", x.name, x.status, y.status, y.reason or x.reason or ""), ""
     if x.sha256 == y.sha256:
         return None
     if x.stats is None or y.stats is None or (x.dtype, x.shape) != (y.dtype, y.shape):
-        return Row("changed", x.name, _short(x.sha256), _short(y.sha256), "another output"), ""
+        return Difference(
+            "changed", x.name, _short(x.sha256), _short(y.sha256), "another output"
+        ), ""
     off = deviation(x.stats, y.stats)
     rtol = TOLERANCES.get(x.name, DEFAULT_TOLERANCE).rtol
     verdict = "within" if off <= rtol else "BEYOND"
     note = f"deviation {off:.2e}, {verdict} tolerance {rtol:.0e}"
     moved = "; ".join(_moved(f, getattr(x.stats, f), getattr(y.stats, f)) for f in STAT_FIELDS)
-    return Row("changed", x.name, _short(x.sha256), _short(y.sha256), note), f"{x.name}: {moved}"
+    return Difference(
+        "changed", x.name, _short(x.sha256), _short(y.sha256), note
+    ), f"{x.name}: {moved}"
 
 
 def _gpu_sections(a: Manifest, b: Manifest) -> list[Section]:
@@ -258,7 +262,7 @@ def _gpu_sections(a: Manifest, b: Manifest) -> list[Section]:
             kind: RowKind = "added" if x is None else "removed"
             present = y if x is None else x
             assert present is not None
-            row = Row(
+            row = Difference(
                 kind,
                 "suite",
                 None if x is None else "recorded",
@@ -268,8 +272,8 @@ def _gpu_sections(a: Manifest, b: Manifest) -> list[Section]:
             )
             sections.append(Section(f"gpu:{model}", title, (row,)))
             continue
-        rows: list[Row] = [
-            Row(
+        rows: list[Difference] = [
+            Difference(
                 "changed",
                 f"key {d.field}",
                 d.expected,
@@ -284,7 +288,7 @@ def _gpu_sections(a: Manifest, b: Manifest) -> list[Section]:
         for test in x.tests:
             other = tests_b.get(test.name)
             if other is None:
-                rows.append(Row("removed", test.name, test.status, None))
+                rows.append(Difference("removed", test.name, test.status, None))
                 continue
             found = _test_row(test, other)
             if found is not None:
@@ -293,7 +297,7 @@ def _gpu_sections(a: Manifest, b: Manifest) -> list[Section]:
                     details.append(found[1])
         for test in y.tests:
             if test.name not in tests_a:
-                rows.append(Row("added", test.name, None, test.status))
+                rows.append(Difference("added", test.name, None, test.status))
         ok = sum(t.status == "ok" for t in x.tests)
         differ = sum(1 for r in rows if not r.name.startswith("key "))
         title += f": {differ} of {len(x.tests)} tests differ" if differ else ""
@@ -326,7 +330,7 @@ def _libraries(a: Manifest, b: Manifest) -> list[Section]:
 
     if not manifest_records(a) and not manifest_records(b):
         return []
-    rows: list[Row] = []
+    rows: list[Difference] = []
     for f in manifest_differences(a, b):
         note = f.message or ""
         kind: RowKind = "changed"  # moved, or another file under another version
@@ -337,7 +341,9 @@ def _libraries(a: Manifest, b: Manifest) -> list[Section]:
         elif f.kind == "changed" and "same version" in note:
             kind = "modified"
         rows.append(
-            Row(kind=kind, name=f.name or f.path or "?", a=f.expected, b=f.observed, note=note)
+            Difference(
+                kind=kind, name=f.name or f.path or "?", a=f.expected, b=f.observed, note=note
+            )
         )
     return [
         Section(

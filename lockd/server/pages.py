@@ -75,7 +75,7 @@ def _manifest_of(record: ManifestRecord) -> Manifest:
 
 
 @dataclass(frozen=True)
-class Row:
+class ManifestRow:
     record: ManifestRecord
     torch: str | None
     cuda: str | None
@@ -83,7 +83,7 @@ class Row:
     matched: str | None  # the package that matched a package search
 
 
-def _row(record: ManifestRecord, package: str | None) -> Row | None:
+def _row(record: ManifestRecord, package: str | None) -> ManifestRow | None:
     from lockd.model.base import normalise_name
 
     manifest = _manifest_of(record)
@@ -101,7 +101,7 @@ def _row(record: ManifestRecord, package: str | None) -> Row | None:
             return None
         matched = f"{hit.name}=={hit.version}"
     torch = probe.torch if probe else None
-    return Row(
+    return ManifestRow(
         record,
         torch.version if torch else None,
         torch.cuda if torch else None,
@@ -122,7 +122,7 @@ def manifest_list(
     """Stored manifests, newest first; search by name, label (key or key=value), digest (of
     the manifest or of an image it names) and package (name or name==version)."""
     error = None
-    rows: list[Row] = []
+    rows: list[ManifestRow] = []
     try:
         rows = _search(service, name.strip(), label.strip(), digest.strip(), package.strip())
     except LockdError as e:  # a bad search term: said on the page
@@ -136,7 +136,9 @@ def manifest_list(
     )
 
 
-def _search(service: Service, name: str, label: str, digest: str, package: str) -> list[Row]:
+def _search(
+    service: Service, name: str, label: str, digest: str, package: str
+) -> list[ManifestRow]:
     import re
 
     store = service.store

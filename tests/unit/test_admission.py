@@ -12,10 +12,10 @@ from lockd.errors import PolicyError
 from lockd.judgement.admission import (
     AdmissionConfig,
     ContainerImage,
+    ImageVerdict,
     ReviewError,
     Rule,
     UnsupportedObjectError,
-    Verdict,
     decide,
     digests_to_check,
     images_of,
@@ -178,11 +178,11 @@ def test_static_problems_tag_only_bad_digest_registry_and_missing_image() -> Non
 
 def test_decide_enforce_allows_only_when_every_verdict_passes() -> None:
     images = [ContainerImage("c0", f"app@{A}"), ContainerImage("c1", f"app@{B}")]
-    ok = {A: Verdict(True, "ok"), B: Verdict(True, "ok")}
+    ok = {A: ImageVerdict(True, "ok"), B: ImageVerdict(True, "ok")}
     allowed = decide(Rule(policy="default"), images, [], ok)
     assert allowed.allowed and allowed.problems == [] and allowed.action == "admission.allow"
 
-    bad = {A: Verdict(True, "ok"), B: Verdict(False, "no signed lockd manifest")}
+    bad = {A: ImageVerdict(True, "ok"), B: ImageVerdict(False, "no signed lockd manifest")}
     denied = decide(Rule(policy="default"), images, [], bad)
     assert not denied.allowed
     assert denied.problems == [f"app@{B} (c1): no signed lockd manifest"]

@@ -14,8 +14,8 @@ import pytest
 from lockd.cli import main
 from lockd.errors import InputError, ManifestError
 from lockd.judgement.compat import (
+    ArchTarget,
     Build,
-    Target,
     assess,
     build_from_bytes,
     build_from_manifest,
@@ -224,10 +224,10 @@ def test_malformed_arch_flags(flags: str | list[str], fragment: str) -> None:
 
 
 def test_target_runs_on_reads_the_capability_rules() -> None:
-    assert Target("sm", 8, 0).runs_on((8, 6))
-    assert not Target("sm", 8, 6).runs_on((8, 0))
-    assert Target("compute", 5, 0).runs_on((12, 0))
-    assert not Target("compute", 9, 0, "a").runs_on((9, 1))
+    assert ArchTarget("sm", 8, 0).runs_on((8, 6))
+    assert not ArchTarget("sm", 8, 6).runs_on((8, 0))
+    assert ArchTarget("compute", 5, 0).runs_on((12, 0))
+    assert not ArchTarget("compute", 9, 0, "a").runs_on((9, 1))
 
 
 @pytest.mark.parametrize(

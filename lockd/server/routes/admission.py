@@ -29,10 +29,10 @@ from lockd.judgement.admission import (
     AdmissionConfig,
     ContainerImage,
     Decision,
+    ImageVerdict,
     Review,
     ReviewError,
     UnsupportedObjectError,
-    Verdict,
     decide,
     decision_digest,
     digests_to_check,
@@ -126,13 +126,13 @@ class Gatekeeper:
     def __init__(self, service: Service, config: AdmissionConfig) -> None:
         self.service = service
         self.config = config
-        self._cache: dict[tuple[str, str], tuple[float, Verdict]] = {}
+        self._cache: dict[tuple[str, str], tuple[float, ImageVerdict]] = {}
         self._cache_lock = threading.Lock()
         self._in_flight = threading.BoundedSemaphore(MAX_IN_FLIGHT)
         self._audit = AuditWriter(service.store)
         # Manifests are content-addressed: a judgement holds while the policy object is the same
         # (the service rereads a policy file only when it changes).
-        self._judged: dict[tuple[str, str], tuple[Policy, Verdict]] = {}
+        self._judged: dict[tuple[str, str], tuple[Policy, ImageVerdict]] = {}
 
     @classmethod
     def from_service(cls, service: Service) -> Gatekeeper:
@@ -142,7 +142,7 @@ class Gatekeeper:
 
     # --- verdicts ---------------------------------------------------------------------------
 
-    def verdict(self, digest: str, policy_name: str, image: str | None = None) -> Verdict:
+    def verdict(self, digest: str, policy_name: str, image: str | None = None) -> ImageVerdict:
         """What the store holds for an image digest under a policy (blocking: store I/O); with
         ``registry_fallback`` on, the image's registry is asked when the store has nothing.
 
@@ -153,12 +153,12 @@ class Gatekeeper:
         try:
             policy = service.policy(policy_name)
         except LockdError as e:
-            return Verdict(False, f"the namespace's policy cannot be used: {e}")
+            return ImageVerdict(False, f"the namespace's policy cannot be used: {e}")
         manifest_digest = service.store.latest_manifest_digest([digest])
         if manifest_digest is None and self.config.registry_fallback and image is not None:
             return self._registry_verdict(image, policy, policy_name)
         if manifest_digest is None:
-            return Verdict(
+            return ImageVerdict(
                 False,
                 f"no signed lockd manifest is stored for {_short(digest)}…; record the image "
                 "and push its manifest (lockd record, lockd push)",
@@ -166,11 +166,11 @@ class Gatekeeper:
         try:
             trusted = service.trusted_manifest(manifest_digest)
         except SignatureError:
-            return Verdict(
+            return ImageVerdict(
                 False, f"manifest {_short(manifest_digest)}… is not signed by a trusted key"
             )
         except LockdError as e:
-            return Verdict(False, f"manifest {_short(manifest_digest)}… is unusable: {e}")
+            return ImageVerdict(False, f"manifest {_short(manifest_digest)}… is unusable: {e}")
         judged = self._judged.get((manifest_digest, policy_name))
         if judged is not None and judged[0] is policy:  # the same manifest, an unchanged policy
             return judged[1]
@@ -182,7 +182,7 @@ class Gatekeeper:
 
     def _judge(
         self, trusted: TrustedManifest, manifest_digest: str, policy: Policy, policy_name: str
-    ) -> Verdict:
+    ) -> ImageVerdict:
         from lockd.judgement.compare import compare
 
         recorded = trusted.manifest
@@ -191,36 +191,36 @@ class Gatekeeper:
             why = ", ".join(
                 f"{c.id}" + (f" ({c.message[:120]})" if c.message else "") for c in failed
             )
-            return Verdict(
+            return ImageVerdict(
                 False,
                 f"manifest {_short(manifest_digest)}… fails policy {policy_name}: {why}",
             )
-        return Verdict(
+        return ImageVerdict(
             True,
             f"manifest {_short(manifest_digest)}… signed by {', '.join(trusted.keyids)}",
         )
 
-    def _registry_verdict(self, image: str, policy: Policy, policy_name: str) -> Verdict:
+    def _registry_verdict(self, image: str, policy: Policy, policy_name: str) -> ImageVerdict:
         from lockd.gate import envelopes_from_registry, judge
 
         try:
             found = envelopes_from_registry(image)
         except LockdError as e:
-            return Verdict(False, f"no manifest is stored and the registry gave none: {e}")
+            return ImageVerdict(False, f"no manifest is stored and the registry gave none: {e}")
         result = judge(image, found, self.service.trusted, policy, policy_name, "its registry")
         if result.allowed:
             manifest = (result.manifest or "")[:19]
-            return Verdict(True, f"manifest {manifest}… from the registry")
-        return Verdict(False, "; ".join(result.reasons)[:1000])
+            return ImageVerdict(True, f"manifest {manifest}… from the registry")
+        return ImageVerdict(False, "; ".join(result.reasons)[:1000])
 
-    def _cached(self, digest: str, policy: str, now: float) -> Verdict | None:
+    def _cached(self, digest: str, policy: str, now: float) -> ImageVerdict | None:
         with self._cache_lock:
             entry = self._cache.get((digest, policy))
         if entry is None or entry[0] <= now:
             return None
         return entry[1]
 
-    def _remember(self, found: dict[str, Verdict], policy: str) -> None:
+    def _remember(self, found: dict[str, ImageVerdict], policy: str) -> None:
         expires = time.monotonic() + self.config.cache_ttl_s
         with self._cache_lock:
             if len(self._cache) + len(found) > CACHE_ENTRIES:
@@ -233,7 +233,7 @@ class Gatekeeper:
         with self._cache_lock:
             self._cache.clear()
 
-    def _lookup(self, digests: Mapping[str, str], policy: str) -> dict[str, Verdict]:
+    def _lookup(self, digests: Mapping[str, str], policy: str) -> dict[str, ImageVerdict]:
         return {digest: self.verdict(digest, policy, image) for digest, image in digests.items()}
 
     async def _in_thread(self, work: Callable[..., T], *args: Any) -> T:
@@ -295,7 +295,7 @@ class Gatekeeper:
             return review_response(review, decision), decision
         found = static_problems(images, self.config.registries)
         now = time.monotonic()
-        verdicts: dict[str, Verdict] = {}
+        verdicts: dict[str, ImageVerdict] = {}
         missing: dict[str, str] = {}
         for digest in digests_to_check(images):
             cached = self._cached(digest, rule.policy, now)
