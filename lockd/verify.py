@@ -83,20 +83,23 @@ def reach_and_observe(
     (lockd.evidence.cache.layers), else every file hashed; ``cache`` also lets a container take its
     probe report from the probe cache when nothing the probe can see changed
     (lockd.evidence.cache.probe)."""
+    from lockd.evidence.targets.base import ProbeOptions
+
     target = reach()
-    if cache and hasattr(target, "reuse_probe"):
-        target.reuse_probe = True
+    options = ProbeOptions(reuse=cache)
     if deep is not None and not gpu:
         from lockd.evidence.integrity import DeepTarget
 
-        observed = DeepTarget(target, ignore=deep, cache=cache, family_imports=True).observe()
+        observed = DeepTarget(
+            target, ignore=deep, cache=cache, family_imports=True, options=options
+        ).observe()
         return target, _with_family_imports(target, observed, deep)
     if gpu:
         from lockd.evidence.gpurun import observe_with_suite
 
-        observation = observe_with_suite(target)
+        observation = observe_with_suite(target, options)
     else:
-        observation = target.observe()
+        observation = target.observe(options)
     if deep is not None:
         from lockd.evidence.integrity import deepen
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from lockd.errors import InputError, ProbeError
+from lockd.evidence.targets.base import PLAIN, ProbeOptions
 from lockd.probe import suite_source
 
 if TYPE_CHECKING:
@@ -206,14 +207,11 @@ def run_suite(
         ProbeError: the suite failed (no torch, --device cuda without a GPU), hung, flooded
             its output or printed something that is not a valid result.
     """
-    from lockd.evidence.targets.scripts import run_script
-
     argv = suite_argv(python, device=device, overrides=overrides)
     kind = target.info.kind
     where = f"local Python {python}" if kind == "local" else f"{kind} {target.info.ref}"
     source = f"{where} (GPU suite)"
-    stdout = run_script(
-        target,
+    stdout = target.run_script(
         argv,
         what="the GPU suite",
         source=source,
@@ -229,8 +227,9 @@ def run_suite(
 # --- observing a target with the suite ---------------------------------------------------------
 
 
-def observe_with_suite(target: Target) -> Observation:
-    """The target's Observation with a run of the GPU suite in it (``gpu_suite``).
+def observe_with_suite(target: Target, options: ProbeOptions = PLAIN) -> Observation:
+    """The target's Observation (its probe run with ``options``) with a run of the GPU suite
+    in it (``gpu_suite``).
 
     Where the interpreter is known up front (a local target, --python) the suite runs beside
     the probe, so the two imports of torch overlap; otherwise after it, with the interpreter
@@ -244,16 +243,16 @@ def observe_with_suite(target: Target) -> Observation:
     from concurrent.futures import ThreadPoolExecutor
 
     device, overrides, timeout = suite_options()
-    python: str | None = getattr(target, "python", None)
+    python = target.python
     if python:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockd-gpu-suite") as pool:
             running = pool.submit(
                 run_suite, target, python, device=device, overrides=overrides, timeout=timeout
             )
-            observation = target.observe()
+            observation = target.observe(options)
             result = running.result()
     else:
-        observation = target.observe()
+        observation = target.observe(options)
         if observation.probe is None:
             return observation  # no Python in the target: nothing can run the suite
         result = run_suite(

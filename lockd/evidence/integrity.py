@@ -75,8 +75,7 @@ from lockd.model.host import Integrity, IntegritySource
 from lockd.model.report import Finding
 
 if TYPE_CHECKING:
-    from lockd.evidence.targets.base import Target
-    from lockd.evidence.targets.docker import ContainerTarget
+    from lockd.evidence.targets.base import HostFiles, ProbeOptions, Running, Target
     from lockd.model.host import TargetInfo
     from lockd.model.manifest import Observation
 
@@ -1609,67 +1608,66 @@ def check_files(
 
 
 def open_source(target: Target, *, cache: bool = True) -> Source:
-    """Where ``target``'s files can be read: on the host when lockd can, else through the
-    Docker API (``LOCKD_DEEP_SOURCE=api`` forces the API for a container or an image). With
-    ``cache``, files of an image's read-only layers read on the host go through the layer
-    cache (lockd.evidence.cache.layers).
+    """Where ``target``'s files can be read (``Target.files``): on the host when lockd can,
+    else through the Docker API (``LOCKD_DEEP_SOURCE=api`` forces the API for a target that
+    has it: a container or an image). With ``cache``, files of an image's read-only layers
+    read on the host go through the layer cache (lockd.evidence.cache.layers).
 
     Raises:
         TargetError: a target lockd cannot read the files of, or the daemon failed.
     """
-    from lockd.evidence.targets.local import LocalTarget
-
-    if isinstance(target, LocalTarget):
-        return HostTree(["/"], kind="local", evidence="inside", description="the local filesystem")
-    from lockd.evidence.targets.docker import ContainerTarget, ImageTarget
-
-    force_api = os.environ.get("LOCKD_DEEP_SOURCE", "") == "api"
-    if isinstance(target, ContainerTarget):
-        storage = None if force_api else target.overlay_storage()
-        mounts = target.mount_sources()
-        if storage is not None and mounts is not None:
-            view = _layer_view(target, storage[1], keyed=cache)
-            return HostTree(
-                [storage[0]],
-                kind="overlay",
-                evidence="host",
-                description=f"the merged directory of container {target.name}",
-                check_opened=True,
-                upper=storage[1],
-                mounts=mounts,
-                digests=DigestCache(cache_dir()) if cache and view is not None else None,
-                view=view,
-            )
-        return ArchiveSource(target.fetch_archive, f"container {target.name} (Docker API)")
-    if isinstance(target, ImageTarget):
-        layers = None if force_api else target.layer_dirs()
-        if layers:
-            keys = container_layer_keys(layers, target.image.attrs) if cache else None
-            return HostTree(
-                layers,
-                kind="layers",
-                evidence="host",
-                description=f"the layers of image {target.image_ref}",
-                immutable=True,
-                digests=None if keys is None else DigestCache(cache_dir()),
-                layer_keys=keys or (),
-            )
-        holder = target.archive_container()
-        fetch = holder.__enter__()
-        return ArchiveSource(fetch, f"image {target.image_ref} (Docker API)", closer=holder)
-    raise TargetError(f"{target.info.ref}: lockd cannot read this target's files for --deep")
+    files = target.files()
+    force_api = os.environ.get("LOCKD_DEEP_SOURCE", "") == "api" and files.archive is not None
+    if files.host is not None and not force_api:
+        return _host_tree(files.host, cache=cache)
+    if files.archive is None:
+        raise TargetError(f"{target.info.ref}: lockd cannot read this target's files for --deep")
+    holder = files.archive()
+    fetch = holder.__enter__()
+    return ArchiveSource(fetch, files.archive_description, closer=holder)
 
 
-def _layer_view(target: ContainerTarget, upper: str, *, keyed: bool) -> LayerView | None:
-    """The container's overlay layers, read straight from the host: its upper directory,
+def _host_tree(host: HostFiles, *, cache: bool) -> HostTree:
+    """The files ``host`` describes, read on this host."""
+    if host.kind == "local":
+        return HostTree(
+            list(host.roots), kind="local", evidence="inside", description=host.description
+        )
+    if host.kind == "overlay":
+        assert host.upper is not None
+        view = _layer_view(host, host.upper, keyed=cache)
+        return HostTree(
+            list(host.roots),
+            kind="overlay",
+            evidence="host",
+            description=host.description,
+            check_opened=True,
+            upper=host.upper,
+            mounts=host.mounts,
+            digests=DigestCache(cache_dir()) if cache and view is not None else None,
+            view=view,
+        )
+    image = host.image() if cache and host.image is not None else None
+    keys = None if image is None else container_layer_keys(host.roots, image)
+    return HostTree(
+        list(host.roots),
+        kind="layers",
+        evidence="host",
+        description=host.description,
+        immutable=True,
+        digests=None if keys is None else DigestCache(cache_dir()),
+        layer_keys=keys or (),
+    )
+
+
+def _layer_view(host: HostFiles, upper: str, *, keyed: bool) -> LayerView | None:
+    """A container's overlay layers, read straight from the host: its upper directory,
     then its lower ones, by chain ID where ``keyed`` (the layer cache) and the daemon's
     answers say which layer is which; None when the first directory is not ``upper``."""
-    from lockd.evidence.targets.docker import overlay_dirs
-
-    _, layers = overlay_dirs(target.attrs)
+    layers = host.layers
     if not layers or os.path.realpath(layers[0]) != os.path.realpath(upper):
         return None
-    image = target.image_attrs() if keyed else None
+    image = host.image() if keyed and host.image is not None else None
     keys = None if image is None else container_layer_keys(layers[1:], image)
     lower: Sequence[str | None] = keys or [None] * len(layers[1:])
     return LayerView([(layers[0], None), *zip(layers[1:], lower, strict=True)])
@@ -1709,16 +1707,22 @@ class DeepTarget:
         progress: bool | None = None,
         cache: bool = True,
         family_imports: bool = False,
+        options: ProbeOptions | None = None,
     ) -> None:
         """``cache``: use the layer cache (lockd.evidence.cache.layers) where the files are read on
         the host; False hashes every file. ``family_imports``: the probe also runs the PyTorch
-        family's import smoke test (lockd.evidence.smoke.observe)."""
+        family's import smoke test (lockd.evidence.smoke.observe). ``options``: the probe's
+        (with ``reuse``, a container's kept results may be reused: its probe report, and
+        with ``cache`` this check's, lockd.evidence.cache.integrity)."""
+        from lockd.evidence.targets.base import PLAIN
+
         self.target = target
         self.info: TargetInfo = target.info
         self.ignore = list(ignore)
         self.progress = progress
         self.cache = cache
         self.family_imports = family_imports
+        self.options = options or PLAIN
 
     def observe(self) -> Observation:
         """Raises what the target's ``observe()`` raises, and TargetError when its files cannot
@@ -1739,14 +1743,12 @@ class DeepTarget:
             self._keep(under, observation, guards)
         return observation
 
-    def _reusing(self) -> ContainerTarget | None:
-        """The target, when it is a container verified with the caches on (its probe report
-        may be reused too): only then is its result kept (lockd.evidence.cache.integrity)."""
-        if not self.cache or not getattr(self.target, "reuse_probe", False):
+    def _reusing(self) -> Running | None:
+        """The target, when it is a running container verified with the caches on (its probe
+        report may be reused too): only then is its result kept (lockd.evidence.cache.integrity)."""
+        if not self.cache or not self.options.reuse:
             return None
-        from lockd.evidence.targets.docker import ContainerTarget
-
-        return self.target if isinstance(self.target, ContainerTarget) else None
+        return self.target.running()
 
     def _kept(self) -> tuple[integritycache.Kept | None, integritycache.Keys]:
         """(the integrity cache's result for the target or None, the fingerprints looked
@@ -1767,11 +1769,10 @@ class DeepTarget:
             return
         probe = observation.probe
         dists = integritycache.distributions_digest(probe.distributions if probe else [])
-        after = integritycache.keys(container.inspect(), self.ignore)
+        attrs = container.inspect()
+        after = integritycache.keys(attrs, self.ignore)
         rests_on = integritycache.places(observation)
-        for name, key in integritycache.still_standing(
-            container.id, under, after, container.attrs, rests_on
-        ):
+        for name, key in integritycache.still_standing(container.id, under, after, attrs, rests_on):
             integritycache.store(name, key, found, dists, guards, rests_on)
 
     def _hash_while_observing(self) -> tuple[Observation, list[Guard] | None]:
@@ -1812,10 +1813,10 @@ class DeepTarget:
 
     def _observe(self) -> Observation:
         if not self.family_imports:
-            return self.target.observe()
+            return self.target.observe(self.options)
         from lockd.evidence.smoke import observe
 
-        return observe(self.target)
+        return observe(self.target, self.options)
 
     @staticmethod
     def _speculate(source: Source, hasher: _Hasher, early: _Early) -> list[str]:

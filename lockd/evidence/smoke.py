@@ -12,19 +12,31 @@ target lockd cannot reach raises.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from lockd.errors import ProbeError
+from lockd.evidence.targets.base import PLAIN, ProbeOptions, read_family_imports
 from lockd.judgement.coherence import FAMILY, TORCH
 from lockd.model.environment import FamilyImports
 from lockd.model.manifest import Observation
 
 if TYPE_CHECKING:
     from lockd.evidence.targets.base import Target
+
+__all__ = [
+    "FLAG",
+    "SMOKE_TIMEOUT",
+    "observe",
+    "parse_family_imports",
+    "read_family_imports",
+    "run_family_imports",
+    "wanted",
+    "with_family_imports",
+]
 
 SMOKE_TIMEOUT = 180.0
 """Seconds the smoke test may run: importing torch and its family cold can take a minute."""
@@ -34,34 +46,23 @@ FLAG = "--family-imports"
 _FAMILY = frozenset((TORCH, *FAMILY, "triton", "flash-attn"))
 
 
-@runtime_checkable
-class _Options(Protocol):
-    """A target whose probe takes options (lockd.evidence.targets: local, container, image)."""
-
-    probe_args: tuple[str, ...]
-    timeout: float
-
-
-def observe(target: Target, *, timeout: float = SMOKE_TIMEOUT) -> Observation:
-    """``target.observe()``, with ``family_imports`` from the probe's own process where the
-    target's probe takes options and the target has a PyTorch family (else None: then
-    ``with_family_imports`` runs the smoke test by itself). The probe then has ``timeout``
-    seconds more.
+def observe(
+    target: Target, options: ProbeOptions = PLAIN, *, timeout: float = SMOKE_TIMEOUT
+) -> Observation:
+    """``target.observe(options)``, with ``family_imports`` from the probe's own process where
+    the target has a PyTorch family (else None: then ``with_family_imports`` runs the smoke
+    test by itself). The probe then has ``timeout`` seconds more.
 
     Raises:
         what ``target.observe()`` raises.
     """
-    if not isinstance(target, _Options):
-        return target.observe()
-    from lockd.evidence.targets.base import WITH_FAMILY_IMPORTS
-
-    combined = copy.copy(target)
-    combined.probe_args = (*target.probe_args, WITH_FAMILY_IMPORTS)
-    combined.timeout = target.timeout + timeout
+    combined = dataclasses.replace(
+        options, family_imports=True, extra_time=options.extra_time + timeout
+    )
     try:
-        observation = combined.observe()
+        observation = target.observe(combined)
     except ProbeError:  # the smoke test may have killed it: the probe alone says
-        return target.observe()
+        return target.observe(options)
     if wanted(observation):
         return observation
     return observation.model_copy(update={"family_imports": None})
@@ -99,14 +100,12 @@ def run_family_imports(
     Raises:
         TargetError: the target cannot be reached.
     """
-    from lockd.evidence.targets.scripts import run_script
     from lockd.probe import probe_source
 
     argv = [python, "-c", probe_source(), FLAG]
     source = f"{target.info.kind} {target.info.ref} (import smoke test)"
     try:
-        stdout = run_script(
-            target,
+        stdout = target.run_script(
             argv,
             what="the import smoke test",
             source=source,
@@ -129,23 +128,4 @@ def parse_family_imports(stdout: bytes, source: str, python: str) -> FamilyImpor
             python=python,
             error=f"{source}: printed something that is not a smoke test result ({e}); "
             f"the output starts {start!r}"[:4000],
-        )
-
-
-def read_family_imports(value: object, source: str, python: str) -> FamilyImports:
-    """The smoke test's document as the probe's report carried it (JSON already parsed, its
-    size bounded by the probe's); what is missing or invalid becomes its ``error``."""
-    if value is None:
-        return FamilyImports(
-            python=python, error=f"{source}: the probe printed no smoke test result"
-        )
-    try:
-        return FamilyImports.model_validate(value, strict=True)
-    except ValidationError as e:
-        from lockd.evidence.targets.base import _validation_summary
-
-        return FamilyImports(
-            python=python,
-            error=f"{source}: the probe printed a family_imports that is not a smoke test "
-            f"result ({_validation_summary(e)})"[:4000],
         )

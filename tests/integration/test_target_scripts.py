@@ -1,6 +1,6 @@
-"""lockd.evidence.targets.scripts.run_script: a script (the GPU suite, the import smoke test) run in a
-local target, a running container and an image, and the same bounds as the probe: a non-zero
-exit, a flood of output, a missing interpreter."""
+"""Target.run_script: a script (the GPU suite, the import smoke test) run in a local target, a
+running container and an image, and the same bounds as the probe: a non-zero exit, a flood of
+output, a missing interpreter."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import pytest
 from lockd.errors import ProbeError
 from lockd.evidence.targets.base import Target
 from lockd.evidence.targets.local import LocalTarget
-from lockd.evidence.targets.scripts import run_script
 from lockd.evidence.targets.select import open_target
 
 HELLO = "import sys; print('hello from', sys.argv[1])"
@@ -23,8 +22,7 @@ VENV = "/opt/venv/bin/python"
 
 
 def _run(target: Target, python: str, code: str, *args: str, max_output: int = 1024) -> bytes:
-    return run_script(
-        target,
+    return target.run_script(
         [python, "-c", code, *args],
         what="the test script",
         source=f"{target.info.kind} (test script)",

@@ -111,7 +111,6 @@ def test_the_probe_runs_the_smoke_test_in_a_local_target(
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     target = LocalTarget(sys.executable)
     observed = observe(target)
-    assert target.probe_args == ()  # the target itself is left as it was
     imports = observed.family_imports
     assert imports is not None and imports.error is None
     assert with_family_imports(target, observed) is observed  # no second run
@@ -123,8 +122,11 @@ def test_the_probe_runs_the_smoke_test_in_a_local_target(
     assert (audio.ok, audio.op) == (False, "torchaudio.functional.lfilter")
     assert audio.error is not None and "(caused by OSError: libtorch_cuda.so" in audio.error
     # the probe's record is the one it makes without the smoke test: the libraries of `import
-    # torch` alone (the smoke test comes after it)
-    plain = target.observe().probe
+    # torch` alone (the smoke test comes after it); the target itself is left as it was (the
+    # options were passed in, never set on it)
+    again = target.observe()
+    plain = again.probe
+    assert again.family_imports is None
     assert observed.probe is not None and plain is not None
     assert untimed(observed.probe.model_dump()) == untimed(plain.model_dump())
 

@@ -1,4 +1,10 @@
-"""What every target shares: the Target protocol, running the probe, reading its output.
+"""What every target shares: the Target interface, running the probe, reading its output.
+
+A target's capabilities are methods every target has (``Target``): observe with the probe
+options passed in (``ProbeOptions``, frozen: nothing is set on a target after it is made), run a
+script bounded like the probe (``run_script``), say where its files can be read for ``--deep``
+(``files``) and whether it is a running container whose results the caches may keep
+(``running``). Callers never ask what kind of target they hold.
 
 The probe runs inside the target, so its output is untrusted input: it is read with a size
 cap and a deadline (``run_probe_subprocess``), then parsed as strict JSON and validated
@@ -15,14 +21,15 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
 from lockd.errors import ProbeError
 from lockd.probe import probe_source
 
 if TYPE_CHECKING:  # imported where used: a container's probe starts before lockd's models load
-    from collections.abc import Sequence
-
     from pydantic import ValidationError
 
     from lockd.model.environment import FamilyImports, ProbeReport
@@ -32,13 +39,23 @@ if TYPE_CHECKING:  # imported where used: a container's probe starts before lock
 __all__ = [
     "FAMILY_IMPORTS_KEY",
     "MAX_PROBE_OUTPUT",
+    "PLAIN",
     "PROBE_TIMEOUT",
     "WITH_FAMILY_IMPORTS",
+    "Fetch",
+    "Files",
+    "Gpus",
+    "HostFiles",
+    "ProbeOptions",
+    "Running",
     "Target",
     "parse_probe_document",
     "parse_probe_output",
     "probe_arguments",
+    "read_family_imports",
     "run_probe_subprocess",
+    "stderr_tail",
+    "validation_summary",
 ]
 
 MAX_PROBE_OUTPUT = 16 * 1024 * 1024
@@ -62,13 +79,100 @@ _ERROR_COUNT = 3  # validation errors quoted in a message
 _QUOTE_LIMIT = 120  # characters of untrusted text quoted in a message
 
 
+Gpus = Literal["none", "all", "auto"]
+"""For an image: give the throw-away container no GPU, every GPU (Docker's device request: the
+NVIDIA container runtime), or every GPU when the daemon has the NVIDIA runtime (else Docker
+refuses the request). A local target and a running container have the GPUs they have."""
+
+Fetch = Callable[[str], "tuple[Iterable[bytes], dict[str, Any]] | None"]
+"""``fetch(path)``: the daemon's tar stream of ``path`` in a container and its stat (what
+``docker cp`` reads); None when nothing is there."""
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    """How a target runs its probe this time: passed to ``Target.observe``, never set on a
+    target (a target is shared by threads, and by the smoke test's retry without them)."""
+
+    family_imports: bool = False
+    """The probe also runs the PyTorch family's import smoke test after its report, in its own
+    process (``--with-family-imports``, lockd.evidence.smoke)."""
+    extra_time: float = 0.0
+    """Seconds the probe may run beyond the target's own timeout (the smoke test's)."""
+    reuse: bool = False
+    """A running container may take its report from the probe cache when nothing the probe
+    can see changed since it was kept (lockd.evidence.cache.probe); other targets ignore it."""
+
+    def arguments(self) -> tuple[str, ...]:
+        """The probe's command-line options."""
+        return (WITH_FAMILY_IMPORTS,) if self.family_imports else ()
+
+
+PLAIN = ProbeOptions()
+"""The probe alone, nothing reused."""
+
+
+@dataclass(frozen=True)
+class HostFiles:
+    """A target's files as this host holds them (``--deep`` reads them here when it can)."""
+
+    kind: Literal["local", "overlay", "layers"]
+    """``local``: this machine's own filesystem; ``overlay``: a running container's overlay2
+    merged directory; ``layers``: an image's overlay2 layer directories."""
+    roots: tuple[str, ...]
+    """``/``; the merged directory; the layer directories, top first."""
+    description: str
+    upper: str | None = None
+    """A container's writable layer (its upper directory)."""
+    layers: tuple[str, ...] = ()
+    """A container's overlay2 layer directories, upper first."""
+    mounts: tuple[tuple[str, str], ...] = ()
+    """(destination, host path) of a container's bind mounts and volumes."""
+    image: Callable[[], dict[str, Any] | None] | None = None
+    """The daemon's inspect answer for the image (which layer is which, for the layer cache);
+    asked only when wanted, None when the daemon cannot give it."""
+
+
+@dataclass(frozen=True)
+class Files:
+    """Where a target's files can be read for ``--deep`` (lockd.evidence.integrity.open_source
+    reads them): on this host, through the daemon's archive API, or either (the host first)."""
+
+    host: HostFiles | None = None
+    archive: Callable[[], AbstractContextManager[Fetch]] | None = None
+    """Opens the archive API for the target (an image's throw-away container, removed when
+    the context ends): ``fetch(path)``."""
+    archive_description: str = ""
+
+
+class Running(Protocol):
+    """A running container as the caches key what they keep for it (lockd.evidence.cache)."""
+
+    @property
+    def id(self) -> str: ...
+
+    def inspect(self) -> dict[str, Any]:
+        """The daemon's current inspect answer for the container.
+
+        Raises:
+            TargetError: the container is gone, or the daemon failed.
+        """
+        ...
+
+
 class Target(Protocol):
     """Something lockd can observe: a local Python, a container, an image."""
 
     @property
     def info(self) -> TargetInfo: ...
 
-    def observe(self) -> Observation:
+    @property
+    def python(self) -> str | None:
+        """The interpreter given up front (--python, a local target's); None: the probe finds
+        the target's own (python3, else python)."""
+        ...
+
+    def observe(self, options: ProbeOptions = PLAIN) -> Observation:
         """Run the probe (and gather host evidence where there is a host) and return it all.
 
         Raises:
@@ -77,13 +181,48 @@ class Target(Protocol):
         """
         ...
 
+    def run_script(
+        self,
+        argv: Sequence[str],
+        *,
+        what: str,
+        source: str,
+        timeout: float,
+        max_output: int,
+        gpus: Gpus = "none",
+    ) -> bytes:
+        """Run ``argv`` (``[python, ...]``) in the target to completion, bounded like the probe
+        (a deadline, a cap on stdout, killed or removed when it overruns), and return its
+        stdout. ``what`` names the script in errors ("the GPU suite"), ``source`` starts every
+        message ("container app (GPU suite)"); ``gpus`` as ``Gpus`` says.
+
+        Raises:
+            TargetError: the target cannot be reached, or the daemon fails.
+            ProbeError: the script cannot start, exits non-zero, outlives ``timeout`` seconds
+                or prints more than ``max_output`` bytes.
+        """
+        ...
+
+    def files(self) -> Files:
+        """Where the target's files can be read (``--deep``).
+
+        Raises:
+            TargetError: the daemon failed.
+        """
+        ...
+
+    def running(self) -> Running | None:
+        """The running container this target is, whose results the caches may keep and reuse
+        (lockd.evidence.cache); None for an image or a local Python."""
+        ...
+
 
 # --- reading the probe's output ---------------------------------------------------------------
 
 
-def probe_arguments(options: Sequence[str]) -> list[str]:
-    """The interpreter's arguments that run the probe with ``options`` (lockd.evidence.smoke's)."""
-    return ["-c", probe_source(), *options]
+def probe_arguments(options: ProbeOptions) -> list[str]:
+    """The interpreter's arguments that run the probe with ``options``."""
+    return ["-c", probe_source(), *options.arguments()]
 
 
 class _DuplicateKeyError(ValueError):
@@ -113,7 +252,7 @@ def _short(value: str) -> str:
     return value if len(value) <= _QUOTE_LIMIT else value[:_QUOTE_LIMIT] + "..."
 
 
-def _validation_summary(error: ValidationError) -> str:
+def validation_summary(error: ValidationError) -> str:
     errors = error.errors(include_url=False, include_input=False)
     parts = []
     for detail in errors[:_ERROR_COUNT]:
@@ -188,7 +327,7 @@ def parse_probe_document(
         report = ProbeReport.model_validate(value, strict=True)
     except ValidationError as e:
         raise ProbeError(
-            f"{source}: probe output failed validation: {_validation_summary(e)}; "
+            f"{source}: probe output failed validation: {validation_summary(e)}; "
             "the probe and this lockd may differ in version, or the target is tampered with"
         ) from e
     repeated = [
@@ -201,9 +340,29 @@ def parse_probe_document(
         )
     if not family_imports:
         return report, None
-    from lockd.evidence.smoke import read_family_imports
-
     return report, read_family_imports(imports, source, report.python.executable)
+
+
+def read_family_imports(value: object, source: str, python: str) -> FamilyImports:
+    """The smoke test's document as the probe's report carried it (JSON already parsed, its
+    size bounded by the probe's); what is missing or invalid becomes its ``error``, which the
+    ``coherence`` check reports (lockd.evidence.smoke)."""
+    from pydantic import ValidationError
+
+    from lockd.model.environment import FamilyImports
+
+    if value is None:
+        return FamilyImports(
+            python=python, error=f"{source}: the probe printed no smoke test result"
+        )
+    try:
+        return FamilyImports.model_validate(value, strict=True)
+    except ValidationError as e:
+        return FamilyImports(
+            python=python,
+            error=f"{source}: the probe printed a family_imports that is not a smoke test "
+            f"result ({validation_summary(e)})"[:4000],
+        )
 
 
 # --- running a probe as a local process ---------------------------------------------------------
@@ -221,7 +380,7 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
         process.kill()
 
 
-def _stderr_tail(stderr: bytes) -> str:
+def stderr_tail(stderr: bytes) -> str:
     tail = stderr.decode("utf-8", "replace").strip()[-STDERR_TAIL:]
     return tail or "(nothing on stderr)"
 
@@ -344,5 +503,5 @@ def run_probe_subprocess(
             if process.returncode < 0
             else f"exited with status {process.returncode}"
         )
-        raise ProbeError(f"{source}: probe {status}: {_stderr_tail(stderr)}")
+        raise ProbeError(f"{source}: probe {status}: {stderr_tail(stderr)}")
     return stdout

@@ -26,7 +26,7 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -35,11 +35,16 @@ from lockd.evidence import kernel
 from lockd.evidence.cache import probe as probecache
 from lockd.evidence.targets.base import (
     MAX_PROBE_OUTPUT,
+    PLAIN,
     PROBE_TIMEOUT,
-    WITH_FAMILY_IMPORTS,
-    _stderr_tail,
+    Fetch,
+    Files,
+    Gpus,
+    HostFiles,
+    ProbeOptions,
     parse_probe_document,
     probe_arguments,
+    stderr_tail,
 )
 from lockd.evidence.targets.engine import (
     Engine,
@@ -56,7 +61,6 @@ if TYPE_CHECKING:
     from docker.models.images import Image
 
     from lockd.evidence.targets.base import Target
-    from lockd.evidence.targets.scripts import Gpus
     from lockd.judgement.policy import Volatile
     from lockd.model.environment import FamilyImports, ProbeReport
     from lockd.model.host import ChangeKind, FileChange, FileType, HostEvidence, Mount, TargetInfo
@@ -759,9 +763,6 @@ def _fetch_archive(fetch: Callable[[], Archive], what: str) -> Archive | None:
 
 # --- running something in a target, bounded -----------------------------------------------------
 
-# the name lockd.evidence.targets.scripts, lockd.evidence.gpurun and lockd.evidence.smoke use
-_read_frames = read_frames
-
 
 def _close_socket(sock: Any) -> None:
     for closable in (sock, getattr(sock, "_sock", None)):
@@ -791,7 +792,7 @@ def _stopped(source: str, status: str, timeout: float, max_output: int) -> Probe
 
 def _exited(source: str, python: str, code: int, stderr: bytes) -> ProbeError:
     return ProbeError(
-        f"{source}: probe ({python}) exited with status {code}: {_stderr_tail(stderr)}"
+        f"{source}: probe ({python}) exited with status {code}: {stderr_tail(stderr)}"
     )
 
 
@@ -931,10 +932,6 @@ class ContainerTarget:
         self.python = python
         self.timeout = timeout
         self.max_output = max_output
-        self.probe_args: tuple[str, ...] = ()  # options of the probe (lockd.evidence.smoke)
-        self.reuse_probe = (
-            False  # take the report from the probe cache (lockd.evidence.cache.probe)
-        )
         self.name: str = str(self.attrs.get("Name") or "").lstrip("/") or self.id
         self._info: TargetInfo | None = None
         self._source = f"container {self.name}"
@@ -988,11 +985,11 @@ class ContainerTarget:
             self._container.attrs = attrs
         return attrs
 
-    def observe(self) -> Observation:
+    def observe(self, options: ProbeOptions = PLAIN) -> Observation:
         """Host evidence, then the probe's report (or why there is none: no Python).
 
         The probe starts first and runs in the container while the host evidence is gathered;
-        with ``reuse_probe``, its report is taken from the probe cache instead when
+        with ``options.reuse``, its report is taken from the probe cache instead when
         nothing it can see has changed since it was kept (lockd.evidence.cache.probe).
 
         Raises:
@@ -1009,30 +1006,31 @@ class ContainerTarget:
                 f"image with image:{image}"
             )
         pythons = _candidates(self.python)
-        cached, keys, kind = self._kept_report(attrs, pythons)
+        cached, keys, kind = self._kept_report(attrs, pythons, options)
         if cached is not None:
             try:
-                probe, imports = self._parse(cached.stdout)
+                probe, imports = self._parse(cached.stdout, options)
             except ProbeError:
                 pass  # kept by a lockd whose models differ: ask the probe
             else:
                 host = self._host_evidence(attrs)
                 return self._observation(host, probe, imports, None, cached.observed_at)
-        deadline = time.monotonic() + self.timeout
-        started = self._start(self._probe_argv(pythons[0]), "the probe", self._source)
+        timeout = self.timeout + options.extra_time
+        deadline = time.monotonic() + timeout
+        started = self._start(self._probe_argv(pythons[0], options), "the probe", self._source)
         try:
             host = self._host_evidence(attrs)
         except BaseException:
             _close_socket(started[1])
             raise
-        ran = self._probe(pythons, started, state, deadline)
+        ran = self._probe(pythons, started, state, deadline, timeout, options)
         if ran is None:
             no_python = _no_python("container", self._source, self.python)
             return self._observation(host, None, None, no_python)
         stdout, python = ran
-        probe, imports = self._parse(stdout)
+        probe, imports = self._parse(stdout, options)
         if keys.own or keys.sibling:  # kept where nothing changed while it ran
-            after = probecache.keys(self.inspect(), self._probe_argvs(pythons))
+            after = probecache.keys(self.inspect(), self._probe_argvs(pythons, options))
             env = (self.attrs.get("Config") or {}).get("Env") or []
             rests_on = probecache.places(probe, env)
             for name, key in probecache.still_standing(self.id, keys, after, self.attrs, rests_on):
@@ -1061,15 +1059,15 @@ class ContainerTarget:
         )
 
     def _kept_report(
-        self, attrs: dict[str, Any], pythons: tuple[str, ...]
+        self, attrs: dict[str, Any], pythons: tuple[str, ...], options: ProbeOptions
     ) -> tuple[probecache.CachedProbe | None, probecache.Keys, str]:
         """(the probe cache's report for the container or None, the fingerprints looked under,
         the probe's variant). Its own fingerprint is tried first; the one it shares with
         identical containers of its image (which hashes the content of the container's own
         files) only when that finds nothing."""
-        if not self.reuse_probe:
+        if not options.reuse:
             return None, probecache.Keys(None, None), ""
-        argvs = self._probe_argvs(pythons)
+        argvs = self._probe_argvs(pythons, options)
         kind = probecache.variant(argvs)
 
         def load(name: str, key: probecache.KeyFor) -> probecache.CachedProbe | None:
@@ -1078,16 +1076,17 @@ class ContainerTarget:
         found, keys = probecache.first_kept(self.id, attrs, argvs, load)
         return found, keys, kind
 
-    def _probe_argvs(self, pythons: tuple[str, ...]) -> list[list[str]]:
-        return [self._probe_argv(python) for python in pythons]
+    def _probe_argvs(self, pythons: tuple[str, ...], options: ProbeOptions) -> list[list[str]]:
+        return [self._probe_argv(python, options) for python in pythons]
 
-    def _parse(self, stdout: bytes) -> tuple[ProbeReport, FamilyImports | None]:
-        return parse_probe_document(
-            stdout, self._source, family_imports=WITH_FAMILY_IMPORTS in self.probe_args
-        )
+    def _parse(
+        self, stdout: bytes, options: ProbeOptions
+    ) -> tuple[ProbeReport, FamilyImports | None]:
+        return parse_probe_document(stdout, self._source, family_imports=options.family_imports)
 
-    def _probe_argv(self, python: str) -> list[str]:
-        return [python, *probe_arguments(self.probe_args)]
+    @staticmethod
+    def _probe_argv(python: str, options: ProbeOptions) -> list[str]:
+        return [python, *probe_arguments(options)]
 
     def _host_evidence(self, attrs: dict[str, Any]) -> HostEvidence:
         from lockd.model.host import HostEvidence
@@ -1120,14 +1119,16 @@ class ContainerTarget:
         started: tuple[str, Any],
         state: dict[str, Any],
         deadline: float,
+        timeout: float,
+        options: ProbeOptions,
     ) -> tuple[bytes, str] | None:
         """(the probe's output, the interpreter that ran it) from the first of ``pythons``
         the container has (``started`` already runs it); None when it has none."""
         for tried, python in enumerate(pythons):
             if tried:
-                started = self._start(self._probe_argv(python), "the probe", self._source)
+                started = self._start(self._probe_argv(python, options), "the probe", self._source)
             stdout, stderr, code = self._finish(
-                started, "the probe", self._source, deadline, self.timeout, self.max_output, state
+                started, "the probe", self._source, deadline, timeout, self.max_output, state
             )
             if code is None:
                 raise ProbeError(
@@ -1142,11 +1143,19 @@ class ContainerTarget:
         return None
 
     def run_script(
-        self, argv: Sequence[str], *, what: str, source: str, timeout: float, max_output: int
+        self,
+        argv: Sequence[str],
+        *,
+        what: str,
+        source: str,
+        timeout: float,
+        max_output: int,
+        gpus: Gpus = "none",
     ) -> bytes:
         """Run ``argv`` (``[python, ...]``) in the container with ``docker exec`` to
-        completion, bounded like the probe, and return its stdout. ``what`` names the script
-        in errors ("the GPU suite"), ``source`` starts every message.
+        completion, bounded like the probe, and return its stdout (Target.run_script; the
+        container has the GPUs it was started with). ``what`` names the script in errors
+        ("the GPU suite"), ``source`` starts every message.
 
         Raises:
             TargetError: the container is gone, or the daemon failed.
@@ -1291,6 +1300,33 @@ class ContainerTarget:
             lambda: self.container.get_archive(path, chunk_size=ARCHIVE_CHUNK), what
         )
 
+    def files(self) -> Files:
+        """The merged directory on this host when lockd can read it there (and every mount's
+        source), else the daemon's archive API (Target.files)."""
+        storage = self.overlay_storage()
+        mounts = self.mount_sources()
+        host = None
+        if storage is not None and mounts is not None:
+            _, layers = overlay_dirs(self.attrs)
+            host = HostFiles(
+                kind="overlay",
+                roots=(storage[0],),
+                description=f"the merged directory of container {self.name}",
+                upper=storage[1],
+                layers=tuple(layers),
+                mounts=tuple(mounts),
+                image=self.image_attrs,
+            )
+        return Files(
+            host=host,
+            archive=lambda: nullcontext(self.fetch_archive),
+            archive_description=f"container {self.name} (Docker API)",
+        )
+
+    def running(self) -> ContainerTarget:
+        """This container (Target.running)."""
+        return self
+
 
 # --- an image -----------------------------------------------------------------------------------
 
@@ -1327,7 +1363,6 @@ class ImageTarget:
         self.python = python
         self.timeout = timeout
         self.max_output = max_output
-        self.probe_args: tuple[str, ...] = ()  # options of the probe (lockd.evidence.smoke)
         self.info = TargetInfo(kind="image", ref=image_ref)
         self._source = f"image {image_ref}"
         image = _find_image(client, image_ref)
@@ -1338,7 +1373,7 @@ class ImageTarget:
             )
         self.image: Image = image
 
-    def observe(self) -> Observation:
+    def observe(self, options: ProbeOptions = PLAIN) -> Observation:
         """Host evidence from the image, then the probe's report (or why there is none).
 
         Raises:
@@ -1358,22 +1393,19 @@ class ImageTarget:
             mounts=[],
             config_env=_parse_env((attrs.get("Config") or {}).get("Env")),
         )
-        deadline = time.monotonic() + self.timeout
+        timeout = self.timeout + options.extra_time
+        deadline = time.monotonic() + timeout
+        bounds = _Bounds("the probe", self._source, timeout, self.max_output, deadline)
         for python in _candidates(self.python):
-            stdout = self._run(python, deadline)
+            stdout = self._run_throwaway(python, probe_arguments(options), bounds)
             if stdout is not None:
                 probe, imports = parse_probe_document(
-                    stdout, self._source, family_imports=WITH_FAMILY_IMPORTS in self.probe_args
+                    stdout, self._source, family_imports=options.family_imports
                 )
                 return Observation(target=self.info, host=host, probe=probe, family_imports=imports)
         return Observation(
             target=self.info, host=host, probe_error=_no_python("image", self._source, self.python)
         )
-
-    def _run(self, python: str, deadline: float) -> bytes | None:
-        """Run the probe in a throw-away container; its stdout, or None without ``python``."""
-        bounds = _Bounds("the probe", self._source, self.timeout, self.max_output, deadline)
-        return self._run_throwaway(python, probe_arguments(self.probe_args), bounds)
 
     def run_script(
         self,
@@ -1386,7 +1418,7 @@ class ImageTarget:
         gpus: Gpus = "none",
     ) -> bytes:
         """Run ``argv`` (``[python, ...]``) as the only process of a throw-away container of
-        the image (no network; ``gpus`` as lockd.evidence.targets.scripts.Gpus says) to completion,
+        the image (no network; ``gpus`` as lockd.evidence.targets.base.Gpus says) to completion,
         bounded like the probe, and return its stdout; the container is removed in every case.
 
         Raises:
@@ -1474,6 +1506,27 @@ class ImageTarget:
             raise _exited(source, python, code, stderr)
         return stdout
 
+    def files(self) -> Files:
+        """The image's layer directories on this host when lockd can read them there, else
+        the daemon's archive API through a throw-away container (Target.files)."""
+        layers = self.layer_dirs()
+        host = None
+        if layers:
+            host = HostFiles(
+                kind="layers",
+                roots=tuple(layers),
+                description=f"the layers of image {self.image_ref}",
+                image=lambda: self.image.attrs,
+            )
+        return Files(
+            host=host,
+            archive=self.archive_container,
+            archive_description=f"image {self.image_ref} (Docker API)",
+        )
+
+    def running(self) -> None:
+        """An image is no running container: nothing is kept for it."""
+
     def layer_dirs(self) -> list[str] | None:
         """The image's overlay2 layer directories, top first, when this host can read them
         (lockd runs beside the daemon, as root); else None."""
@@ -1483,7 +1536,7 @@ class ImageTarget:
         return layers
 
     @contextmanager
-    def archive_container(self) -> Iterator[Callable[[str], Archive | None]]:
+    def archive_container(self) -> Iterator[Fetch]:
         """A throw-away container of the image, created and never started, to read files
         from through the daemon's archive API: yields ``fetch(path)``; always removed.
 

@@ -7,12 +7,17 @@ The interpreter runs as the user runs it (no ``-I``): PYTHONPATH, user site-pack
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 from lockd.errors import ProbeError
 from lockd.evidence.targets.base import (
     MAX_PROBE_OUTPUT,
+    PLAIN,
     PROBE_TIMEOUT,
-    WITH_FAMILY_IMPORTS,
+    Files,
+    Gpus,
+    HostFiles,
+    ProbeOptions,
     parse_probe_document,
     probe_arguments,
     run_probe_subprocess,
@@ -43,10 +48,9 @@ class LocalTarget:
         self.python = interpreter
         self.timeout = timeout
         self.max_output = max_output
-        self.probe_args: tuple[str, ...] = ()  # options of the probe (lockd.evidence.smoke)
         self.info = TargetInfo(kind="local", ref=interpreter)
 
-    def observe(self) -> Observation:
+    def observe(self, options: ProbeOptions = PLAIN) -> Observation:
         """Run the probe with this interpreter; there is no host evidence for a local target.
 
         Raises:
@@ -55,12 +59,35 @@ class LocalTarget:
         """
         source = f"local Python {self.python}"
         output = run_probe_subprocess(
-            [self.python, *probe_arguments(self.probe_args)],
+            [self.python, *probe_arguments(options)],
             source,
-            timeout=self.timeout,
+            timeout=self.timeout + options.extra_time,
             max_output=self.max_output,
         )
-        probe, imports = parse_probe_document(
-            output, source, family_imports=WITH_FAMILY_IMPORTS in self.probe_args
-        )
+        probe, imports = parse_probe_document(output, source, family_imports=options.family_imports)
         return Observation(target=self.info, probe=probe, family_imports=imports)
+
+    def run_script(
+        self,
+        argv: Sequence[str],
+        *,
+        what: str,
+        source: str,
+        timeout: float,
+        max_output: int,
+        gpus: Gpus = "none",
+    ) -> bytes:
+        """``argv`` as a child process (Target.run_script; this machine's GPUs are its own).
+
+        Raises:
+            ProbeError: no such interpreter, or the script failed, hung or flooded its output.
+        """
+        return run_probe_subprocess(list(argv), source, timeout=timeout, max_output=max_output)
+
+    def files(self) -> Files:
+        """This machine's own filesystem (evidence from inside: the environment lockd runs
+        beside)."""
+        return Files(host=HostFiles(kind="local", roots=("/",), description="the local filesystem"))
+
+    def running(self) -> None:
+        """A local Python is no container: nothing is kept for it."""
