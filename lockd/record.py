@@ -229,3 +229,43 @@ def sign_manifest(manifest: Manifest, key: PrivateKey) -> Recorded:
         subjects=subjects_for(manifest.observation),
         keyid=keys.keyid(key.public_key()),
     )
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    observation: Observation
+    manifest: Manifest
+    recorded: Recorded
+    lock: LockInfo | None  # the lock the target was found to agree with (``lock``)
+
+
+def record(
+    target: Target,
+    key: PrivateKey,
+    *,
+    lock: Lock | None = None,
+    append: Path | None = None,
+    gpu: bool = False,
+    deep: bool = False,
+    cache: bool = True,
+    allow_incoherent: bool = False,
+) -> RecordResult:
+    """Observe ``target`` and sign its manifest: a new one, bound to ``lock`` when given; or,
+    with ``append``, the manifest in that file with this run's GPU results added.
+
+    Raises:
+        RefusedError: the target disagrees with ``lock``, its PyTorch family is incoherent
+            (unless ``allow_incoherent``), or (``deep``) its files with their RECORDs.
+        InputError: ``append`` cannot take these results.
+        TargetError, ProbeError: the target cannot be observed.
+    """
+    observation = observe(target, gpu=gpu, deep=deep, cache=cache)
+    bound = None
+    if append is not None:
+        manifest = append_gpu_result(append, key, observation)
+    else:
+        bound = None if lock is None else bind_lock(observation, lock)
+        if not allow_incoherent:
+            require_coherent(observation)
+        manifest = build_manifest(observation, lock=bound)
+    return RecordResult(observation, manifest, sign_manifest(manifest, key), bound)

@@ -1,5 +1,6 @@
 """Fixtures for every test: where the repository and its test assets are, the lockd command
-line in a child process, and a key pair made by it; the fixtures that stand for what a test
+line (in this process, through ``lockd.cli.main``, so that coverage sees it; or in a child
+process where a test needs one), and a key pair made by it; the fixtures that stand for what a test
 needs beyond ``pip install -e '.[all,dev]'`` (root, the network, torch, Python 3.8), and the
 markers applied from them.
 
@@ -13,12 +14,16 @@ saying what to install: it never skips.
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import io
+import logging
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -174,32 +179,94 @@ def asset() -> Callable[[str], Path]:
     return _asset
 
 
+def _lockd_environment(env: dict[str, str] | None) -> dict[str, str]:
+    """This environment without its LOCKD_* variables (a developer's LOCKD_SERVER must not leak
+    into a test), LOCKD_PASSWORD = TEST_PASSWORD, a 200-column terminal, then ``env`` on top."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("LOCKD_")}
+    return {**inherited, "LOCKD_PASSWORD": TEST_PASSWORD, "COLUMNS": "200", **(env or {})}
+
+
 def run_lockd(
     *args: object,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     timeout: float = 600,
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m lockd ARGS`` to completion, text output captured. The child gets this
-    environment without its LOCKD_* variables (a developer's LOCKD_SERVER must not leak into a
-    test), LOCKD_PASSWORD = TEST_PASSWORD, a 200-column terminal, then ``env`` on top."""
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("LOCKD_")}
+    """``python -m lockd ARGS`` in a child process to completion, text output captured, in the
+    environment :func:`_lockd_environment` makes. For what needs a process of its own: a
+    deadline, signals, what a fresh interpreter imports."""
     return subprocess.run(
         [sys.executable, "-m", "lockd", *map(str, args)],
         capture_output=True,
         text=True,
-        env={**inherited, "LOCKD_PASSWORD": TEST_PASSWORD, "COLUMNS": "200", **(env or {})},
+        env=_lockd_environment(env),
         cwd=cwd,
         timeout=timeout,
         check=False,
     )
 
 
+@contextlib.contextmanager
+def _process_state(
+    env: dict[str, str], cwd: Path | None
+) -> Iterator[tuple[io.StringIO, io.StringIO]]:
+    """os.environ, the working directory, sys.stdout/stderr and the root logger as a child
+    would have them (a command may configure logging to its stderr), restored afterwards."""
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    out, err = io.StringIO(), io.StringIO()
+    os.environ.clear()
+    os.environ.update(env)
+    root.handlers.clear()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            yield out, err
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+
+
+def run_lockd_here(
+    *args: object,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
+    """``lockd ARGS`` through ``lockd.cli.main`` in this process, as :func:`run_lockd` runs it
+    in a child: the same environment, working directory and exit codes (an exception that
+    escapes main is a bug: exit 1 with its traceback on stderr, as Python's would be). The
+    ``timeout`` is pytest-timeout's here (the command cannot be interrupted from outside)."""
+    from lockd.cli import main
+
+    argv = [str(arg) for arg in args]
+    code: int = 0
+    with _process_state(_lockd_environment(env), cwd) as (out, err):
+        try:
+            main(argv)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            if isinstance(e.code, str):
+                err.write(e.code + "\n")
+        except Exception:
+            traceback.print_exc(file=err)
+            code = 1
+    return subprocess.CompletedProcess(
+        ["lockd", *argv], code, stdout=out.getvalue(), stderr=err.getvalue()
+    )
+
+
 @pytest.fixture(scope="session")
 def lockd() -> Callable[..., subprocess.CompletedProcess[str]]:
-    """``lockd(*args, env=None, cwd=None, timeout=600)``: run the lockd command line in a child
-    process (see :func:`run_lockd`); the result's returncode, stdout and stderr are the test's."""
-    return run_lockd
+    """``lockd(*args, env=None, cwd=None, timeout=600)``: run the lockd command line in this
+    process (see :func:`run_lockd_here`); the result's returncode, stdout and stderr are the
+    test's."""
+    return run_lockd_here
 
 
 @pytest.fixture(scope="session")
@@ -207,6 +274,6 @@ def keypair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """``(signer.key, signer.pub)``: a key pair made by ``lockd keygen`` (password
     TEST_PASSWORD, which ``lockd(...)`` passes on), one for the session."""
     prefix = tmp_path_factory.mktemp("keys") / "signer"
-    made = run_lockd("keygen", "--output-key-prefix", prefix)
+    made = run_lockd_here("keygen", "--output-key-prefix", prefix)
     assert made.returncode == 0, made.stderr
     return prefix.with_suffix(".key"), prefix.with_suffix(".pub")

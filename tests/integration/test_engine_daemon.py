@@ -18,6 +18,7 @@ import pytest
 import typer
 
 from lockd import cli
+from lockd.cli.early import start_early
 from lockd.errors import InputError, ProbeError, TargetError
 from lockd.evidence.targets.docker import ContainerTarget, ImageTarget, _SdkApi, open_docker_target
 from lockd.evidence.targets.engine import Engine, EngineError, NotFoundError, read_frames
@@ -305,12 +306,11 @@ def given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_main_starts_the_probe_before_typer_converts_the_arguments(app: Any, given: Path) -> None:
     command = typer.main.get_command(cli.app)
-    assert isinstance(command, typer.core.TyperGroup)
 
-    cli._start_early(command, ["verify", "--key", "k.pub", app.name, "--manifest=m.json"])
+    started = start_early(command, ["verify", "--key", "k.pub", app.name, "--manifest=m.json"])
 
-    early = cli._EARLY.pop((app.name, None, False))
-    _, observation = early.result(timeout=60)
+    assert started is not None and started.request.serves(app.name, None, False)
+    _, observation = started.observation.result(timeout=60)
     assert observation.target.ref == app.name
     assert observation.probe is not None
 
@@ -333,11 +333,8 @@ def test_main_starts_the_probe_before_typer_converts_the_arguments(app: Any, giv
 )
 def test_main_starts_nothing_early_for_other_commands(args: list[str], given: Path) -> None:
     command = typer.main.get_command(cli.app)
-    assert isinstance(command, typer.core.TyperGroup)
 
-    cli._start_early(command, args)
-
-    assert cli._EARLY == {}
+    assert start_early(command, args) is None
 
 
 @pytest.mark.parametrize("typo", ["manifest", "key"])

@@ -1,0 +1,221 @@
+"""Commands that talk to a lockd service, or run one: serve, token create, push, audit verify and
+export, status."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lockd.cli.shared import ServerOpt, console
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="the address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="the port to listen on")] = 8080,
+    workers: Annotated[int, typer.Option(min=1, help="worker processes")] = 1,
+    migrate: Annotated[
+        bool, typer.Option(help="bring the database to the newest schema before serving")
+    ] = True,
+    access_log: Annotated[
+        bool, typer.Option(help="log a line per request (writes are in the audit log anyway)")
+    ] = False,
+) -> None:
+    """Run the lockd service (settings from LOCKD_DATABASE_URL, LOCKD_TRUSTED_KEYS,
+    LOCKD_POLICIES, LOCKD_ALLOW_ANONYMOUS_READ)."""
+    from lockd.cli.extras import require_extra
+
+    require_extra("server", "serve")
+    from lockd.server.run import serve as run
+    from lockd.server.settings import Settings
+
+    run(
+        Settings.from_env(),
+        host=host,
+        port=port,
+        workers=workers,
+        migrate=migrate,
+        access_log=access_log,
+    )
+
+
+def token_create(
+    name: Annotated[str, typer.Argument(help="who or what holds the token (shown in the audit)")],
+    role: Annotated[str, typer.Option(help="reader, recorder (may write) or admin")] = "reader",
+) -> None:
+    """Make a token in LOCKD_DATABASE_URL's database and print it, this once (only its hash is
+    kept)."""
+    from lockd.cli.extras import require_extra
+
+    require_extra("server", "token create")
+    from lockd.server.run import create_token
+    from lockd.server.settings import Settings
+
+    token = create_token(Settings.from_env(), name, role)
+    console(stderr=True).print(f"token {name!r} ({role}); it is shown only this once:")
+    sys.stdout.write(token + "\n")
+
+
+def push(
+    envelope: Annotated[Path, typer.Argument(help="a signed manifest (DSSE envelope)")],
+    server: ServerOpt = None,
+    name: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="the name to file it under (default: its first subject's)"),
+    ] = None,
+    label: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(help="key=value, e.g. experiment=42 or doi=10.5281/… (repeat)"),
+    ] = None,
+) -> None:
+    """Store a signed manifest in a lockd service (it must verify against a key it trusts)."""
+    from lockd.client import Client
+    from lockd.errors import InputError
+    from lockd.fileio import read_capped
+    from lockd.verify import load_envelope
+
+    if server is None:
+        raise InputError("give --server URL (or set LOCKD_SERVER)")
+    load_envelope(envelope)  # a malformed file fails here, naming it
+    data = read_capped(envelope, limit=5 * 1024 * 1024, what="manifest")
+    summary, created = Client.from_env(server).push(data, name=name, labels=label or [])
+    state = "stored" if created else "already stored"
+    console().print(f"{envelope}: {state} as {summary['digest']} ({summary['name']})")
+
+
+def audit_verify(
+    bundle: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Argument(help="an audit bundle (lockd audit export) to check offline"),
+    ] = None,
+    server: ServerOpt = None,
+    json: Annotated[bool, typer.Option("--json", help="print the verdict as JSON")] = False,
+) -> None:
+    """Check an audit bundle offline (BUNDLE), or fetch a service's whole audit log and
+    re-check its hash chain here (--server); exit 0 when it holds, 1 naming what failed."""
+    from dataclasses import asdict
+
+    from lockd.client import Client, check_remote_audit
+    from lockd.errors import InputError
+
+    if bundle is not None:
+        _verify_bundle(bundle, json)
+    if server is None:
+        raise InputError("give a bundle file, or --server URL (or set LOCKD_SERVER)")
+    verdict = check_remote_audit(Client.from_env(server))
+    if json:
+        import json as json_module
+
+        sys.stdout.write(json_module.dumps(asdict(verdict), sort_keys=True) + "\n")
+    elif verdict.ok:
+        console().print(f"the audit chain holds: {verdict.entries} entries")
+    else:
+        console().print(
+            f"[bold red]the audit chain is broken[/] at entry {verdict.first_bad} "
+            f"({verdict.entries} entries read): {verdict.reason}"
+        )
+    raise typer.Exit(0 if verdict.ok else 1)
+
+
+def _verify_bundle(path: Path, json: bool) -> None:
+    from lockd.bundle import render_verdict, verify_bundle
+
+    verdict = verify_bundle(path)
+    if json:
+        import json as json_module
+
+        body = {
+            "ok": verdict.ok,
+            "digest": verdict.digest,
+            "keyids": verdict.keyids,
+            "checks": [{"id": c.id, "ok": c.ok, "message": c.message} for c in verdict.checks],
+        }
+        sys.stdout.write(json_module.dumps(body, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(render_verdict(verdict, str(path)))
+    raise typer.Exit(0 if verdict.ok else 1)
+
+
+def audit_export(
+    digest: Annotated[str, typer.Argument(help="the manifest's digest, sha256:<hex>")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="the bundle to write (.tar.gz)")],
+    server: ServerOpt = None,
+    key: Annotated[
+        Optional[list[Path]],  # noqa: UP045
+        typer.Option(help="a public key to bundle instead of fetching it (repeat for several)"),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="replace an existing output file")] = False,
+) -> None:
+    """Write a self-contained audit bundle of a stored manifest: the envelope, its public
+    key(s), the lock, an SBOM, its verification reports and the audit entries covering them;
+    check it anywhere with `lockd audit verify BUNDLE`."""
+    import re
+
+    from lockd.bundle import export_bundle
+    from lockd.client import Client
+    from lockd.errors import InputError
+    from lockd.trust import keys
+
+    if server is None:
+        raise InputError("give --server URL (or set LOCKD_SERVER)")
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+        raise InputError(f"{digest!r}: give the manifest's digest as sha256:<64 hex digits>")
+    extra = [keys.load_public_key(k) for k in key or []]
+    done = export_bundle(Client.from_env(server), digest, output, extra_keys=extra, force=force)
+    console().print(
+        f"wrote {done.path}: {done.files} files, {done.reports} report(s), signed by keyid "
+        f"{', '.join(done.keyids)}; check it with: lockd audit verify {done.path}"
+    )
+
+
+def status(
+    server: ServerOpt = None,
+    host: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="only this host"),
+    ] = None,
+    json: Annotated[bool, typer.Option("--json", help="print the fleet view as JSON")] = False,
+    forget: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            metavar="HOST",
+            help="remove HOST and its containers from the fleet view instead (an admin token)",
+        ),
+    ] = None,
+) -> None:
+    """The fleet the watch agents (lockd watch) report to a service: one line per running
+    container; exit 0 when every container passes and no host is stale, 1 otherwise. With
+    --forget HOST, remove a host (e.g. a decommissioned one) from the fleet view."""
+    import re
+
+    from lockd.client import Client
+    from lockd.errors import InputError
+    from lockd.model.fleet import fleet_ok, render_fleet, summary
+
+    if server is None:
+        raise InputError("give --server URL (or set LOCKD_SERVER)")
+    for option, name in (("--host", host), ("--forget", forget)):
+        if name is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,253}", name):
+            raise InputError(f"{option} {name!r}: give a host name (1-253 of A-Z a-z 0-9 . _ -)")
+    client = Client.from_env(server)
+    if forget is not None:
+        if host is not None or json:
+            raise InputError("--forget HOST: give it without --host and --json")
+        client.forget_host(forget)
+        sys.stdout.write(
+            f"forgot host {forget!r} at {client.base_url}; it is listed again if its agent "
+            "reports again\n"
+        )
+        return
+    view = client.fleet(host=host)
+    if json:
+        sys.stdout.write(view.model_dump_json(indent=2) + "\n")
+    elif host is not None and not view.hosts:
+        sys.stdout.write(f"host {host!r} has never reported to {client.base_url}\n")
+    elif not view.hosts:
+        sys.stdout.write(f"no host reports to {client.base_url} yet (run lockd watch on one)\n")
+    else:
+        sys.stdout.write(render_fleet(view) + "\n\n" + summary(view) + "\n")
+    raise typer.Exit(0 if fleet_ok(view) and (host is None or view.hosts) else 1)
