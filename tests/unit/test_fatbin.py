@@ -161,7 +161,7 @@ def test_libtorch_cuda_of_torch_2_6_0(tmp_path: Path, network_access: None) -> N
     assert _thrust_archs(path) == {" ".join(GENERIC_2_6)}
     # memory stays bounded: a fresh interpreter reads the 903 MB file's CUDA code in a few MB
     script = (
-        "import resource, sys; sys.path.insert(0, sys.argv[2]); from lockd import fatbin; "
+        "import resource, sys; sys.path.insert(0, sys.argv[2]); from lockd.probe import fatbin; "
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
         "fatbin.scan_binary(sys.argv[1]); "
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)"
