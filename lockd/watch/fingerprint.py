@@ -21,7 +21,7 @@ from typing import Any
 
 from lockd.errors import TargetError
 from lockd.evidence import kernel
-from lockd.evidence.cache.fstree import MAX_ENTRIES, entry_digest, tree_digest
+from lockd.evidence.cache.guard import MAX_ENTRIES, entry_digest, tree_digest
 from lockd.judgement.policy import Policy, python_places, shadows_code
 from lockd.model.manifest import Observation
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from lockd.evidence.cache import integrity as integritycache
+from lockd.evidence.cache.guard import StatGuard
 from lockd.evidence.cache.integrity import (
     FORMAT,
     Guard,
@@ -54,7 +55,7 @@ INTEGRITY = Integrity(
 )
 
 
-GONE: Guard = ("/nonexistent/lockd-layer/six.py", 10, 20, 30, 40, 0o100644)
+GONE: Guard = ("/nonexistent/lockd-layer/six.py", StatGuard(10, 20, 30, 40, 0o100644))
 
 
 def guards_of(*paths: Path) -> list[Guard]:
@@ -133,11 +134,7 @@ def test_a_stored_file_is_compressed_and_much_smaller_than_its_json(tmp_path: Pa
     guards: list[Guard] = [
         (
             f"/var/lib/docker/overlay2/{'a' * 64}/diff/site-packages/pkg{i}/mod{i}.py",
-            i,
-            2,
-            3,
-            i,
-            0o644,
+            StatGuard(i, 2, 3, i, 0o644),
         )
         for i in range(5000)
     ]
@@ -278,11 +275,11 @@ def test_a_wrong_guard_digest_loads_but_is_not_intact(
     guards = guards_of(layer, module)
     path = stored(tmp_path / "cache", guards=guards)
     document = document_of(path)
-    (_, size, mtime, ctime, inode, mode) = guards[1]
+    _, now = guards[1]
     for digest, intact in [
         (guard_digest(guards), True),
-        (guard_digest([guards[0], (str(module), size + 1, mtime, ctime, inode, mode)]), False),
-        (guard_digest([guards[0], (str(module), size, mtime, ctime, inode, mode | 0o4000)]), False),
+        (guard_digest([guards[0], (str(module), now._replace(size=now.size + 1))]), False),
+        (guard_digest([guards[0], (str(module), now._replace(mode=now.mode | 0o4000))]), False),
         (guard_digest(reversed(guards)), False),
         (guard_digest(guards[:1]), False),
         (DIGEST, False),

@@ -5,21 +5,20 @@ changed.
 spares it re-reading the image's layers, but still lstat's, locates and compares each of tens of
 thousands of files in Python (about 1 CPU-second for torch). For a container verified again, the
 result is a function of what the probe cache fingerprints (lockd.evidence.cache.probe: the
-container's
-upper directory, the kernel's view of its processes and mounts, the host side of the mounts
-over the places the result rests on, configuration, image, the host: all read on the host,
-none through /proc/PID/root), of the distributions the probe
-reported, of the ignore patterns and of lockd's own code; and of the image's layer files, which
-the daemon never changes but root on the host could. So the result is kept under a fingerprint
-of the former, with guards for the latter: the size, mtime, ctime, inode number and mode of every
-lower-layer file lockd read or took from the layer cache, and of every lower-layer directory it
-listed. A later ``verify --deep`` of the same container takes the result again when the
-fingerprint is the same, the probe reports the same distributions and every guard still holds
-(one lstat each, about 20 ms for torch); its report says so. An identical container of the same
-image (probecache.sibling_fingerprint: same configuration, same content in its upper directory,
-no mounts of its own) takes a sibling's result the same way: it sees the same files. A result
-is kept only when nothing it rests on changed while lockd hashed (the fingerprints before and
-after, and no ctime of an overlapping mount's entry from that time).
+container's upper directory, the kernel's view of its processes and mounts, the host side of the
+mounts over the places the result rests on, configuration, image, the host: all read on the host,
+none through /proc/PID/root), of the distributions the probe reported, of the ignore patterns and
+of lockd's own code; and of the image's layer files, which the daemon never changes but root on the
+host could. So the result is kept under a fingerprint of the former, with guards for the latter
+(lockd.evidence.cache.guard: the size, mtime, ctime, inode number and mode) of every lower-layer
+file lockd read or took from the layer cache, and of every lower-layer directory it listed. A later
+``verify --deep`` of the same container takes the result again when the fingerprint is the same,
+the probe reports the same distributions and every guard still holds (one lstat each, about 20 ms
+for torch); its report says so. An identical container of the same image
+(probecache.sibling_fingerprint: same configuration, same content in its upper directory, no mounts
+of its own) takes a sibling's result the same way: it sees the same files. A result is kept only
+when nothing it rests on changed while lockd hashed (the fingerprints before and after, and no
+ctime of an overlapping mount's entry from that time).
 ``--no-cache`` hashes everything again; ``record`` never takes a kept result.
 
 One zlib-compressed JSON file per container under ``cache_root()/integrity`` (the guarded paths
@@ -41,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from lockd.evidence.cache import probe as probecache
 from lockd.evidence.cache.files import cache_root, load_entry, store_entry
+from lockd.evidence.cache.guard import StatGuard, guards_digest
 from lockd.evidence.cache.probe import KeyFor, Keys
 
 if TYPE_CHECKING:
@@ -70,15 +70,14 @@ FORMAT = "lockd-integrity-cache/3"  # 3: places, mode in guards
 MAX_FILES = 256
 MAX_FILE_BYTES = 64 * 1024 * 1024
 
-Guard = tuple[str, int, int, int, int, int]
-"""(host path, size, mtime_ns, ctime_ns, inode, mode) of a lower-layer file or directory."""
+Guard = tuple[str, StatGuard]
+"""A lower-layer file or directory: its host path and its guard (lockd.evidence.cache.guard)."""
 
 
 @dataclass(frozen=True)
 class Kept:
     """A kept result: the integrity found, when, of which distributions, resting on which
-    lower-layer files and directories (``guarded``, whose lstat numbers ``guard_digest``
-    digests)."""
+    lower-layer files and directories (``guarded``, whose guards ``guard_digest`` digests)."""
 
     integrity: Integrity
     observed_at: str
@@ -90,11 +89,11 @@ class Kept:
         """Whether every guarded file and directory is still the one read then."""
         guards = []
         for path in self.guarded:
-            try:
-                guards.append(guard(path, os.lstat(path)))
-            except (OSError, ValueError):  # gone; or no path at all (a NUL, a lone surrogate)
+            now = StatGuard.at(path)
+            if now is None:  # gone; or no path at all (a NUL, a lone surrogate)
                 return False
-        return guard_digest(guards) == self.guard_digest
+            guards.append((path, now))
+        return guards_digest(guards) == self.guard_digest
 
 
 def cache_dir() -> Path:
@@ -103,16 +102,12 @@ def cache_dir() -> Path:
 
 
 def guard(path: str, st: os.stat_result) -> Guard:
-    return path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode
+    return path, StatGuard.of(st)
 
 
 def guard_digest(guards: Iterable[Guard]) -> str:
-    """One digest of guards, in their order."""
-    digest = hashlib.sha256()
-    for path, size, mtime, ctime, inode, mode in guards:
-        name = path.encode("utf-8", "surrogateescape")
-        digest.update(b"%s\0%d %d %d %d %o\n" % (name, size, mtime, ctime, inode, mode))
-    return digest.hexdigest()
+    """One digest of guards, in their order (lockd.evidence.cache.guard.guards_digest)."""
+    return guards_digest(guards)
 
 
 @cache
@@ -210,8 +205,8 @@ def store(
         "places": list(found),
         "distributions": distributions,
         "integrity": integrity.model_dump(mode="json", exclude_none=True),
-        "guarded": [g[0] for g in guards],
-        "guard_digest": guard_digest(guards),
+        "guarded": [path for path, _ in guards],
+        "guard_digest": guards_digest(guards),
     }
     store_entry(
         directory or cache_dir(),

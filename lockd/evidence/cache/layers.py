@@ -16,9 +16,9 @@ layers' copies of the directory.
 
 Security model: the evidence is the host's (the daemon's layer store, read as root), as for
 hashing the files themselves. Root on the host can alter a file in a lower directory and put
-back its size and mtime; the ctime and inode guard catches that short of resetting the clock,
-and ``--no-cache`` hashes every file again. The cache files are trusted only when this user
-owns them and nobody else can write them.
+back its size and mtime; the guard (lockd.evidence.cache.guard: ctime and inode among them)
+catches that short of resetting the clock, and ``--no-cache`` hashes every file again. The
+cache files are trusted only when this user owns them and nobody else can write them.
 
 One JSON file per layer under ``cache_dir()``, written atomically, at most ``MAX_FILES``
 files (the least recently used go first), each at most ``MAX_FILE_BYTES``; a file that does not
@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lockd.evidence.cache.files import cache_root, ensure_dir, read_trusted, trim, write_atomic
+from lockd.evidence.cache.guard import StatGuard
 
 __all__ = [
     "FORMAT",
@@ -314,13 +315,6 @@ def cache_dir() -> Path:
     return cache_root() / "deep"
 
 
-_Guard = tuple[int, int, int, int, int]  # size, mtime_ns, ctime_ns, inode, mode
-
-
-def _guard(st: os.stat_result) -> _Guard:
-    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode
-
-
 class DigestCache:
     """Digests of lower-layer files, one file per layer in ``directory``: loaded on first use,
     written back by ``save()`` where something changed. Thread-safe. ``hits``: digests taken
@@ -329,14 +323,14 @@ class DigestCache:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.hits = 0
-        self._layers: dict[str, dict[str, tuple[_Guard, str]]] = {}
+        self._layers: dict[str, dict[str, tuple[StatGuard, str]]] = {}
         self._dirty: set[str] = set()
         self._lock = threading.Lock()
 
     def _file(self, key: str) -> Path:
         return self.directory / (key.replace(":", "-") + ".json")
 
-    def _load(self, key: str) -> dict[str, tuple[_Guard, str]]:
+    def _load(self, key: str) -> dict[str, tuple[StatGuard, str]]:
         """The layer's entries as stored; {} (and written again on save) when the file is not
         there, not ours, too large or not in the format."""
         path = self._file(key)
@@ -347,9 +341,9 @@ class DigestCache:
             document = json.loads(data)
             if document.get("format") != FORMAT or document.get("layer") != key:
                 raise ValueError("another format")
-            entries: dict[str, tuple[_Guard, str]] = {}
+            entries: dict[str, tuple[StatGuard, str]] = {}
             for rel, (size, mtime, ctime, inode, mode, digest) in document["files"].items():
-                guard = (size, mtime, ctime, inode, mode)
+                guard = StatGuard(size, mtime, ctime, inode, mode)
                 if not all(type(n) is int for n in guard) or not isinstance(digest, str):
                     raise ValueError("a malformed entry")
                 entries[rel] = guard, digest
@@ -358,7 +352,7 @@ class DigestCache:
             self._dirty.add(key)  # ignored: written again
             return {}
 
-    def _entries(self, key: str) -> dict[str, tuple[_Guard, str]]:
+    def _entries(self, key: str) -> dict[str, tuple[StatGuard, str]]:
         entries = self._layers.get(key)
         if entries is None:
             with self._lock:
@@ -371,7 +365,11 @@ class DigestCache:
         """The digest (RECORD notation) of layer ``key``'s file ``rel`` when it is cached for
         ``algorithm`` and the file (``st``: its lstat now) is the one hashed."""
         found = self._entries(key).get(rel)
-        if found is None or found[0] != _guard(st) or not found[1].startswith(algorithm + "="):
+        if (
+            found is None
+            or found[0] != StatGuard.of(st)
+            or not found[1].startswith(algorithm + "=")
+        ):
             return None
         with self._lock:
             self.hits += 1
@@ -382,7 +380,7 @@ class DigestCache:
         entries = self._entries(key)
         with self._lock:
             if len(entries) < MAX_ENTRIES or rel in entries:
-                entries[rel] = _guard(st), digest
+                entries[rel] = StatGuard.of(st), digest
                 self._dirty.add(key)
 
     def save(self) -> None:

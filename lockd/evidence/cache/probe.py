@@ -40,7 +40,7 @@ then takes the report a sibling's probe made; a container with mounts of its own
 A container whose files or processes lockd cannot read on the host side (another storage
 driver, a remote daemon, not root, a namespace only a chroot'd process shows), or with more
 than ``MAX_ENTRIES`` entries in one of those trees, is probed every time. The walks are
-lockd.evidence.cache.fstree's, as the watch agent's.
+lockd.evidence.cache.guard's, as the watch agent's.
 
 The report's bytes are kept, with the places it rests on, under the fingerprint taken before
 the probe ran, and only when the one taken after it ran is the same and no entry of an
@@ -70,7 +70,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from lockd.evidence import kernel
 from lockd.evidence.cache.files import cache_root, load_entry, store_entry
-from lockd.evidence.cache.fstree import MAX_ENTRIES, entry_digest
+from lockd.evidence.cache.guard import MAX_ENTRIES, StatGuard, entry_digest
 
 if TYPE_CHECKING:
     from lockd.model.environment import ProbeReport
@@ -247,7 +247,7 @@ def mounts_digest(
 def _host_state(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """The host kernel; the NVIDIA driver's version and GPUs where it is loaded; the files
     Docker bind-mounts into the container (/etc/hosts, hostname, resolv.conf: writable from
-    inside), as stat numbers."""
+    inside), as guards (lockd.evidence.cache.guard)."""
     uname = os.uname()
     state: dict[str, Any] = {"kernel": [uname.release, uname.version, uname.machine]}
     try:
@@ -258,11 +258,7 @@ def _host_state(attrs: Mapping[str, Any]) -> dict[str, Any]:
         state["driver"] = None
     for key in ("HostsPath", "HostnamePath", "ResolvConfPath"):
         path = str(attrs.get(key) or "")
-        try:
-            st = os.lstat(path) if path else None
-        except OSError:
-            st = None
-        state[key] = None if st is None else [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        state[key] = StatGuard.at(path) if path else None
     return state
 
 
