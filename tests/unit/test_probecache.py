@@ -1,7 +1,7 @@
 """The probe cache without Docker: the fingerprint of what a probe can see, read from real
 directories standing for a container's upper directory and its mounts' host side, and from the
 kernel's view of a real process of its own mount namespace standing for its init (never through
-its root); the cache files kept and trusted; lockd.evidence.cache.files' reading and writing."""
+its root); the cache files kept and trusted."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ import pytest
 
 from lockd.evidence import kernel
 from lockd.evidence.cache import probe as probecache
-from lockd.evidence.cache.files import read_trusted, write_atomic
 from lockd.evidence.cache.probe import FORMAT, CachedProbe, fingerprint, load, store
 
 PROBE = [["/opt/venv/bin/python", "-I", "-c", "print('probe')"]]
@@ -495,43 +494,3 @@ def test_beyond_max_files_the_least_recently_used_goes(
     assert load("1" * 64, "k1", directory=tmp_path) is not None  # used: now the most recent
     third = stored(tmp_path, "3" * 64)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, third.name])
-
-
-# --- lockd.evidence.cache.files ----------------------------------------------------------------------------
-
-
-def test_read_trusted_reads_a_trusted_file_up_to_its_limit(tmp_path: Path) -> None:
-    path = tmp_path / "f"
-    path.write_bytes(b"0123456789")
-    path.chmod(0o644)
-    assert read_trusted(path, 10) == b"0123456789"
-    assert read_trusted(path, 9) is None
-    assert read_trusted(tmp_path / "missing", 10) is None
-    with pytest.raises(IsADirectoryError):
-        read_trusted(tmp_path, 10)
-
-
-@pytest.mark.parametrize("mode", [0o666, 0o620, 0o602])
-def test_read_trusted_refuses_a_file_others_can_write(tmp_path: Path, mode: int) -> None:
-    path = tmp_path / "f"
-    path.write_bytes(b"x")
-    path.chmod(mode)
-    assert read_trusted(path, 10) is None
-
-
-@pytest.mark.usefixtures("root_required")  # chown
-def test_read_trusted_refuses_a_file_of_another_user(tmp_path: Path) -> None:
-    path = tmp_path / "f"
-    path.write_bytes(b"x")
-    os.chown(path, 65534, 65534)
-    assert read_trusted(path, 10) is None
-
-
-def test_write_atomic_replaces_the_file_and_leaves_no_temporary_file(tmp_path: Path) -> None:
-    path = tmp_path / "f.json"
-    assert write_atomic(path, b"one")
-    assert write_atomic(path, b"two")
-    assert path.read_bytes() == b"two"
-    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
-    assert not write_atomic(tmp_path / "missing" / "f.json", b"x")
-    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]

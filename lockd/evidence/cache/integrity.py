@@ -21,9 +21,9 @@ when nothing it rests on changed while lockd hashed (the fingerprints before and
 ctime of an overlapping mount's entry from that time).
 ``--no-cache`` hashes everything again; ``record`` never takes a kept result.
 
-One zlib-compressed JSON file per container under ``cache_root()/integrity`` (the guarded paths
-and one digest of their lstat numbers: about 100 KB for torch), at most ``MAX_FILES``, trusted
-only when this user owns it and nobody else can write it.
+One zlib-compressed JSON file per container in the kept-store ``cache_root()/integrity``
+(lockd.evidence.cache.store; the guarded paths and one digest of their guards: about 100 KB for
+torch), at most ``MAX_FILES``.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lockd.evidence.cache import probe as probecache
-from lockd.evidence.cache.files import cache_root, load_entry, store_entry
 from lockd.evidence.cache.guard import StatGuard, guards_digest
 from lockd.evidence.cache.probe import KeyFor, Keys
+from lockd.evidence.cache.store import Store, cache_root
 
 if TYPE_CHECKING:
     from lockd.model.environment import Distribution
@@ -97,8 +97,12 @@ class Kept:
 
 
 def cache_dir() -> Path:
-    """``integrity`` under lockd.evidence.cache.files' ``cache_root()``."""
+    """``integrity`` under lockd.evidence.cache.store's ``cache_root()``."""
     return cache_root() / "integrity"
+
+
+def _store(directory: Path | None) -> Store:
+    return Store(directory or cache_dir(), FORMAT, MAX_FILE_BYTES, MAX_FILES, compress=True)
 
 
 def guard(path: str, st: os.stat_result) -> Guard:
@@ -168,9 +172,7 @@ def load(
     trusted or not in the format."""
     from lockd.model.host import Integrity
 
-    document = load_entry(
-        directory or cache_dir(), container_id, FORMAT, fingerprint, MAX_FILE_BYTES
-    )
+    document = _store(directory).load_entry(container_id, fingerprint)
     if document is None:
         return None
     distributions = document.get("distributions")
@@ -208,14 +210,4 @@ def store(
         "guarded": [path for path, _ in guards],
         "guard_digest": guards_digest(guards),
     }
-    store_entry(
-        directory or cache_dir(),
-        container_id,
-        FORMAT,
-        fingerprint,
-        fields,
-        MAX_FILE_BYTES,
-        MAX_FILES,
-        compress=True,
-        now=now,
-    )
+    _store(directory).store_entry(container_id, fingerprint, fields, now=now)

@@ -17,19 +17,18 @@ layers' copies of the directory.
 Security model: the evidence is the host's (the daemon's layer store, read as root), as for
 hashing the files themselves. Root on the host can alter a file in a lower directory and put
 back its size and mtime; the guard (lockd.evidence.cache.guard: ctime and inode among them)
-catches that short of resetting the clock, and ``--no-cache`` hashes every file again. The
-cache files are trusted only when this user owns them and nobody else can write them.
+catches that short of resetting the clock, and ``--no-cache`` hashes every file again.
 
-One JSON file per layer under ``cache_dir()``, written atomically, at most ``MAX_FILES``
-files (the least recently used go first), each at most ``MAX_FILE_BYTES``; a file that does not
-parse is ignored and written again.
+One JSON file per layer in the kept-store ``cache_dir()`` (lockd.evidence.cache.store: trusted
+only when this user owns it and nobody else can write it, written atomically), at most
+``MAX_FILES`` files (the least recently used go first), each at most ``MAX_FILE_BYTES``; a file
+that does not parse is ignored and written again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 import stat
@@ -39,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from lockd.evidence.cache.files import cache_root, ensure_dir, read_trusted, trim, write_atomic
 from lockd.evidence.cache.guard import StatGuard
+from lockd.evidence.cache.store import Store, cache_root
 
 __all__ = [
     "FORMAT",
@@ -74,7 +73,7 @@ Entry = Literal["missing", "whiteout", "dir", "opaque", "file", "other"]
 hiding the lower layers' copies), a regular file, anything else (a link, a device...)."""
 
 
-# --- which layer provides a path (pure) ---------------------------------------------------------
+# --- which layer provides a path (pure) -----------------------------------------------------------
 
 
 def step_dir(visible: Sequence[int], rel: str, entry: Callable[[int, str], Entry]) -> list[int]:
@@ -155,7 +154,7 @@ def container_layer_keys(
     return [keys.get(d) for d in lower_dirs]
 
 
-# --- the layers on this host --------------------------------------------------------------------
+# --- the layers on this host ----------------------------------------------------------------------
 
 
 class LayerView:
@@ -307,7 +306,7 @@ def _names(path: str) -> dict[str, bool]:
         return {}
 
 
-# --- the digests on disk ------------------------------------------------------------------------
+# --- the digests on disk --------------------------------------------------------------------------
 
 
 def cache_dir() -> Path:
@@ -327,20 +326,24 @@ class DigestCache:
         self._dirty: set[str] = set()
         self._lock = threading.Lock()
 
-    def _file(self, key: str) -> Path:
-        return self.directory / (key.replace(":", "-") + ".json")
+    def _store(self) -> Store:
+        return Store(self.directory, FORMAT, MAX_FILE_BYTES, MAX_FILES)
+
+    @staticmethod
+    def _name(key: str) -> str:
+        return key.replace(":", "-") + ".json"
 
     def _load(self, key: str) -> dict[str, tuple[StatGuard, str]]:
-        """The layer's entries as stored; {} (and written again on save) when the file is not
-        there, not ours, too large or not in the format."""
-        path = self._file(key)
+        """The layer's entries as stored; {} when there are none, or the file cannot be used
+        (it is then written again on save)."""
+        store = self._store()
+        name = self._name(key)
+        document = store.load(name, {"layer": key})
+        if document is None:
+            if os.path.lexists(store.directory / name):
+                self._dirty.add(key)  # another format, or unusable: written again
+            return {}
         try:
-            data = read_trusted(path, MAX_FILE_BYTES)
-            if data is None:  # not there, or not to be trusted: written again on save
-                return {}
-            document = json.loads(data)
-            if document.get("format") != FORMAT or document.get("layer") != key:
-                raise ValueError("another format")
             entries: dict[str, tuple[StatGuard, str]] = {}
             for rel, (size, mtime, ctime, inode, mode, digest) in document["files"].items():
                 guard = StatGuard(size, mtime, ctime, inode, mode)
@@ -348,7 +351,7 @@ class DigestCache:
                     raise ValueError("a malformed entry")
                 entries[rel] = guard, digest
             return entries
-        except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        except (ValueError, TypeError, KeyError, AttributeError):
             self._dirty.add(key)  # ignored: written again
             return {}
 
@@ -390,18 +393,10 @@ class DigestCache:
         with self._lock:
             dirty = sorted(self._dirty)
             self._dirty.clear()
-            used = [key for key in self._layers if key not in dirty]
-        for key in used:  # recently used: kept longest by _trim
-            with contextlib.suppress(OSError):
-                os.utime(self._file(key))
         if not dirty:
             return
-        if not ensure_dir(self.directory):
-            return
+        store = self._store()
         for key in dirty:
             files = {rel: [*guard, digest] for rel, (guard, digest) in self._layers[key].items()}
-            document = {"format": FORMAT, "layer": key, "files": files}
-            data = json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
-            if len(data) <= MAX_FILE_BYTES:
-                write_atomic(self._file(key), data)
-        trim(self.directory, MAX_FILES)
+            store.save(self._name(key), {"layer": key, "files": files}, trim=False)
+        store.trim()

@@ -49,8 +49,8 @@ nothing). A later verification takes them again when the fingerprint is still th
 says so: the report's checks rest on inside evidence either way, what the container said about
 itself, and reusing it adds nothing the container could steer (the decision rests on host
 evidence only). ``--no-cache`` asks the probe again. One JSON file per container (or sibling
-fingerprint) and probe command line (``variant``) under ``cache_root()/probe``, at most
-``MAX_FILES``, trusted only when this user owns it and nobody else can write it.
+fingerprint) and probe command line (``variant``) in the kept-store ``cache_root()/probe``
+(lockd.evidence.cache.store), at most ``MAX_FILES``.
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from lockd.evidence import kernel
-from lockd.evidence.cache.files import cache_root, load_entry, store_entry
 from lockd.evidence.cache.guard import MAX_ENTRIES, StatGuard, entry_digest
+from lockd.evidence.cache.store import Store, cache_root
 
 if TYPE_CHECKING:
     from lockd.model.environment import ProbeReport
@@ -129,8 +129,12 @@ class CachedProbe:
 
 
 def cache_dir() -> Path:
-    """``probe`` under lockd.evidence.cache.files' ``cache_root()``."""
+    """``probe`` under lockd.evidence.cache.store's ``cache_root()``."""
     return cache_root() / "probe"
+
+
+def _store(directory: Path | None) -> Store:
+    return Store(directory or cache_dir(), FORMAT, MAX_FILE_BYTES, MAX_FILES)
 
 
 # --- what the probe can see (host side) ---------------------------------------------------------
@@ -570,9 +574,7 @@ def load(
     """The report kept for the container under fingerprint ``key`` (or the one ``key(the
     document)`` gives); None when there is none, it was kept under another fingerprint, or the
     file is not trusted or not in the format."""
-    document = load_entry(
-        directory or cache_dir(), container_id, FORMAT, key, MAX_FILE_BYTES, kind=kind
-    )
+    document = _store(directory).load_entry(container_id, key, kind=kind)
     if document is None:
         return None
     stdout, python = document.get("stdout"), document.get("python")
@@ -599,14 +601,5 @@ def store(
         text = stdout.decode("utf-8")
     except UnicodeDecodeError:
         return  # the probe prints JSON with ASCII escapes: this is no report to keep
-    store_entry(
-        directory or cache_dir(),
-        container_id,
-        FORMAT,
-        key,
-        {"python": python, "stdout": text, "places": list(found)},
-        MAX_FILE_BYTES,
-        MAX_FILES,
-        kind=kind,
-        now=now,
-    )
+    fields = {"python": python, "stdout": text, "places": list(found)}
+    _store(directory).store_entry(container_id, key, fields, kind=kind, now=now)
