@@ -2,10 +2,10 @@
 
 One module per concept: :mod:`options` (what the command line asks for), :mod:`discovery`
 (containers as the daemon lists and inspects them), :mod:`events` (the daemon's event stream,
-followed and coalesced), :mod:`fingerprint` (what must change before a container is probed
-again), :mod:`prober` (the inside probe), :mod:`verifier` (manifests from the service, cached on
-disk; the verdict), :mod:`spool` (the on-disk queue of batches for the service), :mod:`metrics`
-(Prometheus text), :mod:`agent` (the loop that ties them together) and :mod:`run` (an agent from
-the options). The daemon is asked through lockd's stdlib Docker client,
-:mod:`lockd.evidence.targets.engine`.
+followed and coalesced), :mod:`prober` (the inside probe), :mod:`verifier` (manifests from the
+service, cached on disk; the verdict), :mod:`spool` (the on-disk queue of batches for the
+service), :mod:`metrics` (Prometheus text), :mod:`agent` (the loop that ties them together) and
+:mod:`run` (an agent from the options). What must change before a container is probed again
+is the ``watch`` fingerprint of :mod:`lockd.evidence.cache.fingerprint`. The daemon is asked
+through lockd's stdlib Docker client, :mod:`lockd.evidence.targets.engine`.
 """

@@ -11,10 +11,10 @@ pass). Around it:
 * the courier delivers the spool to the service, oldest first, with backoff while it is away.
 
 Every ``interval_s`` a full pass lists the containers, asks the service for the newest
-manifest of each image, fingerprints every container (lockd.watch.fingerprint) and probes
-those whose fingerprint changed, at most once per interval each; a new manifest re-judges the
-last observation without probing. Each pass ends in one batch (also a heartbeat for the
-service); new verdicts only are carried as results.
+manifest of each image, fingerprints every container (the ``watch`` strategy of
+lockd.evidence.cache.fingerprint) and probes those whose fingerprint changed, at most once per
+interval each; a new manifest re-judges the last observation without probing. Each pass ends
+in one batch (also a heartbeat for the service); new verdicts only are carried as results.
 """
 
 from __future__ import annotations
@@ -31,19 +31,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from lockd.errors import LockdError, ServerError
+from lockd.evidence.cache import fingerprint as fingerprints
 from lockd.evidence.targets.engine import EngineError, NotFoundError
 from lockd.model.fleet import MAX_RESULTS, FleetBatch, FleetResult
 from lockd.watch.discovery import Inspected, Seen, docker_filters, from_inspect, from_list, selected
 from lockd.watch.events import Coalescer, EventFollower, event_filters
-from lockd.watch.fingerprint import (
-    combine,
-    host_key,
-    ignorable,
-    kernel_key,
-    mount_digest,
-    tree_digest,
-    watched_mounts,
-)
 from lockd.watch.metrics import AgentMetrics
 from lockd.watch.options import WatchOptions
 from lockd.watch.spool import Spool, SpoolError
@@ -216,7 +208,7 @@ class Agent:
         self._flush_due: float | None = None
         self._events_due: float | None = None
         self._coalescer = Coalescer()
-        self._host_key = host_key()
+        self._host_key = fingerprints.host_key()
         self._service_retry_at = 0.0
         self._service_problem: str | None = None
         self._pool = ThreadPoolExecutor(options.concurrency, thread_name_prefix="lockd-probe")
@@ -371,7 +363,7 @@ class Agent:
                 tracked.seen = seen
                 tracked.inspected = None  # renamed, remounted: look again
         self._refresh_manifests({t.seen.image_id for t in self._tracked.values()}, now)
-        self._host_key = host_key()
+        self._host_key = fingerprints.host_key()
         for container_id in sorted(self._tracked):
             self._consider(self._tracked[container_id], now, force=force)
         self.metrics.count("passes")
@@ -486,12 +478,14 @@ class Agent:
     def _fingerprint(self, tracked: Tracked) -> str | None:
         inspected = tracked.inspected
         assert inspected is not None
-        skip = ignorable(self.policy, tracked.observation)
-        upper = tree_digest(inspected.upper_dir, skip=skip) if inspected.upper_dir else None
-        mounts = watched_mounts(inspected.seen.mounts, tracked.observation, self.policy)
-        view = kernel_key(inspected.attrs)
-        return combine(
-            [inspected.config_key, upper, view, self._host_key, *(mount_digest(m) for m in mounts)]
+        return fingerprints.watch(
+            inspected.config_key,
+            inspected.upper_dir,
+            inspected.attrs,
+            inspected.seen.mounts,
+            self._host_key,
+            self.policy,
+            tracked.observation,
         )
 
     def _submit(self, tracked: Tracked, fingerprint: str | None, now: float) -> None:

@@ -1,7 +1,8 @@
-"""The probe cache without Docker: the fingerprint of what a probe can see, read from real
-directories standing for a container's upper directory and its mounts' host side, and from the
-kernel's view of a real process of its own mount namespace standing for its init (never through
-its root); the cache files kept and trusted."""
+"""The probe cache without Docker: the ``exact`` fingerprint of what a probe can see
+(lockd.evidence.cache.fingerprint), read from real directories standing for a container's upper
+directory and its mounts' host side, and from the kernel's view of a real process of its own
+mount namespace standing for its init (never through its root); the cache files kept and
+trusted."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ from typing import Any
 import pytest
 
 from lockd.evidence import kernel
+from lockd.evidence.cache import fingerprint as fingerprints
 from lockd.evidence.cache import probe as probecache
-from lockd.evidence.cache.probe import FORMAT, CachedProbe, fingerprint, load, store
+from lockd.evidence.cache.fingerprint import exact
+from lockd.evidence.cache.probe import FORMAT, CachedProbe, load, store
 
 PROBE = [["/opt/venv/bin/python", "-I", "-c", "print('probe')"]]
 CONTAINER = "c" * 64
@@ -81,7 +84,7 @@ PLACES = ["/opt/venv", "/opt/venv/lib/python3.11/site-packages", "/usr/lib/pytho
 
 
 def key(attrs: dict[str, Any], argvs: list[list[str]] = PROBE, found: list[str] = PLACES) -> str:
-    got = fingerprint(attrs, argvs, found)
+    got = exact(attrs, argvs, found)
     assert got is not None
     return got
 
@@ -204,7 +207,7 @@ def test_a_namespace_only_a_chrooted_process_shows_has_no_fingerprint(
         while os.readlink(f"/proc/{other.pid}/root") != "/tmp":
             time.sleep(0.01)
         attrs["members"].append(other.pid)
-        assert fingerprint(attrs, PROBE, PLACES) is None
+        assert exact(attrs, PROBE, PLACES) is None
     finally:
         other.kill()
         other.wait()
@@ -293,7 +296,9 @@ def test_a_dataset_volume_over_no_place_is_not_walked(
 ) -> None:
     source = volume(attrs, tmp_path, "/data")
     walked: list[str] = []
-    monkeypatch.setattr(probecache, "_entry_digest", lambda p, n=None: walked.append(p) or "x")
+    monkeypatch.setattr(
+        fingerprints, "entry_digest", lambda p, limit, newest=None: walked.append(p) or "x"
+    )
     before = key(attrs)
     (source / "shard-0001").write_bytes(b"\0")
     assert key(attrs) == before
@@ -313,12 +318,12 @@ def test_a_mount_over_a_place_the_host_cannot_read_has_no_fingerprint(
     attrs: dict[str, Any], mounts: list[dict[str, str]], tmpfs: dict[str, str] | None
 ) -> None:
     attrs["Mounts"], attrs["HostConfig"]["Tmpfs"] = mounts, tmpfs
-    assert fingerprint(attrs, PROBE, PLACES) is None
-    assert fingerprint(attrs, PROBE, ["/srv"]) is not None  # over no place: not read
+    assert exact(attrs, PROBE, PLACES) is None
+    assert exact(attrs, PROBE, ["/srv"]) is not None  # over no place: not read
 
 
 def test_a_place_under_the_runtimes_dev_has_no_fingerprint(attrs: dict[str, Any]) -> None:
-    assert fingerprint(attrs, PROBE, [*PLACES, "/dev/shm/site"]) is None
+    assert exact(attrs, PROBE, [*PLACES, "/dev/shm/site"]) is None
 
 
 @pytest.mark.parametrize(
@@ -333,7 +338,7 @@ def test_a_place_under_the_runtimes_dev_has_no_fingerprint(attrs: dict[str, Any]
 def test_what_the_host_cannot_read_has_no_fingerprint(
     attrs: dict[str, Any], path: tuple[str, ...], value: object
 ) -> None:
-    assert fingerprint(changed(attrs, path, value), PROBE, PLACES) is None
+    assert exact(changed(attrs, path, value), PROBE, PLACES) is None
 
 
 def test_processes_the_host_cannot_list_have_no_fingerprint(
@@ -342,7 +347,7 @@ def test_processes_the_host_cannot_list_have_no_fingerprint(
     monkeypatch.setattr(
         kernel, "_member_pids", lambda pid, cid: ([pid], "cannot list the processes")
     )
-    assert fingerprint(attrs, PROBE, PLACES) is None
+    assert exact(attrs, PROBE, PLACES) is None
 
 
 def test_more_entries_than_max_entries_have_no_fingerprint(
@@ -351,10 +356,10 @@ def test_more_entries_than_max_entries_have_no_fingerprint(
     # the limit holds for each tree: upper holds etc, etc/motd, etc/a, etc/b
     (tmp_path / "upper/etc/a").write_text("")
     (tmp_path / "upper/etc/b").write_text("")
-    monkeypatch.setattr(probecache, "MAX_ENTRIES", 4)
-    assert fingerprint(attrs, PROBE, PLACES) is not None
+    monkeypatch.setattr(fingerprints, "MAX_ENTRIES", 4)
+    assert exact(attrs, PROBE, PLACES) is not None
     (tmp_path / "upper/etc/c").write_text("")
-    assert fingerprint(attrs, PROBE, PLACES) is None
+    assert exact(attrs, PROBE, PLACES) is None
 
 
 # --- kept while nothing changed ------------------------------------------------------------------
@@ -365,7 +370,7 @@ def test_an_answer_is_kept_only_when_nothing_changed_while_lockd_worked(
 ) -> None:
     source = volume(attrs, tmp_path, "/opt/venv/lib/python3.11/site-packages")
     (source / "six.py").write_text("")
-    time.sleep(probecache.SETTLE_NS / 1e9 + 0.05)
+    time.sleep(fingerprints.SETTLE_NS / 1e9 + 0.05)
     before = probecache.keys(attrs, PROBE)
     after = probecache.keys(attrs, PROBE)
     [(name, own)] = probecache.still_standing(CONTAINER, before, after, attrs, PLACES)
@@ -376,7 +381,7 @@ def test_an_answer_is_kept_only_when_nothing_changed_while_lockd_worked(
     assert probecache.still_standing(CONTAINER, before, after, attrs, PLACES) == []
 
     (tmp_path / "upper/etc/new").write_text("")  # and one in the upper directory
-    time.sleep(probecache.SETTLE_NS / 1e9 + 0.05)
+    time.sleep(fingerprints.SETTLE_NS / 1e9 + 0.05)
     before = probecache.keys(attrs, PROBE)
     (tmp_path / "upper/etc/newer").write_text("")
     after = probecache.keys(attrs, PROBE)

@@ -1,8 +1,9 @@
-"""The probe cache's sibling fingerprint without Docker: what identical containers of one image
-share, read from real upper directories (content, not inodes or times), with real processes of
-their own mount namespace standing for two containers' init processes (whose /dev is never
-read: it is reached only through their root, the container's choice). The shape of the
-kernel's view (lockd.evidence.kernel) is a stand-in here; tests/unit/test_kernel.py covers it."""
+"""The probe cache's ``sibling`` fingerprint (lockd.evidence.cache.fingerprint) without Docker:
+what identical containers of one image share, read from real upper directories (content, not
+inodes or times), with real processes of their own mount namespace standing for two
+containers' init processes (whose /dev is never read: it is reached only through their root,
+the container's choice). The shape of the kernel's view (lockd.evidence.kernel) is a stand-in
+here; tests/unit/test_kernel.py covers it."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from typing import Any
 import pytest
 
 from lockd.evidence import kernel
-from lockd.evidence.cache import probe as probecache
-from lockd.evidence.cache.probe import fingerprint, sibling_fingerprint
+from lockd.evidence.cache import fingerprint as fingerprints
+from lockd.evidence.cache.fingerprint import exact
 
 PROBE = [["/opt/venv/bin/python", "-I", "-c", "print('probe')"]]
 
@@ -99,7 +100,7 @@ def pair(
     processes; upper directories of the same content made apart (other inodes, other times).
     Each one's cgroup holds its init; the shape of its kernel view is ``attrs["shape"]``."""
     monkeypatch.setattr(kernel, "_member_pids", lambda pid, cid: ([pid], None))
-    monkeypatch.setattr(probecache, "kernel_shape", lambda attrs: attrs.get("shape", "one"))
+    monkeypatch.setattr(fingerprints, "kernel_shape", lambda attrs: attrs.get("shape", "one"))
     first = populate(tmp_path / "a")
     time.sleep(0.05)  # past the coarse clock of file times
     second = populate(tmp_path / "b")
@@ -112,7 +113,7 @@ def pair(
 
 
 def sibling(attrs: dict[str, Any], argvs: list[list[str]] = PROBE) -> str:
-    found = sibling_fingerprint(attrs, argvs)
+    found = fingerprints.sibling(attrs, argvs)
     assert found is not None and len(found) == 64
     return found
 
@@ -143,7 +144,7 @@ def test_identical_containers_share_the_sibling_fingerprint_not_their_own(
     assert a["State"] != b["State"]
     assert sibling(a) == sibling(b)
     assert sibling(a) == sibling(copy.deepcopy(a))
-    own_a, own_b = fingerprint(a, PROBE, PLACES), fingerprint(b, PROBE, PLACES)
+    own_a, own_b = exact(a, PROBE, PLACES), exact(b, PROBE, PLACES)
     assert own_a is not None and own_b is not None and own_a != own_b
     assert sibling(a) != own_a
 
@@ -218,7 +219,7 @@ def test_another_shape_of_the_kernels_view_changes_the_sibling_fingerprint(
 ) -> None:
     a, b = pair
     assert sibling({**b, "shape": "two"}) != sibling(a)
-    assert sibling_fingerprint({**b, "shape": None}, PROBE) is None
+    assert fingerprints.sibling({**b, "shape": None}, PROBE) is None
 
 
 @pytest.mark.parametrize(
@@ -253,11 +254,11 @@ def test_a_fifo_is_never_opened_only_its_mode_counts(
     a, b = pair
     os.mkfifo(upper(b) / "tmp/pipe")  # opened for reading, it would block: no writer
     found: list[str | None] = []
-    worker = threading.Thread(target=lambda: found.append(sibling_fingerprint(b, PROBE)))
+    worker = threading.Thread(target=lambda: found.append(fingerprints.sibling(b, PROBE)))
     worker.daemon = True
     worker.start()
     worker.join(60)  # a guard against a hang, not a measure of time
-    assert not worker.is_alive(), "sibling_fingerprint blocked on a FIFO"
+    assert not worker.is_alive(), "the sibling fingerprint blocked on a FIFO"
     [with_fifo] = found
     assert isinstance(with_fifo, str)
     assert with_fifo != sibling(a)
@@ -285,7 +286,7 @@ def test_a_container_whose_content_cannot_be_compared_has_none(
     pair: tuple[dict[str, Any], dict[str, Any]], path: tuple[str, ...], value: object
 ) -> None:
     a, _ = pair
-    assert sibling_fingerprint(changed(a, path, value), PROBE) is None
+    assert fingerprints.sibling(changed(a, path, value), PROBE) is None
 
 
 def test_more_content_than_max_content_bytes_has_none(
@@ -293,10 +294,10 @@ def test_more_content_than_max_content_bytes_has_none(
 ) -> None:
     a, _ = pair
     total = len(b"hello\n") + len(b"threads = 4\n")
-    monkeypatch.setattr(probecache, "MAX_CONTENT_BYTES", total)
-    assert sibling_fingerprint(a, PROBE) is not None
+    monkeypatch.setattr(fingerprints, "MAX_CONTENT_BYTES", total)
+    assert fingerprints.sibling(a, PROBE) is not None
     (upper(a) / "tmp/f").write_bytes(b"x")
-    assert sibling_fingerprint(a, PROBE) is None
+    assert fingerprints.sibling(a, PROBE) is None
 
 
 def test_more_entries_than_max_entries_have_none(
@@ -304,7 +305,7 @@ def test_more_entries_than_max_entries_have_none(
 ) -> None:
     a, _ = pair
     # the upper directory holds etc, tmp, etc/motd, etc/app.conf, etc/localtime
-    monkeypatch.setattr(probecache, "MAX_ENTRIES", 5)
-    assert sibling_fingerprint(a, PROBE) is not None
+    monkeypatch.setattr(fingerprints, "MAX_ENTRIES", 5)
+    assert fingerprints.sibling(a, PROBE) is not None
     (upper(a) / "tmp/f").write_text("")
-    assert sibling_fingerprint(a, PROBE) is None
+    assert fingerprints.sibling(a, PROBE) is None

@@ -1,4 +1,5 @@
-"""Fingerprints: what must change before the watch agent probes a container again."""
+"""The ``watch`` fingerprint (lockd.evidence.cache.fingerprint): what must change before the
+watch agent probes a container again."""
 
 from __future__ import annotations
 
@@ -11,16 +12,18 @@ import pytest
 from observations import observation, probe
 
 from lockd.evidence import kernel
-from lockd.judgement.policy import default_policy
-from lockd.watch.fingerprint import (
-    combine,
+from lockd.evidence.cache import fingerprint as fingerprints
+from lockd.evidence.cache.fingerprint import (
     host_key,
     ignorable,
-    kernel_key,
+    kernel_digest,
     mount_digest,
-    tree_digest,
+    watch,
     watched_mounts,
 )
+from lockd.evidence.cache.guard import tree_digest
+from lockd.evidence.hashing import combine
+from lockd.judgement.policy import default_policy
 
 
 def make_tree(root: Path) -> None:
@@ -104,9 +107,11 @@ def test_watched_mounts_are_those_that_can_hide_what_the_probe_sees() -> None:
 
 def test_mounts_that_are_not_paths_here_have_no_digest(tmp_path: Path) -> None:
     make_tree(tmp_path)
-    assert mount_digest(("/x", "", "tmpfs", True)) is None
-    assert mount_digest(("/x", str(tmp_path), "bind", True)) == tree_digest(str(tmp_path))
-    assert mount_digest(("/x", str(tmp_path / "gone"), "volume", True)) is None
+    assert mount_digest("tmpfs", "") is None
+    assert mount_digest("tmpfs", str(tmp_path)) is None
+    assert mount_digest("bind", str(tmp_path)) == tree_digest(str(tmp_path))
+    assert mount_digest("volume", str(tmp_path / "gone")) is None
+    assert mount_digest("bind", "relative/path") is None
 
 
 def test_the_host_key_is_the_driver_version_line(tmp_path: Path) -> None:
@@ -148,13 +153,48 @@ def test_an_ignored_place_on_sys_path_still_counts(tmp_path: Path) -> None:
 def test_a_file_bind_mounted_is_guarded_by_its_stat(tmp_path: Path) -> None:
     source = tmp_path / "ld.so.preload"
     source.write_text("")
-    mount = ("/etc/ld.so.preload", str(source), "bind", True)
-    before = mount_digest(mount)
+    before = mount_digest("bind", str(source))
     assert before is not None
     source.write_text("/evil.so\n")
-    assert mount_digest(mount) != before
+    assert mount_digest("bind", str(source)) != before
     source.chmod(0o600)
-    assert mount_digest(mount) not in (None, before)
+    assert mount_digest("bind", str(source)) not in (None, before)
+
+
+def test_the_watch_fingerprint_has_every_part_and_is_unknown_when_any_part_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_tree(tmp_path / "upper")
+    (tmp_path / "upper/tmp").mkdir()
+    volume = tmp_path / "site-packages"
+    volume.mkdir()
+    site = "/opt/venv/lib/python3.11/site-packages"
+    monkeypatch.setattr(fingerprints, "kernel_digest", lambda attrs: attrs["view"])
+    mounts = [(site, str(volume), "bind", False), ("/data", str(tmp_path), "bind", True)]
+
+    def key(
+        view: str | None = "k",
+        upper: str | None = str(tmp_path / "upper"),
+        mounted: list[tuple[str, str, str, bool]] = mounts,
+        host: str = "580.159.04",
+        config: str = "c1",
+    ) -> str | None:
+        attrs = {"view": view}
+        return watch(config, upper, attrs, mounted, host, default_policy(), observation())
+
+    before = key()
+    assert before is not None and key() == before
+    (tmp_path / "upper/tmp/scratch").write_text("x")  # ignored by the policy
+    (tmp_path / "data.bin").write_bytes(b"\0")  # a dataset volume: not watched
+    assert key() == before
+    assert key(config="c2") != before
+    assert key(host="580.159.05") != before
+    assert key(view="another") != before
+    (volume / "evil.pth").write_text("import evil\n")
+    assert key() != before
+    assert key(view=None) is None
+    assert key(upper=None) is None
+    assert key(mounted=[(site, "", "tmpfs", True)]) is None
 
 
 def test_the_kernel_key_follows_mounts_made_in_the_namespace_not_processes_coming_and_going(
@@ -171,20 +211,20 @@ def test_the_kernel_key_follows_mounts_made_in_the_namespace_not_processes_comin
         members = [init.pid]
         monkeypatch.setattr(kernel, "_member_pids", lambda pid, cid: (list(members), None))
         attrs = {"Id": "c" * 64, "State": {"Pid": init.pid}}
-        before = kernel_key(attrs)
+        before = kernel_digest(attrs)
         assert before is not None
         probe = subprocess.Popen(["nsenter", "-t", str(init.pid), "-m", "sleep", "600"])
         others.append(probe)
         while os.readlink(f"/proc/{probe.pid}/ns/mnt") == mine:
             time.sleep(0.01)
         members.append(probe.pid)
-        assert kernel_key(attrs) == before
+        assert kernel_digest(attrs) == before
         mounted = subprocess.run(
             ["nsenter", "-t", str(init.pid), "-m", "mount", "-t", "tmpfs", "tmpfs", "/mnt"],
             check=False,
         )
         assert mounted.returncode == 0
-        assert kernel_key(attrs) not in (None, before)
+        assert kernel_digest(attrs) not in (None, before)
     finally:
         for process in [init, *others]:
             process.kill()
@@ -193,4 +233,4 @@ def test_the_kernel_key_follows_mounts_made_in_the_namespace_not_processes_comin
 
 def test_no_kernel_key_for_processes_the_host_cannot_attribute() -> None:
     """pid 1 of this host is in no cgroup of a container called c...c: nothing to trust."""
-    assert kernel_key({"Id": "c" * 64, "State": {"Pid": 1}}) is None
+    assert kernel_digest({"Id": "c" * 64, "State": {"Pid": 1}}) is None

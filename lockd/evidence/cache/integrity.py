@@ -4,21 +4,22 @@ changed.
 ``verify --deep`` hashes every file every RECORD lists (lockd.evidence.integrity); the layer cache
 spares it re-reading the image's layers, but still lstat's, locates and compares each of tens of
 thousands of files in Python (about 1 CPU-second for torch). For a container verified again, the
-result is a function of what the probe cache fingerprints (lockd.evidence.cache.probe: the
-container's upper directory, the kernel's view of its processes and mounts, the host side of the
-mounts over the places the result rests on, configuration, image, the host: all read on the host,
-none through /proc/PID/root), of the distributions the probe reported, of the ignore patterns and
-of lockd's own code; and of the image's layer files, which the daemon never changes but root on the
-host could. So the result is kept under a fingerprint of the former, with guards for the latter
-(lockd.evidence.cache.guard: the size, mtime, ctime, inode number and mode) of every lower-layer
-file lockd read or took from the layer cache, and of every lower-layer directory it listed. A later
-``verify --deep`` of the same container takes the result again when the fingerprint is the same,
-the probe reports the same distributions and every guard still holds (one lstat each, about 20 ms
-for torch); its report says so. An identical container of the same image
-(probecache.sibling_fingerprint: same configuration, same content in its upper directory, no mounts
-of its own) takes a sibling's result the same way: it sees the same files. A result is kept only
-when nothing it rests on changed while lockd hashed (the fingerprints before and after, and no
-ctime of an overlapping mount's entry from that time).
+result is a function of what the probe cache fingerprints (lockd.evidence.cache.fingerprint's
+``exact``: the container's upper directory, the kernel's view of its processes and mounts, the
+host side of the mounts over the places the result rests on, configuration, image, the host:
+all read on the host, none through /proc/PID/root), of the distributions the probe reported,
+of the ignore patterns and of lockd's own code; and of the image's layer files, which the
+daemon never changes but root on the host could. So the result is kept under a fingerprint of
+the former, with guards for the latter (lockd.evidence.cache.guard: the size, mtime, ctime,
+inode number and mode) of every lower-layer file lockd read or took from the layer cache, and
+of every lower-layer directory it listed. A later ``verify --deep`` of the same container
+takes the result again when the fingerprint is the same, the probe reports the same
+distributions and every guard still holds (one lstat each, about 20 ms for torch); its report
+says so. An identical container of the same image (the ``sibling`` fingerprint: same
+configuration, same content in its upper directory, no mounts of its own) takes a sibling's
+result the same way: it sees the same files. A result is kept only when nothing it rests on
+changed while lockd hashed (the fingerprints before and after, and no ctime of an overlapping
+mount's entry from that time).
 ``--no-cache`` hashes everything again; ``record`` never takes a kept result.
 
 One zlib-compressed JSON file per container in the kept-store ``cache_root()/integrity``
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -38,10 +38,11 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lockd.evidence.cache import probe as probecache
+from lockd.evidence.cache import fingerprint as fingerprints
+from lockd.evidence.cache.fingerprint import KeyFor, Keys
 from lockd.evidence.cache.guard import StatGuard, guards_digest
-from lockd.evidence.cache.probe import KeyFor, Keys
 from lockd.evidence.cache.store import Store, cache_root
+from lockd.evidence.hashing import json_sha256
 
 if TYPE_CHECKING:
     from lockd.model.environment import Distribution
@@ -132,36 +133,36 @@ def _inputs(ignore: Sequence[str]) -> list[list[str]]:
 
 def keys(attrs: dict[str, Any], ignore: Sequence[str]) -> Keys:
     """A container's fingerprints for its result (``attrs``: its inspect answer)."""
-    return probecache.keys(attrs, _inputs(ignore))
+    return fingerprints.keys(attrs, _inputs(ignore))
 
 
 def load_first(
     container_id: str, attrs: dict[str, Any], ignore: Sequence[str]
 ) -> tuple[Kept | None, Keys]:
     """(the result kept for the container or None, the fingerprints looked under): its own
-    first, an identical sibling's only then (lockd.evidence.cache.probe.first_kept)."""
-    return probecache.first_kept(container_id, attrs, _inputs(ignore), load)
+    first, an identical sibling's only then (lockd.evidence.cache.fingerprint.first_kept)."""
+    return fingerprints.first_kept(container_id, attrs, _inputs(ignore), load)
 
 
 def places(observation: Observation) -> list[str]:
     """Where a result for ``observation`` rests: the probe's places
-    (lockd.evidence.cache.probe.places), its distributions' locations among them."""
+    (lockd.evidence.cache.fingerprint.places), its distributions' locations among them."""
     host = observation.host
     env = [f"{k}={v}" for k, v in host.config_env.items()] if host is not None else []
-    return probecache.places(observation.probe, env)
+    return fingerprints.places(observation.probe, env)
 
 
 def still_standing(
     container_id: str, before: Keys, after: Keys, attrs: dict[str, Any], found: Sequence[str]
 ) -> list[tuple[str, str]]:
-    """lockd.evidence.cache.probe.still_standing: where to keep a result resting on ``found``."""
-    return probecache.still_standing(container_id, before, after, attrs, found)
+    """lockd.evidence.cache.fingerprint.still_standing: where to keep a result resting on
+    ``found``."""
+    return fingerprints.still_standing(container_id, before, after, attrs, found)
 
 
 def distributions_digest(distributions: Iterable[Distribution]) -> str:
     """What of the probe's distributions a result rests on: names, locations, RECORDs."""
-    rows = sorted((d.name, d.location, d.record_sha256 or "") for d in distributions)
-    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+    return json_sha256(sorted((d.name, d.location, d.record_sha256 or "") for d in distributions))
 
 
 def load(
