@@ -7,5 +7,5 @@ service, cached on disk; the verdict), :mod:`spool` (the on-disk queue of batche
 service), :mod:`metrics` (Prometheus text), :mod:`agent` (the loop that ties them together) and
 :mod:`run` (an agent from the options). What must change before a container is probed again
 is the ``watch`` fingerprint of :mod:`lockd.evidence.cache.fingerprint`. The daemon is asked
-through lockd's stdlib Docker client, :mod:`lockd.evidence.targets.engine`.
+through lockd's Docker interface, :mod:`lockd.evidence.docker`.
 """

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from lockd.errors import LockdError, ServerError
 from lockd.evidence.cache import fingerprint as fingerprints
-from lockd.evidence.targets.engine import EngineError, NotFoundError
+from lockd.evidence.docker import DaemonError, NotFoundError
 from lockd.model.fleet import MAX_RESULTS, FleetBatch, FleetResult
 from lockd.watch.discovery import Inspected, Seen, docker_filters, from_inspect, from_list, selected
 from lockd.watch.events import Coalescer, EventFollower, event_filters
@@ -43,7 +43,7 @@ from lockd.watch.verifier import Judgement, ManifestCache, ServiceDownError, fai
 
 if TYPE_CHECKING:
     from lockd.client import Client
-    from lockd.evidence.targets.engine import Engine
+    from lockd.evidence.docker import Docker
     from lockd.judgement.policy import Policy
     from lockd.model.manifest import Observation
     from lockd.watch.prober import Prober
@@ -178,7 +178,7 @@ class Agent:
         self,
         options: WatchOptions,
         *,
-        engine: Engine,
+        docker: Docker,
         client: Client,
         spool: Spool,
         manifests: ManifestCache,
@@ -188,7 +188,7 @@ class Agent:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.options = options
-        self.engine = engine
+        self.docker = docker
         self.client = client
         self.spool = spool
         self.manifests = manifests
@@ -254,7 +254,7 @@ class Agent:
         """Watch until :meth:`stop`: events, a full pass every interval, batches spooled and
         delivered. Ends with a last batch and one more delivery attempt."""
         follower = EventFollower(
-            self.engine,
+            self.docker,
             event_filters(self.options.selectors),
             self.post,
             self.stopping,
@@ -337,8 +337,8 @@ class Agent:
 
     def _list(self) -> dict[str, Seen] | None:
         try:
-            listed = self.engine.containers(docker_filters(self.options.selectors))
-        except EngineError as e:
+            listed = self.docker.containers(docker_filters(self.options.selectors))
+        except DaemonError as e:
             self._daemon_failed(f"cannot list the containers: {e}; keeping the last verdicts")
             return None
         found = {}
@@ -415,10 +415,10 @@ class Agent:
         """The container as inspect shows it; None when it is gone or not running.
 
         Raises:
-            EngineError: the daemon did not answer.
+            DaemonError: the daemon did not answer.
         """
         try:
-            return from_inspect(self.engine.inspect_container(container_id))
+            return from_inspect(self.docker.inspect_container(container_id))
         except NotFoundError:
             return None
 
@@ -430,7 +430,7 @@ class Agent:
         """An event said the container started (or changed): inspect and consider it."""
         try:
             inspected = self._inspect(container_id)
-        except EngineError as e:
+        except DaemonError as e:
             self._daemon_failed(f"cannot inspect container {container_id[:12]}: {e}")
             return
         if inspected is None or not selected(inspected.seen, self.options.selectors):
@@ -452,7 +452,7 @@ class Agent:
         if tracked.inspected is None:
             try:
                 inspected = self._inspect(tracked.seen.id)
-            except EngineError as e:
+            except DaemonError as e:
                 self._daemon_failed(f"cannot inspect container {tracked.seen.name}: {e}")
                 return
             if inspected is None:
@@ -524,7 +524,7 @@ class Agent:
             try:
                 if self._inspect(container_id) is None:
                     return True
-            except EngineError:
+            except DaemonError:
                 return False  # cannot tell: report what the probe said
             if self.stopping.wait(VANISH_WAIT_S):
                 return False

@@ -1,5 +1,5 @@
 """Containers as the daemon lists and inspects them, reduced to what the agent tracks. Pure:
-the daemon's JSON in, frozen values out (``lockd.evidence.targets.engine`` does the asking)."""
+the daemon's JSON in, frozen values out (``lockd.evidence.docker`` does the asking)."""
 
 from __future__ import annotations
 

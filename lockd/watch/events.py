@@ -11,11 +11,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lockd.evidence.targets.engine import EngineError
+from lockd.evidence.docker import DaemonError
 from lockd.watch.options import Selector
 
 if TYPE_CHECKING:
-    from lockd.evidence.targets.engine import Engine, EventStream
+    from lockd.evidence.docker import Docker, Events
 
 log = logging.getLogger("lockd.watch")
 
@@ -112,7 +112,7 @@ class EventFollower(threading.Thread):
 
     def __init__(
         self,
-        engine: Engine,
+        docker: Docker,
         filters: dict[str, list[str]],
         post: Callable[[object], None],
         stop: threading.Event,
@@ -121,13 +121,13 @@ class EventFollower(threading.Thread):
         on_disconnect: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(name="lockd-watch-events", daemon=True)
-        self._engine = engine
+        self._docker = docker
         self._filters = filters
         self._post = post
         self._stop = stop
         self._backoff = backoff
         self._on_disconnect = on_disconnect
-        self._stream: EventStream | None = None
+        self._stream: Events | None = None
         self._lock = threading.Lock()
 
     def run(self) -> None:
@@ -148,8 +148,8 @@ class EventFollower(threading.Thread):
     def _follow_once(self) -> str:
         """Follow one connection to its end: why it ended."""
         try:
-            stream = self._engine.events(self._filters)
-        except EngineError as e:
+            stream = self._docker.events(self._filters)
+        except DaemonError as e:
             return str(e)
         with self._lock:
             self._stream = stream
@@ -160,7 +160,7 @@ class EventFollower(threading.Thread):
         try:
             for event in stream:
                 self._post(event)
-        except EngineError as e:
+        except DaemonError as e:
             return str(e)
         finally:
             with self._lock:

@@ -1,8 +1,8 @@
 """The inside probe, run the way ``lockd verify`` runs it
 (lockd.evidence.targets.docker.ContainerTarget):
 host evidence from the daemon and the overlay directories, the probe through ``docker exec``
-with a deadline, over the agent's Engine (one connection per request, so the agent's worker
-threads share it).
+with a deadline, over the agent's Docker interface (one connection per call, so the agent's
+worker threads share it).
 """
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lockd.evidence.targets.engine import Engine
+    from lockd.evidence.docker import Docker
     from lockd.model.manifest import Observation
 
 __all__ = ["Prober"]
 
 
 class Prober:
-    def __init__(self, engine: Engine, *, timeout: float, python: str | None = None) -> None:
-        self.engine = engine
+    def __init__(self, docker: Docker, *, timeout: float, python: str | None = None) -> None:
+        self.docker = docker
         self.timeout = timeout
         self.python = python
 
@@ -32,5 +32,5 @@ class Prober:
         """
         from lockd.evidence.targets.docker import ContainerTarget
 
-        target = ContainerTarget(self.engine, dict(attrs), python=self.python, timeout=self.timeout)
+        target = ContainerTarget(self.docker, dict(attrs), python=self.python, timeout=self.timeout)
         return target.observe()

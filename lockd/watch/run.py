@@ -30,7 +30,7 @@ def open_agent(options: WatchOptions) -> Iterator[Agent]:
         TargetError: the Docker daemon cannot be reached (exit 3).
     """
     from lockd.client import Client
-    from lockd.evidence.targets.engine import Engine
+    from lockd.evidence.docker import UnsupportedHostError, connect
     from lockd.judgement.policy import load_policy
     from lockd.trust import keys
     from lockd.watch.metrics import AgentMetrics, MetricsServer
@@ -44,20 +44,20 @@ def open_agent(options: WatchOptions) -> Iterator[Agent]:
         options.server, os.environ.get("LOCKD_TOKEN") or None, timeout=options.service_timeout_s
     )
     spool = Spool(options.spool)
-    engine = Engine.from_env(timeout=DAEMON_TIMEOUT_S)
-    if engine is None:
-        host = os.environ.get("DOCKER_HOST")
+    try:
+        docker = connect(timeout=DAEMON_TIMEOUT_S, events=True)
+    except UnsupportedHostError as e:
         raise InputError(
-            f"DOCKER_HOST={host!r}: lockd watch speaks unix:///path/to/docker.sock or "
+            f"DOCKER_HOST={e.host!r}: lockd watch speaks unix:///path/to/docker.sock or "
             "tcp://HOST:PORT (plain HTTP; for TLS or ssh, run it beside the daemon)"
-        )
-    engine.ping()
+        ) from e
+    docker.ping()
     metrics = AgentMetrics()
     server = None if options.metrics_addr is None else MetricsServer(metrics, options.metrics_addr)
-    prober = Prober(engine, timeout=options.probe_timeout_s, python=options.python)
+    prober = Prober(docker, timeout=options.probe_timeout_s, python=options.python)
     agent = Agent(
         options,
-        engine=engine,
+        docker=docker,
         client=client,
         spool=spool,
         manifests=ManifestCache(options.spool / "manifests", client, trusted, options.server),

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 
 from lockd.errors import InputError, ProbeError, TargetError
+from lockd.evidence.docker import Docker, connect
 from lockd.evidence.targets.docker import (
     THROWAWAY_LABEL,
     ContainerTarget,
     ImageTarget,
     changes_from_api,
-    connect,
     resolve,
 )
 from lockd.model.host import FileChange, Mount
@@ -58,6 +58,11 @@ def processes(container: Any) -> str:
 
 
 @pytest.fixture
+def docker() -> Docker:
+    return connect()
+
+
+@pytest.fixture
 def app(app_image: str, run_container: Run) -> Any:
     return run_container(app_image)
 
@@ -87,9 +92,12 @@ def no_throwaway_left(docker_client: Any) -> Iterator[None]:
 
 
 def test_clean_container_has_its_image_and_no_changes(
-    docker_client: Any, app: Any, app_image: str
+    docker_client: Any,
+    app: Any,
+    app_image: str,
+    docker: Docker,
 ) -> None:
-    observation = ContainerTarget(docker_client, app).observe()
+    observation = ContainerTarget(docker, app.attrs).observe()
 
     assert observation.target.kind == "container"
     assert observation.target.ref == app.name
@@ -108,12 +116,10 @@ def test_clean_container_has_its_image_and_no_changes(
     assert observation.probe.python.executable.startswith("/opt/venv/bin/python")
 
 
-def test_pip_install_shows_as_added_files_and_a_new_distribution(
-    docker_client: Any, app: Any
-) -> None:
+def test_pip_install_shows_as_added_files_and_a_new_distribution(docker: Docker, app: Any) -> None:
     sh(app, "pip install -q --no-index --find-links /wheels tomli")
 
-    observation = ContainerTarget(docker_client, app).observe()
+    observation = ContainerTarget(docker, app.attrs).observe()
 
     assert observation.host is not None
     assert observation.host.changes_source == "overlay"
@@ -127,34 +133,32 @@ def test_pip_install_shows_as_added_files_and_a_new_distribution(
 
     # The daemon's changes API sees the same install, its bytecode included (volatile by
     # default, but read: a stricter policy judges it).
-    from_api = {c.path: c.kind for c in changes_from_api(app)}
+    from_api = {c.path: c.kind for c in changes_from_api(docker, app.id)}
     tomli_api = {p: k for p, k in from_api.items() if p.startswith(f"{SITE}/tomli/")}
     assert tomli_api == tomli
     assert set(found) <= set(from_api)
 
 
-def test_edited_file_is_changed_and_removed_file_is_deleted(docker_client: Any, app: Any) -> None:
+def test_edited_file_is_changed_and_removed_file_is_deleted(docker: Docker, app: Any) -> None:
     sh(app, f"echo '# edited' >> {SITE}/six.py && rm {SITE}/idna/codec.py")
 
-    observation = ContainerTarget(docker_client, app).observe()
+    observation = ContainerTarget(docker, app.attrs).observe()
 
     found = changes(observation)
     assert found[f"{SITE}/six.py"] == "changed"
     assert found[f"{SITE}/idna/codec.py"] == "deleted"
     assert observation.host is not None
     assert observation.host.changes == sorted(observation.host.changes, key=lambda c: c.path)
-    from_api = changes_from_api(app)
+    from_api = changes_from_api(docker, app.id)
     assert FileChange(path=f"{SITE}/six.py", kind="changed") in from_api
     assert FileChange(path=f"{SITE}/idna/codec.py", kind="deleted") in from_api
 
 
-def test_replaced_directory_lists_the_files_it_hides_as_deleted(
-    docker_client: Any, app: Any
-) -> None:
+def test_replaced_directory_lists_the_files_it_hides_as_deleted(docker: Docker, app: Any) -> None:
     # rm -rf then mkdir: overlayfs makes the new directory opaque over the image's one
     sh(app, f"rm -rf {SITE}/idna && mkdir {SITE}/idna && echo '' > {SITE}/idna/__init__.py")
 
-    found = changes(ContainerTarget(docker_client, app).observe())
+    found = changes(ContainerTarget(docker, app.attrs).observe())
 
     assert found[f"{SITE}/idna/__init__.py"] == "changed"
     assert found[f"{SITE}/idna/core.py"] == "deleted"
@@ -163,7 +167,7 @@ def test_replaced_directory_lists_the_files_it_hides_as_deleted(
 
 
 def test_bind_mount_and_configured_environment_are_host_evidence(
-    docker_client: Any, app_image: str, run_container: Run, tmp_path: Path
+    docker: Docker, app_image: str, run_container: Run, tmp_path: Path
 ) -> None:
     container = run_container(
         app_image,
@@ -171,7 +175,7 @@ def test_bind_mount_and_configured_environment_are_host_evidence(
         environment={"LOCKD_TEST_VAR": "hello=world"},
     )
 
-    host = ContainerTarget(docker_client, container).observe().host
+    host = ContainerTarget(docker, container.attrs).observe().host
 
     assert host is not None
     assert Mount(destination="/data", source=str(tmp_path), type="bind", rw=False) in host.mounts
@@ -179,25 +183,28 @@ def test_bind_mount_and_configured_environment_are_host_evidence(
     assert host.config_env["PATH"].startswith("/opt/venv/bin:")
 
 
-def test_explicit_interpreter_is_used(docker_client: Any, app: Any) -> None:
-    observation = ContainerTarget(docker_client, app, python="/usr/bin/python3").observe()
+def test_explicit_interpreter_is_used(docker: Docker, app: Any) -> None:
+    observation = ContainerTarget(docker, app.attrs, python="/usr/bin/python3").observe()
 
     assert observation.probe is not None
     assert observation.probe.python.executable == "/usr/bin/python3"
     assert "six" not in versions(observation)
 
 
-def test_explicit_interpreter_that_is_missing_is_an_error(docker_client: Any, app: Any) -> None:
+def test_explicit_interpreter_that_is_missing_is_an_error(docker: Docker, app: Any) -> None:
     with pytest.raises(TargetError, match=r"no interpreter /nowhere/python there; check --python"):
-        ContainerTarget(docker_client, app, python="/nowhere/python").observe()
+        ContainerTarget(docker, app.attrs, python="/nowhere/python").observe()
 
 
 def test_container_without_python_still_gives_host_evidence(
-    docker_client: Any, nopython_image: str, run_container: Run
+    docker_client: Any,
+    nopython_image: str,
+    run_container: Run,
+    docker: Docker,
 ) -> None:
     container = run_container(nopython_image)
 
-    observation = ContainerTarget(docker_client, container).observe()
+    observation = ContainerTarget(docker, container.attrs).observe()
 
     assert observation.probe is None
     assert observation.probe_error == NO_PYTHON
@@ -206,48 +213,48 @@ def test_container_without_python_still_gives_host_evidence(
 
 
 def test_hanging_probe_times_out_and_is_killed(
-    docker_client: Any, hang_image: str, run_container: Run
+    docker: Docker, hang_image: str, run_container: Run
 ) -> None:
     container = run_container(hang_image)
     start = time.monotonic()
 
     with pytest.raises(ProbeError, match=rf"container {container.name}: .*timed out after 2s"):
-        ContainerTarget(docker_client, container, timeout=2).observe()
+        ContainerTarget(docker, container.attrs, timeout=2).observe()
 
     assert time.monotonic() - start < 10
     assert "sleep 1000" not in processes(container)
 
 
 def test_flooding_probe_hits_the_output_cap_and_is_killed(
-    docker_client: Any, flood_image: str, run_container: Run
+    docker: Docker, flood_image: str, run_container: Run
 ) -> None:
     container = run_container(flood_image)
 
     with pytest.raises(ProbeError, match=r"output exceeds 64 KiB"):
-        ContainerTarget(docker_client, container, max_output=64 * 1024).observe()
+        ContainerTarget(docker, container.attrs, max_output=64 * 1024).observe()
 
     assert "yes" not in processes(container).split()
 
 
-def test_probe_that_fails_quotes_its_stderr(docker_client: Any, app: Any) -> None:
+def test_probe_that_fails_quotes_its_stderr(docker: Docker, app: Any) -> None:
     sh(app, "printf '#!/bin/sh\\necho broken >&2\\nexit 3\\n' > /tmp/py && chmod +x /tmp/py")
 
     with pytest.raises(ProbeError, match=r"exited with status 3: broken"):
-        ContainerTarget(docker_client, app, python="/tmp/py").observe()
+        ContainerTarget(docker, app.attrs, python="/tmp/py").observe()
 
 
-def test_stopped_container_is_not_inspected(docker_client: Any, app: Any, app_image: str) -> None:
+def test_stopped_container_is_not_inspected(docker: Docker, app: Any, app_image: str) -> None:
     app.kill()
 
     with pytest.raises(TargetError, match=r"is not running \(status: exited\)") as caught:
-        ContainerTarget(docker_client, app).observe()
+        ContainerTarget(docker, app.attrs).observe()
 
     assert f"image:{app_image}" in str(caught.value)
     assert caught.value.exit_code == 3
 
 
-def test_removed_container_is_a_target_error(docker_client: Any, app: Any) -> None:
-    target = ContainerTarget(docker_client, app)
+def test_removed_container_is_a_target_error(docker: Docker, app: Any) -> None:
+    target = ContainerTarget(docker, app.attrs)
     app.remove(force=True)
 
     with pytest.raises(TargetError, match=r"no longer exists"):
@@ -257,8 +264,10 @@ def test_removed_container_is_a_target_error(docker_client: Any, app: Any) -> No
 # --- an image -------------------------------------------------------------------------------
 
 
-def test_image_is_probed_in_a_throwaway_container(docker_client: Any, app_image: str) -> None:
-    observation = ImageTarget(docker_client, app_image).observe()
+def test_image_is_probed_in_a_throwaway_container(
+    docker_client: Any, app_image: str, docker: Docker
+) -> None:
+    observation = ImageTarget(docker, app_image).observe()
 
     assert observation.target.kind == "image"
     assert observation.target.ref == app_image
@@ -274,33 +283,37 @@ def test_image_is_probed_in_a_throwaway_container(docker_client: Any, app_image:
     assert throwaways(docker_client) == []
 
 
-def test_image_without_python(docker_client: Any, nopython_image: str) -> None:
-    observation = ImageTarget(docker_client, nopython_image).observe()
+def test_image_without_python(docker: Docker, nopython_image: str) -> None:
+    observation = ImageTarget(docker, nopython_image).observe()
 
     assert observation.probe is None
     assert observation.probe_error == NO_PYTHON.replace("container", "image")
 
 
-def test_image_probe_timeout_leaves_no_container(docker_client: Any, hang_image: str) -> None:
+def test_image_probe_timeout_leaves_no_container(
+    docker_client: Any, hang_image: str, docker: Docker
+) -> None:
     start = time.monotonic()
 
     with pytest.raises(ProbeError, match=rf"image {hang_image}: .*timed out after 2s"):
-        ImageTarget(docker_client, hang_image, timeout=2).observe()
+        ImageTarget(docker, hang_image, timeout=2).observe()
 
     assert time.monotonic() - start < 15
     assert throwaways(docker_client) == []
 
 
-def test_image_probe_flood_leaves_no_container(docker_client: Any, flood_image: str) -> None:
+def test_image_probe_flood_leaves_no_container(
+    docker_client: Any, flood_image: str, docker: Docker
+) -> None:
     with pytest.raises(ProbeError, match=r"output exceeds 64 KiB"):
-        ImageTarget(docker_client, flood_image, max_output=64 * 1024).observe()
+        ImageTarget(docker, flood_image, max_output=64 * 1024).observe()
 
     assert throwaways(docker_client) == []
 
 
-def test_missing_image(docker_client: Any) -> None:
+def test_missing_image(docker: Docker) -> None:
     with pytest.raises(TargetError, match=r"no image named 'lockd-test/nothing:here'") as caught:
-        ImageTarget(docker_client, "lockd-test/nothing:here")
+        ImageTarget(docker, "lockd-test/nothing:here")
 
     assert caught.value.exit_code == 3
 
@@ -318,8 +331,8 @@ def twin(docker_client: Any, app_image: str, run_container: Run) -> Iterator[str
     docker_client.images.remove(f"{name}:latest")
 
 
-def test_bare_name_prefers_the_container(docker_client: Any, twin: str) -> None:
-    target = resolve(twin, docker_client)
+def test_bare_name_prefers_the_container(docker: Docker, twin: str) -> None:
+    target = resolve(twin, docker)
 
     assert isinstance(target, ContainerTarget)
     assert target.info.ref == twin
@@ -328,18 +341,16 @@ def test_bare_name_prefers_the_container(docker_client: Any, twin: str) -> None:
 @pytest.mark.parametrize(
     ("prefix", "kind"), [("container:", ContainerTarget), ("image:", ImageTarget)]
 )
-def test_prefix_forces_the_kind(docker_client: Any, twin: str, prefix: str, kind: type) -> None:
-    target = resolve(prefix + twin, docker_client, timeout=7)
+def test_prefix_forces_the_kind(docker: Docker, twin: str, prefix: str, kind: type) -> None:
+    target = resolve(prefix + twin, docker, timeout=7)
 
     assert isinstance(target, kind)
     assert target.timeout == 7  # type: ignore[attr-defined]
 
 
-def test_bare_image_reference_and_container_id(
-    docker_client: Any, app: Any, app_image: str
-) -> None:
-    assert isinstance(resolve(app_image, docker_client), ImageTarget)
-    assert isinstance(resolve(app.id[:12], docker_client), ContainerTarget)
+def test_bare_image_reference_and_container_id(docker: Docker, app: Any, app_image: str) -> None:
+    assert isinstance(resolve(app_image, docker), ImageTarget)
+    assert isinstance(resolve(app.id[:12], docker), ContainerTarget)
 
 
 @pytest.mark.parametrize(
@@ -354,13 +365,11 @@ def test_bare_image_reference_and_container_id(
         ("image:", InputError, "names no image"),
     ],
 )
-def test_unknown_references(
-    docker_client: Any, ref: str, error: type[Exception], message: str
-) -> None:
+def test_unknown_references(docker: Docker, ref: str, error: type[Exception], message: str) -> None:
     start = time.monotonic()
 
     with pytest.raises(error, match=message) as caught:
-        resolve(ref, docker_client)
+        resolve(ref, docker)
 
     assert type(caught.value) is error
     assert time.monotonic() - start < 5
@@ -370,11 +379,7 @@ def test_unknown_references(
 
 
 def test_connect_reaches_the_daemon() -> None:
-    client = connect()
-    try:
-        assert client.ping()
-    finally:
-        client.close()
+    connect().ping()
 
 
 def test_unreachable_daemon_is_a_target_error(
@@ -384,7 +389,7 @@ def test_unreachable_daemon_is_a_target_error(
     monkeypatch.setenv("DOCKER_HOST", host)
 
     with pytest.raises(TargetError, match=rf"cannot reach the Docker daemon \({host}\)") as caught:
-        connect()
+        connect().ping()
 
     assert caught.value.exit_code == 3
     assert "set DOCKER_HOST" in str(caught.value)
@@ -397,13 +402,16 @@ def test_importing_the_target_does_not_import_the_docker_sdk(repo_root: Path) ->
 
 
 def test_interrupted_image_probe_removes_its_container(
-    docker_client: Any, hang_image: str, repo_root: Path
+    docker_client: Any,
+    hang_image: str,
+    repo_root: Path,
 ) -> None:
     code = (
         # A job a shell starts in the background ignores SIGINT, and so do its children:
         # give this one Ctrl-C back, whatever runs the tests.
         "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-        "from lockd.evidence.targets.docker import ImageTarget, connect\n"
+        "from lockd.evidence.docker import connect\n"
+        "from lockd.evidence.targets.docker import ImageTarget\n"
         f"ImageTarget(connect(), {hang_image!r}, timeout=60).observe()\n"
     )
     env = {**os.environ, "PYTHONPATH": str(repo_root)}
@@ -423,18 +431,21 @@ def test_interrupted_image_probe_removes_its_container(
 
 
 def test_an_interrupt_while_the_daemon_creates_the_throwaway_still_removes_it(
-    docker_client: Any, app_image: str, monkeypatch: pytest.MonkeyPatch
+    docker_client: Any,
+    app_image: str,
+    monkeypatch: pytest.MonkeyPatch,
+    docker: Docker,
 ) -> None:
     """The daemon made the container but its answer never arrived (Ctrl-C in between): the
     container was named before it existed, so it is removed by that name."""
-    target = ImageTarget(docker_client, app_image)
-    create = docker_client.api.create_container
+    target = ImageTarget(docker, app_image)
+    create = docker.create_container
 
     def created_then_interrupted(*args: Any, **kwargs: Any) -> Any:
         create(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(docker_client.api, "create_container", created_then_interrupted)
+    monkeypatch.setattr(docker, "create_container", created_then_interrupted)
     with pytest.raises(KeyboardInterrupt):
         target.observe()
     assert throwaways(docker_client) == []

@@ -1,6 +1,7 @@
-"""lockd.evidence.targets.engine (lockd's stdlib Docker client) and the container target over it, against
-the real daemon: inspect, exec with stdin, the multiplexed stream, a container that goes away,
-output floods; and `lockd verify <container>` never importing the docker SDK."""
+"""lockd.evidence.docker.engine (the Docker interface's stdlib fast path) and the container target
+over the interface, against the real daemon: inspect, exec with stdin, the multiplexed stream, a
+container that goes away, output floods; the fast path and the docker SDK answering alike; and
+`lockd verify <container>` never importing the docker SDK."""
 
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ import typer
 from lockd import cli
 from lockd.cli.early import start_early
 from lockd.errors import InputError, ProbeError, TargetError
-from lockd.evidence.targets.docker import ContainerTarget, ImageTarget, _SdkApi, open_docker_target
-from lockd.evidence.targets.engine import Engine, EngineError, NotFoundError, read_frames
+from lockd.evidence.docker import DaemonError, Docker, NotFoundError, connect, read_frames
+from lockd.evidence.docker.engine import Engine
+from lockd.evidence.docker.sdk import Sdk
+from lockd.evidence.targets.docker import ContainerTarget, ImageTarget, open_docker_target
 
 Run = Callable[..., Any]
 
@@ -31,6 +34,11 @@ def engine() -> Engine:
     found = Engine.from_env()
     assert found is not None, "DOCKER_HOST is one the Engine does not speak"
     return found
+
+
+@pytest.fixture
+def docker() -> Docker:
+    return connect()
 
 
 @pytest.fixture
@@ -97,8 +105,8 @@ def test_large_output_arrives_whole_and_a_flood_stops_at_the_cap(engine: Engine,
     assert len(stdout) < 64 * 1024 + 64 * 1024 + 8  # one read past the cap at most
 
 
-def test_a_script_that_floods_is_capped_and_killed(engine: Engine, app: Any) -> None:
-    target = ContainerTarget(engine, engine.inspect_container(app.id))
+def test_a_script_that_floods_is_capped_and_killed(docker: Docker, app: Any) -> None:
+    target = ContainerTarget(docker, docker.inspect_container(app.id))
 
     with pytest.raises(ProbeError) as caught:
         target.run_script(
@@ -116,8 +124,8 @@ def test_a_script_that_floods_is_capped_and_killed(engine: Engine, app: Any) -> 
     assert "lockd-flood" not in processes(app)
 
 
-def test_run_script_returns_stdout_and_quotes_a_failure(engine: Engine, app: Any) -> None:
-    target = ContainerTarget(engine, engine.inspect_container(app.id))
+def test_run_script_returns_stdout_and_quotes_a_failure(docker: Docker, app: Any) -> None:
+    target = ContainerTarget(docker, docker.inspect_container(app.id))
     source = f"container {app.name} (script)"
 
     out = target.run_script(
@@ -139,9 +147,11 @@ def test_run_script_returns_stdout_and_quotes_a_failure(engine: Engine, app: Any
     assert str(caught.value) == f"{source}: probe (python3) exited with status 1: broken"
 
 
-def test_container_removed_between_inspect_and_exec(engine: Engine, app: Any) -> None:
+def test_container_removed_between_inspect_and_exec(
+    engine: Engine, docker: Docker, app: Any
+) -> None:
     attrs = engine.inspect_container(app.id)
-    target = ContainerTarget(engine, attrs)
+    target = ContainerTarget(docker, attrs)
     app.remove(force=True)
 
     with pytest.raises(NotFoundError, match=rf"^No such container: {attrs['Id']}$"):
@@ -156,12 +166,14 @@ def test_container_removed_between_inspect_and_exec(engine: Engine, app: Any) ->
         target.observe()
 
 
-def test_container_stopped_between_inspect_and_exec(engine: Engine, app: Any) -> None:
-    target = ContainerTarget(engine, engine.inspect_container(app.id))
+def test_container_stopped_between_inspect_and_exec(
+    engine: Engine, docker: Docker, app: Any
+) -> None:
+    target = ContainerTarget(docker, engine.inspect_container(app.id))
     app.kill()
     app.wait(timeout=30)
 
-    with pytest.raises(EngineError) as refused:
+    with pytest.raises(DaemonError) as refused:
         engine.exec_create(app.id, ["true"])
     assert refused.value.status == 409
     with pytest.raises(TargetError) as caught:
@@ -197,13 +209,15 @@ def test_the_container_list_and_the_event_stream(
     assert engine.containers({"status": ["running"], "label": [mark]}) == []
 
 
-def test_observations_through_the_engine_and_the_sdk_agree(docker_client: Any, app: Any) -> None:
-    through_engine = ContainerTarget(docker_client, app)
-    assert isinstance(through_engine._api, Engine)
-    through_sdk = ContainerTarget(docker_client, app)
-    through_sdk._api = _SdkApi(docker_client.api)
+def test_observations_through_the_engine_and_the_sdk_agree(engine: Engine, app: Any) -> None:
+    """The same calls answered by the stdlib fast path and by the docker SDK (what a
+    DOCKER_HOST of ssh:// or TLS gets) give the same observation."""
+    fast = Docker(engine.host, engine=engine, sdk=Sdk(engine.host))
+    sdk_only = Docker(engine.host, engine=None, sdk=Sdk(engine.host))
+    attrs = engine.inspect_container(app.id)
 
-    ours, theirs = through_engine.observe(), through_sdk.observe()
+    ours = ContainerTarget(fast, attrs).observe()
+    theirs = ContainerTarget(sdk_only, attrs).observe()
 
     assert ours.host == theirs.host
     assert ours.probe is not None and theirs.probe is not None
@@ -211,16 +225,13 @@ def test_observations_through_the_engine_and_the_sdk_agree(docker_client: Any, a
     assert ours.probe.python == theirs.probe.python
 
 
-def test_open_docker_target_reaches_a_container_through_the_engine(
-    docker_client: Any, app: Any
-) -> None:
+def test_open_docker_target_reaches_a_container(app: Any) -> None:
     target = open_docker_target(app.name, timeout=7)
 
     assert isinstance(target, ContainerTarget)
-    assert isinstance(target._api, Engine)
     assert (target.info.kind, target.info.ref, target.timeout) == ("container", app.name, 7)
-    assert target.container.id == app.id  # the docker SDK's, made when something asks for it
-    assert target.client.api.inspect_container(app.id)["Id"] == app.id
+    assert target.id == app.id
+    assert target.running() is target
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""lockd.evidence.targets.engine's HTTP over a Unix socket, against servers that are not a Docker daemon:
+"""lockd.evidence.docker.engine's HTTP over a Unix socket (the Docker interface's stdlib fast path),
+against servers that are not a Docker daemon:
 nothing listening, garbage, HTML, error pages, chunked answers, over-long answers."""
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from lockd.evidence.targets import engine
-from lockd.evidence.targets.engine import (
-    Engine,
-    EngineError,
+from lockd.evidence.docker import base, connect, engine
+from lockd.evidence.docker.base import (
+    DaemonError,
     NotFoundError,
     UnreachableError,
+    UnsupportedHostError,
     read_frames,
 )
+from lockd.evidence.docker.engine import Engine, ExecStream
 
 START_IT = (
     "Start it (e.g. `sudo systemctl start docker`, or `dockerd &` as root) or set DOCKER_HOST."
@@ -121,7 +123,7 @@ def test_socket_nobody_listens_on_is_unreachable(tmp_path: Path) -> None:
 def test_an_unusable_answer(serve: Serve, answer: bytes, message: str) -> None:
     host = serve(answer)
 
-    with pytest.raises(EngineError) as caught:
+    with pytest.raises(DaemonError) as caught:
         Engine(host).inspect_container("app")
 
     assert str(caught.value) == message.format(host=host)
@@ -131,14 +133,14 @@ def test_an_unusable_answer(serve: Serve, answer: bytes, message: str) -> None:
 def test_json_that_is_not_an_object(serve: Serve) -> None:
     host = serve(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n[1,2,3]")
 
-    with pytest.raises(EngineError, match=r"/containers/app/json with something unusable: not a"):
+    with pytest.raises(DaemonError, match=r"/containers/app/json with something unusable: not a"):
         Engine(host).inspect_container("app")
 
 
 def test_an_error_page_that_is_not_json_is_quoted(serve: Serve) -> None:
     host = serve(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 11\r\n\r\nproxy: down")
 
-    with pytest.raises(EngineError) as caught:
+    with pytest.raises(DaemonError) as caught:
         Engine(host).inspect_container("app")
 
     assert str(caught.value) == "HTTP 502 'proxy: down'"
@@ -169,7 +171,7 @@ def test_an_answer_over_the_cap_is_refused(serve: Serve, monkeypatch: pytest.Mon
     monkeypatch.setattr(engine, "MAX_ANSWER", 1000)
     host = serve(b"HTTP/1.1 200 OK\r\n\r\n" + b"[" + b"0," * 5000 + b"0]")
 
-    with pytest.raises(EngineError) as caught:
+    with pytest.raises(DaemonError) as caught:
         Engine(host).diff("app")
 
     assert str(caught.value) == f"the Docker daemon ({host}) answered more than 1000 bytes"
@@ -201,7 +203,7 @@ def test_the_container_list_sends_its_filters_sorted(serve: Serve) -> None:
 def test_a_container_list_that_is_not_a_list(serve: Serve) -> None:
     host = serve(b'HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{"Id": "a"}')
 
-    with pytest.raises(EngineError) as caught:
+    with pytest.raises(DaemonError) as caught:
         Engine(host).containers({})
 
     assert str(caught.value) == (
@@ -245,11 +247,11 @@ def test_events_split_anywhere_across_chunks_arrive_whole(serve: Serve) -> None:
 
 
 def read_to_error(host: str) -> tuple[list[str], str]:
-    """(the actions of the events read, the message of the EngineError that ended them)."""
+    """(the actions of the events read, the message of the DaemonError that ended them)."""
     seen: list[str] = []
     stream = Engine(host).events({})
     try:
-        with pytest.raises(EngineError) as caught:
+        with pytest.raises(DaemonError) as caught:
             seen.extend(e["Action"] for e in stream)
     finally:
         stream.close()
@@ -292,7 +294,7 @@ def test_events_refused_and_unreachable(serve: Serve, tmp_path: Path) -> None:
     body = b'{"message":"invalid filter \'evnt\'"}'
     host = serve(b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
 
-    with pytest.raises(EngineError) as refused:
+    with pytest.raises(DaemonError) as refused:
         Engine(host).events({"evnt": ["start"]})
     with pytest.raises(UnreachableError) as unreachable:
         Engine(f"unix://{tmp_path}/gone.sock").events({})
@@ -323,7 +325,7 @@ def test_interrupting_a_quiet_event_stream_ends_it(tmp_path: Path) -> None:
     ended = threading.Event()
 
     def read() -> None:
-        with contextlib.suppress(EngineError):
+        with contextlib.suppress(DaemonError):
             seen.extend(e["Action"] for e in stream)
         ended.set()
 
@@ -373,13 +375,62 @@ def test_tls_is_left_to_the_docker_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_unspoken_host_given_directly_is_an_error() -> None:
-    with pytest.raises(EngineError) as caught:
+    with pytest.raises(DaemonError) as caught:
         Engine("ssh://user@host")
 
     assert str(caught.value) == (
         "DOCKER_HOST='ssh://user@host': lockd's Engine client speaks only unix:// and tcp:// "
         "(without TLS)"
     )
+
+
+# --- the one interface over it -----------------------------------------------------------------
+
+
+def test_the_interface_asks_the_fast_path_where_it_speaks_the_host(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = serve(b'HTTP/1.1 200 OK\r\nContent-Length: 27\r\n\r\n{"Id": "abc", "Name": "/x"}')
+    monkeypatch.setenv("DOCKER_HOST", host)
+
+    assert connect().inspect_container("app") == {"Id": "abc", "Name": "/x"}
+    assert serve.requests[-1].startswith(b"GET /containers/app/json HTTP/1.1\r\n")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"DOCKER_HOST": "ssh://builder"},
+        {"DOCKER_HOST": "tcp://127.0.0.1:2376", "DOCKER_TLS_VERIFY": "1"},
+    ],
+)
+def test_following_events_needs_a_host_the_fast_path_speaks(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+    with pytest.raises(UnsupportedHostError) as caught:
+        connect(events=True)
+
+    assert caught.value.host == env["DOCKER_HOST"]
+    assert caught.value.exit_code == 2
+    with pytest.raises(UnsupportedHostError):
+        connect().events({})
+
+
+def test_what_only_the_sdk_answers_says_how_to_start_the_daemon(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    host = f"unix://{tmp_path}/no-docker.sock"
+    monkeypatch.setenv("DOCKER_HOST", host)
+
+    with pytest.raises(UnreachableError) as caught:
+        connect().info()
+
+    assert str(caught.value).startswith(f"cannot reach the Docker daemon ({host}): ")
+    assert str(caught.value).endswith(START_IT)
+    assert caught.value.exit_code == 3
 
 
 # --- the multiplexed stream ---------------------------------------------------------------------
@@ -405,13 +456,17 @@ def stream_of(data: bytes) -> socket.socket:
 def test_frames_split_anywhere_are_put_back_together() -> None:
     data = frame(1, b"hello ") + frame(2, b"oops") + frame(1, b"world")
     with stream_of(data) as sock:
-        assert read_frames(sock, time.monotonic() + 10, 1000) == (b"hello world", b"oops", "eof")
+        assert read_frames(ExecStream(sock, b""), time.monotonic() + 10, 1000) == (
+            b"hello world",
+            b"oops",
+            "eof",
+        )
 
 
 def test_output_over_the_cap_stops_the_read() -> None:
     data = frame(1, b"x" * 5000) + frame(1, b"y" * 5000)
     with stream_of(data) as sock:
-        stdout, _, end = read_frames(sock, time.monotonic() + 10, 4096)
+        stdout, _, end = read_frames(ExecStream(sock, b""), time.monotonic() + 10, 4096)
 
     assert (stdout, end) == (b"x" * 4097, "overflow")
 
@@ -458,7 +513,7 @@ def test_a_long_stderr_near_the_cap_is_read_in_large_pieces() -> None:
 
     stdout, stderr, end = read_frames(peer, time.monotonic() + 10, 4096)
 
-    assert (stdout, len(stderr), end) == (b"x" * 4096, engine._STDERR_KEEP, "eof")
+    assert (stdout, len(stderr), end) == (b"x" * 4096, base._STDERR_KEEP, "eof")
     assert len(peer.asked) < 100
 
 
@@ -472,7 +527,7 @@ def test_an_answer_is_never_read_past_its_cap(
     body = b"[" + b"0," * 50_000 + b"0]"
     peer = Batched(chunked(body) if headers else body, None)
 
-    with pytest.raises(EngineError) as caught:
+    with pytest.raises(DaemonError) as caught:
         engine._read_body(peer, headers, b"", "unix:///fake.sock")  # type: ignore[arg-type]
 
     assert (
@@ -485,4 +540,4 @@ def test_a_silent_stream_times_out() -> None:
     ours, theirs = socket.socketpair()
     with ours, theirs:
         start = time.monotonic()
-        assert read_frames(ours, start + 0.2, 1000) == (b"", b"", "timeout")
+        assert read_frames(ExecStream(ours, b""), start + 0.2, 1000) == (b"", b"", "timeout")

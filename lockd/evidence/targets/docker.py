@@ -9,10 +9,8 @@ Two kinds of evidence, as the architecture describes:
   container) or as the only process of a throw-away container (for an image). Its output
   is untrusted: read with a deadline and a size cap, then validated by ``parse_probe_document``.
 
-A container is inspected and probed through lockd's own stdlib client (``engine.Engine``):
-``lockd verify <container>`` never imports the docker SDK. Images (throw-away containers, the
-archive API) go through the SDK, imported when first needed, as does a DOCKER_HOST the Engine
-does not speak (ssh://, TLS). Every failure becomes a ``TargetError`` (exit 3) naming the target.
+The daemon is asked through lockd's Docker interface (lockd.evidence.docker), which alone knows
+how a call travels. Every failure becomes a ``TargetError`` (exit 3) naming the target.
 """
 
 from __future__ import annotations
@@ -23,16 +21,26 @@ import posixpath
 import re
 import signal
 import stat
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 from lockd.errors import InputError, ProbeError, TargetError
 from lockd.evidence import kernel
 from lockd.evidence.cache import probe as probecache
+from lockd.evidence.docker import (
+    Archive,
+    DaemonError,
+    Docker,
+    NotFoundError,
+    Stream,
+    cause,
+    connect,
+    failing,
+    read_frames,
+)
 from lockd.evidence.targets.base import (
     MAX_PROBE_OUTPUT,
     PLAIN,
@@ -46,20 +54,8 @@ from lockd.evidence.targets.base import (
     probe_arguments,
     stderr_tail,
 )
-from lockd.evidence.targets.engine import (
-    Engine,
-    EngineError,
-    NotFoundError,
-    UnreachableError,
-    read_frames,
-    unreachable_message,
-)
 
 if TYPE_CHECKING:
-    from docker import DockerClient
-    from docker.models.containers import Container
-    from docker.models.images import Image
-
     from lockd.evidence.targets.base import Target
     from lockd.judgement.policy import Volatile
     from lockd.model.environment import FamilyImports, ProbeReport
@@ -72,8 +68,6 @@ __all__ = [
     "ImageTarget",
     "changes_from_api",
     "changes_from_overlay",
-    "connect",
-    "container_changes",
     "open_docker_target",
     "overlay_dirs",
     "resolve",
@@ -82,7 +76,6 @@ __all__ = [
 THROWAWAY_LABEL = "lockd.throwaway"
 """Label on the containers ImageTarget starts (and always removes): find leftovers with it."""
 
-DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 PYTHONS = ("python3", "python")
 """Interpreters tried, in order, when no --python is given."""
 
@@ -98,57 +91,6 @@ _MAX_CHANGES = 100_000  # lockd.model.host.MAX_CHANGES, not imported: the probe 
 # --- the daemon ---------------------------------------------------------------------------------
 
 
-def _docker_host() -> str:
-    return os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
-
-
-def _cause(error: BaseException) -> str:
-    """One line that says why the daemon (or the SDK) failed, without the SDK's URL noise."""
-    explanation = getattr(error, "explanation", None)
-    text = str(explanation) if explanation else (str(error) or type(error).__name__)
-    text = " ".join(text.split())
-    return text if len(text) <= 300 else text[:300] + "..."
-
-
-def _is_sdk_error(error: BaseException) -> bool:
-    """Whether the docker SDK raised ``error`` (it can only have if it was imported)."""
-    errors = sys.modules.get("docker.errors")
-    return errors is not None and isinstance(error, errors.DockerException)
-
-
-@contextmanager
-def _docker_errors(what: str) -> Iterator[None]:
-    """Turn what the Engine, the docker SDK and requests raise into a TargetError that starts
-    with ``what``; an unreachable daemon keeps its own message (it says how to start one)."""
-    try:
-        yield
-    except UnreachableError:
-        raise
-    except (EngineError, OSError) as e:  # requests' exceptions are OSErrors
-        raise TargetError(f"{what}: {_cause(e)}") from e
-    except Exception as e:
-        if _is_sdk_error(e):
-            raise TargetError(f"{what}: {_cause(e)}") from e
-        raise
-
-
-def connect() -> DockerClient:
-    """A client for the daemon at DOCKER_HOST (or the default socket), checked with a ping.
-
-    Raises:
-        TargetError: the daemon cannot be reached (exit 3).
-    """
-    import docker
-    from docker.errors import DockerException
-
-    try:
-        client = docker.from_env(timeout=30)
-        client.ping()
-    except (DockerException, OSError) as e:
-        raise TargetError(unreachable_message(_docker_host(), _cause(e))) from e
-    return client
-
-
 def open_docker_target(
     ref: str,
     *,
@@ -156,9 +98,25 @@ def open_docker_target(
     timeout: float = PROBE_TIMEOUT,
     max_output: int = MAX_PROBE_OUTPUT,
 ) -> Target:
-    """What ``ref`` names on the daemon at DOCKER_HOST, as ``resolve`` finds it; a container is
-    looked up and observed through the stdlib Engine, without the docker SDK (unless the
-    Engine does not speak DOCKER_HOST), an image through the SDK.
+    """What ``ref`` names on the daemon at DOCKER_HOST, as ``resolve`` finds it.
+
+    Raises:
+        InputError: the reference is empty after its prefix (exit 2).
+        TargetError: no daemon answers, nothing has that name, or the daemon failed (exit 3).
+    """
+    return resolve(ref, connect(), python=python, timeout=timeout, max_output=max_output)
+
+
+def resolve(
+    ref: str,
+    docker: Docker,
+    *,
+    python: str | None = None,
+    timeout: float = PROBE_TIMEOUT,
+    max_output: int = MAX_PROBE_OUTPUT,
+) -> Target:
+    """The target ``ref`` names on ``docker``: ``container:X``, ``image:X``, or a bare X (a
+    container of that name or ID if one exists, else an image).
 
     Raises:
         InputError: the reference is empty after its prefix (exit 2).
@@ -168,41 +126,13 @@ def open_docker_target(
     options: dict[str, Any] = {"python": python, "timeout": timeout, "max_output": max_output}
     if kind == "container" and not _CONTAINER_NAME.match(name.removeprefix("/")):
         raise _no_container(name)  # no container can have that name (or ID)
-    engine = Engine.from_env(timeout=30)
-    if engine is None or not _may_be_container(kind, name):
-        return resolve(ref, connect(), **options)
-    with _docker_errors(f"cannot look up container {name}"):
-        try:
-            return ContainerTarget(engine, engine.inspect_container(name), **options)
-        except NotFoundError:
-            pass
-    if kind == "container":
-        raise _no_container(name)
-    return _image_target(connect(), kind, name, options)
-
-
-def resolve(
-    ref: str,
-    client: DockerClient,
-    *,
-    python: str | None = None,
-    timeout: float = PROBE_TIMEOUT,
-    max_output: int = MAX_PROBE_OUTPUT,
-) -> Target:
-    """The target ``ref`` names: ``container:X``, ``image:X``, or a bare X (a container of that
-    name or ID if one exists, else an image).
-
-    Raises:
-        InputError: the reference is empty after its prefix (exit 2).
-        TargetError: nothing has that name, or the daemon failed (exit 3).
-    """
-    kind, name = _split_ref(ref)
-    options: dict[str, Any] = {"python": python, "timeout": timeout, "max_output": max_output}
     if _may_be_container(kind, name):
-        container = _find_container(client, name)
-        if container is not None:
-            return ContainerTarget(client, container, **options)
-    return _image_target(client, kind, name, options)
+        with failing(f"cannot look up container {name}"):
+            try:
+                return ContainerTarget(docker, docker.inspect_container(name), **options)
+            except NotFoundError:
+                pass
+    return _image_target(docker, kind, name, options)
 
 
 def _may_be_container(kind: str, name: str) -> bool:
@@ -216,18 +146,16 @@ def _no_container(name: str) -> TargetError:
     )
 
 
-def _image_target(
-    client: DockerClient, kind: str, name: str, options: dict[str, Any]
-) -> ImageTarget:
+def _image_target(docker: Docker, kind: str, name: str, options: dict[str, Any]) -> ImageTarget:
     """The image ``name``, once no container has that name (``kind``: the ref's prefix)."""
     if kind == "container":
         raise _no_container(name)
-    if not kind and _find_image(client, name) is None:
+    if not kind and _find_image(docker, name) is None:
         raise TargetError(
             f"no container or image named {name!r}; list them with `docker ps -a` and "
             "`docker images`, or pull or build the image first"
         )
-    return ImageTarget(client, name, **options)
+    return ImageTarget(docker, name, **options)
 
 
 def _split_ref(ref: str) -> tuple[Literal["container", "image", ""], str]:
@@ -242,26 +170,15 @@ def _split_ref(ref: str) -> tuple[Literal["container", "image", ""], str]:
     return "", ref
 
 
-def _find_container(client: DockerClient, name: str) -> Container | None:
-    from docker.errors import NotFound
-
-    with _docker_errors(f"cannot look up container {name}"):
+def _find_image(docker: Docker, ref: str) -> dict[str, Any] | None:
+    """The daemon's inspect answer for the image ``ref``, None when there is none."""
+    with failing(f"cannot look up image {ref}"):
         try:
-            return client.containers.get(name)
-        except NotFound:
+            return docker.inspect_image(ref)
+        except NotFoundError:
             return None
-
-
-def _find_image(client: DockerClient, ref: str) -> Image | None:
-    from docker.errors import APIError, ImageNotFound
-
-    with _docker_errors(f"cannot look up image {ref}"):
-        try:
-            return client.images.get(ref)
-        except ImageNotFound:
-            return None
-        except APIError as e:
-            if e.status_code == 400:  # not a valid reference: nothing can have that name
+        except DaemonError as e:
+            if e.status == 400:  # not a valid reference: nothing can have that name
                 return None
             raise
 
@@ -287,12 +204,12 @@ def _parse_env(env: Sequence[str] | None) -> dict[str, str]:
     return result
 
 
-def _image_names(api: _Api, image_id: str) -> tuple[list[str], list[str]]:
+def _image_names(docker: Docker, image_id: str) -> tuple[list[str], list[str]]:
     """(repo digests, repo tags) of an image; none when the image has gone (untagged and
     removed while a container still uses it)."""
-    with _docker_errors(f"cannot look up image {image_id}"):
+    with failing(f"cannot look up image {image_id}"):
         try:
-            attrs = api.inspect_image(image_id)
+            attrs = docker.inspect_image(image_id)
         except NotFoundError:
             return [], []
     return sorted(attrs.get("RepoDigests") or []), sorted(attrs.get("RepoTags") or [])
@@ -612,10 +529,15 @@ def changes_from_overlay(
 
 
 def changes_from_api(
-    container: Container, volatile: Volatile | None = None, limit: int = _MAX_CHANGES
+    docker: Docker,
+    container: str,
+    volatile: Volatile | None = None,
+    limit: int = _MAX_CHANGES,
+    *,
+    source: str | None = None,
 ) -> list[FileChange]:
     """A container's filesystem changes as the daemon reports them (``docker diff``): names and
-    kinds, no content.
+    kinds, no content. ``source`` names the container in errors.
 
     The daemon also lists the directories above each change; those are dropped, to match
     ``changes_from_overlay`` (an empty directory that was added still shows).
@@ -623,8 +545,9 @@ def changes_from_api(
     Raises:
         TargetError: the daemon failed.
     """
-    with _docker_errors(f"cannot read the filesystem changes of container {container.name}"):
-        diff = container.diff() or []
+    where = source or f"container {container}"
+    with failing(f"cannot read the filesystem changes of {where}"):
+        diff = docker.diff(container)
     return _changes_from_diff(diff, volatile, limit)
 
 
@@ -647,19 +570,6 @@ def _changes_from_diff(
         if path not in parents and (volatile is None or path not in volatile)
     ]
     return [FileChange(path=_fit(path), kind=kinds[path]) for path in kept[: limit + 1]]
-
-
-def container_changes(
-    container: Container,
-) -> tuple[list[FileChange], Literal["overlay", "api"]]:
-    """The container's changes from its overlay2 upper directory when this host can read it
-    (lockd runs beside the daemon, as root), else from the daemon's changes API.
-
-    Raises:
-        TargetError: the daemon failed.
-    """
-    found = _changes(container.attrs, lambda v, n: changes_from_api(container, v, n))
-    return found.changes, found.source
 
 
 @dataclass(frozen=True)
@@ -717,11 +627,6 @@ def _changes(
 
 # --- files, for lockd.evidence.integrity (--deep) -------------------------------------------------
 
-Archive = tuple[Iterable[bytes], dict[str, Any]]
-"""The daemon's tar stream of a path (``docker cp``) and the path's stat."""
-
-ARCHIVE_CHUNK = 1024 * 1024
-
 
 def overlay_dirs(attrs: dict[str, Any]) -> tuple[str | None, list[str]]:
     """(merged directory, layer directories top first) of a container's or an image's
@@ -741,34 +646,29 @@ def _readable_dir(path: str) -> bool:
 
 
 def _archive_stream(chunks: Iterable[bytes], what: str) -> Iterator[bytes]:
-    """The chunks, with what the SDK raises while they arrive made a TargetError."""
-    from docker.errors import DockerException
-
+    """The chunks, with what the daemon raises while they arrive made a TargetError."""
     try:
         yield from chunks
-    except (DockerException, OSError) as e:
-        raise TargetError(f"{what}: {_cause(e)}") from e
+    except (DaemonError, OSError) as e:
+        raise TargetError(f"{what}: {cause(e)}") from e
 
 
-def _fetch_archive(fetch: Callable[[], Archive], what: str) -> Archive | None:
-    from docker.errors import NotFound
+def fetch_archive(docker: Docker, container: str, path: str, what: str) -> Archive | None:
+    """``path`` in ``container`` as the daemon's tar stream, None when nothing is there;
+    ``what`` starts every error.
 
-    with _docker_errors(what):
+    Raises:
+        TargetError: the daemon failed (also while the stream arrives).
+    """
+    with failing(what):
         try:
-            chunks, info = fetch()
-        except NotFound:
+            chunks, info = docker.get_archive(container, path)
+        except NotFoundError:
             return None
     return _archive_stream(chunks, what), info
 
 
 # --- running something in a target, bounded -----------------------------------------------------
-
-
-def _close_socket(sock: Any) -> None:
-    for closable in (sock, getattr(sock, "_sock", None)):
-        if closable is not None:
-            with suppress(OSError):
-                closable.close()
 
 
 def _size(n: int) -> str:
@@ -822,72 +722,6 @@ def _mount_namespace(pid: int | str) -> str | None:
         return None
 
 
-class _Api(Protocol):
-    """The daemon as ContainerTarget asks it: an Engine, or the docker SDK behind _SdkApi."""
-
-    def inspect_container(self, container: str) -> dict[str, Any]: ...
-
-    def inspect_image(self, image: str) -> dict[str, Any]: ...
-
-    def diff(self, container: str) -> list[dict[str, Any]]: ...
-
-    def exec_create(self, container: str, cmd: Sequence[str]) -> dict[str, Any]: ...
-
-    def exec_start(self, exec_id: str) -> Any: ...
-
-    def exec_inspect(self, exec_id: str) -> dict[str, Any]: ...
-
-
-class _SdkApi:
-    """The Engine's calls made through the docker SDK's APIClient, for a daemon the Engine
-    does not speak to (DOCKER_HOST ssh://, TLS); the SDK's errors become the Engine's."""
-
-    def __init__(self, api: Any) -> None:
-        self.api = api
-
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        from docker.errors import DockerException, NotFound
-
-        try:
-            return getattr(self.api, method)(*args, **kwargs)
-        except NotFound as e:
-            raise NotFoundError(_cause(e), status=404) from e
-        except (DockerException, OSError) as e:
-            raise EngineError(_cause(e), status=getattr(e, "status_code", None)) from e
-
-    def inspect_container(self, container: str) -> dict[str, Any]:
-        return dict(self._call("inspect_container", container))
-
-    def inspect_image(self, image: str) -> dict[str, Any]:
-        return dict(self._call("inspect_image", image))
-
-    def diff(self, container: str) -> list[dict[str, Any]]:
-        return list(self._call("diff", container) or [])
-
-    def exec_create(self, container: str, cmd: Sequence[str]) -> dict[str, Any]:
-        return dict(self._call("exec_create", container, list(cmd), stdin=False, tty=False))
-
-    def exec_start(self, exec_id: str) -> Any:
-        return self._call("exec_start", exec_id, socket=True)
-
-    def exec_inspect(self, exec_id: str) -> dict[str, Any]:
-        return dict(self._call("exec_inspect", exec_id))
-
-
-def _api_for(client: DockerClient) -> _Api:
-    """An Engine for the daemon the SDK's client talks to (a Unix socket, plain TCP), else
-    the SDK itself."""
-    api = client.api
-    socket_path = getattr(getattr(api, "_custom_adapter", None), "socket_path", None)
-    base_url = str(getattr(api, "base_url", ""))
-    timeout = float(getattr(api, "timeout", None) or 60)
-    if base_url == "http+docker://localhost" and isinstance(socket_path, str):
-        return Engine(f"unix://{socket_path}", timeout=timeout)
-    if base_url.startswith("http://"):
-        return Engine("tcp://" + base_url[len("http://") :], timeout=timeout)
-    return _SdkApi(api)
-
-
 def _wait_dead(pid: int, timeout: float = 2.0) -> None:
     """Wait (a little) until a killed process is gone or a zombie: SIGKILL is delivered
     asynchronously, and "killed" should hold when the caller goes on."""
@@ -909,30 +743,20 @@ class ContainerTarget:
 
     def __init__(
         self,
-        client: DockerClient | Engine,
-        container: Container | dict[str, Any],
+        docker: Docker,
+        attrs: dict[str, Any],
         python: str | None = None,
         timeout: float = PROBE_TIMEOUT,
         max_output: int = MAX_PROBE_OUTPUT,
     ) -> None:
-        """``client``: the docker SDK's, or an Engine; ``container``: the SDK's Container, or
-        the daemon's inspect answer for it. Either way the daemon is asked through an Engine
-        where one can reach it."""
-        if isinstance(client, Engine):
-            self._client: DockerClient | None = None
-            self._api: _Api = client
-        else:
-            self._client, self._api = client, _api_for(client)
-        if isinstance(container, dict):
-            self._container: Container | None = None
-            self.attrs: dict[str, Any] = container
-        else:
-            self._container, self.attrs = container, container.attrs
-        self.id = str(self.attrs["Id"])
+        """``attrs``: the daemon's inspect answer for the container."""
+        self._docker = docker
+        self.attrs = attrs
+        self.id = str(attrs["Id"])
         self.python = python
         self.timeout = timeout
         self.max_output = max_output
-        self.name: str = str(self.attrs.get("Name") or "").lstrip("/") or self.id
+        self.name: str = str(attrs.get("Name") or "").lstrip("/") or self.id
         self._info: TargetInfo | None = None
         self._source = f"container {self.name}"
 
@@ -945,27 +769,6 @@ class ContainerTarget:
             self._info = TargetInfo(kind="container", ref=self.name)
         return self._info
 
-    @property
-    def client(self) -> DockerClient:
-        """The docker SDK's client (made on first use when the target came with an Engine)."""
-        if self._client is None:
-            self._client = connect()
-        return self._client
-
-    @property
-    def container(self) -> Container:
-        """The docker SDK's Container (looked up on first use when the target came with an
-        Engine)."""
-        if self._container is None:
-            from docker.errors import NotFound
-
-            with _docker_errors(f"cannot look up {self._source}"):
-                try:
-                    self._container = self.client.containers.get(self.id)
-                except NotFound as e:
-                    raise self._gone() from e
-        return self._container
-
     def _gone(self) -> TargetError:
         return TargetError(f"{self._source} no longer exists; list containers with `docker ps -a`")
 
@@ -975,14 +778,12 @@ class ContainerTarget:
         Raises:
             TargetError: the container is gone, or the daemon failed.
         """
-        with _docker_errors(f"cannot inspect {self._source}"):
+        with failing(f"cannot inspect {self._source}"):
             try:
-                attrs = self._api.inspect_container(self.id)
+                attrs = self._docker.inspect_container(self.id)
             except NotFoundError as e:
                 raise self._gone() from e
         self.attrs = attrs
-        if self._container is not None:
-            self._container.attrs = attrs
         return attrs
 
     def observe(self, options: ProbeOptions = PLAIN) -> Observation:
@@ -1021,7 +822,7 @@ class ContainerTarget:
         try:
             host = self._host_evidence(attrs)
         except BaseException:
-            _close_socket(started[1])
+            started[1].close()
             raise
         ran = self._probe(pythons, started, state, deadline, timeout, options)
         if ran is None:
@@ -1092,7 +893,7 @@ class ContainerTarget:
         from lockd.model.host import HostEvidence
 
         image_id = str(attrs["Image"])
-        repo_digests, repo_tags = _image_names(self._api, image_id)
+        repo_digests, repo_tags = _image_names(self._docker, image_id)
         changes = _changes(attrs, self._changes_from_api)
         host_config = attrs.get("HostConfig") or {}
         return HostEvidence(
@@ -1109,14 +910,12 @@ class ContainerTarget:
         )
 
     def _changes_from_api(self, volatile: Volatile, limit: int) -> list[FileChange]:
-        with _docker_errors(f"cannot read the filesystem changes of {self._source}"):
-            diff = self._api.diff(self.id)
-        return _changes_from_diff(diff, volatile, limit)
+        return changes_from_api(self._docker, self.id, volatile, limit, source=self._source)
 
     def _probe(
         self,
         pythons: tuple[str, ...],
-        started: tuple[str, Any],
+        started: tuple[str, Stream],
         state: dict[str, Any],
         deadline: float,
         timeout: float,
@@ -1172,18 +971,18 @@ class ContainerTarget:
             raise _exited(source, argv[0], -1 if code is None else code, stderr)
         return stdout
 
-    def _start(self, argv: Sequence[str], what: str, source: str) -> tuple[str, Any]:
+    def _start(self, argv: Sequence[str], what: str, source: str) -> tuple[str, Stream]:
         """Create and start ``argv`` as an exec: (its ID, the stream of its output)."""
-        with _docker_errors(f"{source}: cannot run {what}"):
+        with failing(f"{source}: cannot run {what}"):
             try:
-                exec_id = str(self._api.exec_create(self.id, argv)["Id"])
+                exec_id = self._docker.exec_create(self.id, argv)
             except NotFoundError as e:
                 raise self._gone() from e
-            return exec_id, self._api.exec_start(exec_id)
+            return exec_id, self._docker.exec_start(exec_id)
 
     def _finish(
         self,
-        started: tuple[str, Any],
+        started: tuple[str, Stream],
         what: str,
         source: str,
         deadline: float,
@@ -1200,10 +999,10 @@ class ContainerTarget:
         """
         exec_id, stream = started
         try:
-            with _docker_errors(f"{source}: lost the output of {what}"):
+            with failing(f"{source}: lost the output of {what}"):
                 stdout, stderr, end = read_frames(stream, deadline, max_output)
         finally:
-            _close_socket(stream)
+            stream.close()
         if end != "eof":
             self._kill(exec_id, state)
             raise _stopped(source, end, timeout, max_output)
@@ -1214,9 +1013,9 @@ class ContainerTarget:
 
     def _exit_code(self, exec_id: str) -> int | None:
         give_up = time.monotonic() + _EXIT_WAIT
-        with _docker_errors(f"{self._source}: cannot read the exit status of {exec_id[:12]}"):
+        with failing(f"{self._source}: cannot read the exit status of {exec_id[:12]}"):
             while True:
-                details = self._api.exec_inspect(exec_id)
+                details = self._docker.exec_inspect(exec_id)
                 if not details.get("Running") or time.monotonic() > give_up:
                     code = details.get("ExitCode")
                     return int(code) if code is not None else None
@@ -1245,9 +1044,9 @@ class ContainerTarget:
         give_up = time.monotonic() + _EXIT_WAIT
         while True:
             try:
-                details = self._api.exec_inspect(exec_id)
+                details = self._docker.exec_inspect(exec_id)
                 pid = int(details.get("Pid") or 0)
-            except (EngineError, ValueError):
+            except (DaemonError, ValueError):
                 return 0
             if pid > 0 or not details.get("Running") or time.monotonic() > give_up:
                 return pid
@@ -1271,8 +1070,8 @@ class ContainerTarget:
         """The daemon's inspect answer for the container's image (its layers, for the layer
         cache of --deep); None when the daemon cannot give it."""
         try:
-            return self._api.inspect_image(str(self.attrs.get("Image") or ""))
-        except (EngineError, OSError):  # the cache is an optimisation: hash everything
+            return self._docker.inspect_image(str(self.attrs.get("Image") or ""))
+        except (DaemonError, OSError):  # the cache is an optimisation: hash everything
             return None
 
     def mount_sources(self) -> list[tuple[str, str]] | None:
@@ -1296,9 +1095,14 @@ class ContainerTarget:
             TargetError: the daemon failed (also while the stream arrives).
         """
         what = f"{self._source}: cannot read {path} through the Docker API"
-        return _fetch_archive(
-            lambda: self.container.get_archive(path, chunk_size=ARCHIVE_CHUNK), what
-        )
+        return fetch_archive(self._docker, self.id, path, what)
+
+    @contextmanager
+    def _archive(self) -> Iterator[Fetch]:
+        """``fetch_archive``, once the container is known to be there (a container gone is a
+        TargetError, not its files missing)."""
+        self.inspect()
+        yield self.fetch_archive
 
     def files(self) -> Files:
         """The merged directory on this host when lockd can read it there (and every mount's
@@ -1319,7 +1123,7 @@ class ContainerTarget:
             )
         return Files(
             host=host,
-            archive=lambda: nullcontext(self.fetch_archive),
+            archive=self._archive,
             archive_description=f"container {self.name} (Docker API)",
         )
 
@@ -1349,7 +1153,7 @@ class ImageTarget:
 
     def __init__(
         self,
-        client: DockerClient,
+        docker: Docker,
         image_ref: str,
         python: str | None = None,
         timeout: float = PROBE_TIMEOUT,
@@ -1358,20 +1162,22 @@ class ImageTarget:
         """Raises TargetError when there is no such image (exit 3)."""
         from lockd.model.host import TargetInfo
 
-        self.client = client
+        self._docker = docker
         self.image_ref = image_ref
         self.python = python
         self.timeout = timeout
         self.max_output = max_output
         self.info = TargetInfo(kind="image", ref=image_ref)
         self._source = f"image {image_ref}"
-        image = _find_image(client, image_ref)
-        if image is None:
+        attrs = _find_image(docker, image_ref)
+        if attrs is None:
             raise TargetError(
                 f"no image named {image_ref!r}; list images with `docker images`, or pull or "
                 "build it first"
             )
-        self.image: Image = image
+        self.attrs = attrs
+        """The daemon's inspect answer for the image."""
+        self.image_id = str(attrs["Id"])
 
     def observe(self, options: ProbeOptions = PLAIN) -> Observation:
         """Host evidence from the image, then the probe's report (or why there is none).
@@ -1383,9 +1189,9 @@ class ImageTarget:
         from lockd.model.host import HostEvidence
         from lockd.model.manifest import Observation
 
-        attrs = self.image.attrs
+        attrs = self.attrs
         host = HostEvidence(
-            image_id=str(self.image.id),
+            image_id=self.image_id,
             repo_digests=sorted(attrs.get("RepoDigests") or []),
             repo_tags=sorted(attrs.get("RepoTags") or []),
             changes=[],
@@ -1397,7 +1203,7 @@ class ImageTarget:
         deadline = time.monotonic() + timeout
         bounds = _Bounds("the probe", self._source, timeout, self.max_output, deadline)
         for python in _candidates(self.python):
-            stdout = self._run_throwaway(python, probe_arguments(options), bounds)
+            stdout = self._run_throwaway(python, probe_arguments(options), bounds, gpus=False)
             if stdout is not None:
                 probe, imports = parse_probe_document(
                     stdout, self._source, family_imports=options.family_imports
@@ -1426,17 +1232,10 @@ class ImageTarget:
             ProbeError: there is no such interpreter, or the script exits non-zero, outlives
                 ``timeout`` seconds or prints more than ``max_output`` bytes.
         """
-        extra: dict[str, Any] = {}
-        if self._wants_gpus(gpus, source):
-            from docker.types import DeviceRequest
-
-            extra = {
-                "device_requests": [DeviceRequest(count=-1, capabilities=[["gpu"]])],
-                "shm_size": "1g",  # NCCL needs more shared memory than Docker's 64 MiB
-            }
+        wanted = self._wants_gpus(gpus, source)
         python = argv[0]
         bounds = _Bounds(what, source, timeout, max_output, time.monotonic() + timeout)
-        stdout = self._run_throwaway(python, list(argv[1:]), bounds, **extra)
+        stdout = self._run_throwaway(python, list(argv[1:]), bounds, gpus=wanted)
         if stdout is None:
             raise ProbeError(f"{source}: there is no interpreter {python} in the image")
         return stdout
@@ -1444,27 +1243,21 @@ class ImageTarget:
     def _wants_gpus(self, gpus: Gpus, source: str) -> bool:
         if gpus != "auto":
             return gpus == "all"
-        with _docker_errors(f"{source}: cannot ask the daemon for its runtimes"):
-            runtimes = self.client.api.info().get("Runtimes") or {}
+        with failing(f"{source}: cannot ask the daemon for its runtimes"):
+            runtimes = self._docker.info().get("Runtimes") or {}
         return "nvidia" in runtimes
 
     def _run_throwaway(
-        self,
-        python: str,
-        arguments: list[str],
-        bounds: _Bounds,
-        **host_options: Any,
+        self, python: str, arguments: list[str], bounds: _Bounds, *, gpus: bool
     ) -> bytes | None:
         """Run ``python arguments`` in a throw-away container, removed in every case; its
         stdout, or None when the image has no ``python``."""
-        api = self.client.api
         container_id = self._create_throwaway(
             f"to run {bounds.purpose}",
-            command=arguments,
             entrypoint=[python],
-            host_config=api.create_host_config(
-                network_mode="none", log_config={"Type": "none", "Config": {}}, **host_options
-            ),
+            command=arguments,
+            runs=True,
+            gpus=gpus,
         )
         try:
             result = self._run_in(container_id, python, bounds)
@@ -1475,31 +1268,30 @@ class ImageTarget:
         return result
 
     def _run_in(self, container_id: str, python: str, bounds: _Bounds) -> bytes | None:
-        from docker.errors import APIError
-
-        api = self.client.api
+        docker = self._docker
         purpose, source, deadline = bounds.purpose, bounds.source, bounds.deadline
         what = f"{source}: cannot run {purpose}"
-        with _docker_errors(what):
-            sock = api.attach_socket(container_id, params={"stdout": 1, "stderr": 1, "stream": 1})
+        with failing(what):
+            stream = docker.attach(container_id)
         try:
-            with _docker_errors(what):
+            with failing(what):
                 try:
-                    api.start(container_id)
-                except APIError as e:
-                    state = api.inspect_container(container_id).get("State") or {}
+                    docker.start(container_id)
+                except DaemonError as e:
+                    if e.status is None:  # no answer from the daemon: nothing to ask it
+                        raise
+                    state = docker.inspect_container(container_id).get("State") or {}
                     if state.get("ExitCode") in _NOT_FOUND_EXIT_CODES:
                         return None
-                    raise TargetError(f"{what}: {_cause(e)}") from e
-            with _docker_errors(f"{source}: lost the output of {purpose}"):
-                stdout, stderr, end = read_frames(sock, deadline, bounds.max_output)
+                    raise TargetError(f"{what}: {cause(e)}") from e
+            with failing(f"{source}: lost the output of {purpose}"):
+                stdout, stderr, end = read_frames(stream, deadline, bounds.max_output)
         finally:
-            _close_socket(sock)
+            stream.close()
         if end != "eof":
             raise _stopped(source, end, bounds.timeout, bounds.max_output)
-        with _docker_errors(f"{source}: {purpose} did not exit"):
-            status = api.wait(container_id, timeout=max(deadline - time.monotonic(), 1.0))
-        code = int(status.get("StatusCode", -1))
+        with failing(f"{source}: {purpose} did not exit"):
+            code = docker.wait(container_id, timeout=max(deadline - time.monotonic(), 1.0))
         if code in _NOT_FOUND_EXIT_CODES:
             return None
         if code != 0:
@@ -1516,7 +1308,7 @@ class ImageTarget:
                 kind="layers",
                 roots=tuple(layers),
                 description=f"the layers of image {self.image_ref}",
-                image=lambda: self.image.attrs,
+                image=lambda: self.attrs,
             )
         return Files(
             host=host,
@@ -1530,7 +1322,7 @@ class ImageTarget:
     def layer_dirs(self) -> list[str] | None:
         """The image's overlay2 layer directories, top first, when this host can read them
         (lockd runs beside the daemon, as root); else None."""
-        _, layers = overlay_dirs(self.image.attrs)
+        _, layers = overlay_dirs(self.attrs)
         if not layers or not all(_readable_dir(layer) for layer in layers):
             return None
         return layers
@@ -1543,16 +1335,13 @@ class ImageTarget:
         Raises:
             TargetError: the daemon failed.
         """
-        api = self.client.api
         container_id = self._create_throwaway(
             "to read its files", entrypoint=["/lockd-reads-files-never-runs"]
         )
 
         def fetch(path: str) -> Archive | None:
             what = f"{self._source}: cannot read {path} through the Docker API"
-            return _fetch_archive(
-                lambda: api.get_archive(container_id, path, chunk_size=ARCHIVE_CHUNK), what
-            )
+            return fetch_archive(self._docker, container_id, path, what)
 
         try:
             yield fetch
@@ -1561,37 +1350,44 @@ class ImageTarget:
             raise
         self._remove(container_id, quiet=False)
 
-    def _create_throwaway(self, purpose: str, **options: Any) -> str:
+    def _create_throwaway(
+        self,
+        purpose: str,
+        *,
+        entrypoint: list[str],
+        command: list[str] | None = None,
+        runs: bool = False,
+        gpus: bool = False,
+    ) -> str:
         """Create (not start) a throw-away container of the image, without a network; its ID.
 
         It is named before it exists: an interrupt while the daemon answers (the container made,
         its ID not yet known here) still removes it by that name."""
         name = f"lockd-throwaway-{os.urandom(8).hex()}"
-        with _docker_errors(f"{self._source}: cannot create a container {purpose}"):
+        with failing(f"{self._source}: cannot create a container {purpose}"):
             try:
-                created = self.client.api.create_container(
-                    str(self.image.id),
+                return self._docker.create_container(
+                    self.image_id,
                     name=name,
-                    network_disabled=True,
                     labels={THROWAWAY_LABEL: "1"},
-                    **options,
+                    entrypoint=entrypoint,
+                    command=command,
+                    runs=runs,
+                    gpus=gpus,
                 )
             except BaseException:
                 self._remove(name, quiet=True)
                 raise
-        return str(created["Id"])
 
     def _remove(self, container_id: str, *, quiet: bool) -> None:
-        from docker.errors import DockerException, NotFound
-
         try:
-            self.client.api.remove_container(container_id, force=True)
-        except NotFound:
+            self._docker.remove_container(container_id)
+        except NotFoundError:
             pass
-        except (DockerException, OSError) as e:
+        except (DaemonError, OSError) as e:
             if not quiet:
                 raise TargetError(
                     f"{self._source}: cannot remove the throw-away container "
-                    f"{container_id[:12]}: {_cause(e)}; remove it with "
+                    f"{container_id[:12]}: {cause(e)}; remove it with "
                     f"`docker rm -f {container_id[:12]}`"
                 ) from e

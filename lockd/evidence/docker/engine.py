@@ -1,16 +1,19 @@
-"""lockd's client for the Docker Engine API: HTTP/1.1 over the daemon's socket, stdlib only.
+"""The stdlib fast path behind lockd's Docker interface (lockd.evidence.docker.interface):
+HTTP/1.1 over the daemon's socket for the Docker Engine API calls of ``lockd verify
+<container>`` and ``lockd watch``, stdlib only.
 
 ``lockd verify <container>`` needs a handful of calls (inspect the container and its image,
 create and start an exec, read its exit status, the changes API as a fallback) and should not
-spend ~0.2 s importing the docker SDK (requests, urllib3) for them; ``lockd watch`` adds the
-container list and the event stream, every interval, for as long as it runs. One connection per
-request (so threads share an Engine); an exec's output comes back on the hijacked connection as
-Docker's multiplexed stream, read with a deadline and a size cap by ``read_frames``; the events
-come back as a chunked stream of JSON lines (``EventStream``).
+spend ~0.2 s importing the docker SDK (requests, urllib3) for them (bench/verify_latency.py);
+``lockd watch`` adds the container list and the event stream, every interval, for as long as it
+runs. One connection per request (so threads share an Engine); an exec's output comes back on
+the hijacked connection as Docker's multiplexed stream (``ExecStream``, read by
+lockd.evidence.docker.base.read_frames); the events come back as a chunked stream of JSON lines
+(``EventStream``).
 
 It speaks ``unix://`` and plain ``tcp://`` hosts; for the others (``ssh://``, TLS) ``from_env``
-answers None and lockd uses the docker SDK. Every failure is an ``EngineError`` (a
-TargetError, exit 3): ``UnreachableError`` when no daemon answers, ``NotFoundError`` for a 404.
+answers None and the interface asks the docker SDK. Every failure is a ``DaemonError``
+(lockd.evidence.docker.base).
 """
 
 from __future__ import annotations
@@ -18,30 +21,22 @@ from __future__ import annotations
 import functools
 import json
 import os
-import select
 import socket
-import struct
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote, urlencode
 
-from lockd.errors import TargetError
+from lockd.evidence.docker.base import (
+    DEFAULT_HOST,
+    DaemonError,
+    NotFoundError,
+    UnreachableError,
+    unreachable_message,
+)
 
-__all__ = [
-    "DEFAULT_HOST",
-    "Engine",
-    "EngineError",
-    "EventStream",
-    "ExecStream",
-    "NotFoundError",
-    "UnreachableError",
-    "read_frames",
-    "unreachable_message",
-]
+__all__ = ["Engine", "EventStream", "ExecStream"]
 
-DEFAULT_HOST = "unix:///var/run/docker.sock"
 MAX_ANSWER = 256 * 1024 * 1024
 """Bytes of one JSON answer read at most (the changes API of a busy container is the largest)."""
 MAX_EVENT = 1024 * 1024
@@ -49,37 +44,7 @@ MAX_EVENT = 1024 * 1024
 
 _MAX_HEAD = 64 * 1024
 _READ_CHUNK = 64 * 1024
-_STDERR_KEEP = 16 * 1024  # bytes of an exec's stderr kept: enough for an error message's tail
-_FRAME_HEADER = struct.Struct(">BxxxL")  # stream (1 stdout, 2 stderr), 3 zero bytes, size
 _QUOTE = 200  # characters of an unusable answer quoted in a message
-
-
-class EngineError(TargetError):
-    """The daemon refused or failed a request, or answered something unusable (exit 3).
-
-    ``explanation`` is the daemon's own message (or what went wrong), ``status`` the HTTP
-    status when there was one.
-    """
-
-    def __init__(self, explanation: str, *, status: int | None = None) -> None:
-        super().__init__(explanation)
-        self.explanation = explanation
-        self.status = status
-
-
-class NotFoundError(EngineError):
-    """The daemon has no such container, image or exec (HTTP 404)."""
-
-
-class UnreachableError(EngineError):
-    """No daemon answers at the host (no socket, nobody listening, no permission)."""
-
-
-def unreachable_message(host: str, cause: str) -> str:
-    return (
-        f"cannot reach the Docker daemon ({host}): {cause}. Start it (e.g. `sudo systemctl "
-        "start docker`, or `dockerd &` as root) or set DOCKER_HOST."
-    )
 
 
 def _quote_text(data: bytes) -> str:
@@ -122,12 +87,12 @@ class Engine:
     """The Docker daemon at ``host`` (``unix:///path`` or ``tcp://host:port``)."""
 
     def __init__(self, host: str = DEFAULT_HOST, *, timeout: float = 30.0) -> None:
-        """Raises EngineError for a host this client does not speak (see ``from_env``)."""
+        """Raises DaemonError for a host this client does not speak (see ``from_env``)."""
         self.host = host
         self.timeout = timeout
         address = _address(host)
         if address is None:
-            raise EngineError(
+            raise DaemonError(
                 f"DOCKER_HOST={host!r}: lockd's Engine client speaks only unix:// "
                 "and tcp:// (without TLS)"
             )
@@ -148,7 +113,7 @@ class Engine:
     def ping(self) -> None:
         status, _, body = self._request("GET", "/_ping")
         if status != 200 or body.strip() != b"OK":
-            raise EngineError(
+            raise DaemonError(
                 f"{self.host} is not a Docker daemon: /_ping answered {status} "
                 f"{_quote_text(body)!r}",
                 status=status,
@@ -224,7 +189,7 @@ class Engine:
 
     def events(self, filters: Mapping[str, Sequence[str]]) -> EventStream:
         """Follow the daemon's events (``docker events``) that ``filters`` select, from now on.
-        Every failure, opening or reading, is an EngineError (UnreachableError while no daemon
+        Every failure, opening or reading, is an DaemonError (UnreachableError while no daemon
         answers): a follower logs it and calls again.
         """
         query = {"filters": _filters(filters)} if filters else None
@@ -315,7 +280,7 @@ class EventStream:
         """Events until the daemon ends the stream or it is interrupted.
 
         Raises:
-            EngineError: the connection broke (the daemon went away) or carried something
+            DaemonError: the connection broke (the daemon went away) or carried something
                 that is not an event.
         """
         buffer = b""
@@ -381,22 +346,22 @@ def _target(path: str, query: Mapping[str, str] | None) -> str:
 
 @contextmanager
 def _io_errors(host: str, timeout: float | None, method: str, path: str) -> Iterator[None]:
-    """The socket's errors during ``method path`` as EngineErrors that say which call."""
+    """The socket's errors during ``method path`` as DaemonErrors that say which call."""
     try:
         yield
     except OSError as e:
         if isinstance(e, TimeoutError) and timeout is not None:
-            raise EngineError(
+            raise DaemonError(
                 f"the Docker daemon ({host}) did not answer {method} {path} within {timeout:g}s"
             ) from e
-        raise EngineError(
+        raise DaemonError(
             f"lost the connection to the Docker daemon ({host}) during {method} {path}: "
             f"{e.strerror or e}"
         ) from e
 
 
-def _unusable(host: str, method: str, path: str, why: str) -> EngineError:
-    return EngineError(
+def _unusable(host: str, method: str, path: str, why: str) -> DaemonError:
+    return DaemonError(
         f"the Docker daemon ({host}) answered {method} {path} with something unusable: {why}"
     )
 
@@ -416,7 +381,7 @@ def _read_head(sock: socket.socket, host: str) -> tuple[int, dict[str, str], byt
         chunk = sock.recv(_READ_CHUNK)
         if not chunk:
             if not buffer:
-                raise EngineError(f"the Docker daemon ({host}) closed the connection unanswered")
+                raise DaemonError(f"the Docker daemon ({host}) closed the connection unanswered")
             break
         buffer += chunk
         if len(buffer) > _MAX_HEAD and b"\r\n\r\n" not in buffer[:_MAX_HEAD]:
@@ -425,7 +390,7 @@ def _read_head(sock: socket.socket, host: str) -> tuple[int, dict[str, str], byt
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
     if not found or len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-        raise EngineError(
+        raise DaemonError(
             f"{host} does not answer as a Docker daemon (not HTTP): {_quote_text(buffer)!r}"
         )
     headers: dict[str, str] = {}
@@ -438,7 +403,7 @@ def _read_head(sock: socket.socket, host: str) -> tuple[int, dict[str, str], byt
 def _read_body(sock: socket.socket, headers: dict[str, str], rest: bytes, host: str) -> bytes:
     """The body after the head: chunked, of Content-Length, or up to the end; at most
     MAX_ANSWER bytes."""
-    too_long = EngineError(f"the Docker daemon ({host}) answered more than {MAX_ANSWER} bytes")
+    too_long = DaemonError(f"the Docker daemon ({host}) answered more than {MAX_ANSWER} bytes")
     chunks = [rest]
     size = len(rest)
 
@@ -459,11 +424,11 @@ def _read_body(sock: socket.socket, headers: dict[str, str], rest: bytes, host: 
     length = headers.get("content-length")
     if length is not None:
         if not length.isdigit() or int(length) > MAX_ANSWER:
-            raise too_long if length.isdigit() else EngineError(f"{host}: bad Content-Length")
+            raise too_long if length.isdigit() else DaemonError(f"{host}: bad Content-Length")
         while size < int(length):
             chunk = more()
             if not chunk:
-                raise EngineError(f"the Docker daemon ({host}) closed the connection mid-answer")
+                raise DaemonError(f"the Docker daemon ({host}) closed the connection mid-answer")
             chunks.append(chunk)
         return b"".join(chunks)[: int(length)]
     while chunk := more():
@@ -471,7 +436,7 @@ def _read_body(sock: socket.socket, headers: dict[str, str], rest: bytes, host: 
     return b"".join(chunks)
 
 
-def _dechunk(data: bytes, more: Callable[[], bytes], host: str, too_long: EngineError) -> bytes:
+def _dechunk(data: bytes, more: Callable[[], bytes], host: str, too_long: DaemonError) -> bytes:
     """A whole ``Transfer-Encoding: chunked`` body; ``more()`` reads on (b"" at the end)."""
     body = bytearray()
     for chunk in _chunks(data, more, host, MAX_ANSWER, too_long):
@@ -482,13 +447,13 @@ def _dechunk(data: bytes, more: Callable[[], bytes], host: str, too_long: Engine
 
 
 def _chunks(
-    data: bytes, more: Callable[[], bytes], host: str, limit: int, too_long: EngineError
+    data: bytes, more: Callable[[], bytes], host: str, limit: int, too_long: DaemonError
 ) -> Iterator[bytes]:
     """The chunks of a ``Transfer-Encoding: chunked`` body as they arrive, to the last (size 0)
     one; ``more()`` reads on (b"" at the end of the connection). A chunk over ``limit`` bytes
     raises ``too_long`` before it is read."""
     buffer = bytearray(data)
-    truncated = EngineError(f"the Docker daemon ({host}) closed the connection mid-answer")
+    truncated = DaemonError(f"the Docker daemon ({host}) closed the connection mid-answer")
     while True:
         while b"\r\n" not in buffer:
             chunk = more()
@@ -499,7 +464,7 @@ def _chunks(
         try:
             size = int(line.split(b";")[0], 16)
         except ValueError:
-            raise EngineError(f"{host}: a malformed chunked answer") from None
+            raise DaemonError(f"{host}: a malformed chunked answer") from None
         if size > limit:
             raise too_long
         buffer = bytearray(remainder)
@@ -522,7 +487,7 @@ def _raw(data: bytes, more: Callable[[], bytes]) -> Iterator[bytes]:
         yield chunk
 
 
-def _refused(status: int, body: bytes) -> EngineError:
+def _refused(status: int, body: bytes) -> DaemonError:
     """The daemon's error answer: its {"message": ...}, else the start of the body."""
     message = ""
     try:
@@ -532,69 +497,4 @@ def _refused(status: int, body: bytes) -> EngineError:
     except (UnicodeDecodeError, ValueError, RecursionError):
         pass
     message = " ".join(message.split()) or f"HTTP {status} {_quote_text(body)!r}"
-    return (NotFoundError if status == 404 else EngineError)(message, status=status)
-
-
-# --- reading a multiplexed stream ---------------------------------------------------------------
-
-
-def _recv(sock: Any, size: int) -> bytes | None:
-    if hasattr(sock, "recv"):
-        data: bytes = sock.recv(size)
-        return data
-    result: bytes | None = sock.read(size)  # socket.SocketIO (the docker SDK's Unix socket)
-    return result
-
-
-def read_frames(
-    sock: Any, deadline: float, max_output: int
-) -> tuple[bytes, bytes, Literal["eof", "timeout", "overflow"]]:
-    """Read a hijacked attach/exec stream to its end: (stdout, stderr tail, how it ended).
-
-    ``sock``: an ExecStream, or the socket the docker SDK hands out. Stops early at the
-    deadline (``time.monotonic()``) or when stdout exceeds ``max_output`` bytes: the output is
-    untrusted, so no read asks for more than can still go to stdout under the cap (one byte
-    past it) plus what is left of a stderr frame (kept only as a bounded tail). An overflow
-    therefore always returns exactly ``max_output + 1`` bytes of stdout, however the peer's
-    writes are batched.
-    """
-    stdout = bytearray()
-    stderr = bytearray()
-    header = bytearray()
-    stream = 1
-    left = 0  # bytes of the current frame still to come
-    while True:
-        pending = getattr(sock, "pending", None)  # buffered bytes (ours, or a TLS socket's)
-        if not (pending and pending()):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return bytes(stdout), bytes(stderr), "timeout"
-            readable, _, _ = select.select([sock], [], [], remaining)
-            if not readable:
-                continue
-        room = max_output + 1 - len(stdout)  # >= 1: stdout over the cap has returned
-        chunk = _recv(sock, min(_READ_CHUNK, room + (left if stream == 2 else 0)))
-        if chunk is None:
-            continue
-        if not chunk:
-            return bytes(stdout), bytes(stderr), "eof"
-        view = memoryview(chunk)
-        while view:
-            if left == 0:
-                need = _FRAME_HEADER.size - len(header)
-                header += view[:need]
-                view = view[need:]
-                if len(header) == _FRAME_HEADER.size:
-                    stream, left = _FRAME_HEADER.unpack(header)
-                    header.clear()
-                continue
-            part = view[:left]
-            view = view[left:]
-            left -= len(part)
-            if stream == 2:
-                stderr += part
-                del stderr[:-_STDERR_KEEP]
-            else:
-                stdout += part
-        if len(stdout) > max_output:
-            return bytes(stdout), bytes(stderr), "overflow"
+    return (NotFoundError if status == 404 else DaemonError)(message, status=status)
