@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from lockd.evidence.cache.guard import StatGuard, entry_digest, guards_digest, tree_digest
+from lockd.evidence.cache.guard import (
+    StatGuard,
+    entry_digest,
+    guards_digest,
+    paths_digest,
+    tree_digest,
+)
 from lockd.evidence.cache.integrity import Kept
 from lockd.evidence.cache.layers import DigestCache
 from lockd.model.host import Integrity
@@ -54,6 +60,19 @@ def test_the_digest_of_guards_follows_their_paths_and_order() -> None:
     assert guards_digest(pairs[::-1]) != guards_digest(pairs)
     assert guards_digest([("/c", GUARD), pairs[1]]) != guards_digest(pairs)
     assert guards_digest([]) != guards_digest(pairs[:1])
+
+
+def test_the_digest_of_paths_is_the_digest_of_their_guards_now(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    odd = tmp_path / os.fsdecode(b"\xff.py")  # a name that is not UTF-8
+    odd.write_text("x")
+    paths = [str(tmp_path), str(tmp_path / "f"), str(odd)]
+    guards = [(p, StatGuard.at(p)) for p in paths]
+    assert all(g is not None for _, g in guards)
+    assert paths_digest(paths) == guards_digest([(p, g) for p, g in guards if g is not None])
+    assert paths_digest([]) == guards_digest([])
+    for gone in ["/nonexistent/lockd-guard", "/a\x00b", "/\ud800"]:
+        assert paths_digest([*paths, gone]) is None
 
 
 def rewrite_with_mtime_set_back(path: Path) -> None:

@@ -9,8 +9,8 @@ mode. Every cache of lockd believes a kept result only while the guards it was k
 still hold, each read again on the host (never through a path a container controls):
 
 * one file: ``StatGuard.at(path)`` (the layer cache's digests of image-layer files);
-* many files and directories: ``guards_digest`` of (path, guard) pairs (the integrity cache's
-  image-layer files and directories);
+* many files and directories: ``guards_digest`` of (path, guard) pairs, checked again by
+  ``paths_digest`` of the paths (the integrity cache's image-layer files and directories);
 * a whole tree: ``tree_digest`` (a container's upper directory, a mount's host side), whose
   line for each entry is the same guard's; a directory's size and times, which follow its
   entries (digested one by one), are left out so that an entry left out by ``skip`` does not
@@ -27,7 +27,14 @@ import stat
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-__all__ = ["MAX_ENTRIES", "StatGuard", "entry_digest", "guards_digest", "tree_digest"]
+__all__ = [
+    "MAX_ENTRIES",
+    "StatGuard",
+    "entry_digest",
+    "guards_digest",
+    "paths_digest",
+    "tree_digest",
+]
 
 MAX_ENTRIES = 100_000
 """A larger tree is not digested: the caller looks at the container itself instead."""
@@ -69,6 +76,23 @@ def guards_digest(guards: Iterable[tuple[str, StatGuard]]) -> str:
     digest = hashlib.sha256()
     for path, guard in guards:
         digest.update(guard.line(path.encode("utf-8", "surrogateescape")))
+    return digest.hexdigest()
+
+
+def paths_digest(paths: Iterable[str]) -> str | None:
+    """``guards_digest`` of ``paths`` with their guards now (``lstat``); None when one is gone,
+    cannot be read or is no path at all (a NUL, a lone surrogate). One line per path, formatted
+    straight from its ``lstat``: the integrity cache checks tens of thousands this way."""
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            st = os.lstat(path)
+        except (OSError, ValueError):
+            return None
+        name = path.encode("utf-8", "surrogateescape")
+        digest.update(
+            _LINE % (name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
+        )
     return digest.hexdigest()
 
 

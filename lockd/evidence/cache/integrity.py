@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from lockd.evidence.cache import fingerprint as fingerprints
 from lockd.evidence.cache.fingerprint import KeyFor, Keys
-from lockd.evidence.cache.guard import StatGuard, guards_digest
+from lockd.evidence.cache.guard import StatGuard, guards_digest, paths_digest
 from lockd.evidence.cache.store import Store, cache_root
 from lockd.evidence.hashing import json_sha256
 
@@ -88,13 +88,7 @@ class Kept:
 
     def intact(self) -> bool:
         """Whether every guarded file and directory is still the one read then."""
-        guards = []
-        for path in self.guarded:
-            now = StatGuard.at(path)
-            if now is None:  # gone; or no path at all (a NUL, a lone surrogate)
-                return False
-            guards.append((path, now))
-        return guards_digest(guards) == self.guard_digest
+        return paths_digest(self.guarded) == self.guard_digest
 
 
 def cache_dir() -> Path:
