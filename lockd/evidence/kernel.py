@@ -45,6 +45,8 @@ __all__ = [
     "View",
     "classify",
     "gpu_requested",
+    "host_namespaces",
+    "member_pids",
     "parse_cgroup",
     "parse_mountinfo",
     "procs_files",
@@ -429,6 +431,16 @@ def _member_pids(init_pid: int, container_id: str) -> tuple[list[int], str | Non
     return [init_pid], "cannot list the processes of its cgroup"
 
 
+def member_pids(init_pid: int, container_id: str) -> tuple[list[int], str | None]:
+    """(the pids of the container's cgroup, cgroup v1 or v2, init first; why that list may be
+    incomplete): what lockd.evidence.workload reads the workload of.
+
+    Raises:
+        ProcessLookupError: the init process is gone.
+    """
+    return _member_pids(init_pid, container_id)
+
+
 def _process(pid: int, named: bool) -> Process:
     """``named``: read its command too (for a report; a fingerprint needs none).
 
@@ -450,6 +462,12 @@ def _host_namespaces() -> frozenset[str]:
         with suppress(OSError):
             found.add(os.readlink(f"/proc/{pid}/ns/mnt"))
     return frozenset(found)
+
+
+def host_namespaces() -> frozenset[str]:
+    """The host's mount namespaces as lockd sees them (its own and PID 1's): a member of a
+    container's cgroup in one of them is a ``docker exec`` in transit."""
+    return _host_namespaces()
 
 
 def host_mount_points(pid: int = 1) -> set[str]:

@@ -23,6 +23,7 @@ from lockd.judgement.checks.isolation import check_isolation
 from lockd.judgement.checks.libraries import check_libraries
 from lockd.judgement.checks.lock import check_lock
 from lockd.judgement.checks.packages import check_packages
+from lockd.judgement.checks.workload import check_workload
 from lockd.judgement.policy import Policy
 from lockd.model.manifest import Manifest, Observation
 from lockd.model.report import Check
@@ -43,6 +44,7 @@ RUNNERS: dict[str, Runner] = {
     "integrity": lambda _m, o, p: check_integrity(o, p),
     "coherence": lambda _m, o, p: check_coherence(o, p),
     "libraries": check_libraries,
+    "workload": check_workload,
     "isolation": lambda _m, o, p: check_isolation(o, p),
 }
 """How compare() runs each check of the registry (lockd.judgement.checks), by id."""

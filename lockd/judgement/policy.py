@@ -149,6 +149,47 @@ class EnvPolicy(_Strict):
     ignore: list[str] = Field(default_factory=list)
 
 
+DEFAULT_LAUNCHER_ENV = (
+    # torchrun (torch.distributed.run): each worker's place in the job, and its defaults
+    *("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE"),
+    *("ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"),
+    *("TORCHELASTIC_*", "TORCH_NCCL_ASYNC_ERROR_HANDLING"),
+    # the devices a scheduler hands a job; Jupyter's kernel launcher
+    *("*_VISIBLE_DEVICES", "JPY_*"),
+    # launchers that ask for unbuffered output or a fixed hash seed
+    *("PYTHONUNBUFFERED", "PYTHONHASHSEED"),
+)
+"""The variables launchers set by design in a workload's environment: not drift (the strict
+policy's ``workload.launcher_env``; name patterns, ``*`` any run of characters)."""
+
+DEFAULT_JIT = (
+    # torch.compile: Inductor's generated code, and Triton's kernels
+    "/tmp/torchinductor_*/**",
+    "$TORCHINDUCTOR_CACHE_DIR/**",
+    "~/.triton/**",
+    "$TRITON_CACHE_DIR/**",
+    # CUDA's JIT cache; torch.utils.cpp_extension.load's builds
+    "~/.nv/ComputeCache/**",
+    "$CUDA_CACHE_PATH/**",
+    "~/.cache/torch_extensions/**",
+    "$TORCH_EXTENSIONS_DIR/**",
+)
+"""Where code generated at run time is mapped from (the strict policy's ``workload.jit``):
+reported with its hash at ``workload.jit_level`` (``warn``), not failed as code from outside
+the image. Patterns as ``filesystem.volatile``'s."""
+
+
+class WorkloadPolicy(_Strict):
+    """How the ``workload`` check treats what launchers and compilers do by design:
+    ``launcher_env``, variable names (patterns) not judged in a workload's environment (the
+    ``env.ignore`` names are not judged either); ``jit``, the places generated code is mapped
+    from, reported at ``jit_level``."""
+
+    launcher_env: list[str] = Field(default_factory=lambda: list(DEFAULT_LAUNCHER_ENV))
+    jit: list[str] = Field(default_factory=lambda: list(DEFAULT_JIT))
+    jit_level: Level = "warn"
+
+
 class Policy(_Strict):
     name: str = "default"
     description: str = ""
@@ -156,6 +197,7 @@ class Policy(_Strict):
     packages: PackagesPolicy = Field(default_factory=PackagesPolicy)
     filesystem: FilesystemPolicy = Field(default_factory=FilesystemPolicy)
     env: EnvPolicy = Field(default_factory=EnvPolicy)
+    workload: WorkloadPolicy = Field(default_factory=WorkloadPolicy)
 
     def level(self, check_id: str) -> Level:
         level: Level = getattr(self.checks, check_id, "required")

@@ -8,6 +8,7 @@ from lockd.model.base import Frozen, Hex64, Name, Str
 from lockd.model.environment import FamilyImports, ProbeReport
 from lockd.model.gpusuite import GpuSuiteResult
 from lockd.model.host import HostEvidence, Integrity, TargetInfo
+from lockd.model.workload import Workload
 
 
 class Observation(Frozen):
@@ -22,6 +23,9 @@ class Observation(Frozen):
     family_imports: FamilyImports | None = None  # the PyTorch family imported (--deep)
     # the probe report came from the probe cache (lockd.evidence.cache.probe): when it was observed
     probe_reused_from: Str | None = None
+    # the running workload, read on the host before the probe started (lockd.evidence.workload;
+    # #17): None where lockd did not read one (an image, local, or a lockd that did not)
+    workload: Workload | None = None
 
 
 # --- the signed record -------------------------------------------------------------------

@@ -49,6 +49,7 @@ def test_identical_environment_passes_every_check() -> None:
         "integrity",
         "coherence",
         "libraries",
+        "workload",
         "isolation",
     ]
     assert {c.status for c in checks} == {"pass", "skip"}

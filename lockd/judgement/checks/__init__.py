@@ -5,8 +5,8 @@ each (defaulting to the registry's), an untrusted manifest's report skips every 
 
 The checks themselves live beside this registry, one module per family (image, packages,
 filesystem, isolation, environment: python/env/system, lock, gpu: cuda/driver/gpu, integrity,
-coherence, libraries) over what they share (interface); lockd.judgement.compare maps each id to
-its family's function (RUNNERS).
+coherence, libraries, workload) over what they share (interface); lockd.judgement.compare maps
+each id to its family's function (RUNNERS).
 
 Pure data: this module imports nothing of lockd's.
 """
@@ -57,6 +57,12 @@ REGISTRY: Mapping[str, CheckKind] = {
         CheckKind("integrity", "host", "an installed file differs from its RECORD (--deep)"),
         CheckKind("coherence", "inside", "the PyTorch family does not work together"),
         CheckKind("libraries", "inside", "the process loaded other libraries than recorded"),
+        CheckKind(
+            "workload",
+            "host",
+            "a running process maps code that is not the image's or the recorded, or runs with "
+            "a variable the manifest does not have (#17)",
+        ),
         CheckKind(
             "isolation",
             "host",
