@@ -6,6 +6,7 @@ ask for ``root_required`` (marked ``root``)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -307,12 +308,17 @@ def test_the_init_tree_exec_sessions_and_lockds_own_exec_are_told_apart(spawn: S
         "time.sleep(0.5); print('ready', flush=True); time.sleep(120)"
     )
     tree = process_tree(parent.pid)
-    assert tree[0] == parent.pid
-    assert len(tree) == 2
     lockd_tree = process_tree(lockd_exec.pid)
-    found = read_workload(
-        [*tree, beside.pid, *lockd_tree], init_pid=parent.pid, exclude=[lockd_exec.pid]
-    )
+    try:
+        assert tree[0] == parent.pid
+        assert len(tree) == 2
+        found = read_workload(
+            [*tree, beside.pid, *lockd_tree], init_pid=parent.pid, exclude=[lockd_exec.pid]
+        )
+    finally:  # the children the two parents started (the fixture stops the parents)
+        for pid in (*tree[1:], *lockd_tree[1:]):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     assert {p.pid: p.origin for p in found.processes} == {
         tree[0]: "init",
         tree[1]: "init",
