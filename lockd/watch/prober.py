@@ -1,5 +1,5 @@
 """The inside probe, run the way ``lockd verify`` runs it
-(lockd.evidence.targets.docker.ContainerTarget):
+(lockd.evidence.targets.container.ContainerTarget):
 host evidence from the daemon and the overlay directories, the probe through ``docker exec``
 with a deadline, over the agent's Docker interface (one connection per call, so the agent's
 worker threads share it).
@@ -30,7 +30,7 @@ class Prober:
             TargetError: the container is gone or stopped, or the daemon failed.
             ProbeError: the probe failed, hung past the timeout, or printed garbage.
         """
-        from lockd.evidence.targets.docker import ContainerTarget
+        from lockd.evidence.targets.container import ContainerTarget
 
         target = ContainerTarget(self.docker, dict(attrs), python=self.python, timeout=self.timeout)
         return target.observe()

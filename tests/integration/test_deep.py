@@ -198,7 +198,7 @@ def test_a_bind_mount_is_checked_as_the_container_sees_it(
 
 
 def throwaways(docker_client: Any) -> list[str]:
-    from lockd.evidence.targets.docker import THROWAWAY_LABEL
+    from lockd.evidence.targets.image import THROWAWAY_LABEL
 
     found = docker_client.containers.list(all=True, filters={"label": THROWAWAY_LABEL})
     return sorted(c.id for c in found)

@@ -1,4 +1,5 @@
-"""lockd.evidence.targets.docker against the real Docker daemon: host evidence, the probe, its limits."""
+"""The Docker targets (lockd.evidence.targets.docker, .container, .image) against the real Docker
+daemon: host evidence, the probe, its limits."""
 
 from __future__ import annotations
 
@@ -16,13 +17,10 @@ import pytest
 
 from lockd.errors import InputError, ProbeError, TargetError
 from lockd.evidence.docker import Docker, connect
-from lockd.evidence.targets.docker import (
-    THROWAWAY_LABEL,
-    ContainerTarget,
-    ImageTarget,
-    changes_from_api,
-    resolve,
-)
+from lockd.evidence.targets.changes import changes_from_api
+from lockd.evidence.targets.container import ContainerTarget
+from lockd.evidence.targets.docker import resolve
+from lockd.evidence.targets.image import THROWAWAY_LABEL, ImageTarget
 from lockd.model.host import FileChange, Mount
 from lockd.model.manifest import Observation
 
@@ -411,7 +409,7 @@ def test_interrupted_image_probe_removes_its_container(
         # give this one Ctrl-C back, whatever runs the tests.
         "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from lockd.evidence.docker import connect\n"
-        "from lockd.evidence.targets.docker import ImageTarget\n"
+        "from lockd.evidence.targets.image import ImageTarget\n"
         f"ImageTarget(connect(), {hang_image!r}, timeout=60).observe()\n"
     )
     env = {**os.environ, "PYTHONPATH": str(repo_root)}

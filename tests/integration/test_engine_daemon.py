@@ -24,7 +24,9 @@ from lockd.errors import InputError, ProbeError, TargetError
 from lockd.evidence.docker import DaemonError, Docker, NotFoundError, connect, read_frames
 from lockd.evidence.docker.engine import Engine
 from lockd.evidence.docker.sdk import Sdk
-from lockd.evidence.targets.docker import ContainerTarget, ImageTarget, open_docker_target
+from lockd.evidence.targets.container import ContainerTarget
+from lockd.evidence.targets.docker import open_docker_target
+from lockd.evidence.targets.image import ImageTarget
 
 Run = Callable[..., Any]
 

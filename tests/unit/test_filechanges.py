@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 from observations import host, manifest, observation
 
-from lockd.evidence.targets.docker import ld_cache_folders
+from lockd.evidence.targets.changes import ld_cache_folders
 from lockd.judgement.filechanges import describe, judge_changes, runtime_change
 from lockd.judgement.policy import DEFAULT_VOLATILE, Policy, volatile_places
 from lockd.model.host import EMPTY_SHA256, FileChange, HostEvidence, KernelMount, KernelView, Mount

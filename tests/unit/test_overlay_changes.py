@@ -10,7 +10,7 @@ from pathlib import Path
 
 from test_filechanges import ld_cache
 
-from lockd.evidence.targets.docker import changes_from_overlay
+from lockd.evidence.targets.changes import changes_from_overlay
 from lockd.judgement.policy import DEFAULT_VOLATILE, volatile_places
 
 SITE = "opt/venv/lib/python3.11/site-packages"
@@ -63,12 +63,12 @@ def test_the_walk_stops_one_past_the_limit(tmp_path: Path) -> None:
 
 
 def test_a_containers_walk_reads_bytecode_so_a_stricter_policy_can_judge_it(tmp_path: Path) -> None:
-    from lockd.evidence.targets.docker import _default_volatile, walk_skipped
+    from lockd.evidence.targets.changes import default_volatile, walk_skipped
     from lockd.judgement.policy import BYTECODE_PLACE
 
     assert BYTECODE_PLACE in DEFAULT_VOLATILE
     assert BYTECODE_PLACE not in walk_skipped()
     upper, lower = tree(tmp_path)
-    found = {c.path for c in changes_from_overlay(str(upper), [str(lower)], _default_volatile({}))}
+    found = {c.path for c in changes_from_overlay(str(upper), [str(lower)], default_volatile({}))}
     assert f"/{SITE}/__pycache__/six.cpython-311.pyc" in found
     assert not any(path.startswith("/tmp/") for path in found)
