@@ -68,6 +68,7 @@ from lockd.errors import LockdError, RefusedError, TargetError
 from lockd.evidence.cache import integrity as integritycache
 from lockd.evidence.cache.integrity import Guard, guard
 from lockd.evidence.cache.layers import DigestCache, LayerView, cache_dir, container_layer_keys
+from lockd.evidence.overlay import is_opaque, is_whiteout
 from lockd.judgement.policy import DEFAULT_IGNORE, matches
 from lockd.model.base import normalise_name
 from lockd.model.environment import Distribution
@@ -122,7 +123,6 @@ _DIGEST = re.compile(
     "|".join(f"{name}=[A-Za-z0-9_-]{{{-(-size * 4 // 3)}}}" for name, size in HASHES.items())
 )
 """A RECORD digest: urlsafe base64 without padding, as long as the algorithm's digest."""
-_OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 _PATH_FLAGS: int = getattr(os, "O_PATH", os.O_RDONLY)
 _MAP_MIN = 1024 * 1024  # smaller files are read: a map costs more than the copy it saves
 _SMALL_READ = 64 * 1024
@@ -494,16 +494,6 @@ class HostTree(Source):
     def _join(base: str, name: str) -> str:
         return base + name if base.endswith("/") else f"{base}/{name}"
 
-    @staticmethod
-    def _opaque(path: str) -> bool:
-        for attribute in _OPAQUE_XATTRS:
-            try:
-                if os.getxattr(path, attribute, follow_symlinks=False) == b"y":
-                    return True
-            except OSError:
-                continue
-        return False
-
     def _root(self) -> _Hit:
         return _Hit("dir", "", self.layers[0], self._dirs[""])
 
@@ -530,10 +520,10 @@ class HostTree(Source):
                 continue
             if stat.S_ISDIR(st.st_mode):
                 copies.append(path)
-                if not self._merging or self._opaque(path):
+                if not self._merging or is_opaque(path):
                     break
                 continue
-            if copies or (self._merging and stat.S_ISCHR(st.st_mode) and st.st_rdev == 0):
+            if copies or (self._merging and is_whiteout(st)):
                 break  # hidden below an upper directory, or a whiteout: deleted here
             kind: Literal["file", "link", "other"] = (
                 "file"

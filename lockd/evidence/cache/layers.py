@@ -12,7 +12,7 @@ again gives new inodes and ctimes).
 Which layer provides a file follows overlayfs (``resolve_dir``, ``provider``: pure): the
 container's writable upper directory first (never cached: hashed on every run), then the lower
 layers top to bottom; a whiteout hides the path below it, an opaque directory hides the lower
-layers' copies of the directory.
+layers' copies of the directory (what each is: lockd.evidence.overlay).
 
 Security model: the evidence is the host's (the daemon's layer store, read as root), as for
 hashing the files themselves. Root on the host can alter a file in a lower directory and put
@@ -27,7 +27,6 @@ that does not parse is ignored and written again.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
@@ -40,6 +39,7 @@ from typing import Any, Literal
 
 from lockd.evidence.cache.guard import StatGuard
 from lockd.evidence.cache.store import Store, cache_root
+from lockd.evidence.overlay import is_opaque, is_whiteout
 
 __all__ = [
     "FORMAT",
@@ -65,7 +65,6 @@ MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_ENTRIES = 400_000
 """Entries kept per layer (torch's largest layer has about 20 000)."""
 
-_OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 _DIFF_ID = re.compile("sha256:[0-9a-f]{64}")
 
 Entry = Literal["missing", "whiteout", "dir", "opaque", "file", "other"]
@@ -286,12 +285,8 @@ def _entry_at(path: str) -> Entry:
     except OSError:
         return "other"
     if stat.S_ISDIR(st.st_mode):
-        for attribute in _OPAQUE_XATTRS:
-            with contextlib.suppress(OSError):
-                if os.getxattr(path, attribute, follow_symlinks=False) == b"y":
-                    return "opaque"
-        return "dir"
-    if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+        return "opaque" if is_opaque(path) else "dir"
+    if is_whiteout(st):
         return "whiteout"
     return "file" if stat.S_ISREG(st.st_mode) else "other"
 
