@@ -23,7 +23,7 @@ interleaved, in the same run:
   host, over the container's merged directory;
 * for context, ``lockd verify <container>`` without --deep, cold (--no-cache: the probe, which
   imports torch inside the container, runs) and warm;
-* in-process: ``lockd.evidence.integrity.check_files`` alone (no CLI, no probe; every file hashed, no
+* in-process: ``lockd.evidence.integrity.check.check_files`` alone (no CLI, no probe; every file hashed, no
   cache), in one Python process on the same container, beside the same baseline.
 
 lockd's peak memory is the largest ru_maxrss of its verify --deep runs (os.wait4).
@@ -347,7 +347,8 @@ def forget_container(cache: Path) -> None:
 
 IN_PROCESS = """
 import json, statistics, sys, time
-from lockd.evidence.integrity import check_files, open_source
+from lockd.evidence.integrity.check import check_files
+from lockd.evidence.integrity.deep import open_source
 from lockd.evidence.targets.docker import open_docker_target
 
 target = open_docker_target(sys.argv[1])

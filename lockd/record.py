@@ -36,7 +36,7 @@ def observe(
         TargetError, ProbeError: the target cannot be observed.
     """
     if deep and not gpu:
-        from lockd.evidence.integrity import DeepTarget
+        from lockd.evidence.integrity.deep import DeepTarget
 
         # hashing overlaps the probe, which runs the import smoke test too
         observation = DeepTarget(target, cache=cache, family_imports=True).observe()
@@ -47,7 +47,7 @@ def observe(
     else:
         observation = target.observe()
     if deep:
-        from lockd.evidence.integrity import deepen, require_intact
+        from lockd.evidence.integrity.deep import deepen, require_intact
 
         if observation.integrity is None:
             observation = deepen(target, observation, cache=cache)
@@ -84,7 +84,7 @@ def build_manifest(
     observation: Observation, *, now: dt.datetime | None = None, lock: LockInfo | None = None
 ) -> Manifest:
     """The manifest of ``observation``: its changes relative to the image, each with content
-    (lockd.evidence.targets.docker), are signed with it.
+    (lockd.evidence.targets.changes), are signed with it.
 
     Raises:
         InputError: the container changed more files than lockd records (MAX_CHANGES).

@@ -88,7 +88,7 @@ def reach_and_observe(
     target = reach()
     options = ProbeOptions(reuse=cache)
     if deep is not None and not gpu:
-        from lockd.evidence.integrity import DeepTarget
+        from lockd.evidence.integrity.deep import DeepTarget
 
         observed = DeepTarget(
             target, ignore=deep, cache=cache, family_imports=True, options=options
@@ -101,7 +101,7 @@ def reach_and_observe(
     else:
         observation = target.observe(options)
     if deep is not None:
-        from lockd.evidence.integrity import deepen
+        from lockd.evidence.integrity.deep import deepen
 
         observation = deepen(target, observation, ignore=deep, cache=cache)
     return target, _with_family_imports(target, observation, deep)

@@ -13,15 +13,14 @@ import pytest
 from observations import observation
 
 from lockd.errors import RefusedError
-from lockd.evidence.integrity import (
+from lockd.evidence.integrity.check import check_files
+from lockd.evidence.integrity.deep import require_intact
+from lockd.evidence.integrity.hosttree import HostTree, _hash_fd
+from lockd.evidence.integrity.records import (
     FileState,
-    HostTree,
-    Row,
-    _hash_fd,
-    check_files,
+    RecordRow,
     own_directories,
     parse_record,
-    require_intact,
     row_finding,
 )
 from lockd.judgement.checks.integrity import check_integrity
@@ -131,11 +130,11 @@ def test_rows_resolve_against_the_location() -> None:
     rows, findings = parse_record(data, RECORD, SITE)
     assert findings == []
     assert rows == [
-        Row(f"{SITE}/demo/core.py", DIGEST, 1, 1),
-        Row("/opt/venv/bin/demo", DIGEST, 1, 3),
-        Row("/etc/demo.conf", DIGEST, None, 4),
-        Row(f"{SITE}/demo/__pycache__/core.cpython-311.pyc", None, None, 5),
-        Row(f"{SITE}/demo/with,comma.py", None, None, 6),
+        RecordRow(f"{SITE}/demo/core.py", DIGEST, 1, 1),
+        RecordRow("/opt/venv/bin/demo", DIGEST, 1, 3),
+        RecordRow("/etc/demo.conf", DIGEST, None, 4),
+        RecordRow(f"{SITE}/demo/__pycache__/core.cpython-311.pyc", None, None, 5),
+        RecordRow(f"{SITE}/demo/with,comma.py", None, None, 6),
     ]
     assert rows[0].algorithm == "sha256"
     assert rows[3].algorithm is None
@@ -216,7 +215,7 @@ def test_own_directories_are_the_top_level_directories_below_the_location() -> N
     ],
 )
 def test_row_findings(state: FileState, expected: tuple[str, str | None] | None) -> None:
-    finding = row_finding("demo", Row(f"{SITE}/demo/x.py", DIGEST, 1, 1), state)
+    finding = row_finding("demo", RecordRow(f"{SITE}/demo/x.py", DIGEST, 1, 1), state)
     if expected is None:
         assert finding is None
         return

@@ -24,7 +24,8 @@ from lockd.evidence.cache.layers import (
     provider,
     resolve_dir,
 )
-from lockd.evidence.integrity import HostTree, check_files
+from lockd.evidence.integrity.check import check_files
+from lockd.evidence.integrity.hosttree import HostTree
 
 
 def layers(*tables: dict[str, Entry]) -> tuple[int, Callable[[int, str], Entry]]:

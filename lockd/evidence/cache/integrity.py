@@ -115,7 +115,10 @@ def _code() -> str:
     lockd.evidence.cache.layers."""
     digest = hashlib.sha256()
     here = Path(__file__).resolve()
-    for module in (here.parents[1] / "integrity.py", here.with_name("layers.py")):
+    for module in (
+        *sorted((here.parents[1] / "integrity").glob("*.py")),
+        here.with_name("layers.py"),
+    ):
         digest.update(module.read_bytes())
     return digest.hexdigest()
 

@@ -135,7 +135,7 @@ class HostFiles:
 
 @dataclass(frozen=True)
 class Files:
-    """Where a target's files can be read for ``--deep`` (lockd.evidence.integrity.open_source
+    """Where a target's files can be read for ``--deep`` (lockd.evidence.integrity.deep.open_source
     reads them): on this host, through the daemon's archive API, or either (the host first)."""
 
     host: HostFiles | None = None
