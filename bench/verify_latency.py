@@ -7,8 +7,9 @@ with other jobs it moves less than wall time does. lockd runs with its bytecode 
 installed lockd does (PYTHONDONTWRITEBYTECODE, if set, would make every run compile lockd's
 modules again). With ``--before COMMIT``, that commit's lockd (a git worktree of it, its own
 manifest and caches) is measured too, interleaved on the same container: a change's figures
-beside the figures before it. Needs the machine set up by scripts/setup.
-Usage: python bench/verify_latency.py [--runs N] [--before COMMIT]
+beside the figures before it. ``--no-cache`` measures a cold verify (nothing reused: the probe
+runs every time) instead of a warm one. Needs the machine set up by scripts/setup.
+Usage: python bench/verify_latency.py [--runs N] [--before COMMIT] [--no-cache]
 """
 
 from __future__ import annotations
@@ -63,7 +64,13 @@ def line(what: str, runs: list[tuple[float, float]]) -> str:
 
 
 def record_and_verify_argv(
-    lockd: list[str], env: dict[str, str], name: str, tmp: Path, prefix: Path, tag: str
+    lockd: list[str],
+    env: dict[str, str],
+    name: str,
+    tmp: Path,
+    prefix: Path,
+    tag: str,
+    extra: tuple[str, ...] = (),
 ) -> list[str]:
     """Record the container with ``lockd`` (a manifest of that lockd's own format) and return the
     argv that verifies the container against it."""
@@ -74,14 +81,28 @@ def record_and_verify_argv(
         check=True,
         capture_output=True,
     )
-    return [*lockd, "verify", name, "--manifest", str(manifest), "--key", f"{prefix}.pub", "--json"]
+    return [
+        *lockd,
+        "verify",
+        name,
+        "--manifest",
+        str(manifest),
+        "--key",
+        f"{prefix}.pub",
+        "--json",
+        *extra,
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=21)
     parser.add_argument("--before", metavar="COMMIT", help="also measure this commit's lockd")
+    parser.add_argument(
+        "--no-cache", action="store_true", help="verify with --no-cache (cold: nothing reused)"
+    )
     args = parser.parse_args()
+    extra = ("--no-cache",) if args.no_cache else ()
     wheels = Path(os.environ.get("LOCKD_WHEELS", "/var/cache/lockd/wheels"))
     build_image(wheels)
     lockd = [sys.executable, "-m", "lockd"]
@@ -101,7 +122,7 @@ def main() -> None:
                 capture_output=True,
             )
             argvs = {
-                "lockd": record_and_verify_argv(lockd, env, name, Path(tmp), prefix, "now"),
+                "lockd": record_and_verify_argv(lockd, env, name, Path(tmp), prefix, "now", extra),
                 "baseline": ["docker", "exec", name, "pip", "freeze"],
             }
             envs = dict.fromkeys(argvs, env)
@@ -109,7 +130,7 @@ def main() -> None:
                 before = stack.enter_context(lockd_at(args.before))
                 envs["before"] = before.environ(env)
                 argvs["before"] = record_and_verify_argv(
-                    before.argv, envs["before"], name, Path(tmp), prefix, "before"
+                    before.argv, envs["before"], name, Path(tmp), prefix, "before", extra
                 )
             for key, argv in argvs.items():  # warm caches once
                 timed(argv, envs[key])
@@ -127,7 +148,8 @@ def main() -> None:
         + "; after "
         + ", ".join(f"{x:.2f}" for x in os.getloadavg())
     )
-    print(line("lockd verify (full, --json)", samples["lockd"]))
+    what = "lockd verify (full, --json" + (", --no-cache)" if args.no_cache else ")")
+    print(line(what, samples["lockd"]))
     if before is not None:
         print(line(f"the same at {short(before.commit)}", samples["before"]))
     print(line("docker exec pip freeze (baseline)", samples["baseline"]))
