@@ -1,5 +1,5 @@
 """The files of ``/proc/PID`` the workload reader uses (lockd.evidence.workload), parsed: pure
-functions of bytes, unit-tested with hostile input (tests/unit/test_procfiles.py).
+functions of bytes, unit-tested with hostile input (tests/unit/evidence/test_procfiles.py).
 
 * ``parse_maps``: ``/proc/PID/maps`` (proc(5)): one mapping a line, the path as the kernel prints
   it (spaces kept, a newline in a name printed as ``\\012``, `` (deleted)`` appended to a file

@@ -16,9 +16,6 @@ from pathlib import Path
 
 import pytest
 from child_processes import lockd_serve
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-
 from reference_manifests import manifest_a, manifest_b
 
 from lockd.client import Client

@@ -166,7 +166,7 @@ def test_libtorch_cuda_of_torch_2_6_0(tmp_path: Path, network_access: None) -> N
         "fatbin.scan_binary(sys.argv[1]); "
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)"
     )
-    root = str(Path(__file__).resolve().parents[2])
+    root = str(Path(__file__).resolve().parents[3])
     grown = subprocess.run(
         [sys.executable, "-c", script, str(path), root], capture_output=True, text=True, check=True
     )

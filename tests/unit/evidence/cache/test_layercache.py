@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_integrity import SITE, digest, install
+from builders import SITE, digest, install
 
 from lockd.evidence.cache.layers import (
     FORMAT,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from builders import SITE, digest, install
 from observations import observation
 
 from lockd.errors import RefusedError
@@ -29,51 +30,8 @@ from lockd.model.environment import Distribution
 from lockd.model.host import Integrity
 from lockd.model.report import Finding
 
-SITE = "/opt/venv/lib/python3.11/site-packages"
 RECORD = f"{SITE}/demo-1.0.dist-info/RECORD"
 DIGEST = "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(b"x").digest()).rstrip(b"=").decode()
-
-
-def digest(data: bytes) -> str:
-    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-
-
-def install(
-    root: Path,
-    name: str,
-    version: str,
-    files: dict[str, bytes],
-    *,
-    location: str = SITE,
-    unhashed: tuple[str, ...] = (),
-) -> Distribution:
-    """Write a distribution's files and its dist-info (METADATA, RECORD) under ``root``, as pip
-    would, and return the Distribution the probe would report for it."""
-    site = root / location.lstrip("/")
-    info = f"{name}-{version}.dist-info"
-    files = {**files, f"{info}/METADATA": f"Name: {name}\nVersion: {version}\n\n".encode()}
-    rows = []
-    for rel, data in files.items():
-        path = site / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        rows.append(f"{rel},{digest(data)},{len(data)}")
-    for rel in unhashed:
-        path = site / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"compiled")
-        rows.append(f"{rel},,")
-    rows.append(f"{info}/RECORD,,")
-    record = ("\n".join(rows) + "\n").encode()
-    (site / info / "RECORD").write_bytes(record)
-    return Distribution(
-        name=name,
-        version=version,
-        installer="pip",
-        location=location,
-        record_sha256=hashlib.sha256(record).hexdigest(),
-        files=len(rows),
-    )
 
 
 def tree(*layers: Path, **options: Any) -> HostTree:

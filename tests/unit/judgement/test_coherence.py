@@ -5,10 +5,10 @@ refusal, and the probe's import smoke test run in this interpreter on real (tiny
 from __future__ import annotations
 
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from builders import BROKEN_EXTENSION, fake_distribution
 from observations import dist, manifest, observation, probe
 
 from lockd.errors import InputError, RefusedError
@@ -460,25 +460,6 @@ def test_record_refuses_an_incoherent_family_listing_each_finding() -> None:
 
 
 # --- the import smoke test, run by this interpreter on real packages -------------------------
-
-
-def fake_distribution(site: Path, name: str, version: str, body: str) -> None:
-    """A real installed package: a dist-info the probe finds and a module that imports."""
-    info = site / f"{name}-{version}.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-    (site / name).mkdir()
-    (site / name / "__init__.py").write_text(textwrap.dedent(body))
-
-
-BROKEN_EXTENSION = """
-    import warnings
-    warnings.warn("loading the compiled extension")
-    try:
-        raise OSError("libtorch_cuda.so: cannot open shared object file")
-    except OSError as e:
-        raise OSError("Could not load this library: lib/libext.so") from e
-"""
 
 
 def test_family_import_reports_the_exception_its_cause_and_warnings(

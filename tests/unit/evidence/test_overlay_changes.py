@@ -8,7 +8,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from test_filechanges import ld_cache
+from builders import ld_cache
 
 from lockd.evidence.targets.changes import changes_from_overlay
 from lockd.judgement.policy import DEFAULT_VOLATILE, volatile_places

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lockd.evidence.kernel import parse_cgroup, parse_mountinfo
 
-KERNEL = Path(__file__).resolve().parents[1] / "assets" / "kernel"
+KERNEL = Path(__file__).resolve().parents[2] / "assets" / "kernel"
 
 
 def test_a_gpu_machines_mountinfo_parses_whole() -> None:

@@ -19,7 +19,7 @@ import pytest
 from lockd.evidence.cache import store as store_module
 from lockd.evidence.cache.store import Store
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[4]
 FORMAT = "lockd-test-cache/1"
 FIELDS = {"container": "c" * 64}
 DOCUMENT = {

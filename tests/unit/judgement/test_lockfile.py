@@ -458,7 +458,7 @@ def test_show_states_the_cuda_stack_a_lock_pins() -> None:
 
 # --- the committed reference locks -------------------------------------------------------------
 
-LOCKS = Path(__file__).resolve().parents[2] / "locks"
+LOCKS = Path(__file__).resolve().parents[3] / "locks"
 
 
 def committed(name: str) -> Lock:

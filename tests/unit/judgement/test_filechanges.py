@@ -15,6 +15,7 @@ and its create-symlinks hook adds libcuda.so -> libcuda.so.1. The driver is 550.
 from __future__ import annotations
 
 import pytest
+from builders import ld_cache
 from observations import host, manifest, observation
 
 from lockd.evidence.targets.changes import ld_cache_folders
@@ -261,27 +262,6 @@ def test_the_kernel_view_confirms_the_mount_points() -> None:
 )
 def test_describe(change: FileChange, line: str) -> None:
     assert describe(change) == line
-
-
-def ld_cache(paths: list[str], *, old: int = 0, shift: int = 0) -> bytes:
-    """An ld.so.cache in glibc's format (``old``: entries of the old table before it), its
-    entries' values pointing at ``paths`` (``shift`` bytes into each string)."""
-    import struct
-
-    head = b""
-    if old:
-        head = b"ld.so-1.7.0\0" + struct.pack("<I", old) + b"\0" * (12 * old)
-        head += b"\0" * (-len(head) % 8)
-    strings = b""
-    offsets = []
-    table = 48 + 24 * len(paths)
-    for path in paths:
-        offsets.append(table + len(strings) + shift)
-        strings += path.encode() + b"\0"
-    new = b"glibc-ld.so.cache1.1" + struct.pack("<IIB3xI12x", len(paths), len(strings), 2, 0)
-    for value in offsets:
-        new += struct.pack("<iIIIQ", 0x303, value, value, 0, 0)
-    return head + new + strings
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from lockd.model.host import TargetInfo
 from lockd.model.manifest import Manifest, Observation
 from lockd.model.report import Check, ReportManifest
 
-SHIPPED = Path(__file__).resolve().parents[2] / "lockd" / "policies"
+SHIPPED = Path(__file__).resolve().parents[3] / "lockd" / "policies"
 SIGNED = Check(id="signature", status="pass", evidence="signature", message="signed")
 FAILED = Check(id="signature", status="fail", evidence="signature", message="bad signature")
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from lockd.errors import InputError, KeyFileError, OutputExistsError
 from lockd.trust import dsse, keys
 
-VECTORS = Path(__file__).resolve().parents[1] / "assets" / "vectors"
+VECTORS = Path(__file__).resolve().parents[2] / "assets" / "vectors"
 COSIGN_KEY = VECTORS / "cosign-empty-password.key"
 COSIGN_PUB = VECTORS / "cosign-empty-password.pub"
 PASSWORD = b"correct horse"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_coherence import BROKEN_EXTENSION, fake_distribution
+from builders import BROKEN_EXTENSION, fake_distribution
 from test_probe_output import document, encode
 
 from lockd.errors import ProbeError

@@ -32,7 +32,7 @@ from lockd.model.manifest import Manifest
 from lockd.probe import fatbin, probe_source
 from lockd.trust.statement import parse_statement
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 H200 = ROOT / "tests" / "assets" / "manifests" / "h200-torch-2.11-gpu.dsse.json"
 # Found without importing torch: the tests that need it ask for the torch_module fixture
 # (tests/conftest.py), which marks them and fails them where torch is missing.

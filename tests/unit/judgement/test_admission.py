@@ -300,7 +300,7 @@ def test_config_unreadable(tmp_path: Path) -> None:
 def test_the_shipped_kubernetes_configs_parse() -> None:
     import yaml
 
-    folder = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
+    folder = Path(__file__).resolve().parents[3] / "deploy" / "kubernetes"
     assert load_config(folder / "admission.yaml").failure == "closed"
     docs = list(yaml.safe_load_all((folder / "lockd.yaml").read_text()))
     kinds = [d["kind"] for d in docs]

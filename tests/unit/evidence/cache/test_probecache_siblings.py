@@ -3,7 +3,7 @@ what identical containers of one image share, read from real upper directories (
 inodes or times), with real processes of their own mount namespace standing for two
 containers' init processes (whose /dev is never read: it is reached only through their root,
 the container's choice). The shape of the kernel's view (lockd.evidence.kernel) is a stand-in
-here; tests/unit/test_kernel.py covers it."""
+here; tests/unit/evidence/test_kernel.py covers it."""
 
 from __future__ import annotations
 

@@ -245,7 +245,7 @@ def test_an_unexpected_error_prints_a_traceback_and_exits_1(tmp_path: Path) -> N
     )
     result = subprocess.run(
         [sys.executable, "-c", crash],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[3])},
         cwd=tmp_path,
         capture_output=True,
         check=False,

@@ -10,7 +10,7 @@ import tomllib
 from lockd.cli import extras, main
 from lockd.cli.extras import EXTRA_MODULES, MissingExtraError, require_extra
 
-PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+PYPROJECT = Path(__file__).resolve().parents[3] / "pyproject.toml"
 
 
 def _hide(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:

@@ -33,7 +33,7 @@ from lockd.model.manifest import Manifest
 from lockd.trust import dsse, keys
 from lockd.trust.statement import PAYLOAD_TYPE, make_statement
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 LOCK_2_6 = REPO / "locks" / "pytorch-cuda-2.6" / "requirements.txt"
 
 # A pip-compile style lock: hashes on continuation lines, markers, comments, an index option.

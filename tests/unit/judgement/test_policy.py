@@ -19,7 +19,7 @@ from lockd.judgement.policy import (
     volatile_places,
 )
 
-POLICIES = Path(__file__).resolve().parents[2] / "lockd" / "policies"
+POLICIES = Path(__file__).resolve().parents[3] / "lockd" / "policies"
 
 
 def test_shipped_default_is_the_built_in_strict_policy() -> None:
