@@ -99,7 +99,7 @@ class HostEvidence(Frozen):
     changes_content: bool = False
     # more changes than MAX_CHANGES: the walk stopped, ``changes`` is incomplete
     changes_truncated: bool = False
-    # the volatile patterns the walk did not descend into (lockd.evidence.targets.docker): changes
+    # the volatile patterns the walk did not descend into (lockd.evidence.targets.changes): changes
     # there are not in ``changes``
     changes_skipped: Annotated[list[Str], Field(max_length=256)] = []
     # the container asked for GPUs (--gpus, a CDI device, the nvidia runtime): the NVIDIA
