@@ -19,7 +19,8 @@ TargetArg = Annotated[
     str,
     typer.Argument(
         help="a container name or ID, else an image reference; "
-        "`container:X`, `image:X` and `local` force the kind",
+        "`container:X`, `image:X` and `local` force the kind; `process:PID` is a Python "
+        "process on this host",
         show_default=False,
     ),
 ]
@@ -34,7 +35,11 @@ ServerOpt = Annotated[
 ]
 PythonOpt = Annotated[
     Optional[str],  # noqa: UP045 (typer reads the annotation at run time on Python 3.10)
-    typer.Option("--python", help="the interpreter to probe (default: python3, then python)"),
+    typer.Option(
+        "--python",
+        help="the interpreter to probe (default: python3, then python; for process:PID, the "
+        "one its command line names)",
+    ),
 ]
 
 

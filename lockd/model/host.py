@@ -114,7 +114,7 @@ class HostEvidence(Frozen):
     cap_add: Annotated[list[Str], Field(max_length=64)] = []  # HostConfig.CapAdd
 
 
-TargetKind = Literal["local", "container", "image"]
+TargetKind = Literal["local", "container", "image", "process"]
 
 
 class TargetInfo(Frozen):

@@ -1,4 +1,5 @@
-"""Pick the target a reference names: `local`, `container:X`, `image:X`, or a bare name."""
+"""Pick the target a reference names: `local`, `process:PID`, `container:X`, `image:X`, or a bare
+name."""
 
 from __future__ import annotations
 
@@ -28,12 +29,18 @@ def probe_timeout() -> float:
 
 
 def open_target(ref: str, *, python: str | None = None) -> Target:
-    """Raises TargetError (exit 3) when no daemon answers or nothing has that name."""
+    """Raises InputError (exit 2) for a malformed reference (``process:`` and no number), or
+    lockd's own process; TargetError (exit 3) when no daemon answers, nothing has that name, or
+    the process cannot be inspected."""
     timeout = probe_timeout()
     if ref == "local":
         from lockd.evidence.targets.local import LocalTarget
 
         return LocalTarget(python, timeout=timeout)
+    if ref.startswith("process:"):
+        from lockd.evidence.targets.process import ProcessTarget, parse_pid
+
+        return ProcessTarget(parse_pid(ref), python=python, timeout=timeout)
     from lockd.evidence.targets import docker
 
     return docker.open_docker_target(ref, python=python, timeout=timeout)

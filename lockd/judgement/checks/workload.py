@@ -33,6 +33,14 @@ Needing the manifest's workload: ``executable`` (a group's executable differs),
 longer runs). Code outside the image that the manifest's workload recorded with the same
 content at the same path is not drift.
 
+Without an image (a ``process:PID`` target: the observation has no host evidence) there are no
+image, changes or mounts to judge by: the manifest alone vouches for code. Code at a path the
+manifest's workload (or its probe's and GPU suite's library records) holds with the same bytes
+passes; at a recorded path with other bytes it is ``altered``; anywhere else it is
+``not-in-image``, naming the recorded paths of the same bytes where there are any (a copy of a
+library loaded from another directory). With no workload in the manifest, only what needs none
+is judged.
+
 Notes (listed, never failing): ``vanished`` and ``zombie`` processes, a ``docker exec`` in
 ``transit``, an ``exec-session`` (a process tree started beside the init process: an
 operator's shell), ``unread-data`` (a data file not read), ``no-record`` (the manifest holds no
@@ -122,6 +130,11 @@ class _Context:
             base.update(recorded_host.config_env)
         self.manifest_env = {k: v for k, v in base.items() if tracked_env(k)}
         self.probe_libraries = _probe_libraries(manifest)
+        # without an image: the code the manifest vouches for, by path and by content
+        self.vouched: dict[str, set[str | None]] = {}
+        self.recorded_at: dict[str, set[str]] = {}
+        if host is None and self.recorded is not None:
+            self.vouched, self.recorded_at = _vouched(self.recorded, manifest)
 
     def judged_env(self, name: str) -> bool:
         """Whether a variable is judged: not in ``env.ignore``, not a launcher's."""
@@ -165,6 +178,50 @@ def _probe_libraries(manifest: Manifest) -> dict[str, list[tuple[str, str | None
     return found
 
 
+def _vouched(
+    recorded: Workload, manifest: Manifest
+) -> tuple[dict[str, set[str | None]], dict[str, set[str]]]:
+    """(the digests the manifest holds for each path, the paths it holds for each digest): its
+    workload's files (not deleted ones), and the libraries its probe and GPU suite mapped."""
+    from lockd.judgement.libraries import manifest_records
+
+    found: list[tuple[str, str | None]] = [
+        (entry.path, entry.sha256) for entry in recorded.files if not entry.deleted
+    ]
+    for record in manifest_records(manifest):
+        found += [(lib.path, lib.sha256) for lib in record.libraries if not lib.deleted]
+    by_path: dict[str, set[str | None]] = {}
+    by_digest: dict[str, set[str]] = {}
+    for path, sha256 in found:
+        by_path.setdefault(path, set()).add(sha256)
+        if sha256 is not None:
+            by_digest.setdefault(sha256, set()).add(path)
+    return by_path, by_digest
+
+
+def _without_image(entry: MappedFile, ctx: _Context) -> tuple[str, str, str | None] | None:
+    """Provenance where there is no image (a process on this host): the manifest alone vouches
+    for code (see the module's text). Unread code is ``unverified`` already."""
+    if ctx.recorded is None or entry.sha256 is None:
+        return None
+    digests = ctx.vouched.get(entry.path)
+    if digests is not None:
+        if entry.sha256 in digests:
+            return None
+        shown = sorted(_digest(d) or "(not read)" for d in digests)
+        return "altered", "not the file the manifest recorded at that path", ", ".join(shown)
+    same = sorted(ctx.recorded_at.get(entry.sha256, ()))
+    place = "under a volatile place (tmp, caches), " if entry.path in ctx.volatile else ""
+    why = (
+        f"code {place}at a path where the manifest recorded none, with no image to vouch for "
+        "it (a process on this host)"
+    )
+    if same:
+        why += f"; the same bytes were recorded at {', '.join(same)}"
+    expected = "; ".join(f"{path} {_digest(entry.sha256)}" for path in same) or None
+    return "not-in-image", why, expected
+
+
 def _provenance(entry: MappedFile, ctx: _Context) -> tuple[str, str, str | None] | None:
     """(kind, why, expected) when code is not the image's (or the recorded) file at its path."""
     if entry.deleted:
@@ -178,6 +235,8 @@ def _provenance(entry: MappedFile, ctx: _Context) -> tuple[str, str, str | None]
         return "not-in-image", f"code mapped from {entry.kind} (memory, not a file)", None
     if entry.path in ctx.jit:
         return "jit", "code generated at run time (workload.jit)", None
+    if ctx.host is None:
+        return _without_image(entry, ctx)
     change = ctx.changes.get(entry.path)
     if change is not None and change.kind == "added":
         return "not-in-image", "a file the container added since its image", None
@@ -517,5 +576,8 @@ def check_workload(manifest: Manifest, observation: Observation, p: Policy) -> C
         message = f"code generated at run time is mapped ({summary})"
     else:
         status = "pass"
-        message = f"the running workload is the image's and the manifest's ({summary})"
+        whose = (
+            "the image's and the manifest's" if observation.host is not None else "the manifest's"
+        )
+        message = f"the running workload is {whose} ({summary})"
     return Check(id=CHECK, status=status, evidence="host", message=message, findings=findings)

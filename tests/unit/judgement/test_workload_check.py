@@ -14,7 +14,7 @@ from lockd.judgement.checks.workload import check_workload, tracked_env
 from lockd.judgement.compare import compare
 from lockd.judgement.policy import Checks, EnvPolicy, Policy, WorkloadPolicy, load_policy
 from lockd.model.environment import LoadedLibraries, MappedLibrary
-from lockd.model.host import KernelMount, KernelView
+from lockd.model.host import KernelMount, KernelView, TargetInfo
 from lockd.model.manifest import Observation
 from lockd.model.report import Check, Finding
 from lockd.model.workload import (
@@ -419,3 +419,71 @@ def test_the_policy_can_ignore_the_check_and_warn_under_audit() -> None:
     assert check(deleted, policy=ignored).status == "skip"
     assert check(deleted, policy=load_policy("audit")).status == "warn"
     assert check(deleted).status == "fail"
+
+
+# --- without an image: a process on this host (process:PID, no host evidence) ------------------
+
+COPY = "/opt/copies/libc.so.6"  # not a volatile place: nothing but the manifest can vouch for it
+
+
+def process_check(work: Workload, recorded: Workload | None, recorded_probe: Any = None) -> Check:
+    """``work`` seen in a process target (no host evidence) against a manifest recorded from one."""
+    target = TargetInfo(kind="process", ref="4242")
+    base = Observation(target=target, probe=recorded_probe or probe())
+    seen_here = Observation(target=target, probe=probe(), workload=work)
+    return check_workload(
+        manifest(base.model_copy(update={"workload": recorded})), seen_here, STRICT
+    )
+
+
+def test_without_an_image_the_recorded_workload_vouches_for_code() -> None:
+    c = process_check(workload(), workload())
+    assert c.status == "pass"
+    assert c.message.startswith("the running workload is the manifest's (")
+
+
+def test_without_an_image_a_copy_at_another_path_names_both_paths() -> None:
+    files = [mapped(PYTHON, 1), mapped(COPY, 2)]
+    c = process_check(workload(files), workload())
+    assert c.status == "fail"
+    found = only(c, "not-in-image")
+    assert (found.name, found.path, found.observed) == ("libc.so.6", COPY, f"sha256:{sha(2)}")
+    assert found.expected == f"{LIBC} sha256:{sha(2)}"
+    assert f"the same bytes were recorded at {LIBC}" in found.message
+    assert "with no image to vouch for it" in found.message
+
+
+def test_without_an_image_unrecorded_code_fails_and_a_volatile_place_says_so() -> None:
+    files = [mapped(PYTHON, 1), mapped(LIBC, 2), mapped("/tmp/x/libfoo.so", 9)]
+    found = only(process_check(workload(files), workload()), "not-in-image")
+    assert (found.path, found.expected) == ("/tmp/x/libfoo.so", None)
+    assert "under a volatile place (tmp, caches)" in found.message
+    assert "the same bytes" not in found.message
+
+
+def test_without_an_image_other_bytes_at_a_recorded_path_are_altered() -> None:
+    files = [mapped(PYTHON, 1), mapped(LIBC, 7)]
+    found = only(process_check(workload(files), workload()), "altered")
+    assert (found.path, found.expected, found.observed) == (
+        LIBC,
+        f"sha256:{sha(2)}",
+        f"sha256:{sha(7)}",
+    )
+
+
+def test_without_an_image_the_libraries_the_recorded_probe_mapped_vouch_too() -> None:
+    probed = LoadedLibraries(
+        scope="probe",
+        libraries=[MappedLibrary(path=CUDNN, role="cuda", sha256=sha(5), version="9.1.0")],
+    )
+    files = [*FILES, mapped(CUDNN, 5)]
+    work = workload(files)
+    recorded = workload()
+    assert process_check(work, recorded, probe(libraries=probed)).status == "pass"
+    assert only(process_check(work, recorded), "not-in-image").path == CUDNN
+
+
+def test_without_an_image_and_no_recorded_workload_only_what_needs_none_is_judged() -> None:
+    files = [mapped(PYTHON, 1), mapped(COPY, 2), mapped("/tmp/gone.so", 3, deleted=True)]
+    c = process_check(workload(files), None)
+    assert kinds(c) == [("deleted", "/tmp/gone.so"), ("no-record", None)]
