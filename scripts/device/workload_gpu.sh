@@ -87,7 +87,7 @@ matching() {  # PID: the files it maps whose name matches $copy
 
 cleanup() {
     local pid
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
+    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null; done
     wait 2>/dev/null
 }
 
@@ -138,10 +138,14 @@ main() {
         note "job 1 maps no file named $copy: nothing to copy"
         return 1
     fi
-    local dir
+    local dir file
     for dir in $(printf '%s\n' "$mapped" | xargs -n 1 dirname | sort -u); do
+        # shared objects only (a system cuDNN's directory may hold its static archives too)
         # shellcheck disable=SC2086 (the pattern is meant to expand)
-        cp -L $dir/$copy "$work/lib/" && note "copied $dir/$copy to $work/lib/"
+        for file in $dir/$copy; do
+            case "$file" in *.so | *.so.*) cp -L "$file" "$work/lib/" ;; esac
+        done
+        note "copied $dir/$copy (shared objects) to $work/lib/"
     done
     ls -l "$work/lib"
 
