@@ -25,7 +25,11 @@ def _mount_shadows(destination: str, manifest: Manifest, p: Policy) -> bool:
 
 def check_filesystem(manifest: Manifest, observed: HostEvidence | None, p: Policy) -> Check:
     if observed is None:
-        return skipped("filesystem", "host", "a local environment has no host-side view")
+        return skipped(
+            "filesystem",
+            "host",
+            "a local environment or a host process has no image whose files to compare",
+        )
     recorded = manifest.observation.host
     recorded_mounts = (
         {(m.destination, m.source, m.type) for m in recorded.mounts} if recorded else set()

@@ -14,7 +14,9 @@ def _sha(digest: str) -> str:
 
 def check_image(expected: HostEvidence | None, observed: HostEvidence | None, p: Policy) -> Check:
     if observed is None:
-        return skipped("image", "host", "a local environment has no image to compare")
+        return skipped(
+            "image", "host", "a local environment or a host process has no image to compare"
+        )
     if expected is None:
         return under_policy(
             "image",
@@ -22,7 +24,7 @@ def check_image(expected: HostEvidence | None, observed: HostEvidence | None, p:
             "host",
             [],
             ok="",
-            bad="the manifest was recorded from a local environment, not an image",
+            bad="the manifest was recorded from a local environment or a process, not an image",
             observed=observed.image_id,
             failed=True,
         )

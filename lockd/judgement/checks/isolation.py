@@ -62,7 +62,11 @@ def check_isolation(observation: Observation, p: Policy) -> Check:
     container's processes, and whether the daemon gave it the means to escape."""
     observed = observation.host
     if observed is None or observation.target.kind != "container":
-        return skipped("isolation", "host", "only a running container has processes to read")
+        return skipped(
+            "isolation",
+            "host",
+            "isolation is judged for a running container (its namespaces, privileges)",
+        )
     findings = isolation_findings(observed)
     return under_policy(
         "isolation",
