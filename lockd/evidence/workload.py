@@ -19,9 +19,9 @@ could not be read are the process's ``unread``.
 Call it **before** lockd's own probe starts: ``read_container_workload(attrs, exclude=...)``
 for a container (its cgroup's members, v1 or v2: lockd.evidence.kernel), ``read_workload(pids,
 init_pid=...)`` for any processes (``process_tree(pid)`` for a process and its descendants).
-``HashCache`` keeps digests between verifications while every guard (device, inode, size,
-mtime, ctime, mode, read again through map_files each time) holds; a file changed in the two
-seconds before it was hashed is not kept (its timestamps could repeat).
+``HashCache`` (lockd.evidence.cache.hashes) keeps digests between verifications while every
+guard (device, inode, size, mtime, ctime, mode, read again through map_files each time) holds; a
+file changed in the two seconds before it was hashed is not kept (its timestamps could repeat).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import hashlib
 import os
 import stat
 import struct
-import threading
 import time
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
@@ -40,7 +39,7 @@ from typing import Any, NamedTuple
 
 from lockd.errors import TargetError
 from lockd.evidence import kernel
-from lockd.evidence.cache.guard import StatGuard
+from lockd.evidence.cache.hashes import HashCache, guard
 from lockd.evidence.procfiles import (
     MapLine,
     Stat,
@@ -74,6 +73,7 @@ __all__ = [
     "process_tree",
     "read_container_workload",
     "read_workload",
+    "workload_key",
 ]
 
 PROC = "/proc"
@@ -81,51 +81,6 @@ MAX_MAPS_BYTES = 16 * 1024 * 1024  # 65 530 mappings (vm.max_map_count) of long 
 MAX_CMDLINE_BYTES = 1024 * 1024
 MAX_ENVIRON_BYTES = 4 * 1024 * 1024
 CHUNK = 1024 * 1024
-RACY_NS = 2_000_000_000
-"""A file whose ctime is this close to when it was hashed is not kept in the cache: a file
-written again within the same clock tick could show the same numbers."""
-
-Guard = tuple[int, StatGuard]
-"""A file's device and lockd's one "unchanged" guard (lockd.evidence.cache.guard: size, mtime,
-ctime, inode, mode), of its stat through the kernel's link."""
-
-
-def guard(st: os.stat_result) -> Guard:
-    return st.st_dev, StatGuard.of(st)
-
-
-class HashCache:
-    """Digests (and sonames) of files read through ``/proc/PID/{exe,map_files}``, kept in memory
-    per (device, inode) with the guard they were read under; reused only while the guard, read
-    again through the kernel's link, is the same. Thread-safe. Pass one to ``read_workload`` to
-    reuse it across verifications; none, and each walk still reads each file once."""
-
-    def __init__(self, max_entries: int = 4 * MAX_FILES) -> None:
-        self.max_entries = max_entries
-        self._entries: dict[tuple[int, int], tuple[Guard, str, str | None]] = {}
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, st: os.stat_result) -> tuple[str, str | None] | None:
-        """(sha256, soname) of the file ``st`` describes, when it is the one read."""
-        found = self._entries.get((st.st_dev, st.st_ino))
-        if found is None or found[0] != guard(st):
-            return None
-        return found[1], found[2]
-
-    def put(self, st: os.stat_result, sha256: str, soname: str | None, now_ns: int) -> bool:
-        """Keep a digest read under ``st`` (the same before and after reading); not when the
-        file changed in the last RACY_NS before ``now_ns``, or the cache is full."""
-        if now_ns - max(st.st_ctime_ns, st.st_mtime_ns) < RACY_NS:
-            return False
-        key = (st.st_dev, st.st_ino)
-        with self._lock:
-            if len(self._entries) >= self.max_entries and key not in self._entries:
-                return False
-            self._entries[key] = guard(st), sha256, soname
-        return True
 
 
 # --- reading /proc ------------------------------------------------------------------------------
@@ -746,7 +701,10 @@ def read_container_workload(
             raise TargetError(
                 f"{source} stopped while lockd read its processes (pid {init_pid})"
             ) from None
-        return Workload(not_examined=f"pid {init_pid} is not on this host (is the daemon remote?)")
+        return Workload(
+            not_examined=f"pid {init_pid} is not on this host (is the daemon remote?): run "
+            "lockd on the Docker host, as root, to read what the container's processes run"
+        )
     return read_workload(
         pids,
         init_pid=init_pid,
@@ -755,3 +713,77 @@ def read_container_workload(
         container=True,
         incomplete=incomplete,
     )
+
+
+# --- the watch agent's key ----------------------------------------------------------------------
+
+
+def _process_key(pid: int, proc: str) -> bytes | None:
+    """One process's part of ``workload_key``; None when it exited meanwhile.
+
+    Raises:
+        OSError: it cannot be read (another user's, without root)."""
+    base = f"{proc}/{pid}"
+    try:
+        executable = _link(f"{base}/exe")
+        command, _ = parse_cmdline(_read(f"{base}/cmdline", MAX_CMDLINE_BYTES), MAX_ARGS)
+        try:
+            cwd: str | None = _link(f"{base}/cwd")
+        except OSError as e:
+            if _gone(e):
+                raise
+            cwd = None
+        env, _ = parse_environ(_read(f"{base}/environ", MAX_ENVIRON_BYTES), tracked_env, MAX_ENV)
+        lines, bad = parse_maps(_read(f"{base}/maps", MAX_MAPS_BYTES))
+    except OSError as e:
+        if _gone(e):
+            return None
+        raise
+    mapped = sorted(
+        {(line.device, line.inode, line.path, line.deleted) for line in lines if line.executable}
+    )
+    group = group_key(executable.removesuffix(" (deleted)"), command, cwd)
+    text = repr((group, executable, sorted(env.items()), mapped, bad))
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()
+
+
+def workload_key(attrs: Mapping[str, Any], proc: str = PROC) -> str | None:
+    """What of a running container's workload makes the watch agent look at it again
+    (lockd.evidence.cache.fingerprint's ``watch``): for each process of its cgroup, its
+    executable and group (what it runs), its tracked variables and the code it maps (device,
+    inode, path and deleted mark of each executable mapping, as /proc/PID/maps says: nothing is
+    hashed; data, shared memory and heap churn without changing a verdict); the *set* of
+    those, so that processes coming and going as the ones before them (a worker restarted, a
+    shell's commands) leave it unchanged, and a library mapped mid-run, a file replaced under a
+    mapping, a program or a variable that was not there changes it. A ``docker exec`` in
+    transit is left out. None when any of it cannot be read (not root, another host's daemon,
+    the container stopped, its cgroup not found)."""
+    init_pid = int((attrs.get("State") or {}).get("Pid") or 0)
+    container_id = str(attrs.get("Id") or "")
+    if init_pid <= 0 or not container_id:
+        return None
+    try:
+        pids, incomplete = kernel.member_pids(init_pid, container_id)
+    except ProcessLookupError:
+        return None
+    if incomplete is not None:
+        return None
+    hosts = kernel.host_namespaces()
+    found: set[bytes] = set()
+    try:
+        for pid in pids:
+            try:
+                if pid != init_pid and os.readlink(f"{proc}/{pid}/ns/mnt") in hosts:
+                    continue  # a docker exec in transit
+            except OSError as e:
+                if _gone(e):
+                    continue
+                raise
+            key = _process_key(pid, proc)
+            if key is None and pid == init_pid:
+                return None
+            if key is not None:
+                found.add(key)
+    except OSError:
+        return None
+    return hashlib.sha256(b"".join(sorted(found))).hexdigest()

@@ -30,10 +30,18 @@ class Observation(Frozen):
 
 # --- the signed record -------------------------------------------------------------------
 
-PREDICATE_TYPE = "https://lockd.dev/manifest/v2"
-"""v2: FileChange carries content (type, mode, owner, sha256, link target)."""
-PREDICATE_TYPES = (PREDICATE_TYPE, "https://lockd.dev/manifest/v1")
-"""The predicate types lockd reads: v1 manifests hold changes by name only (compare says so)."""
+PREDICATE_TYPE = "https://lockd.dev/manifest/v3"
+"""v3: the Observation carries the running workload (``workload``, #17); v2: FileChange carries
+content (type, mode, owner, sha256, link target)."""
+PREDICATE_TYPES = (
+    PREDICATE_TYPE,
+    "https://lockd.dev/manifest/v2",
+    "https://lockd.dev/manifest/v1",
+)
+"""The predicate types lockd reads: v2 and v1 manifests hold no workload (the ``workload``
+check judges only what needs none, and says so), v1 manifests hold changes by name only
+(compare says so). A lockd before v3 refuses a v3 manifest by its type, rather than by the
+key it does not know."""
 
 
 class LockPin(Frozen):

@@ -214,13 +214,16 @@ def test_ld_library_path_set_at_run_time(
     drifted = run_container(app_image, environment={"LD_LIBRARY_PATH": "/opt/evil"})
     code, report = verify(drifted.name, manifest, keypair[1])
     assert code == 1
-    assert failing(report) == ["env"]
+    assert failing(report) == ["env", "workload"]  # the daemon's word, and the process's (#17)
     [finding] = check(report, "env")["findings"]
     assert (finding["kind"], finding["name"], finding["observed"]) == (
         "added",
         "LD_LIBRARY_PATH",
         "/opt/evil",
     )
+    assert [
+        (f["kind"], f.get("name"), f.get("observed")) for f in check(report, "workload")["findings"]
+    ] == [("env-added", "LD_LIBRARY_PATH", "/opt/evil"), ("no-record", None, None)]
 
 
 def test_tampered_envelope_and_wrong_key_fail_signature(

@@ -626,3 +626,63 @@ def test_the_daemon_going_away_and_a_flood_of_events(
         "the fleet view",
         lambda: service.verdicts(f"watch-{label}") == {before.name: "pass", meanwhile.name: "pass"},
     )
+
+
+DLOPEN_LATER = """
+import ctypes, os, time
+print('ready', flush=True)
+while not os.path.exists('/tmp/go'):
+    time.sleep(0.05)
+library = ctypes.CDLL('/tmp/libextra.so.1')
+print('loaded', flush=True)
+time.sleep(1e6)
+"""
+
+
+def test_a_library_mapped_mid_run_makes_the_container_due_and_fails(
+    service: Service,
+    app_image: str,
+    run_container: Callable[..., Any],
+    label: str,
+    watch: Watch,
+) -> None:
+    """The workload is part of the watch fingerprint (#17): a write to /tmp (a volatile place)
+    makes no container due; the job then maps the library it wrote there, and only that makes
+    it due: its verdict turns to fail, naming the library; the container beside it is not
+    probed again."""
+    labels = {TEST_LABEL: "1", LABEL: label}
+    job = run_container(
+        app_image,
+        name_prefix="lockd-watch",
+        labels=labels,
+        command=["python3", "-c", DLOPEN_LATER],
+    )
+    steady = run_container(app_image, name_prefix="lockd-watch", labels=labels)
+    wait_for("the job to start", lambda: b"ready" in job.logs())
+    with watch() as agent:
+        clock = Clock()
+        agent.clock = clock
+        first = agent.run_pass(force=False)
+        assert first.containers == {job.name: "pass", steady.name: "pass"}
+        code, output = job.exec_run(
+            ["sh", "-c", "cp /usr/lib/x86_64-linux-gnu/libz.so.1 /tmp/libextra.so.1"]
+        )
+        assert code == 0, output.decode()
+        clock.now += 2.0
+        assert agent.run_pass(force=False).probes == 0  # a write to /tmp: nothing is due
+
+        code, output = job.exec_run(["touch", "/tmp/go"])
+        assert code == 0, output.decode()
+        wait_for("the job to map the library", lambda: b"loaded" in job.logs())
+        clock.now += 2.0
+        after = agent.run_pass(force=False)
+        assert after.probes == 1
+        assert after.containers == {job.name: "fail", steady.name: "pass"}
+        assert agent.courier.deliver()
+        code, output = job.exec_run(["sha256sum", "/tmp/libextra.so.1"])
+        assert code == 0, output.decode()
+    digest = output.decode().split()[0]
+    assert service.fleet(f"watch-{label}")[job.name].findings == [
+        f"workload: libextra.so.1 sha256:{digest} (not-in-image)",
+        "workload: no-record",  # the manifest was recorded from the image
+    ]

@@ -11,7 +11,9 @@ Three named strategies share every reader below:
   the kernel's view; no mounts of its own;
 * ``watch`` (the watch agent: whether a container is due for a probe): lockd.watch.discovery's
   digest of the configuration, the upper directory less what the policy ignores, the kernel's
-  view, the host side of the mounts the policy watches, the NVIDIA driver.
+  view, the workload's shape (the code each process maps, what it runs, its tracked variables:
+  a library mapped mid-run makes the container due), the host side of the mounts the policy
+  watches, the NVIDIA driver.
 
 What goes in, each read on the host from places the container cannot redirect:
 
@@ -500,14 +502,17 @@ def watch(
 ) -> str | None:
     """The watch agent's fingerprint of a container: its configuration (``config_key``:
     lockd.watch.discovery's), its upper directory less what ``policy`` ignores
-    (``ignorable``), the kernel's view of its processes, the host (``host``: ``host_key``)
-    and the host side of the ``mounts`` that can hide what the probe sees
-    (``watched_mounts``), given the container's last ``observation``. None when any of it
-    cannot be read: the container is probed every interval."""
+    (``ignorable``), the kernel's view of its processes, its running workload's shape
+    (lockd.evidence.workload.workload_key: what each process runs and the code it maps, #17),
+    the host (``host``: ``host_key``) and the host side of the ``mounts`` that can hide what
+    the probe sees (``watched_mounts``), given the container's last ``observation``. None when
+    any of it cannot be read: the container is probed every interval."""
+    from lockd.evidence.workload import workload_key
+
     skip = ignorable(policy, observation)
     upper = tree_digest(upper_dir, skip=skip) if upper_dir else None
     watched = watched_mounts(mounts, observation, policy)
-    parts = [config_key, upper, kernel_digest(attrs), host]
+    parts = [config_key, upper, kernel_digest(attrs), workload_key(attrs), host]
     return combine(parts + [mount_digest(kind, source) for _, source, kind, _ in watched])
 
 

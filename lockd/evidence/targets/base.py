@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
 from lockd.errors import ProbeError
@@ -32,6 +32,7 @@ from lockd.probe import probe_source
 if TYPE_CHECKING:  # imported where used: a container's probe starts before lockd's models load
     from pydantic import ValidationError
 
+    from lockd.evidence.cache.hashes import HashCache
     from lockd.model.environment import FamilyImports, ProbeReport
     from lockd.model.host import TargetInfo
     from lockd.model.manifest import Observation
@@ -101,7 +102,12 @@ class ProbeOptions:
     """Seconds the probe may run beyond the target's own timeout (the smoke test's)."""
     reuse: bool = False
     """A running container may take its report from the probe cache when nothing the probe
-    can see changed since it was kept (lockd.evidence.cache.probe); other targets ignore it."""
+    can see changed since it was kept (lockd.evidence.cache.probe), and the digests of its
+    workload's files from those kept across runs (lockd.evidence.cache.hashes); other targets
+    ignore it."""
+    hashes: HashCache | None = field(default=None, compare=False)
+    """The hash cache a running container's workload is read through (the watch agent holds
+    one per host while it runs); None: as ``reuse`` says."""
 
     def arguments(self) -> tuple[str, ...]:
         """The probe's command-line options."""

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from lockd.model.environment import FamilyImports, ProbeReport
     from lockd.model.host import FileChange, HostEvidence, TargetInfo
     from lockd.model.manifest import Observation
+    from lockd.model.workload import Workload
 
 __all__ = ["ContainerTarget"]
 
@@ -124,11 +125,15 @@ class ContainerTarget:
         return attrs
 
     def observe(self, options: ProbeOptions = PLAIN) -> Observation:
-        """Host evidence, then the probe's report (or why there is none: no Python).
+        """The running workload, host evidence, then the probe's report (or why there is none:
+        no Python).
 
-        The probe starts first and runs in the container while the host evidence is gathered;
-        with ``options.reuse``, its report is taken from the probe cache instead when
-        nothing it can see has changed since it was kept (lockd.evidence.cache.probe).
+        The workload (what the container's processes run and map, lockd.evidence.workload) is
+        read first, before lockd's own probe runs in the container, and on every observation;
+        then the probe starts and runs while the host evidence is gathered. With
+        ``options.reuse``, the probe's report is taken from the probe cache instead when
+        nothing it can see has changed since it was kept (lockd.evidence.cache.probe); the
+        workload never is (a kept report carries none).
 
         Raises:
             TargetError: the container is gone or not running, or the daemon failed.
@@ -143,6 +148,7 @@ class ContainerTarget:
                 f"{self._source} is not running (status: {status}); start it or verify its "
                 f"image with image:{image}"
             )
+        workload = self._workload(attrs, options)  # before lockd's own probe runs in it
         pythons = candidates(self.python)
         cached, keys, kind = self._kept_report(attrs, pythons, options)
         if cached is not None:
@@ -152,7 +158,9 @@ class ContainerTarget:
                 pass  # kept by a lockd whose models differ: ask the probe
             else:
                 host = self._host_evidence(attrs)
-                return self._observation(host, probe, imports, None, cached.observed_at)
+                return self._observation(
+                    host, probe, imports, None, workload, reused_from=cached.observed_at
+                )
         timeout = self.timeout + options.extra_time
         deadline = time.monotonic() + timeout
         started = self._start(self._probe_argv(pythons[0], options), "the probe", self._source)
@@ -164,7 +172,7 @@ class ContainerTarget:
         ran = self._probe(pythons, started, state, deadline, timeout, options)
         if ran is None:
             why = no_python("container", self._source, self.python)
-            return self._observation(host, None, None, why)
+            return self._observation(host, None, None, why, workload)
         stdout, python = ran
         probe, imports = self._parse(stdout, options)
         if keys.own or keys.sibling:  # kept where nothing changed while it ran
@@ -173,7 +181,28 @@ class ContainerTarget:
             rests_on = probecache.places(probe, env)
             for name, key in probecache.still_standing(self.id, keys, after, self.attrs, rests_on):
                 probecache.store(name, key, stdout, python, rests_on, kind=kind)
-        return self._observation(host, probe, imports, None)
+        return self._observation(host, probe, imports, None, workload)
+
+    def _workload(self, attrs: dict[str, Any], options: ProbeOptions) -> Workload:
+        """The container's running workload, read on the host (lockd.evidence.workload) on
+        every observation, never kept with a probe report: through ``options.hashes`` (the
+        watch agent's), else, with ``options.reuse``, the digests kept across runs
+        (lockd.evidence.cache.hashes), else every mapped file read.
+
+        Raises:
+            TargetError: the container stopped while lockd read its processes.
+        """
+        from lockd.evidence.cache import hashes as kept
+        from lockd.evidence.workload import read_container_workload
+
+        hashes = options.hashes
+        across_runs = hashes is None and options.reuse
+        if across_runs:
+            hashes = kept.load()
+        found = read_container_workload(attrs, self._source, hashes=hashes)
+        if across_runs and hashes is not None:
+            kept.save(hashes)
+        return found
 
     def _observation(
         self,
@@ -181,6 +210,8 @@ class ContainerTarget:
         probe: ProbeReport | None,
         imports: FamilyImports | None,
         probe_error: str | None,
+        workload: Workload,
+        *,
         reused_from: str | None = None,
     ) -> Observation:
         from lockd.model.manifest import (
@@ -194,6 +225,7 @@ class ContainerTarget:
             probe_error=probe_error,
             family_imports=imports,
             probe_reused_from=reused_from,
+            workload=workload,
         )
 
     def _kept_report(

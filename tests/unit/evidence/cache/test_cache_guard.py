@@ -1,7 +1,8 @@
 """The one "unchanged" guard (lockd.evidence.cache.guard): size, mtime, ctime, inode and mode of an
 entry's lstat, never following a link, compared the same way by every cache that keeps a
-result: the layer cache's digests, the integrity cache's guarded files and directories, and the
-tree walks of the fingerprints (a container's upper directory, a mount's host side)."""
+result: the layer cache's digests, the integrity cache's guarded files and directories, the
+workload's hash cache (in memory and kept across runs), and the tree walks of the fingerprints
+(a container's upper directory, a mount's host side)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from lockd.evidence.cache import hashes as workload_hashes
 from lockd.evidence.cache.guard import (
     StatGuard,
     entry_digest,
@@ -120,6 +122,10 @@ def test_every_cache_sees_a_change_the_guard_sees(
     integrity = Integrity(source="overlay", evidence="host", distributions=0, files=0, bytes=0)
     kept = Kept(integrity, "now", "d", [str(path)], guards_digest([(str(path), before)]))
     assert before is not None and kept.intact()
+    mapped = workload_hashes.HashCache()  # the workload's digests, kept across runs too
+    assert mapped.put(st, "a" * 64, None, time.time_ns() + 10**10)
+    assert workload_hashes.save(mapped, tmp_path / "workload")
+    assert workload_hashes.load(tmp_path / "workload").get(os.stat(path)) == ("a" * 64, None)
 
     change(path)
 
@@ -128,6 +134,8 @@ def test_every_cache_sees_a_change_the_guard_sees(
     assert entry_digest(str(path)) != entry
     assert digests.get("sha256:l", "mod.py", "sha256", os.lstat(path)) is None
     assert not kept.intact()
+    assert mapped.get(os.stat(path)) is None
+    assert workload_hashes.load(tmp_path / "workload").get(os.stat(path)) is None
 
 
 def test_a_directorys_own_times_are_not_in_a_tree_digest(tmp_path: Path) -> None:

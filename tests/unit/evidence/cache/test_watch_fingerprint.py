@@ -12,6 +12,7 @@ import pytest
 from observations import observation, probe
 
 from lockd.evidence import kernel
+from lockd.evidence import workload as workloads
 from lockd.evidence.cache import fingerprint as fingerprints
 from lockd.evidence.cache.fingerprint import (
     host_key,
@@ -170,6 +171,7 @@ def test_the_watch_fingerprint_has_every_part_and_is_unknown_when_any_part_is(
     volume.mkdir()
     site = "/opt/venv/lib/python3.11/site-packages"
     monkeypatch.setattr(fingerprints, "kernel_digest", lambda attrs: attrs["view"])
+    monkeypatch.setattr(workloads, "workload_key", lambda attrs: attrs["work"])
     mounts = [(site, str(volume), "bind", False), ("/data", str(tmp_path), "bind", True)]
 
     def key(
@@ -178,8 +180,9 @@ def test_the_watch_fingerprint_has_every_part_and_is_unknown_when_any_part_is(
         mounted: list[tuple[str, str, str, bool]] = mounts,
         host: str = "580.159.04",
         config: str = "c1",
+        work: str | None = "w",
     ) -> str | None:
-        attrs = {"view": view}
+        attrs = {"view": view, "work": work}
         return watch(config, upper, attrs, mounted, host, default_policy(), observation())
 
     before = key()
@@ -190,9 +193,11 @@ def test_the_watch_fingerprint_has_every_part_and_is_unknown_when_any_part_is(
     assert key(config="c2") != before
     assert key(host="580.159.05") != before
     assert key(view="another") != before
+    assert key(work="a library mapped mid-run") != before
     (volume / "evil.pth").write_text("import evil\n")
     assert key() != before
     assert key(view=None) is None
+    assert key(work=None) is None
     assert key(upper=None) is None
     assert key(mounted=[(site, "", "tmpfs", True)]) is None
 
