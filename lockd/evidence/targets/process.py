@@ -3,7 +3,9 @@ run jobs without Docker (Slurm, bare metal).
 
 There is no image: the evidence is the process's workload, read on the host before anything
 else runs (lockd.evidence.workload: its tree's executables, mappings and every mapped file,
-hashed through ``/proc/PID/map_files``), and the probe, run the way the process runs:
+hashed through ``/proc/PID/map_files``; ``lockd verify`` takes the digests kept by its earlier
+runs while each file's guard holds, as for a container: lockd.evidence.cache.hashes), and the
+probe, run the way the process runs:
 
 * with **the interpreter its command line names**, not ``/proc/PID/exe`` (which resolves a venv's
   ``bin/python`` link to the base interpreter and so loses the venv). ``argv[0]`` is taken as
@@ -319,7 +321,7 @@ class ProcessTarget:
             TargetError: the process exited (or its ID was reused) meanwhile, or cannot be read.
             ProbeError: the probe failed, hung, flooded its output or printed garbage.
         """
-        workload = self._workload()
+        workload = self._workload(options)
         source = f"{self.where} (probe with {self.python})"
         output = self._run(
             [self.python, *probe_arguments(options)],
@@ -331,14 +333,26 @@ class ProcessTarget:
         self._still_running("while lockd probed it")
         return Observation(target=self.info, probe=probe, family_imports=imports, workload=workload)
 
-    def _workload(self) -> Workload:
+    def _workload(self, options: ProbeOptions) -> Workload:
         """The workload of the process's tree, lockd (and what it started) left out when it is
-        part of that tree."""
+        part of that tree; its files' digests through ``options.hashes``, else, with
+        ``options.reuse`` (``lockd verify``), those kept across runs (lockd.evidence.cache.hashes:
+        taken while each file's guard holds), else every mapped file read."""
+        from lockd.evidence.cache import hashes as kept
+
         self._still_running("before lockd read it")
         pids = process_tree(self.pid, self.proc)
         if not pids:
             raise self._exited("while lockd read it")
-        workload = read_workload(pids, init_pid=self.pid, exclude=(os.getpid(),), proc=self.proc)
+        hashes = options.hashes
+        across_runs = hashes is None and options.reuse
+        if across_runs:
+            hashes = kept.load()
+        workload = read_workload(
+            pids, init_pid=self.pid, exclude=(os.getpid(),), hashes=hashes, proc=self.proc
+        )
+        if across_runs and hashes is not None:
+            kept.save(hashes)
         skipped = {s.pid: s for s in workload.skipped}
         mine = skipped.get(self.pid)
         if mine is not None and mine.reason == "zombie":

@@ -18,11 +18,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from child_processes import dying_with_parent
 
+from lockd.evidence.cache import hashes
 from lockd.evidence.targets import process as process_target
+from lockd.model.workload import Workload
 
 LIBZ = "/usr/lib/x86_64-linux-gnu/libz.so.1"
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -312,6 +315,101 @@ def test_a_copy_of_a_library_loaded_from_another_path_fails_naming_both_paths(
     assert (finding["path"], finding["observed"]) == (str(copy), digest)
     assert finding["expected"] == f"{original} {digest}"
     assert f"the same bytes were recorded at {original}" in finding["message"]
+
+
+# --- the digests verify keeps across runs (root) -----------------------------------------------
+
+LOAD = """
+import ctypes, sys, time
+library = ctypes.CDLL(sys.argv[1])
+print('ready', flush=True)
+time.sleep(600)
+"""
+
+
+def test_verify_takes_the_digests_its_last_run_kept_and_reads_a_library_rewritten_in_place(
+    root_required: None,
+    lockd: Lockd,
+    keypair: tuple[Path, Path],
+    start: Start,
+    venv: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`verify process:PID` keeps the digests of the files the job maps (the kept-store under
+    LOCKD_CACHE_DIR, as for a container) and takes them on its next run while each file's guard
+    holds; `record` and `verify --no-cache` neither take nor keep them. A library the job
+    loaded, then rewritten in place with its size and mtime put back (its ctime moved), is read
+    again through the mapping: the new bytes fail `workload`, never hidden by a kept digest."""
+    library = tmp_path / "libcopy.so.1"
+    shutil.copyfile(os.path.realpath(LIBZ), library)
+    loaded = hashlib.sha256(library.read_bytes()).hexdigest()
+    job = start(argv=[str(venv / "bin" / "python"), "-c", LOAD, str(library)])
+    read: list[Workload] = []
+    real = process_target.read_workload
+
+    def reading(*args: object, **kw: object) -> Workload:
+        found = real(*args, **kw)  # type: ignore[arg-type]
+        read.append(found)
+        return found
+
+    monkeypatch.setattr(process_target, "read_workload", reading)
+    env = {"LOCKD_CACHE_DIR": str(tmp_path / "cache")}
+    kept = tmp_path / "cache" / "workload" / hashes.ENTRY
+    manifest = tmp_path / "job.dsse.json"
+    made = lockd("record", f"process:{job.pid}", "--key", keypair[0], "--output", manifest, env=env)
+    assert made.returncode == 0, made.stderr
+    assert not kept.exists()
+
+    def verify(*extra: str) -> tuple[int, dict[str, Any], Workload]:
+        result = lockd(
+            "verify", f"process:{job.pid}", "--manifest", manifest, "--key", keypair[1],
+            "--json", *extra, env=env,
+        )  # fmt: skip
+        assert result.returncode in (0, 1), result.stderr
+        [workload] = [c for c in json.loads(result.stdout)["checks"] if c["id"] == "workload"]
+        return result.returncode, workload, read[-1]
+
+    def mapped(workload: Workload) -> str | None:
+        [entry] = [f for f in workload.files if f.path == str(library)]
+        return entry.sha256
+
+    # the copy was just written: a file changed in the last RACY_NS is not kept
+    time.sleep(max(0, library.stat().st_ctime_ns + hashes.RACY_NS - time.time_ns()) / 1e9 + 0.05)
+    code, check, first = verify()
+    assert (code, check["status"]) == (0, "pass")
+    assert (first.hashed, first.reused) == (len(first.files), 0)
+    assert kept.is_file()
+    code, check, warm = verify()
+    assert (code, check["status"]) == (0, "pass")
+    assert (warm.hashed, warm.reused) == (0, len(warm.files)) == (0, len(first.files))
+    assert mapped(warm) == loaded
+    before = kept.read_bytes()
+    code, _, cold = verify("--no-cache")
+    assert code == 0
+    assert (cold.hashed, cold.reused) == (len(cold.files), 0)
+    assert kept.read_bytes() == before
+
+    stat = library.stat()
+    data = bytearray(library.read_bytes())
+    data[-1] ^= 0xFF
+    with library.open("r+b") as handle:
+        handle.write(bytes(data))
+    os.utime(library, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    now = library.stat()
+    assert (now.st_ino, now.st_size, now.st_mtime_ns) == (
+        stat.st_ino,
+        stat.st_size,
+        stat.st_mtime_ns,
+    )
+    code, check, again = verify()
+    rewritten = hashlib.sha256(bytes(data)).hexdigest()
+    assert mapped(again) == rewritten != loaded
+    assert (again.hashed, again.reused) == (1, len(again.files) - 1)
+    assert (code, check["status"]) == (1, "fail")
+    found = [(f["kind"], f["path"], f["expected"], f["observed"]) for f in check["findings"]]
+    assert found == [("altered", str(library), f"sha256:{loaded}", f"sha256:{rewritten}")]
+    assert len(read) == 5  # one read of the workload a run
 
 
 # --- processes lockd refuses, or treats with care (root) ----------------------------------------
