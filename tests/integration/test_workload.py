@@ -2,14 +2,15 @@
 run and map, `lockd verify` judges it in the `workload` check, read on the host before lockd's
 own probe runs. A launcher's LD_PRELOAD or CUBLAS_WORKSPACE_CONFIG given only to the job, a
 library deleted, replaced or altered after the job loaded it fail, naming the variable or the
-file; an untouched workload, a torchrun job of two workers and Jupyter-kernel-shaped processes
-pass, grouped by what they run; a probe report taken from the probe cache never carries an old
-workload."""
+file; an untouched workload, a torchrun job of two workers and two Jupyter kernels that ran a
+notebook pass, grouped by what they run; a probe report taken from the probe cache never carries
+an old workload."""
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -358,50 +359,107 @@ def test_a_torchrun_job_is_grouped_and_verifies_clean(
     assert "(3 process(es) in 2 group(s)" in workload_check["message"]
 
 
-# --- (e) Jupyter kernels, as a kernel launcher starts them ---------------------------------------
+# --- (e) Jupyter kernels running a notebook, started as a notebook server starts them ----------
 
-KERNEL = """
-import json, sys, time, zlib
-connection = sys.argv[sys.argv.index('-f') + 1]
-cells = ['import ctypes', 'x = [zlib.crc32(bytes([i])) for i in range(10)]', 'print(sum(x))']
-for cell in cells:
-    exec(cell)
-print('ready', connection, flush=True)
-time.sleep(1e6)
-"""
+RUNNER = f"{PYTHON} /opt/notebook/run_notebook.py"
+KERNEL = f"{PYTHON} -m ipykernel_launcher"
+RUNTIME = "/root/.local/share/jupyter/runtime"
+LIBDB = "/usr/lib/x86_64-linux-gnu/libdb-5.3.so"  # dbm.ndbm's: the notebook's import, no one else's
+RAN = re.compile(  # what run_notebook.py prints for a kernel that ran the notebook's cells
+    rf"^ran 3 cells in ({re.escape(RUNTIME)}/kernel-[0-9a-f-]{{36}}\.json) "
+    "sum 23730841060 dbm Berkeley DB$",
+    re.MULTILINE,
+)
 
 
-def kernels(
-    app_image: str, run_container: Callable[..., Any], session: str, unbuffered: str
-) -> Any:
-    """Two kernel-shaped processes: ``python3 -m ipykernel_launcher -f CONNECTION-FILE`` with
-    Jupyter's JPY_* variables, as jupyter_client's launcher starts them (the module is a
-    stand-in: ipykernel's wheels are not among the test images' offline wheels)."""
-    runtime = "/root/.local/share/jupyter/runtime"
-    launch = (
-        f"JPY_PARENT_PID=$$ JPY_SESSION_NAME={session} PYTHONUNBUFFERED={unbuffered} "
-        f"python3 -m ipykernel_launcher -f {runtime}/kernel-{session}"
-    )
-    command = (
-        'mkdir -p /tmp/k && printf "%s" "$KERNEL" > /tmp/k/ipykernel_launcher.py && cd /tmp/k '
-        f"&& ({launch}-1.json &) && exec env {launch}-2.json"
-    )
-    container = run_container(
-        app_image, command=["sh", "-c", command], environment={"KERNEL": KERNEL}
-    )
-    wait_for_log(container, "ready", count=2)
-    return container
+@pytest.fixture
+def notebook(
+    app_image: str, build_image: Callable[..., str], run_container: Callable[..., Any]
+) -> Callable[[str, str], Any]:
+    """``notebook(session, unbuffered)``: a container of the jupyter test image
+    (tests/assets/images/jupyter: ipykernel and jupyter_client from $LOCKD_WHEELS) whose init
+    process is run_notebook.py, a notebook server's part: jupyter_client's MultiKernelManager
+    starts two real kernels (``python -m ipykernel_launcher -f RUNTIME/kernel-ID.json``, with
+    JPY_PARENT_PID and JPY_SESSION_NAME=/tmp/SESSION.ipynb, the notebook's copy), runs the
+    notebook's three code cells in each through execute requests, prints what each printed, and
+    keeps them running. The container's PYTHONUNBUFFERED is ``unbuffered``."""
+    image = build_image("jupyter", BASE=app_image)
+
+    def _start(session: str, unbuffered: str) -> Any:
+        path = f"/tmp/{session}.ipynb"
+        command = (
+            f"cp /opt/notebook/analysis.ipynb {path} "
+            f"&& exec python3 /opt/notebook/run_notebook.py {path} 2"
+        )
+        container = run_container(
+            image, command=["sh", "-c", command], environment={"PYTHONUNBUFFERED": unbuffered}
+        )
+        wait_for_log(container, "ready")
+        return container
+
+    return _start
+
+
+def connection_files(container: Any) -> list[str]:
+    """The connection files of the kernels that ran the notebook, as run_notebook.py printed."""
+    found = RAN.findall(container.logs().decode("utf-8", "replace"))
+    assert len(set(found)) == 2, container.logs().decode("utf-8", "replace")[-3000:]
+    return sorted(found)
+
+
+def kernel_pids(container: Any) -> list[int]:
+    """The host pids of the container's kernels (the daemon's ``top``)."""
+    top = container.top()
+    pid, command = top["Titles"].index("PID"), top["Titles"].index("CMD")
+    return [int(p[pid]) for p in top["Processes"] if "-m ipykernel_launcher" in p[command]]
+
+
+def launcher_env(pid: int) -> dict[str, str]:
+    """The JPY_* variables and PYTHONUNBUFFERED of a process (its /proc/PID/environ)."""
+    entries = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+    pairs = dict(e.split("=", 1) for e in entries if "=" in e)
+    return {k: v for k, v in pairs.items() if k.startswith("JPY_") or k == "PYTHONUNBUFFERED"}
 
 
 def test_jupyter_kernels_are_one_group_and_verify_clean(
-    app_image: str, run_container: Callable[..., Any], lockdrun: Lockdrun
+    notebook: Callable[[str, str], Any], lockdrun: Lockdrun
 ) -> None:
-    """Kernels of another session (other connection files, JPY_* and PYTHONUNBUFFERED: the
-    launcher's) verify clean against the manifest recorded with the first session's."""
-    first = kernels(app_image, run_container, "one", "1")
+    """Two kernels that ran a notebook, recorded with their server's process; a second session
+    (other connection files, JPY_SESSION_NAME and PYTHONUNBUFFERED: the launcher's) verifies
+    clean against that manifest, its two kernels judged as the recorded group."""
+    first = notebook("one", "1")
+    files = connection_files(first)
+    assert [launcher_env(pid) for pid in kernel_pids(first)] == [
+        {"JPY_PARENT_PID": "1", "JPY_SESSION_NAME": "/tmp/one.ipynb", "PYTHONUNBUFFERED": "1"}
+    ] * 2
     manifest = lockdrun.record(f"container:{first.name}")
-    assert groups(recorded_workload(manifest)) == {f"{PYTHON} -m ipykernel_launcher": 2}
-    second = kernels(app_image, run_container, "two", "0")
+    workload = recorded_workload(manifest)
+    assert workload.get("not_examined") is None
+    assert workload.get("skipped", []) == []
+    assert groups(workload) == {RUNNER: 1, KERNEL: 2}
+    [runner] = [p for p in workload["processes"] if p["group"] == RUNNER]
+    kernels = [p for p in workload["processes"] if p["group"] == KERNEL]
+    assert (runner["pid"], runner["origin"]) == (pid_of(first), "init")
+    assert sorted(p["command"] for p in kernels) == [
+        ["/opt/venv/bin/python3", "-m", "ipykernel_launcher", "-f", f] for f in files
+    ]
+    for kernel in kernels:
+        assert (kernel["ppid"], kernel["origin"]) == (runner["pid"], "init")
+        assert kernel["env"] == {"PYTHONUNBUFFERED": "1"}  # JPY_* are not tracked variables
+    mapped = [{workload["files"][i]["path"] for i in p["files"]} for p in (runner, *kernels)]
+    assert [LIBDB in paths for paths in mapped] == [False, True, True]  # the notebook ran there
+
+    second = notebook("two", "0")
+    assert set(connection_files(second)).isdisjoint(files)
+    assert [launcher_env(pid) for pid in kernel_pids(second)] == [
+        {"JPY_PARENT_PID": "1", "JPY_SESSION_NAME": "/tmp/two.ipynb", "PYTHONUNBUFFERED": "0"}
+    ] * 2
     code, report = lockdrun.verify(second.name, manifest)
-    assert code == 0, [c for c in report["checks"] if c["status"] == "fail"]
-    assert "(2 process(es) in 1 group(s)" in check(report, "workload")["message"]
+    assert code == 0, failing(report)
+    statuses = {c: check(report, c)["status"] for c in ("image", "env", "filesystem", "workload")}
+    assert statuses == dict.fromkeys(statuses, "pass")
+    workload_check = check(report, "workload")
+    assert workload_check["message"].startswith(
+        "the running workload is the image's and the manifest's (3 process(es) in 2 group(s)"
+    )
+    assert workload_check.get("findings", []) == []
