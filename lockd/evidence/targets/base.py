@@ -102,12 +102,12 @@ class ProbeOptions:
     """Seconds the probe may run beyond the target's own timeout (the smoke test's)."""
     reuse: bool = False
     """A running container may take its report from the probe cache when nothing the probe
-    can see changed since it was kept (lockd.evidence.cache.probe), and the digests of its
-    workload's files from those kept across runs (lockd.evidence.cache.hashes); other targets
-    ignore it."""
+    can see changed since it was kept (lockd.evidence.cache.probe); a running container and a
+    process take the digests of their workload's files from those kept across runs
+    (lockd.evidence.cache.hashes). Other targets ignore it."""
     hashes: HashCache | None = field(default=None, compare=False)
-    """The hash cache a running container's workload is read through (the watch agent holds
-    one per host while it runs); None: as ``reuse`` says."""
+    """The hash cache a workload is read through (the watch agent holds one per host while it
+    runs); None: as ``reuse`` says."""
 
     def arguments(self) -> tuple[str, ...]:
         """The probe's command-line options."""
