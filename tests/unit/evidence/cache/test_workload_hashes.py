@@ -21,7 +21,13 @@ from lockd.evidence.cache import hashes
 from lockd.evidence.cache.hashes import HashCache, load, save
 from lockd.evidence.workload import read_workload
 
-LATER = time.time_ns() + 10 * 10**9  # "now", well past RACY_NS after any file written here
+
+def later() -> int:
+    """A "now" well past RACY_NS after any file written so far (read when the test runs, not
+    when the module is collected: a full run starts tests minutes after collecting them)."""
+    return time.time_ns() + 10 * 10**9
+
+
 LIBZ = "/usr/lib/x86_64-linux-gnu/libz.so.1"
 
 
@@ -36,7 +42,7 @@ def test_digests_are_kept_across_runs_and_taken_while_the_guard_holds(tmp_path: 
     library.write_bytes(b"\x7fELF" + b"\0" * 60)
     st = os.stat(library)
     cache = HashCache()
-    assert cache.put(st, "a" * 64, "lib.so.1", LATER)
+    assert cache.put(st, "a" * 64, "lib.so.1", later())
     assert save(cache, tmp_path / "kept")
     assert not save(cache, tmp_path / "kept")  # nothing new since: not written again
     kept = load(tmp_path / "kept")
@@ -67,7 +73,7 @@ def test_digests_of_another_boot_are_not_taken(
     library = tmp_path / "lib.so"
     library.write_bytes(b"x")
     cache = HashCache()
-    cache.put(os.stat(library), "a" * 64, None, LATER)
+    cache.put(os.stat(library), "a" * 64, None, later())
     assert save(cache, tmp_path / "kept")
     monkeypatch.setattr(hashes, "boot_id", lambda: "another-boot")
     assert len(load(tmp_path / "kept")) == 0
@@ -110,13 +116,13 @@ def test_the_entries_used_last_are_kept_first(
         files.append(os.stat(path))
     first = HashCache()
     for n, st in enumerate(files):
-        first.put(st, f"{n:064x}", None, LATER)
+        first.put(st, f"{n:064x}", None, later())
     assert save(first, tmp_path / "kept")
     assert len(load(tmp_path / "kept")) == 2
     second = load(tmp_path / "kept")
     third = tmp_path / "lib3.so"
     third.write_bytes(b"y")
-    second.put(os.stat(third), "f" * 64, None, LATER)  # used by this run: kept before the rest
+    second.put(os.stat(third), "f" * 64, None, later())  # used by this run: kept before the rest
     assert save(second, tmp_path / "kept")
     assert load(tmp_path / "kept").get(os.stat(third)) == ("f" * 64, None)
 
@@ -148,7 +154,8 @@ def test_a_library_rewritten_in_place_with_its_size_and_mtime_kept_is_read_again
     try:
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "ready"
-        monkeypatch.setattr(time, "time_ns", lambda: LATER)  # every file is old enough to keep
+        now = later()
+        monkeypatch.setattr(time, "time_ns", lambda: now)  # every file is old enough to keep
         first = load(tmp_path / "kept")
         found = read_workload([child.pid], hashes=first)
         [mapped] = [f for f in found.files if f.path == str(copy)]
