@@ -31,7 +31,7 @@ from lockd.model.fleet import (
     transitions,
 )
 from lockd.store import tables as t
-from lockd.store.repository import NewVerification, Store, _Tx, body_digest
+from lockd.store.repository import NewVerification, Store, Transaction, body_digest
 
 __all__ = [
     "Applied",
@@ -64,7 +64,7 @@ def apply_batch(
     last applied one of its (host, agent): then nothing changes). ``notify``: transitions to
     fail or unrecorded are queued for the webhook."""
     host = batch.host
-    with store._write() as tx:
+    with store.write() as tx:
         last = tx.execute(
             "SELECT sequence FROM fleet_agents WHERE host = ? AND agent = ?", (host, batch.agent)
         ).fetchone()
@@ -219,7 +219,7 @@ def fleet_view(
         containers_query = containers_query.where(t.fleet_containers.c.host == host)
     if verdict is not None:
         containers_query = containers_query.where(t.fleet_containers.c.verdict == verdict)
-    with store._snapshot() as conn:
+    with store.snapshot() as conn:
         hosts = conn.execute(hosts_query).mappings().all()
         containers = conn.execute(containers_query).mappings().all()
     by_host: dict[str, list[FleetContainerView]] = {}
@@ -260,7 +260,7 @@ def fleet_counts(
     store: Store, *, now: dt.datetime, stale_after_s: int
 ) -> tuple[dict[str, int], dict[str, int]]:
     """Containers by verdict and hosts by state (for /metrics)."""
-    with store._snapshot() as conn:
+    with store.snapshot() as conn:
         verdicts = {
             str(verdict): int(count)
             for verdict, count in conn.execute(
@@ -294,7 +294,7 @@ _EVENT_COLUMNS = (
 
 def claim_event(store: Store, *, owner: str, now: str, lease_until: str) -> Claimed | None:
     """The oldest event due for delivery that no live lease holds, leased to ``owner``."""
-    with store._write() as tx:
+    with store.write() as tx:
         row = tx.execute(
             f"SELECT {_EVENT_COLUMNS} FROM fleet_events "  # noqa: S608 (constant columns)
             "WHERE notify = ? AND delivered = ? AND gave_up = ? AND next_attempt_at <= ? "
@@ -324,7 +324,7 @@ def claim_event(store: Store, *, owner: str, now: str, lease_until: str) -> Clai
 
 
 def mark_delivered(store: Store, event_id: int, *, owner: str, at: str) -> None:
-    with store._write() as tx:
+    with store.write() as tx:
         tx.execute(
             "UPDATE fleet_events SET delivered = ?, delivered_at = ?, attempts = attempts + 1, "
             "lease_until = NULL, lease_owner = NULL, last_error = NULL "
@@ -337,7 +337,7 @@ def mark_failed(
     store: Store, event_id: int, *, owner: str, error: str, retry_at: str | None
 ) -> None:
     """A failed attempt: retry at ``retry_at``, or give up (None)."""
-    with store._write() as tx:
+    with store.write() as tx:
         tx.execute(
             "UPDATE fleet_events SET attempts = attempts + 1, next_attempt_at = ?, gave_up = ?, "
             "lease_until = NULL, lease_owner = NULL, last_error = ? "
@@ -348,7 +348,7 @@ def mark_failed(
 
 def release_claims(store: Store, *, owner: str) -> None:
     """Let other workers take what ``owner`` leased and did not finish (at shutdown)."""
-    with store._write() as tx:
+    with store.write() as tx:
         tx.execute(
             "UPDATE fleet_events SET lease_until = NULL, lease_owner = NULL "
             "WHERE lease_owner = ? AND delivered = ?",
@@ -382,13 +382,13 @@ def forget_host(store: Store, host: str, *, actor: str, time: str) -> bool:
     nothing changes) when the fleet has no such host. Its agents' last applied sequences are
     kept, so a batch redelivered from before is still ignored, while a new batch brings the host
     back; its events stay until they are pruned."""
-    with store._write() as tx:
+    with store.write() as tx:
         return _forget(tx, host, actor=actor, time=time)
 
 
 def forget_stale_hosts(store: Store, *, before: str, actor: str, time: str) -> list[str]:
     """Forget every host whose latest batch arrived before ``before``; the hosts, by name."""
-    with store._write() as tx:
+    with store.write() as tx:
         hosts = [
             str(row[0])
             for row in tx.execute(
@@ -400,7 +400,7 @@ def forget_stale_hosts(store: Store, *, before: str, actor: str, time: str) -> l
     return hosts
 
 
-def _forget(tx: _Tx, host: str, *, actor: str, time: str) -> bool:
+def _forget(tx: Transaction, host: str, *, actor: str, time: str) -> bool:
     tx.execute("DELETE FROM fleet_containers WHERE host = ?", (host,))
     if not tx.execute("DELETE FROM fleet_hosts WHERE host = ?", (host,)).rowcount:
         return False
@@ -413,7 +413,7 @@ def prune_events(store: Store, *, before: str) -> int:
     for nothing: delivered, given up, or never to be sent (a transition that fires no webhook,
     or one recorded while no webhook URL was set). Events still waiting for the webhook are
     kept whatever their age. The number deleted."""
-    with store._write() as tx:
+    with store.write() as tx:
         deleted = tx.execute(
             "DELETE FROM fleet_events "
             "WHERE at < ? AND (notify = ? OR delivered = ? OR gave_up = ?)",

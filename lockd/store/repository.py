@@ -36,6 +36,7 @@ __all__ = [
     "Principal",
     "Role",
     "Store",
+    "Transaction",
     "VerificationRecord",
     "body_digest",
     "hash_token",
@@ -137,8 +138,9 @@ MAX_IDLE_READERS = 4  # SQLite read connections kept out of the pool between rea
 _ROWS_PER_INSERT = 500  # rows of one multi-row INSERT (SQLite allows 32766 parameters)
 
 
-class _Tx:
-    """One write transaction: plain driver statements, and the audit append."""
+class Transaction:
+    """One write transaction (:meth:`Store.write`): plain driver statements, and the audit
+    append."""
 
     def __init__(self, store: Store, cursor: Any, seq: int, last: str) -> None:
         self._store = store
@@ -274,7 +276,7 @@ class Store:
         return statement if self._qmark else statement.replace("?", "%s")
 
     @contextmanager
-    def _write(self) -> Iterator[_Tx]:
+    def write(self) -> Iterator[Transaction]:
         """A write transaction on a pooled driver connection, holding the audit head (SQLite:
         the one write lock, taken by BEGIN IMMEDIATE; PostgreSQL: a row lock, FOR UPDATE), so
         appends are serialized and the chain never forks. Plain driver calls: this is the hot
@@ -282,7 +284,7 @@ class Store:
         with self._writer:
             yield from self._write_unlocked()
 
-    def _write_unlocked(self) -> Iterator[_Tx]:
+    def _write_unlocked(self) -> Iterator[Transaction]:
         raw = self.engine.raw_connection()
         cursor = raw.cursor()
         try:
@@ -296,7 +298,7 @@ class Store:
                     "migrates; or check LOCKD_DATABASE_URL)"
                 )
             seq, last = head
-            tx = _Tx(self, cursor, seq, last)
+            tx = Transaction(self, cursor, seq, last)
             yield tx
             tx.finish()
             raw.commit()
@@ -337,7 +339,7 @@ class Store:
         return None if row is None else tuple(row)
 
     @contextmanager
-    def _snapshot(self) -> Iterator[Connection]:
+    def snapshot(self) -> Iterator[Connection]:
         """A read transaction that sees one state of the database throughout."""
         options = {"isolation_level": "REPEATABLE READ"} if is_postgres(self.engine) else {}
         with self.engine.connect().execution_options(**options) as conn, conn.begin():
@@ -360,7 +362,7 @@ class Store:
         """Store a trusted envelope once: ``(record, True)`` when new, ``(stored, False)`` when
         an envelope with this payload digest is stored already (nothing changes then)."""
         time = now()
-        with self._write() as tx:
+        with self.write() as tx:
             existing = tx.execute("SELECT id FROM manifests WHERE digest = ?", (digest,)).fetchone()
             if existing is None:
                 manifest_id = tx.execute(
@@ -444,7 +446,7 @@ class Store:
         return found
 
     def _manifests(self, query: Any) -> list[ManifestRecord]:
-        with self._snapshot() as conn:
+        with self.snapshot() as conn:
             rows = conn.execute(query).mappings().all()
             if not rows:
                 return []
@@ -502,7 +504,7 @@ class Store:
         if not batch:
             return []
         time = now()
-        with self._write() as tx:
+        with self.write() as tx:
             ids = tx.insert_verifications(batch, time=time)
         return [
             VerificationRecord(
@@ -557,7 +559,7 @@ class Store:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         time = now()
         try:
-            with self._write() as tx:
+            with self.write() as tx:
                 tx.execute(
                     "INSERT INTO tokens (name, role, token_hash, created_at, created_by) "
                     "VALUES (?, ?, ?, ?, ?)",
@@ -587,7 +589,7 @@ class Store:
     def add_audits(self, entries: Sequence[tuple[str, str, str | None, str | None]]) -> None:
         """Chain entries that have no row of their own (admission decisions), in one
         transaction: each is ``(actor, action, subject, body_digest)``."""
-        with self._write() as tx:
+        with self.write() as tx:
             time = now()
             for actor, action, subject, body_digest in entries:
                 tx.append(
@@ -611,7 +613,7 @@ class Store:
     def verify_audit(self, *, batch: int = 5000) -> ChainCheck:
         """Re-hash the whole log, in seq order, against itself and the head."""
         checker = ChainChecker()
-        with self._snapshot() as conn:
+        with self.snapshot() as conn:
             head = conn.execute(
                 select(t.audit_head.c.seq, t.audit_head.c.hash).where(t.audit_head.c.id == 1)
             ).one()
