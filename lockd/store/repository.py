@@ -9,12 +9,12 @@ import hashlib
 import json
 import secrets
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
-from sqlalchemy import Connection, Engine, and_, exists, func, select
+from sqlalchemy import Connection, Dialect, Engine, Select, and_, bindparam, exists, func, select
 
 from lockd.errors import InputError
 from lockd.store import tables as t
@@ -219,6 +219,29 @@ class Transaction:
             )
 
 
+@dataclass(frozen=True)
+class _HotRead:
+    """A Core SELECT compiled once for a database, to run on a driver connection (the hot
+    reads, where a SQLAlchemy connection and execution would cost several times the read
+    itself): the SQL in the driver's parameter style, the compiled parameters' own values
+    (e.g. LIMIT's), and, for a positional style (SQLite's ``?``), the parameters' order.
+    Plain strings in and out: no type processing is needed."""
+
+    sql: str
+    defaults: Mapping[str, Any]
+    order: tuple[str, ...] | None  # None: parameters by name (psycopg's %(name)s)
+
+    @classmethod
+    def compile(cls, statement: Select[Any], dialect: Dialect) -> _HotRead:
+        compiled = statement.compile(dialect=dialect)
+        order = tuple(compiled.positiontup or ()) if compiled.positional else None
+        return cls(compiled.string, dict(compiled.params), order)
+
+    def parameters(self, values: Mapping[str, Any]) -> Sequence[Any] | Mapping[str, Any]:
+        given = {**self.defaults, **values}
+        return given if self.order is None else tuple(given[name] for name in self.order)
+
+
 class Store:
     """The service's database. Thread-safe (each call takes a pooled connection)."""
 
@@ -236,6 +259,7 @@ class Store:
         self._idle_readers: list[Any] = []
         self._readers_lock = threading.Lock()
         self._writer: AbstractContextManager[Any] = self._lock or nullcontext()
+        self._hot_reads: dict[tuple[str, int], _HotRead] = {}  # compiled once each
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -309,15 +333,23 @@ class Store:
             cursor.close()
             raw.close()
 
-    def _read_one(self, statement: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
-        """One row of a read on a driver connection (for the hot reads): on SQLite an idle one
-        is reused (autocommit: the SELECT is its own read transaction, over once all its rows
-        are fetched), which spares the pool's checkout and reset; else a pooled one."""
+    def _hot(self, key: tuple[str, int], build: Callable[[], Select[Any]]) -> _HotRead:
+        """The hot read ``key``, built and compiled for this database the first time."""
+        found = self._hot_reads.get(key)
+        if found is None:
+            found = self._hot_reads[key] = _HotRead.compile(build(), self.engine.dialect)
+        return found
+
+    def _read_one(self, read: _HotRead, values: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """One row of a hot read, run on a driver connection: on SQLite an idle one is reused
+        (autocommit: the SELECT is its own read transaction, over once all its rows are
+        fetched), which spares the pool's checkout and reset; else a pooled one."""
+        parameters = read.parameters(values)
         if self._qmark:
             with self._sqlite_reader() as raw:
                 cursor = raw.cursor()
                 try:
-                    rows = cursor.execute(statement, tuple(params)).fetchall()
+                    rows = cursor.execute(read.sql, parameters).fetchall()
                 finally:
                     cursor.close()
             return tuple(rows[0]) if rows else None
@@ -328,7 +360,7 @@ class Store:
             try:
                 cursor = driver.cursor()
                 try:
-                    cursor.execute(self._sql(statement), tuple(params))
+                    cursor.execute(read.sql, parameters)
                     row = cursor.fetchone()
                 finally:
                     cursor.close()
@@ -430,12 +462,18 @@ class Store:
         """The newest stored manifest one of whose subjects is in ``subjects``."""
         if not subjects:
             return None
-        marks = ", ".join("?" * len(subjects))
-        found = self._read_one(
-            "SELECT m.digest FROM manifests m JOIN manifest_subjects s ON s.manifest_id = m.id "  # noqa: S608 (placeholders only)
-            f"WHERE s.digest IN ({marks}) ORDER BY m.id DESC LIMIT 1",
-            subjects,
+        count = len(subjects)
+        read = self._hot(
+            ("latest_manifest_digest", count),
+            lambda: (
+                select(t.manifests.c.digest)
+                .join(t.manifest_subjects, t.manifest_subjects.c.manifest_id == t.manifests.c.id)
+                .where(t.manifest_subjects.c.digest.in_([bindparam(f"s{i}") for i in range(count)]))
+                .order_by(t.manifests.c.id.desc())
+                .limit(1)
+            ),
         )
+        found = self._read_one(read, {f"s{i}": subject for i, subject in enumerate(subjects)})
         return None if found is None else str(found[0])
 
     def envelope_of(self, digest: str) -> str | None:
@@ -577,9 +615,13 @@ class Store:
         return token
 
     def principal_for(self, token: str) -> Principal | None:
-        row = self._read_one(
-            "SELECT name, role FROM tokens WHERE token_hash = ?", (hash_token(token),)
+        read = self._hot(
+            ("principal_for", 0),
+            lambda: select(t.tokens.c.name, t.tokens.c.role).where(
+                t.tokens.c.token_hash == bindparam("token_hash")
+            ),
         )
+        row = self._read_one(read, {"token_hash": hash_token(token)})
         if row is None or row[1] not in ROLES:
             return None
         return Principal(name=row[0], role=row[1])
