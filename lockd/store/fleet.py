@@ -16,7 +16,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, delete, false, func, insert, or_, select, true, update
 
 from lockd.model.fleet import (
     FleetBatch,
@@ -57,6 +57,12 @@ class Applied:
     notifications: int = 0  # events waiting for the webhook
 
 
+_DELETE_CONTAINER = delete(t.fleet_containers).where(
+    t.fleet_containers.c.host == bindparam("gone_host"),
+    t.fleet_containers.c.container_id == bindparam("gone"),
+)
+
+
 def apply_batch(
     store: Store, batch: FleetBatch, *, actor: str, received_at: str, notify: bool
 ) -> Applied:
@@ -66,28 +72,41 @@ def apply_batch(
     host = batch.host
     with store.write() as tx:
         last = tx.execute(
-            "SELECT sequence FROM fleet_agents WHERE host = ? AND agent = ?", (host, batch.agent)
-        ).fetchone()
-        if last is not None and batch.sequence <= last[0]:
+            select(t.fleet_agents.c.sequence).where(
+                t.fleet_agents.c.host == host, t.fleet_agents.c.agent == batch.agent
+            )
+        ).scalar()
+        if last is not None and batch.sequence <= last:
             return Applied(applied=False, sequence=batch.sequence)
-        tx.execute(
-            "INSERT INTO fleet_agents (host, agent, sequence, applied_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (host, agent) DO UPDATE SET sequence = excluded.sequence, "
-            "applied_at = excluded.applied_at",
-            (host, batch.agent, batch.sequence, received_at),
+        tx.upsert(
+            t.fleet_agents,
+            ("host", "agent"),
+            {
+                "host": host,
+                "agent": batch.agent,
+                "sequence": batch.sequence,
+                "applied_at": received_at,
+            },
         )
-        tx.execute(
-            "INSERT INTO fleet_hosts (host, agent, last_seen, interval_s) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (host) DO UPDATE SET agent = excluded.agent, "
-            "last_seen = excluded.last_seen, interval_s = excluded.interval_s",
-            (host, batch.agent, received_at, batch.interval_s),
+        tx.upsert(
+            t.fleet_hosts,
+            ("host",),
+            {
+                "host": host,
+                "agent": batch.agent,
+                "last_seen": received_at,
+                "interval_s": batch.interval_s,
+            },
         )
         current = {
-            row[0]: (row[1], row[2])
+            row.container_id: (row.verdict, row.since)
             for row in tx.execute(
-                "SELECT container_id, verdict, since FROM fleet_containers WHERE host = ?",
-                (host,),
-            ).fetchall()
+                select(
+                    t.fleet_containers.c.container_id,
+                    t.fleet_containers.c.verdict,
+                    t.fleet_containers.c.since,
+                ).where(t.fleet_containers.c.host == host)
+            )
         }
         changes = transitions({k: v[0] for k, v in current.items()}, batch.results)
         changed = {c.container: c for c in changes}
@@ -118,69 +137,56 @@ def apply_batch(
             transition = changed.get(c.id)
             since = observed if transition is not None else current[c.id][1]
             findings = json.dumps(result.findings)
-            tx.execute(
-                "INSERT INTO fleet_containers (host, container_id, name, image, image_id, labels, "
-                "manifest_digest, policy, verdict, since, checked_at, findings, error, "
-                "verification_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (host, container_id) DO UPDATE SET name = excluded.name, "
-                "image = excluded.image, image_id = excluded.image_id, labels = excluded.labels, "
-                "manifest_digest = excluded.manifest_digest, policy = excluded.policy, "
-                "verdict = excluded.verdict, since = excluded.since, "
-                "checked_at = excluded.checked_at, findings = excluded.findings, "
-                "error = excluded.error, verification_id = excluded.verification_id",
-                (
-                    host,
-                    c.id,
-                    c.name,
-                    c.image,
-                    c.image_id,
-                    json.dumps(c.labels, sort_keys=True),
-                    result.manifest_digest,
-                    result.policy,
-                    result.verdict,
-                    since,
-                    observed,
-                    findings,
-                    result.error,
-                    verification_id,
-                ),
+            tx.upsert(
+                t.fleet_containers,
+                ("host", "container_id"),
+                {
+                    "host": host,
+                    "container_id": c.id,
+                    "name": c.name,
+                    "image": c.image,
+                    "image_id": c.image_id,
+                    "labels": json.dumps(c.labels, sort_keys=True),
+                    "manifest_digest": result.manifest_digest,
+                    "policy": result.policy,
+                    "verdict": result.verdict,
+                    "since": since,
+                    "checked_at": observed,
+                    "findings": findings,
+                    "error": result.error,
+                    "verification_id": verification_id,
+                },
             )
             if transition is None:
                 continue
             fires = notify and transition.alerts
             notifications += fires
             tx.execute(
-                "INSERT INTO fleet_events (host, container_id, name, image, image_id, "
-                "from_verdict, to_verdict, findings, manifest_digest, verification_id, at, "
-                "notify, delivered, gave_up, attempts, next_attempt_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    host,
-                    c.id,
-                    c.name,
-                    c.image,
-                    c.image_id,
-                    transition.before,
-                    transition.after,
-                    findings,
-                    result.manifest_digest,
-                    verification_id,
-                    observed,
-                    fires,
-                    False,
-                    False,
-                    0,
-                    received_at if fires else None,
-                ),
+                insert(t.fleet_events),
+                {
+                    "host": host,
+                    "container_id": c.id,
+                    "name": c.name,
+                    "image": c.image,
+                    "image_id": c.image_id,
+                    "from_verdict": transition.before,
+                    "to_verdict": transition.after,
+                    "findings": findings,
+                    "manifest_digest": result.manifest_digest,
+                    "verification_id": verification_id,
+                    "at": observed,
+                    "notify": fires,
+                    "delivered": False,
+                    "gave_up": False,
+                    "attempts": 0,
+                    "next_attempt_at": received_at if fires else None,
+                },
             )
         running = set(batch.running)
         known = set(current) | {r.container.id for r in batch.results}
         gone = sorted(known - running)
         if gone:
-            tx.executemany(
-                "DELETE FROM fleet_containers WHERE host = ? AND container_id = ?",
-                [(host, container) for container in gone],
-            )
+            tx.execute(_DELETE_CONTAINER, [{"gone_host": host, "gone": c} for c in gone])
         tx.append(
             time=received_at,
             actor=actor,
@@ -286,9 +292,21 @@ class Claimed:
     attempts: int  # attempts made before this one
 
 
-_EVENT_COLUMNS = (
-    "id, host, container_id, name, image, image_id, from_verdict, to_verdict, findings, "
-    "manifest_digest, verification_id, at, attempts"
+_EVENTS = t.fleet_events.c
+_DUE = select(
+    _EVENTS.id,
+    _EVENTS.host,
+    _EVENTS.container_id,
+    _EVENTS.name,
+    _EVENTS.image,
+    _EVENTS.image_id,
+    _EVENTS.from_verdict,
+    _EVENTS.to_verdict,
+    _EVENTS.findings,
+    _EVENTS.manifest_digest,
+    _EVENTS.verification_id,
+    _EVENTS.at,
+    _EVENTS.attempts,
 )
 
 
@@ -296,40 +314,52 @@ def claim_event(store: Store, *, owner: str, now: str, lease_until: str) -> Clai
     """The oldest event due for delivery that no live lease holds, leased to ``owner``."""
     with store.write() as tx:
         row = tx.execute(
-            f"SELECT {_EVENT_COLUMNS} FROM fleet_events "  # noqa: S608 (constant columns)
-            "WHERE notify = ? AND delivered = ? AND gave_up = ? AND next_attempt_at <= ? "
-            "AND (lease_until IS NULL OR lease_until < ?) ORDER BY id LIMIT 1",
-            (True, False, False, now, now),
-        ).fetchone()
+            _DUE.where(
+                _EVENTS.notify == true(),
+                _EVENTS.delivered == false(),
+                _EVENTS.gave_up == false(),
+                _EVENTS.next_attempt_at <= now,
+                or_(_EVENTS.lease_until.is_(None), _EVENTS.lease_until < now),
+            )
+            .order_by(_EVENTS.id)
+            .limit(1)
+        ).first()
         if row is None:
             return None
         tx.execute(
-            "UPDATE fleet_events SET lease_until = ?, lease_owner = ? WHERE id = ?",
-            (lease_until, owner, row[0]),
+            update(t.fleet_events)
+            .where(_EVENTS.id == row.id)
+            .values(lease_until=lease_until, lease_owner=owner)
         )
     event = TransitionEvent(
-        id=row[0],
-        host=row[1],
-        container={"id": row[2], "name": row[3]},
-        image=row[4],
-        image_id=row[5],
-        from_=row[6],
-        to=row[7],
-        findings=json.loads(row[8]),
-        manifest_digest=row[9],
-        verification_id=row[10],
-        at=row[11],
+        id=row.id,
+        host=row.host,
+        container={"id": row.container_id, "name": row.name},
+        image=row.image,
+        image_id=row.image_id,
+        from_=row.from_verdict,
+        to=row.to_verdict,
+        findings=json.loads(row.findings),
+        manifest_digest=row.manifest_digest,
+        verification_id=row.verification_id,
+        at=row.at,
     )
-    return Claimed(event=event, attempts=int(row[12]))
+    return Claimed(event=event, attempts=int(row.attempts))
 
 
 def mark_delivered(store: Store, event_id: int, *, owner: str, at: str) -> None:
     with store.write() as tx:
         tx.execute(
-            "UPDATE fleet_events SET delivered = ?, delivered_at = ?, attempts = attempts + 1, "
-            "lease_until = NULL, lease_owner = NULL, last_error = NULL "
-            "WHERE id = ? AND lease_owner = ?",
-            (True, at, event_id, owner),
+            update(t.fleet_events)
+            .where(_EVENTS.id == event_id, _EVENTS.lease_owner == owner)
+            .values(
+                delivered=True,
+                delivered_at=at,
+                attempts=_EVENTS.attempts + 1,
+                lease_until=None,
+                lease_owner=None,
+                last_error=None,
+            )
         )
 
 
@@ -339,10 +369,16 @@ def mark_failed(
     """A failed attempt: retry at ``retry_at``, or give up (None)."""
     with store.write() as tx:
         tx.execute(
-            "UPDATE fleet_events SET attempts = attempts + 1, next_attempt_at = ?, gave_up = ?, "
-            "lease_until = NULL, lease_owner = NULL, last_error = ? "
-            "WHERE id = ? AND lease_owner = ?",
-            (retry_at, retry_at is None, error[:4096], event_id, owner),
+            update(t.fleet_events)
+            .where(_EVENTS.id == event_id, _EVENTS.lease_owner == owner)
+            .values(
+                attempts=_EVENTS.attempts + 1,
+                next_attempt_at=retry_at,
+                gave_up=retry_at is None,
+                lease_until=None,
+                lease_owner=None,
+                last_error=error[:4096],
+            )
         )
 
 
@@ -350,9 +386,9 @@ def release_claims(store: Store, *, owner: str) -> None:
     """Let other workers take what ``owner`` leased and did not finish (at shutdown)."""
     with store.write() as tx:
         tx.execute(
-            "UPDATE fleet_events SET lease_until = NULL, lease_owner = NULL "
-            "WHERE lease_owner = ? AND delivered = ?",
-            (owner, False),
+            update(t.fleet_events)
+            .where(_EVENTS.lease_owner == owner, _EVENTS.delivered == false())
+            .values(lease_until=None, lease_owner=None)
         )
 
 
@@ -390,10 +426,12 @@ def forget_stale_hosts(store: Store, *, before: str, actor: str, time: str) -> l
     """Forget every host whose latest batch arrived before ``before``; the hosts, by name."""
     with store.write() as tx:
         hosts = [
-            str(row[0])
-            for row in tx.execute(
-                "SELECT host FROM fleet_hosts WHERE last_seen < ? ORDER BY host", (before,)
-            ).fetchall()
+            str(host)
+            for host in tx.execute(
+                select(t.fleet_hosts.c.host)
+                .where(t.fleet_hosts.c.last_seen < before)
+                .order_by(t.fleet_hosts.c.host)
+            ).scalars()
         ]
         for host in hosts:
             _forget(tx, host, actor=actor, time=time)
@@ -401,8 +439,8 @@ def forget_stale_hosts(store: Store, *, before: str, actor: str, time: str) -> l
 
 
 def _forget(tx: Transaction, host: str, *, actor: str, time: str) -> bool:
-    tx.execute("DELETE FROM fleet_containers WHERE host = ?", (host,))
-    if not tx.execute("DELETE FROM fleet_hosts WHERE host = ?", (host,)).rowcount:
+    tx.execute(delete(t.fleet_containers).where(t.fleet_containers.c.host == host))
+    if not tx.execute(delete(t.fleet_hosts).where(t.fleet_hosts.c.host == host)).rowcount:
         return False
     tx.append(time=time, actor=actor, action=FORGET_ACTION, subject=host, body_digest=None)
     return True
@@ -415,8 +453,13 @@ def prune_events(store: Store, *, before: str) -> int:
     kept whatever their age. The number deleted."""
     with store.write() as tx:
         deleted = tx.execute(
-            "DELETE FROM fleet_events "
-            "WHERE at < ? AND (notify = ? OR delivered = ? OR gave_up = ?)",
-            (before, False, True, True),
+            delete(t.fleet_events).where(
+                _EVENTS.at < before,
+                or_(
+                    _EVENTS.notify == false(),
+                    _EVENTS.delivered == true(),
+                    _EVENTS.gave_up == true(),
+                ),
+            )
         ).rowcount
     return int(deleted)

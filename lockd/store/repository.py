@@ -12,13 +12,32 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from typing import Any, Literal, get_args
 
-from sqlalchemy import Connection, Dialect, Engine, Select, and_, bindparam, exists, func, select
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Dialect,
+    Engine,
+    Insert,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.selectable import ExecutableReturnsRows
 
 from lockd.errors import InputError
 from lockd.store import tables as t
-from lockd.store.engine import is_postgres, make_engine
+from lockd.store.engine import WRITE, is_postgres, make_engine
 from lockd.store.writelock import WriteLock
 from lockd.trust.auditlog import ChainCheck, ChainChecker, entry_hash
 
@@ -135,27 +154,46 @@ _AUDIT_COLUMNS = (
 
 
 MAX_IDLE_READERS = 4  # SQLite read connections kept out of the pool between reads
-_ROWS_PER_INSERT = 500  # rows of one multi-row INSERT (SQLite allows 32766 parameters)
+
+Parameters = Mapping[str, Any] | Sequence[Mapping[str, Any]]  # one row's, or many rows'
+
+_HEAD = (
+    select(t.audit_head.c.seq, t.audit_head.c.hash)
+    .where(t.audit_head.c.id == 1)
+    .with_for_update()  # PostgreSQL's row lock; SQLite renders none (BEGIN IMMEDIATE locks)
+)
+_MOVE_HEAD = (
+    update(t.audit_head)
+    .where(t.audit_head.c.id == 1)
+    .values(seq=bindparam("head_seq"), hash=bindparam("head_hash"))
+)
+_INSERT_AUDIT = insert(t.audit_log)
+_INSERT_VERIFICATIONS = insert(t.verifications).returning(t.verifications.c.id)
 
 
 class Transaction:
-    """One write transaction (:meth:`Store.write`): plain driver statements, and the audit
-    append."""
+    """One write transaction (:meth:`Store.write`): SQLAlchemy Core statements on its
+    connection, and the audit entries chained onto the head it holds, stored with them."""
 
-    def __init__(self, store: Store, cursor: Any, seq: int, last: str) -> None:
-        self._store = store
-        self.cursor = cursor
+    def __init__(self, connection: Connection, seq: int, last: str) -> None:
+        self._connection = connection
         self.seq = seq
         self.last = last
         self._start = seq
-        self._entries: list[tuple[Any, ...]] = []  # audit rows, written by finish()
+        self._entries: list[dict[str, Any]] = []  # audit rows, written by finish()
 
-    def execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
-        self.cursor.execute(self._store._sql(statement), tuple(params))
-        return self.cursor
+    def execute(
+        self, statement: ExecutableReturnsRows, parameters: Parameters | None = None
+    ) -> CursorResult[Any]:
+        """Run a Core statement (insert, update, delete, select; never SQL text) with its
+        parameters: one mapping, or a sequence of them (one execution per row, batched by the
+        driver or SQLAlchemy); its result."""
+        return self._connection.execute(statement, parameters)
 
-    def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
-        self.cursor.executemany(self._store._sql(statement), [tuple(r) for r in rows])
+    def upsert(self, table: Table, key: Sequence[str], rows: Parameters) -> None:
+        """Insert ``rows`` into ``table``; a row whose ``key`` columns match a stored one
+        replaces that row's other columns (ON CONFLICT DO UPDATE)."""
+        self._connection.execute(_upsert(self._connection.dialect.name, table, tuple(key)), rows)
 
     def append(
         self, *, time: str, actor: str, action: str, subject: str | None, body_digest: str | None
@@ -171,27 +209,33 @@ class Transaction:
             "prev_hash": self.last,
         }
         digest = entry_hash(entry)
-        self._entries.append((*entry.values(), digest))
+        self._entries.append({**entry, "hash": digest})
         self.seq, self.last = entry["seq"], digest
         return AuditEntry(**entry, hash=digest)
 
     def insert_verifications(self, batch: Sequence[NewVerification], *, time: str) -> list[int]:
         """Store reports, each with its audit entry, in order; their ids, in the same order."""
-        rows = [
-            (time, n.actor, n.source, n.subject, n.manifest_digest, n.policy, n.verified, n.report)
-            for n in batch
-        ]
-        ids: list[int] = []
-        for start in range(0, len(rows), _ROWS_PER_INSERT):
-            chunk = rows[start : start + _ROWS_PER_INSERT]
-            marks = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
-            returned = self.execute(
-                "INSERT INTO verifications (created_at, actor, source, subject, "  # noqa: S608 (placeholders only)
-                f"manifest_digest, policy, verified, report) VALUES {marks} RETURNING id",
-                [value for row in chunk for value in row],
-            ).fetchall()
-            # RETURNING's order is unspecified; ids are given in VALUES order, ascending.
-            ids += sorted(row[0] for row in returned)
+        if not batch:
+            return []
+        returned = self.execute(
+            _INSERT_VERIFICATIONS,
+            [
+                {
+                    "created_at": time,
+                    "actor": n.actor,
+                    "source": n.source,
+                    "subject": n.subject,
+                    "manifest_digest": n.manifest_digest,
+                    "policy": n.policy,
+                    "verified": n.verified,
+                    "report": n.report,
+                }
+                for n in batch
+            ],
+        )
+        # Multi-row INSERTs (SQLAlchemy's "insertmanyvalues"): RETURNING's order is unspecified;
+        # ids are given in VALUES order, ascending.
+        ids = sorted(returned.scalars())
         for new in batch:
             self.append(
                 time=time,
@@ -203,20 +247,24 @@ class Transaction:
         return ids
 
     def finish(self) -> None:
-        """Before the commit: the transaction's audit rows, a few statements for all of them
-        (each is a round trip on PostgreSQL), and the head moved once."""
-        for start in range(0, len(self._entries), _ROWS_PER_INSERT):
-            rows = self._entries[start : start + _ROWS_PER_INSERT]
-            self.execute(
-                "INSERT INTO audit_log (seq, time, actor, action, subject, body_digest, "  # noqa: S608 (placeholders only)
-                f"prev_hash, hash) VALUES {', '.join(['(?, ?, ?, ?, ?, ?, ?, ?)'] * len(rows))}",
-                [value for row in rows for value in row],
-            )
-        self._entries.clear()
+        """Before the commit (:meth:`Store.write` calls it): the transaction's audit rows, all
+        in one execution, and the head moved once."""
+        if self._entries:
+            self._connection.execute(_INSERT_AUDIT, self._entries)
+            self._entries = []
         if self.seq != self._start:
-            self.execute(
-                "UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (self.seq, self.last)
-            )
+            self._connection.execute(_MOVE_HEAD, {"head_seq": self.seq, "head_hash": self.last})
+
+
+@cache
+def _upsert(dialect: str, table: Table, key: tuple[str, ...]) -> Insert:
+    """INSERT ... ON CONFLICT (key) DO UPDATE SET every other column to the new row's."""
+    insert_into = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert_into(table)
+    return statement.on_conflict_do_update(
+        index_elements=list(key),
+        set_={c.name: statement.excluded[c.name] for c in table.c if c.name not in key},
+    )
 
 
 @dataclass(frozen=True)
@@ -247,12 +295,10 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._qmark = not is_postgres(engine)
-        head = "SELECT seq, hash FROM audit_head WHERE id = 1"
-        self._head_sql = head if self._qmark else head + " FOR UPDATE"
+        self._sqlite = not is_postgres(engine)
         # SQLite has one writer at a time; lockd's writers (threads, and processes on one file)
         # queue here rather than in SQLite's busy handler, which polls with sleeps.
-        self._lock = WriteLock(engine.url.database) if self._qmark else None
+        self._lock = WriteLock(engine.url.database) if self._sqlite else None
         # SQLite connections for the hot reads, idle between reads (any thread takes one): at
         # most MAX_IDLE_READERS are kept out of the pool, so short-lived threads (admission
         # lookups) cannot drain it.
@@ -295,43 +341,34 @@ class Store:
 
     # --- transactions ----------------------------------------------------------------------
 
-    def _sql(self, statement: str) -> str:
-        """SQL written with ``?`` placeholders, in the driver's own style (psycopg: ``%s``)."""
-        return statement if self._qmark else statement.replace("?", "%s")
-
     @contextmanager
     def write(self) -> Iterator[Transaction]:
-        """A write transaction on a pooled driver connection, holding the audit head (SQLite:
-        the one write lock, taken by BEGIN IMMEDIATE; PostgreSQL: a row lock, FOR UPDATE), so
-        appends are serialized and the chain never forks. Plain driver calls: this is the hot
-        path of every write, and SQLAlchemy's statement building would cost more than SQLite."""
-        with self._writer:
-            yield from self._write_unlocked()
-
-    def _write_unlocked(self) -> Iterator[Transaction]:
-        raw = self.engine.raw_connection()
-        cursor = raw.cursor()
-        try:
-            if self._qmark:
-                cursor.execute("BEGIN IMMEDIATE")
-            cursor.execute(self._head_sql)
-            head = cursor.fetchone()
+        """A write transaction, holding the audit head (SQLite: the one write lock, taken by
+        BEGIN IMMEDIATE after lockd's writers queued on :class:`WriteLock`; PostgreSQL: a row
+        lock, FOR UPDATE), so appends are serialized and the chain never forks. It commits,
+        with the audit entries appended, when the block ends; an exception rolls it all back.
+        """
+        with (
+            self._writer,
+            self.engine.connect().execution_options(**{WRITE: True}) as connection,
+            connection.begin(),
+        ):
+            head = connection.execute(_HEAD).first()
             if head is None:
                 raise InputError(
                     "the database has no audit head: lockd did not migrate it (lockd serve "
                     "migrates; or check LOCKD_DATABASE_URL)"
                 )
-            seq, last = head
-            tx = Transaction(self, cursor, seq, last)
+            tx = Transaction(connection, head.seq, head.hash)
             yield tx
             tx.finish()
-            raw.commit()
-        except BaseException:
-            raw.rollback()
-            raise
-        finally:
-            cursor.close()
-            raw.close()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """A read transaction that sees one state of the database throughout."""
+        options = {"isolation_level": "REPEATABLE READ"} if is_postgres(self.engine) else {}
+        with self.engine.connect().execution_options(**options) as conn, conn.begin():
+            yield conn
 
     def _hot(self, key: tuple[str, int], build: Callable[[], Select[Any]]) -> _HotRead:
         """The hot read ``key``, built and compiled for this database the first time."""
@@ -345,7 +382,7 @@ class Store:
         (autocommit: the SELECT is its own read transaction, over once all its rows are
         fetched), which spares the pool's checkout and reset; else a pooled one."""
         parameters = read.parameters(values)
-        if self._qmark:
+        if self._sqlite:
             with self._sqlite_reader() as raw:
                 cursor = raw.cursor()
                 try:
@@ -370,13 +407,6 @@ class Store:
             raw.close()
         return None if row is None else tuple(row)
 
-    @contextmanager
-    def snapshot(self) -> Iterator[Connection]:
-        """A read transaction that sees one state of the database throughout."""
-        options = {"isolation_level": "REPEATABLE READ"} if is_postgres(self.engine) else {}
-        with self.engine.connect().execution_options(**options) as conn, conn.begin():
-            yield conn
-
     # --- manifests ---------------------------------------------------------------------------
 
     def add_manifest(
@@ -395,21 +425,37 @@ class Store:
         an envelope with this payload digest is stored already (nothing changes then)."""
         time = now()
         with self.write() as tx:
-            existing = tx.execute("SELECT id FROM manifests WHERE digest = ?", (digest,)).fetchone()
+            existing = tx.execute(
+                select(t.manifests.c.id).where(t.manifests.c.digest == digest)
+            ).first()
             if existing is None:
                 manifest_id = tx.execute(
-                    "INSERT INTO manifests (digest, name, payload_type, envelope, keyids, "
-                    "created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                    (digest, name, payload_type, envelope, json.dumps(list(keyids)), time, actor),
-                ).fetchone()[0]
-                tx.executemany(
-                    "INSERT INTO manifest_subjects (manifest_id, name, digest) VALUES (?, ?, ?)",
-                    [(manifest_id, s_name, s_digest) for s_name, s_digest in subjects],
-                )
+                    insert(t.manifests).returning(t.manifests.c.id),
+                    {
+                        "digest": digest,
+                        "name": name,
+                        "payload_type": payload_type,
+                        "envelope": envelope,
+                        "keyids": json.dumps(list(keyids)),
+                        "created_at": time,
+                        "created_by": actor,
+                    },
+                ).scalar_one()
+                if subjects:
+                    tx.execute(
+                        insert(t.manifest_subjects),
+                        [
+                            {"manifest_id": manifest_id, "name": s_name, "digest": s_digest}
+                            for s_name, s_digest in subjects
+                        ],
+                    )
                 if labels:
-                    tx.executemany(
-                        "INSERT INTO manifest_labels (manifest_id, key, value) VALUES (?, ?, ?)",
-                        [(manifest_id, k, v) for k, v in sorted(labels.items())],
+                    tx.execute(
+                        insert(t.manifest_labels),
+                        [
+                            {"manifest_id": manifest_id, "key": k, "value": v}
+                            for k, v in sorted(labels.items())
+                        ],
                     )
                 tx.append(
                     time=time,
@@ -599,9 +645,14 @@ class Store:
         try:
             with self.write() as tx:
                 tx.execute(
-                    "INSERT INTO tokens (name, role, token_hash, created_at, created_by) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (name, role, hash_token(token), time, actor),
+                    insert(t.tokens),
+                    {
+                        "name": name,
+                        "role": role,
+                        "token_hash": hash_token(token),
+                        "created_at": time,
+                        "created_by": actor,
+                    },
                 )
                 tx.append(
                     time=time,
@@ -610,7 +661,7 @@ class Store:
                     subject=name,
                     body_digest=None,
                 )
-        except self.engine.dialect.loaded_dbapi.IntegrityError as e:
+        except IntegrityError as e:
             raise InputError(f"a token named {name!r} exists already; pick another name") from e
         return token
 
