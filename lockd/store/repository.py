@@ -7,10 +7,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from typing import Any, Literal, get_args
@@ -32,7 +33,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import RootTransaction
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.sql.selectable import ExecutableReturnsRows
 
 from lockd.errors import InputError
@@ -291,7 +293,8 @@ class _HotRead:
 
 
 class Store:
-    """The service's database. Thread-safe (each call takes a pooled connection)."""
+    """The service's database. Thread-safe: reads take a pooled connection each; writers take
+    turns on one connection of the process (:meth:`write`)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -304,7 +307,13 @@ class Store:
         # lookups) cannot drain it.
         self._idle_readers: list[Any] = []
         self._readers_lock = threading.Lock()
-        self._writer: AbstractContextManager[Any] = self._lock or nullcontext()
+        # Writers take turns (SQLite: the WriteLock above; PostgreSQL: this process's writers,
+        # which would queue on the audit head's row lock anyway) on one connection, kept
+        # between transactions: a pooled checkout, its reset and (PostgreSQL) its ping cost as
+        # much as a small write's statements.
+        self._writer: AbstractContextManager[Any] = self._lock or threading.Lock()
+        self._connection: Connection | None = None
+        self._connection_pid = 0  # the process that opened it (a forked child opens its own)
         self._hot_reads: dict[tuple[str, int], _HotRead] = {}  # compiled once each
 
     @classmethod
@@ -313,6 +322,7 @@ class Store:
         return cls(make_engine(url))
 
     def close(self) -> None:
+        self._drop_connection()
         with self._readers_lock:
             idle, self._idle_readers = self._idle_readers, []
         for raw in idle:
@@ -348,20 +358,48 @@ class Store:
         lock, FOR UPDATE), so appends are serialized and the chain never forks. It commits,
         with the audit entries appended, when the block ends; an exception rolls it all back.
         """
-        with (
-            self._writer,
-            self.engine.connect().execution_options(**{WRITE: True}) as connection,
-            connection.begin(),
-        ):
+        with self._writer:
+            try:
+                transaction, connection, (seq, last) = self._begin()
+                with transaction:
+                    tx = Transaction(connection, seq, last)
+                    yield tx
+                    tx.finish()
+            except BaseException:
+                self._drop_connection()  # in whatever state the failure left it: a new one next
+                raise
+
+    def _begin(self) -> tuple[RootTransaction, Connection, tuple[int, str]]:
+        """A transaction begun on the writers' connection, and the audit head it holds."""
+        if self._connection is None or self._connection_pid != os.getpid():
+            self._connection = self.engine.connect().execution_options(**{WRITE: True})
+            self._connection_pid = os.getpid()
+        connection = self._connection
+        transaction = connection.begin()
+        try:
             head = connection.execute(_HEAD).first()
-            if head is None:
-                raise InputError(
-                    "the database has no audit head: lockd did not migrate it (lockd serve "
-                    "migrates; or check LOCKD_DATABASE_URL)"
-                )
-            tx = Transaction(connection, head.seq, head.hash)
-            yield tx
-            tx.finish()
+        except DBAPIError as e:
+            transaction.rollback()
+            if not e.connection_invalidated:
+                raise
+            # The database closed it since the last write (e.g. PostgreSQL restarted): begin
+            # again on a new one, as a pooled checkout's ping would have.
+            transaction = connection.begin()
+            head = connection.execute(_HEAD).first()
+        if head is None:
+            transaction.rollback()
+            raise InputError(
+                "the database has no audit head: lockd did not migrate it (lockd serve "
+                "migrates; or check LOCKD_DATABASE_URL)"
+            )
+        return transaction, connection, (head.seq, head.hash)
+
+    def _drop_connection(self) -> None:
+        """Give the writers' connection back to the pool (one another process opened is left
+        alone: it is that process's)."""
+        connection, self._connection = self._connection, None
+        if connection is not None and self._connection_pid == os.getpid():
+            connection.close()
 
     @contextmanager
     def snapshot(self) -> Iterator[Connection]:

@@ -35,8 +35,9 @@ def test_lookups_from_short_lived_threads_give_their_connections_back(store: Sto
 
     for _ in range(ROUNDS):
         assert _round(store, token) == [expected] * THREADS
-        # The threads are gone: only the idle readers are still out of the pool.
-        assert pool.checkedout() <= MAX_IDLE_READERS
+        # The threads are gone: only the idle readers, and the writers' connection (kept
+        # between writes), are still out of the pool.
+        assert pool.checkedout() <= MAX_IDLE_READERS + 1
 
 
 def _round(store: Store, token: str) -> list[object]:

@@ -8,7 +8,7 @@ import json
 
 import pytest
 from service_helpers import image
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from lockd.store import tables as t
 from lockd.store.repository import NewVerification, Store, now
@@ -57,3 +57,23 @@ def test_a_batch_larger_than_one_insert_keeps_its_order(store: Store) -> None:
     verdict = store.verify_audit()
     assert verdict.ok, verdict
     assert verdict.entries == len(batch)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_write_after_the_server_dropped_the_connection_goes_through(store: Store) -> None:
+    store.add_verifications([_new(1)])  # the writers' connection is open now
+    with store.engine.connect() as conn:  # as a restarted server would: every other one gone
+        dropped = conn.execute(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).scalar_one()
+    assert dropped >= 1
+
+    records = store.add_verifications([_new(2)])
+
+    assert [r.subject for r in records] == [image(2)]
+    verdict = store.verify_audit()
+    assert verdict.ok, verdict
+    assert verdict.entries == 2
