@@ -10,10 +10,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lockd.evidence.targets.image import THROWAWAY_LABEL
 from lockd.model.fleet import MAX_LABELS, FleetContainer
 from lockd.watch.options import Selector
-
-THROWAWAY_LABEL = "lockd.throwaway"  # lockd's own short-lived probe containers: never watched
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -68,6 +67,7 @@ def docker_filters(selectors: Sequence[Selector]) -> dict[str, list[str]]:
 def selected(seen: Seen, selectors: Sequence[Selector]) -> bool:
     """Whether the agent watches ``seen``: every selector matches, and it is not lockd's own."""
     labels = dict(seen.labels)
+    # lockd's own throw-away probe containers (ImageTarget labels them) are never watched
     return THROWAWAY_LABEL not in labels and all(s.matches(labels) for s in selectors)
 
 
