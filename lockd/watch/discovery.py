@@ -3,13 +3,12 @@ the daemon's JSON in, frozen values out (``lockd.evidence.docker`` does the aski
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lockd.evidence.hashing import json_sha256
 from lockd.evidence.targets.image import THROWAWAY_LABEL
 from lockd.model.fleet import MAX_LABELS, FleetContainer
 from lockd.watch.options import Selector
@@ -153,10 +152,9 @@ def from_inspect(attrs: Mapping[str, Any]) -> Inspected | None:
         "upper": upper,
         "started_at": started_at,
     }
-    digest = hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
     return Inspected(
         seen=seen,
-        config_key=digest,
+        config_key=json_sha256(relevant),
         upper_dir=str(upper) if upper else None,
         started_at=started_at,
         attrs=attrs,

@@ -188,6 +188,28 @@ def test_inspected_containers_and_their_config_key() -> None:
     assert vfs is not None and vfs.upper_dir is None
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"Config": {"Image": "app:1", "Env": ["A=1"], "Cmd": ["python3", "train.py"]}},
+        {"Config": {"Image": "app:1", "Env": ["A=1"], "Entrypoint": ["/bin/sh", "-c"]}},
+        {"Config": {"Image": "app:1", "Env": ["A=1"], "User": "1000"}},
+        {"Config": {"Image": "app:1", "Env": ["A=1"], "WorkingDir": "/srv"}},
+        {"Image": "sha256:" + "1" * 64},
+        {"Mounts": [{"Destination": "/data", "Source": "/srv", "Type": "bind", "RW": True}]},
+        {"GraphDriver": {"Name": "overlay2", "Data": {"UpperDir": "/var/lib/docker/o/y/diff"}}},
+    ],
+)
+def test_every_input_of_a_probe_is_in_the_config_key(changes: dict[str, Any]) -> None:
+    """The watch agent reuses a verdict while the key holds: whatever a fresh probe would see
+    differently (command, entrypoint, user, directory, image, mounts, upper layer) changes it."""
+    first = from_inspect(inspect_answer())
+    changed = from_inspect(inspect_answer(**changes))
+    assert first is not None and changed is not None
+    assert changed.config_key != first.config_key
+    assert len(changed.config_key) == 64
+
+
 def test_names_and_labels_are_cut_to_the_contract() -> None:
     labels = {f"k{i:03d}": "v" * 5000 for i in range(300)} | {"x" * 300: "too long a key"}
     seen = from_list(list_entry(Names=["/bad\x01name"], Labels=labels, Image="i\nmage"))
