@@ -28,6 +28,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from predicates import check_recorded
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSETS = REPO_ROOT / "tests" / "assets"
@@ -195,7 +196,7 @@ def run_lockd(
     """``python -m lockd ARGS`` in a child process to completion, text output captured, in the
     environment :func:`_lockd_environment` makes. For what needs a process of its own: a
     deadline, signals, what a fresh interpreter imports."""
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "lockd", *map(str, args)],
         capture_output=True,
         text=True,
@@ -204,6 +205,8 @@ def run_lockd(
         timeout=timeout,
         check=False,
     )
+    check_recorded(result.args[3:], cwd, result.returncode, result.stdout)
+    return result
 
 
 @contextlib.contextmanager
@@ -241,7 +244,9 @@ def run_lockd_here(
     """``lockd ARGS`` through ``lockd.cli.main`` in this process, as :func:`run_lockd` runs it
     in a child: the same environment, working directory and exit codes (an exception that
     escapes main is a bug: exit 1 with its traceback on stderr, as Python's would be). The
-    ``timeout`` is pytest-timeout's here (the command cannot be interrupted from outside)."""
+    ``timeout`` is pytest-timeout's here (the command cannot be interrupted from outside).
+    Both check the envelope of every ``record`` that succeeded against the published predicate
+    schema (tests/predicates.py: check_recorded)."""
     from lockd.cli import main
 
     argv = [str(arg) for arg in args]
@@ -256,6 +261,7 @@ def run_lockd_here(
         except Exception:
             traceback.print_exc(file=err)
             code = 1
+    check_recorded(argv, cwd, code, out.getvalue())
     return subprocess.CompletedProcess(
         ["lockd", *argv], code, stdout=out.getvalue(), stderr=err.getvalue()
     )
