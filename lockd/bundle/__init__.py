@@ -8,8 +8,9 @@ of the service's hash chain), a README, ``bundle.json`` (what is where) and ``in
 sha256 of every other file, canonical JSON).
 
 :func:`export_bundle` fetches it all from a service (I/O); :func:`bundle_files` and
-:func:`pack` build it (pure); :func:`read_bundle` opens one safely (no absolute paths, ``..``,
-links or oversized members; nothing is extracted); :func:`check_files` checks it (pure).
+:func:`pack` build it (pure); :func:`read_bundle` opens one safely (every header's declared size
+bounded before it is read; no absolute paths, ``..``, links or oversized members; nothing is
+extracted); :func:`check_files` checks it (pure).
 """
 
 from __future__ import annotations
@@ -50,10 +51,6 @@ __all__ = [
 
 FORMAT = "lockd-audit-bundle/1"
 INDEX = "index.json"
-MAX_MEMBER_BYTES = 64 * 1024 * 1024
-MAX_TOTAL_BYTES = 256 * 1024 * 1024
-MAX_MEMBERS = 10_000
-MAX_BUNDLE_BYTES = 256 * 1024 * 1024
 
 
 def _utc_now() -> str:
@@ -395,47 +392,16 @@ def _covering_entries(
 
 
 def read_bundle(path: Path) -> tuple[dict[str, bytes], list[str]]:
-    """The files of a bundle (nothing is written to disk) and the members refused as unsafe.
+    """The files of a bundle (nothing is written to disk) and the members refused as unsafe,
+    every header's declared size bounded before it is read (:mod:`lockd.bundle.archive`).
 
     Raises:
-        InputError: the file cannot be read or is not a gzip-compressed tar archive.
+        InputError: the file cannot be read, is not a gzip-compressed tar archive, is truncated
+            or malformed, or declares a header or member past the limits.
     """
-    from lockd.fileio import read_capped
+    from lockd.bundle.archive import read_tar_gz
 
-    data = read_capped(path, limit=MAX_BUNDLE_BYTES, what="bundle")
-    files: dict[str, bytes] = {}
-    refused: list[str] = []
-    total = 0
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-            for count, member in enumerate(tar):
-                if count >= MAX_MEMBERS:
-                    refused.append(f"more than {MAX_MEMBERS} members: the rest was not read")
-                    break
-                name = member.name
-                parts = name.split("/")
-                if name.startswith("/") or "\\" in name or any(p in ("", ".", "..") for p in parts):
-                    refused.append(f"{name!r}: an absolute path or a '.'/'..' segment")
-                    continue
-                if not member.isreg():
-                    refused.append(f"{name!r}: not a regular file (a link, folder or device)")
-                    continue
-                if member.size > MAX_MEMBER_BYTES or total + member.size > MAX_TOTAL_BYTES:
-                    refused.append(f"{name!r}: too large ({member.size} bytes)")
-                    continue
-                if name in files:
-                    refused.append(f"{name!r}: appears twice")
-                    continue
-                extracted = tar.extractfile(member)
-                assert extracted is not None  # a regular file
-                files[name] = extracted.read(member.size)
-                total += member.size
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise InputError(
-            f"{path}: not a gzip-compressed tar archive ({e}); give a bundle written by "
-            "lockd audit export"
-        ) from e
-    return files, refused
+    return read_tar_gz(path)
 
 
 # --- checking (pure) -------------------------------------------------------------------------
