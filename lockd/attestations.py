@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from lockd.judgement.policy import Policy
     from lockd.model.manifest import Manifest, Observation
     from lockd.model.report import Report
-    from lockd.trust.dsse import Envelope
     from lockd.trust.keys import PublicKey
+    from lockd.trust.signed import Signed, Trust
     from lockd.trust.statement import Subject
 
 __all__ = ["Attestation", "Choice", "choose", "registry_images", "verify_attested"]
@@ -33,11 +33,12 @@ SHOWN = 5  # reasons named in a failing signature check; the rest are counted
 
 @dataclass(frozen=True)
 class Attestation:
-    """An envelope found next to an image: where (for messages), the image's digest, itself."""
+    """An envelope or bundle found next to an image: where (for messages), the image's digest,
+    itself."""
 
     where: str
     digest: str
-    envelope: Envelope
+    envelope: Signed
 
 
 @dataclass(frozen=True)
@@ -87,18 +88,18 @@ def _recorded(manifest: Manifest) -> dt.datetime:
 
 
 def choose(
-    found: Sequence[Attestation], trusted: Sequence[PublicKey]
+    found: Sequence[Attestation], trusted: Trust | Sequence[PublicKey]
 ) -> tuple[Choice | None, list[str]]:
     """Pure: the newest of ``found`` signed by a trusted key whose subjects name its image's
     digest (the first of equals, in ``found``'s order), and why each other one is not eligible."""
-    from lockd.trust import dsse
+    from lockd.trust.signed import verify_signed
     from lockd.trust.statement import parse_statement
 
     reasons: list[str] = []
     eligible: list[tuple[dt.datetime, int, str, list[str], list[Subject], Manifest]] = []
     for index, item in enumerate(found):
         try:
-            keyids = dsse.verify(item.envelope, trusted, source=item.where)
+            keyids = verify_signed(item.envelope, trusted, source=item.where)
             subjects, manifest = parse_statement(item.envelope.payload_bytes(), item.where)
         except SignatureError:
             reasons.append(f"{item.where}: not signed by a trusted key")
@@ -155,7 +156,7 @@ def _service_holds(client: Client, observation: Observation) -> bool:
 
 def verify_attested(
     observation: Observation,
-    trusted: Sequence[PublicKey],
+    trusted: Trust | Sequence[PublicKey],
     policy: Policy,
     *,
     client: Client | None = None,

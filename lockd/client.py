@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from lockd.model.report import Report
     from lockd.trust.auditlog import ChainCheck
     from lockd.trust.keys import PublicKey
+    from lockd.trust.signed import Signed, Trust
 
 M = TypeVar("M", bound="BaseModel")
 TIMEOUT_S = 30.0
@@ -107,6 +108,23 @@ class Client:
     def manifest(self, digest: str) -> dict[str, Any]:
         _, answer = self._request("GET", f"/v1/manifests/{urllib.parse.quote(digest)}")
         return dict(answer)
+
+    def signed_manifest(self, digest: str, where: str) -> Signed:
+        """The stored manifest as it was pushed: its Sigstore bundle when it came as one (a
+        keyless one cannot be checked without it), else its envelope.
+
+        Raises:
+            ServerError: the service cannot be reached or the answer carries neither.
+        """
+        from lockd.errors import ManifestError
+        from lockd.trust.signed import signed_from
+
+        detail = self.manifest(digest)
+        doc = detail.get("bundle") or detail.get("envelope")
+        try:
+            return signed_from(doc, json.dumps(doc).encode(), where)
+        except ManifestError as e:
+            raise ServerError(f"{where}: the answer carries no valid envelope ({e})") from e
 
     def public_key(self, keyid: str) -> dict[str, Any]:
         """``{"keyid", "pem"}``: a key the service trusts (``GET /keys/{keyid}``)."""
@@ -193,7 +211,10 @@ def _detail(data: bytes, reason: str) -> str:
 
 
 def verify_remote(
-    client: Client, observation: Observation, trusted: Sequence[PublicKey], policy: Policy
+    client: Client,
+    observation: Observation,
+    trusted: Trust | Sequence[PublicKey],
+    policy: Policy,
 ) -> Report:
     """Fetch the newest manifest the service holds for the observed target's image, check its
     signature here against ``trusted`` (the service is not trusted for that), compare, and push
@@ -204,7 +225,6 @@ def verify_remote(
     """
     from lockd.judgement.reporting import build_report, manifest_reference, target_summary
     from lockd.model.report import ReportManifest
-    from lockd.trust.dsse import Envelope
     from lockd.trust.statement import parse_statement, subjects_for
     from lockd.verify import check_signature
 
@@ -218,10 +238,7 @@ def verify_remote(
         )
     digest = found[0]["digest"]
     source = f"{client.base_url}/v1/manifests/{digest}"
-    try:
-        envelope = Envelope.model_validate(client.manifest(digest)["envelope"])
-    except (KeyError, ValueError) as e:
-        raise ServerError(f"{source}: the answer carries no valid envelope ({e})") from e
+    envelope = client.signed_manifest(digest, source)
     signature, keyids = check_signature(envelope, trusted)
     reference = ReportManifest(path=source)
     compared = None

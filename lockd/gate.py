@@ -16,8 +16,8 @@ from lockd.errors import InputError, LockdError, SignatureError
 if TYPE_CHECKING:
     from lockd.client import Client
     from lockd.judgement.policy import Policy
-    from lockd.trust.dsse import Envelope
     from lockd.trust.keys import PublicKey
+    from lockd.trust.signed import Signed, Trust
 
 _PINNED = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
 
@@ -57,8 +57,8 @@ def pinned_digest(image: str) -> str:
 
 def judge(
     image: str,
-    envelopes: Sequence[tuple[str, Envelope]],
-    trusted: Sequence[PublicKey],
+    envelopes: Sequence[tuple[str, Signed]],
+    trusted: Trust | Sequence[PublicKey],
     policy: Policy,
     policy_name: str,
     source: str,
@@ -67,7 +67,7 @@ def judge(
     trusted key, names the image's digest as a subject and whose recorded checks pass
     ``policy``; reasons for each that does not."""
     from lockd.judgement.compare import compare
-    from lockd.trust import dsse
+    from lockd.trust.signed import verify_signed
     from lockd.trust.statement import parse_statement
 
     digest = pinned_digest(image)
@@ -76,7 +76,7 @@ def judge(
         reasons.append(f"no lockd manifest for {digest} at {source}")
     for where, envelope in envelopes:
         try:
-            keyids = dsse.verify(envelope, trusted, source=where)
+            keyids = verify_signed(envelope, trusted, source=where)
             subjects, manifest = parse_statement(envelope.payload_bytes(), where)
         except SignatureError as e:
             reasons.append(f"{where}: not signed by a trusted key ({e})")
@@ -97,49 +97,42 @@ def judge(
     return GateResult(False, image, digest, policy_name, source, reasons=reasons)
 
 
-def envelopes_from_server(client: Client, digest: str) -> list[tuple[str, Envelope]]:
+def envelopes_from_server(client: Client, digest: str) -> list[tuple[str, Signed]]:
     """Every manifest the service holds for ``digest``, newest first.
 
     Raises:
         ServerError: the service cannot be reached or answers garbage.
     """
-    from lockd.errors import ServerError
-    from lockd.trust.dsse import Envelope
-
     found = []
     for summary in client.manifests_for(digest):
         where = f"{client.base_url}/v1/manifests/{summary.get('digest')}"
-        try:
-            envelope = Envelope.model_validate(client.manifest(str(summary["digest"]))["envelope"])
-        except (KeyError, ValueError) as e:
-            raise ServerError(f"{where}: the answer carries no valid envelope ({e})") from e
-        found.append((where, envelope))
+        found.append((where, client.signed_manifest(str(summary.get("digest")), where)))
     return found
 
 
-def envelopes_from_registry(image: str) -> list[tuple[str, Envelope]]:
+def envelopes_from_registry(image: str) -> list[tuple[str, Signed]]:
     """Every envelope stored next to ``image`` in its registry (lockd.trust.registry.fetch).
 
     Raises:
         InputError: no registry host in the reference.
         RegistryError: the registry cannot be reached or answers garbage.
     """
-    from lockd.trust.dsse import parse_envelope
     from lockd.trust.registry import fetch
+    from lockd.trust.signed import parse_signed
 
     found = []
     for data in fetch(image):
         where = f"{image} (registry attestation sha256:{hashlib.sha256(data).hexdigest()[:12]}…)"
         try:
-            found.append((where, parse_envelope(data, where)))
+            found.append((where, parse_signed(data, where)))
         except LockdError:
-            continue  # not a DSSE envelope of lockd's: another tool's attestation
+            continue  # neither an envelope nor a bundle lockd reads: another tool's attestation
     return found
 
 
 def gate(
     image: str,
-    trusted: Sequence[PublicKey],
+    trusted: Trust | Sequence[PublicKey],
     policy: Policy,
     policy_name: str,
     *,
@@ -149,12 +142,18 @@ def gate(
     ``client``), else those stored next to the image in its registry.
 
     Raises:
-        InputError: the image is not pinned by digest, or no trusted key is given.
+        InputError: the image is not pinned by digest, or no trusted key or identity is given.
         ServerError / RegistryError: the service or the registry cannot be reached.
     """
+    from lockd.trust.signed import as_trust
+
     digest = pinned_digest(image)
-    if not trusted:
-        raise InputError("give --key PUB: the gate checks signatures itself")
+    trust = as_trust(trusted)
+    if not trust.keys and not trust.identities:
+        raise InputError(
+            "give --key PUB (or a keyless signer's --certificate-identity and "
+            "--certificate-oidc-issuer): the gate checks signatures itself"
+        )
     if client is None:
         found = envelopes_from_registry(image)
         return judge(image, found, trusted, policy, policy_name, "the registry")

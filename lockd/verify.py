@@ -19,27 +19,30 @@ if TYPE_CHECKING:
     from lockd.judgement.policy import Policy
     from lockd.model.manifest import Manifest, Observation
     from lockd.model.report import Check, Report
-    from lockd.trust.dsse import Envelope
     from lockd.trust.keys import PublicKey
+    from lockd.trust.signed import Signed, Trust
     from lockd.trust.statement import Subject
 
 MAX_ENVELOPE_BYTES = 64 * 1024 * 1024
 
 
-def load_envelope(path: Path) -> Envelope:
-    """Raises InputError / ManifestError naming `path`."""
-    from lockd.trust.dsse import parse_envelope
+def load_envelope(path: Path) -> Signed:
+    """A DSSE envelope or a Sigstore bundle (lockd.trust.signed). Raises InputError /
+    ManifestError naming `path`."""
+    from lockd.trust.signed import parse_signed
 
     data = read_capped(path, limit=MAX_ENVELOPE_BYTES, what="manifest")
-    return parse_envelope(data, str(path))
+    return parse_signed(data, str(path))
 
 
-def check_signature(envelope: Envelope, trusted: Sequence[PublicKey]) -> tuple[Check, list[str]]:
+def check_signature(
+    envelope: Signed, trusted: Trust | Sequence[PublicKey]
+) -> tuple[Check, list[str]]:
     from lockd.model.report import Check
-    from lockd.trust import dsse
+    from lockd.trust.signed import verify_signed
 
     try:
-        keyids = dsse.verify(envelope, trusted)
+        keyids = verify_signed(envelope, trusted)
     except SignatureError as e:
         return Check(id="signature", status="fail", evidence="signature", message=str(e)), []
     return check_signature_for(keyids), keyids
@@ -48,8 +51,9 @@ def check_signature(envelope: Envelope, trusted: Sequence[PublicKey]) -> tuple[C
 def check_signature_for(keyids: Sequence[str], note: str = "") -> Check:
     """The passing ``signature`` check of an envelope these trusted keys signed."""
     from lockd.model.report import Check
+    from lockd.trust.signed import signers_text
 
-    message = f"signed by keyid {', '.join(k[:16] for k in keyids)}"
+    message = f"signed by {signers_text(keyids)}"
     return Check(
         id="signature",
         status="pass",
@@ -59,7 +63,7 @@ def check_signature_for(keyids: Sequence[str], note: str = "") -> Check:
 
 
 def open_manifest(
-    path: Path, trusted: Sequence[PublicKey]
+    path: Path, trusted: Trust | Sequence[PublicKey]
 ) -> tuple[Check, list[str], tuple[list[Subject], Manifest] | None]:
     """The signature check, the keyids that verified and, when trusted, the parsed Statement."""
     from lockd.trust.statement import parse_statement
@@ -121,7 +125,7 @@ def _with_family_imports(
 
 def verify_target(
     manifest_path: Path,
-    trusted: Sequence[PublicKey],
+    trusted: Trust | Sequence[PublicKey],
     reach: Callable[[], Target],
     policy: Policy,
     *,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lockd.model.environment import Distribution, OsInfo, ProbeReport, PythonInfo
 from lockd.model.host import FileChange, HostEvidence, KernelView, Mount, TargetInfo
 from lockd.model.manifest import Manifest, Observation
+
+if TYPE_CHECKING:
+    from lockd.trust.dsse import Envelope
+    from lockd.trust.keys import PrivateKey
 
 IMAGE = "sha256:" + "a" * 64
 OTHER_IMAGE = "sha256:" + "b" * 64
@@ -77,6 +81,14 @@ def manifest(obs: Observation | None = None) -> Manifest:
         recorded_at="2026-11-28T07:00:00+00:00",
         observation=obs or observation(),
     )
+
+
+def signed(key: PrivateKey, recorded: Manifest | None = None) -> Envelope:
+    """``recorded`` (default: :func:`manifest`) as lockd record signs it."""
+    from lockd.trust.dsse import sign
+    from lockd.trust.statement import PAYLOAD_TYPE, make_statement
+
+    return sign(make_statement(recorded or manifest()), PAYLOAD_TYPE, key)
 
 
 __all__ = ["FileChange", "Mount"]

@@ -12,12 +12,17 @@ import typer
 from lockd.cli.early import EarlyStart, observe_early
 from lockd.cli.shared import (
     DeepOpt,
+    IdentityOpt,
+    IdentityRegexpOpt,
+    IssuerOpt,
     NoCacheOpt,
     PythonOpt,
     ServerOpt,
     TargetArg,
+    TrustedRootOpt,
     console,
     open_target,
+    trust_from,
 )
 
 if TYPE_CHECKING:
@@ -48,10 +53,23 @@ def record(
     key: Annotated[Path, typer.Option(help="the private key (cosign format) to sign with")],
     output: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option("--output", "-o", help="the envelope to write (default: <target>.dsse.json)"),
+        typer.Option(
+            "--output",
+            "-o",
+            help="the envelope to write (default: <target>.dsse.json, with --bundle "
+            "<target>.sigstore.json)",
+        ),
     ] = None,
     python: PythonOpt = None,
     force: Annotated[bool, typer.Option(help="replace an existing output file")] = False,
+    bundle: Annotated[
+        bool,
+        typer.Option(
+            "--bundle",
+            help="write a Sigstore bundle v0.3 (key-based: the envelope with the key's keyid "
+            "as its public-key hint) instead of the bare envelope",
+        ),
+    ] = False,
     lock: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(help="a hashed requirements.txt the target must agree with (else refused)"),
@@ -96,7 +114,8 @@ def record(
     if append is not None and lock is not None:
         raise InputError(f"--append {append}: the manifest keeps its own lock; drop --lock")
     in_place = append is not None and output is None
-    out = output or append or Path(safe_name(target) + ".dsse.json")
+    suffix = ".sigstore.json" if bundle else ".dsse.json"
+    out = output or append or Path(safe_name(target) + suffix)
     if not in_place:
         refuse_existing(out, force=force)
     locked = None if lock is None else load_lock(lock, allow_unhashed=allow_unhashed)
@@ -117,7 +136,13 @@ def record(
         done.recorded,
         done.lock,
     )
-    write_atomic(out, recorded.envelope.to_json(), force=force or in_place)
+    if bundle:
+        from lockd.trust.sigstore_bundle import key_bundle
+
+        written = key_bundle(recorded.envelope, recorded.keyid)
+    else:
+        written = recorded.envelope.to_json()
+    write_atomic(out, written, force=force or in_place)
     screen = console()
     if observation.gpu_suite is not None:
         from lockd.judgement.gpucompare import summary
@@ -150,10 +175,16 @@ def safe_name(ref: str) -> str:
 def verify(
     ctx: typer.Context,
     target: TargetArg,
-    key: Annotated[list[Path], typer.Option(help="a trusted public key (repeat for several)")],
+    key: Annotated[
+        Optional[list[Path]],  # noqa: UP045
+        typer.Option(help="a trusted public key (repeat for several)"),
+    ] = None,
     manifest: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option(help="the signed manifest (DSSE envelope); else fetched from --server"),
+        typer.Option(
+            help="the signed manifest (DSSE envelope or Sigstore bundle); else fetched from "
+            "--server"
+        ),
     ] = None,
     policy: Annotated[
         Optional[str],  # noqa: UP045
@@ -177,6 +208,10 @@ def verify(
             "only when the service holds none",
         ),
     ] = False,
+    certificate_identity: IdentityOpt = None,
+    certificate_identity_regexp: IdentityRegexpOpt = None,
+    certificate_oidc_issuer: IssuerOpt = None,
+    trusted_root: TrustedRootOpt = None,
 ) -> None:
     """Verify TARGET against a signed manifest; exit 0 when verified, 1 when not. With --server
     (token: LOCKD_TOKEN) the manifest for TARGET's image comes from a lockd service (its
@@ -193,11 +228,18 @@ def verify(
             "give --manifest FILE, --server URL to fetch it from a lockd service, or --registry "
             "to take it from the image's registry"
         )
+    key = key or []
+    if not key and certificate_identity is None and certificate_identity_regexp is None:
+        raise InputError(
+            "give --key PUB, or a keyless signer's --certificate-identity (or "
+            "--certificate-identity-regexp) and --certificate-oidc-issuer"
+        )
+    trust = (key, certificate_identity, certificate_identity_regexp, certificate_oidc_issuer)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockd-probe") as pool:
         # The probe mostly waits on the container: start it before lockd's own imports, unless
         # main() started it already, before Typer converted the arguments (lockd.cli.early).
         early = None
-        if not deep and files_given([manifest, *key]):
+        if not deep and files_given([manifest, *key, trusted_root]):
             started = ctx.find_object(EarlyStart)
             early = (
                 started.observation
@@ -207,7 +249,7 @@ def verify(
         _verify(
             target,
             manifest,
-            key,
+            (*trust, trusted_root),
             policy,
             python,
             json,
@@ -229,7 +271,7 @@ def files_given(paths: Sequence[object]) -> bool:
 def _verify(
     target: str,
     manifest: Path | None,
-    key: list[Path],
+    trust: tuple[list[Path], str | None, str | None, str | None, Path | None],
     policy: str | None,
     python: str | None,
     json: bool,
@@ -243,11 +285,10 @@ def _verify(
 ) -> None:
     from lockd.cli.render import print_report, report_json
     from lockd.judgement.policy import load_policy
-    from lockd.trust import keys
     from lockd.verify import reach_and_observe, verify_target
 
     chosen = load_policy(policy)
-    trusted = [keys.load_public_key(k) for k in key]
+    trusted = trust_from(*trust)
     if manifest is None:
         from lockd.client import Client, verify_remote
 

@@ -3,7 +3,8 @@
 The bare ``pip install lockd`` gives what a CI runner or a deploy gate needs (record, verify,
 gate, ...). ``lockd lock`` needs the ``lock`` extra (uv, pip-tools); the service and the commands
 that open its database need ``server`` (FastAPI, uvicorn, SQLAlchemy, Alembic, psycopg, Jinja2,
-Prometheus client). ``all`` is both.
+Prometheus client). Keyless verification needs ``sigstore`` (lockd.trust.keyless says so where
+it is missing). ``all`` is all three.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from lockd.errors import InputError
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "lock": ("piptools",),  # uv: its wheel's binary, else any uv on PATH (lockd.lock)
     "server": ("fastapi", "uvicorn", "sqlalchemy", "alembic", "jinja2", "prometheus_client"),
+    "sigstore": ("sigstore",),
 }
 """The modules an extra installs that its commands import (psycopg is imported only for a
 PostgreSQL URL, where its own error says so)."""

@@ -59,7 +59,9 @@ def token_create(
 
 
 def push(
-    envelope: Annotated[Path, typer.Argument(help="a signed manifest (DSSE envelope)")],
+    envelope: Annotated[
+        Path, typer.Argument(help="a signed manifest (DSSE envelope or Sigstore bundle)")
+    ],
     server: ServerOpt = None,
     name: Annotated[
         Optional[str],  # noqa: UP045
@@ -70,7 +72,8 @@ def push(
         typer.Option(help="key=value, e.g. experiment=42 or doi=10.5281/… (repeat)"),
     ] = None,
 ) -> None:
-    """Store a signed manifest in a lockd service (it must verify against a key it trusts)."""
+    """Store a signed manifest in a lockd service (it must verify against a key or a keyless
+    identity it trusts)."""
     from lockd.client import Client
     from lockd.errors import InputError
     from lockd.fileio import read_capped

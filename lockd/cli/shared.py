@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
     from lockd.evidence.targets.base import Target
     from lockd.model.manifest import Manifest
+    from lockd.trust.signed import Trust
     from lockd.trust.statement import Subject
 
 TargetArg = Annotated[
@@ -78,15 +79,74 @@ def open_target(ref: str, python: str | None) -> Target:
 
 
 def read_manifest(path: Path) -> tuple[list[Subject], Manifest, list[str]]:
-    """A manifest from an envelope (signature not checked) or a bare Statement file."""
+    """A manifest from an envelope or a Sigstore bundle (signature not checked) or a bare
+    Statement file."""
     from lockd.fileio import read_capped
+    from lockd.trust.signed import envelope_of
     from lockd.trust.statement import parse_statement
     from lockd.verify import MAX_ENVELOPE_BYTES, load_envelope
 
     data = read_capped(path, limit=MAX_ENVELOPE_BYTES, what="manifest")
     if b'"payloadType"' in data:
-        envelope = load_envelope(path)
+        envelope = envelope_of(load_envelope(path))
         subjects, manifest = parse_statement(envelope.payload_bytes(), str(path))
         return subjects, manifest, [s.keyid or "(no keyid)" for s in envelope.signatures]
     subjects, manifest = parse_statement(data, str(path))
     return subjects, manifest, []
+
+
+# Keyless signers (lockd.trust.keyless), by cosign's flag names.
+IdentityOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--certificate-identity",
+        help="trust a keyless signature by this identity (the certificate's SAN, exactly)",
+    ),
+]
+IdentityRegexpOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--certificate-identity-regexp",
+        help="trust a keyless signature whose identity matches this regular expression (whole)",
+    ),
+]
+IssuerOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--certificate-oidc-issuer",
+        help="the OIDC issuer of the keyless identity, exactly",
+    ),
+]
+TrustedRootOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        "--trusted-root",
+        help="a Sigstore trusted_root.json for keyless signatures (default: the public-good "
+        "root shipped in the sigstore package)",
+    ),
+]
+
+
+def trust_from(
+    key: list[Path],
+    identity: str | None,
+    identity_regexp: str | None,
+    issuer: str | None,
+    trusted_root: Path | None,
+) -> Trust:
+    """What verify and gate trust: the --key files and the keyless identity, if any.
+
+    Raises:
+        KeyFileError: a key file cannot be read.
+        InputError: a half-given identity, or an unreadable --trusted-root.
+    """
+    from lockd.trust import keys
+    from lockd.trust.keyless import identity_from_flags, load_trusted_root
+    from lockd.trust.signed import Trust
+
+    chosen = identity_from_flags(identity, identity_regexp, issuer)
+    return Trust(
+        keys=tuple(keys.load_public_key(k) for k in key),
+        identities=() if chosen is None else (chosen,),
+        trusted_root=None if trusted_root is None else load_trusted_root(trusted_root),
+    )

@@ -495,15 +495,16 @@ def build_from_requirements(text: str, source: str) -> Build:
 
 
 def build_from_bytes(data: bytes, source: str) -> Build:
-    """A manifest (DSSE envelope or bare Statement, signature not checked) or a lock."""
+    """A manifest (DSSE envelope, Sigstore bundle or bare Statement, signature not checked) or
+    a lock."""
     if data.lstrip()[:1] == b"{":
         from lockd.trust.statement import parse_statement
 
         payload = data
         if b'"payloadType"' in data:
-            from lockd.trust.dsse import parse_envelope
+            from lockd.trust.signed import parse_signed
 
-            payload = parse_envelope(data, source).payload_bytes()
+            payload = parse_signed(data, source).payload_bytes()
         _, manifest = parse_statement(payload, source)
         return build_from_manifest(manifest, source)
     try:

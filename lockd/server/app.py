@@ -101,15 +101,22 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
 
     Raises:
         KeyFileError: a trusted key file cannot be read.
-        InputError: a bad database URL.
+        InputError: a bad database URL, or an unreadable trusted root (LOCKD_TRUSTED_ROOT).
         PolicyError: a bad admission config (LOCKD_ADMISSION_CONFIG).
     """
     from lockd.trust import keys
+    from lockd.trust.keyless import load_trusted_root
 
     trusted = [keys.load_public_key(path) for path in settings.trusted_keys]
+    root = settings.trusted_root
     owned = store is None
     the_store = store if store is not None else Store.open(settings.database_url)
-    service = Service(settings, the_store, trusted)
+    service = Service(
+        settings,
+        the_store,
+        trusted,
+        trusted_root=None if root is None else load_trusted_root(root),
+    )
     service.metrics.watch_fleet(_fleet_counts(service))
 
     @asynccontextmanager

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -47,6 +47,9 @@ class ManifestSummary(_Out):
 
 class ManifestDetail(ManifestSummary):
     envelope: Envelope
+    bundle: dict[str, Any] | None = Field(
+        default=None, description="the Sigstore bundle, when the manifest was pushed as one"
+    )
     manifest: Manifest = Field(description="the envelope's payload, decoded")
 
 

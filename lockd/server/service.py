@@ -32,7 +32,14 @@ from lockd.server.groupcommit import GroupCommit
 from lockd.server.metrics import Metrics
 from lockd.store.engine import is_sqlite
 from lockd.store.repository import NewVerification, VerificationRecord
-from lockd.trust import dsse
+from lockd.trust.signed import (
+    Signed,
+    Trust,
+    envelope_of,
+    parse_signed,
+    signers_text,
+    verify_signed,
+)
 from lockd.trust.statement import Subject, parse_statement, subjects_for
 
 if TYPE_CHECKING:
@@ -65,9 +72,9 @@ class TrustedManifest:
     @cached_property
     def signature(self) -> Check:
         """The signature check of every report on this manifest."""
-        keyids = ", ".join(self.keyids)
+        signers = signers_text(self.keyids, width=64)
         return Check(
-            id="signature", status="pass", evidence="signature", message=f"signed by keyid {keyids}"
+            id="signature", status="pass", evidence="signature", message=f"signed by {signers}"
         )
 
     @cached_property
@@ -76,7 +83,7 @@ class TrustedManifest:
         return manifest_reference(f"/v1/manifests/{self.digest}", self.subjects, self.keyids)
 
 
-def payload_digest(envelope: dsse.Envelope) -> str:
+def payload_digest(envelope: Signed) -> str:
     return "sha256:" + hashlib.sha256(envelope.payload_bytes()).hexdigest()
 
 
@@ -125,10 +132,19 @@ def parse_labels(raw: Sequence[str], *, need_value: bool) -> dict[str, str | Non
 
 
 class Service:
-    def __init__(self, settings: Settings, store: Store, trusted: Sequence[PublicKey]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        trusted: Sequence[PublicKey],
+        *,
+        trusted_root: bytes | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.trusted = list(trusted)
+        # what signatures are checked against: the keys, and keyless identities (settings)
+        self.trust = Trust(tuple(trusted), settings.trusted_identities, trusted_root)
         self.metrics = Metrics()
         self._inline = is_sqlite(store.engine)
         self._manifests: OrderedDict[str, TrustedManifest] = OrderedDict()
@@ -153,24 +169,24 @@ class Service:
 
     # --- trust ------------------------------------------------------------------------------
 
-    def _verify_envelope(self, envelope: dsse.Envelope, source: str) -> list[str]:
-        if not self.trusted:
+    def _verify_envelope(self, envelope: Signed, source: str) -> list[str]:
+        if not self.trust.keys and not self.trust.identities:
             raise SignatureError(
                 f"{source}: this service trusts no keys yet; start it with LOCKD_TRUSTED_KEYS "
-                "naming the signers' public key files"
+                "naming the signers' public key files (or LOCKD_TRUSTED_IDENTITIES)"
             )
-        return dsse.verify(envelope, self.trusted, source=source)
+        return verify_signed(envelope, self.trust, source=source)
 
     def accept_manifest(
         self,
-        envelope: dsse.Envelope,
+        envelope: Signed,
         *,
         name: str | None,
         labels: Mapping[str, str],
         actor: str,
     ) -> tuple[ManifestRecord, bool]:
-        """Store an envelope that verifies against a trusted key and carries a lockd Statement;
-        ``(record, created)``.
+        """Store an envelope or Sigstore bundle (as it came) that verifies against a trusted key
+        or identity and carries a lockd Statement; ``(record, created)``.
 
         Raises:
             SignatureError: no trusted key signed it.
@@ -184,7 +200,7 @@ class Service:
         record, created = self.store.add_manifest(
             digest=digest,
             name=chosen,
-            payload_type=envelope.payloadType,
+            payload_type=envelope_of(envelope).payloadType,
             envelope=envelope.to_json().decode("utf-8"),
             keyids=keyids,
             subjects=[(s.name, "sha256:" + s.digest["sha256"]) for s in subjects],
@@ -221,7 +237,7 @@ class Service:
         if text is None:
             raise NotFoundError(f"no manifest {digest} is stored")
         source = f"stored manifest {digest}"
-        envelope = dsse.parse_envelope(text.encode("utf-8"), source)
+        envelope = parse_signed(text.encode("utf-8"), source)
         keyids = self._verify_envelope(envelope, source)
         subjects, manifest = parse_statement(envelope.payload_bytes(), source)
         trusted = TrustedManifest(digest, subjects, manifest, keyids)

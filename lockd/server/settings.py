@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lockd.errors import InputError
 from lockd.judgement.policy import search_dirs
+from lockd.trust.keyless import Identity, identities_from_env
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
 STALE_AFTER_S = 180
@@ -54,6 +55,10 @@ class Settings(BaseModel):
 
     database_url: str
     trusted_keys: tuple[Path, ...] = ()
+    # Keyless signers (lockd.trust.keyless) and the trusted_root.json they are checked against
+    # (None: the sigstore package's public-good root).
+    trusted_identities: tuple[Identity, ...] = ()
+    trusted_root: Path | None = None
     policies: tuple[Path, ...] = ()  # searched before the shipped policies
     allow_anonymous_read: bool = False
     max_body_bytes: int = Field(default=MAX_BODY_BYTES, gt=0)
@@ -90,8 +95,10 @@ class Settings(BaseModel):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """``LOCKD_DATABASE_URL``, ``LOCKD_TRUSTED_KEYS`` (files separated by the OS path
-        separator), ``LOCKD_POLICIES`` (folders searched before the shipped policies, separated
-        likewise), ``LOCKD_ALLOW_ANONYMOUS_READ`` (a flag),
+        separator), ``LOCKD_TRUSTED_IDENTITIES`` (keyless signers: a JSON list of
+        ``{"issuer", "identity" or "identity_regexp"}``), ``LOCKD_TRUSTED_ROOT`` (their
+        trusted_root.json), ``LOCKD_POLICIES`` (folders searched before the shipped policies,
+        separated likewise), ``LOCKD_ALLOW_ANONYMOUS_READ`` (a flag),
         ``LOCKD_ADMISSION_CONFIG`` (the admission webhook's YAML, see lockd.judgement.admission);
         the fleet's ``LOCKD_STALE_AFTER_S``, ``LOCKD_FLEET_EVENT_RETENTION_S``,
         ``LOCKD_FLEET_FORGET_AFTER_S`` (seconds), ``LOCKD_WEBHOOK_URL``,
@@ -115,11 +122,15 @@ class Settings(BaseModel):
             fleet["webhook_secret"] = secret
         anonymous = _flag("LOCKD_ALLOW_ANONYMOUS_READ", env.get("LOCKD_ALLOW_ANONYMOUS_READ", ""))
         admission = env.get("LOCKD_ADMISSION_CONFIG")
+        identities = identities_from_env(env.get("LOCKD_TRUSTED_IDENTITIES", ""))
+        root = env.get("LOCKD_TRUSTED_ROOT")
         try:
             return cls(
                 **fleet,
                 database_url=env.get("LOCKD_DATABASE_URL") or default_database_url(env),
                 trusted_keys=keys,
+                trusted_identities=identities,
+                trusted_root=Path(root) if root else None,
                 policies=search_dirs(env),
                 allow_anonymous_read=anonymous,
                 admission_config=Path(admission) if admission else None,

@@ -7,13 +7,24 @@ exact bytes are what is signed; :meth:`Envelope.payload_bytes` gives them back.
 import base64
 import json
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lockd.errors import ManifestError, SignatureError
 from lockd.trust import keys
 
-__all__ = ["Envelope", "Signature", "b64decode", "pae", "parse_envelope", "sign", "verify"]
+__all__ = [
+    "Envelope",
+    "Signature",
+    "b64decode",
+    "envelope_from",
+    "json_object",
+    "pae",
+    "parse_envelope",
+    "sign",
+    "verify",
+]
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -101,21 +112,40 @@ def parse_envelope(data: bytes, source: str) -> Envelope:
         ManifestError: ``"<source>: not a DSSE envelope: <why>"``: not JSON, truncated, not an
             object, missing or mistyped fields, bad base64, no signatures.
     """
+    return envelope_from(json_object(data, source, "a DSSE envelope"), source)
+
+
+def json_object(data: bytes, source: str, what: str) -> dict[str, Any]:
+    """The JSON object in ``data``.
+
+    Raises:
+        ManifestError: ``"<source>: not <what>: <why>"``: not UTF-8, not JSON, truncated, not an
+            object.
+    """
     try:
         doc = json.loads(data)
     except UnicodeDecodeError as e:
-        raise ManifestError(f"{source}: not a DSSE envelope: not UTF-8 text ({e.reason})") from e
+        raise ManifestError(f"{source}: not {what}: not UTF-8 text ({e.reason})") from e
     except json.JSONDecodeError as e:
         why = (
             "truncated JSON (the file ends early; fetch or copy it again)"
             if e.pos >= len(e.doc.rstrip()) or e.msg.startswith("Unterminated string")
             else f"invalid JSON ({e.msg} at line {e.lineno} column {e.colno})"
         )
-        raise ManifestError(f"{source}: not a DSSE envelope: {why}") from e
+        raise ManifestError(f"{source}: not {what}: {why}") from e
     if not isinstance(doc, dict):
         raise ManifestError(
-            f"{source}: not a DSSE envelope: expected a JSON object, got {type(doc).__name__}"
+            f"{source}: not {what}: expected a JSON object, got {type(doc).__name__}"
         )
+    return doc
+
+
+def envelope_from(doc: object, source: str) -> Envelope:
+    """Validate a decoded JSON value as a DSSE envelope.
+
+    Raises:
+        ManifestError: ``"<source>: not a DSSE envelope: <why>"``.
+    """
     try:
         return Envelope.model_validate(doc)
     except ValidationError as e:

@@ -36,6 +36,9 @@ from typing import Any
 from lockd.errors import InputError, LockdError
 
 DSSE_MEDIA_TYPE = "application/vnd.dsse.envelope.v1+json"
+# A Sigstore bundle's referrer (as cosign stores one): artifactType and layer of this media type.
+BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+_READ = (DSSE_MEDIA_TYPE, BUNDLE_MEDIA_TYPE)
 ARTIFACT_TYPE = "application/vnd.lockd.manifest.v1+dsse"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -60,7 +63,7 @@ _REF = re.compile(
 )
 _LOOPBACK = ("127.", "localhost", "[::1]")
 
-__all__ = ["ImageRef", "Registry", "RegistryError", "attach", "fetch", "parse_ref"]
+__all__ = ["ImageRef", "Registry", "RegistryError", "attach", "attach_bundle", "fetch", "parse_ref"]
 
 
 class RegistryError(LockdError):
@@ -206,11 +209,13 @@ class Registry:
             raise RegistryError(f"{self.base}/v2/{repo}/blobs/{digest}: content does not match")
         return data
 
-    def referrers(self, repo: str, digest: str) -> list[dict[str, Any]] | None:
+    def referrers(
+        self, repo: str, digest: str, artifact_type: str = ARTIFACT_TYPE
+    ) -> list[dict[str, Any]] | None:
         """The referrers API's descriptors (None: the registry has no referrers API)."""
         status, _, data = self.request(
             "GET",
-            f"/v2/{repo}/referrers/{digest}?artifactType={urllib.parse.quote(ARTIFACT_TYPE)}",
+            f"/v2/{repo}/referrers/{digest}?artifactType={urllib.parse.quote(artifact_type)}",
             headers={"Accept": OCI_INDEX},
             ok=(200, 404),
         )
@@ -301,6 +306,40 @@ def attach(image: str, envelope: bytes, *, registry: Registry | None = None) -> 
     }
 
 
+def attach_bundle(image: str, bundle: bytes, *, registry: Registry | None = None) -> dict[str, Any]:
+    """Store a Sigstore bundle next to ``image`` as cosign does: an OCI 1.1 referrer whose
+    artifactType and one layer are :data:`BUNDLE_MEDIA_TYPE`, and the same manifest under a tag
+    of its own, ``sha256-<hex>.lockd-<16 hex of the bundle>``, for registries without the
+    referrers API (found by :func:`fetch` either way). Call :func:`attach` for the envelope.
+
+    Raises:
+        InputError / RegistryError: as :func:`attach`.
+    """
+    ref = parse_ref(image)
+    reg = registry or Registry(ref.host)
+    subject = reg.manifest(ref.repository, ref.digest)
+    if subject is None:
+        raise RegistryError(f"{ref}: the registry has no such image manifest; push the image first")
+    if _sha256(subject[0]) != ref.digest:
+        raise RegistryError(f"{ref}: the registry's manifest does not hash to the digest")
+    layer = reg.push_blob(ref.repository, bundle)
+    reg.push_blob(ref.repository, EMPTY)
+    referrer = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": BUNDLE_MEDIA_TYPE,
+        "config": _descriptor(EMPTY_MEDIA_TYPE, EMPTY),
+        "layers": [_descriptor(BUNDLE_MEDIA_TYPE, bundle)],
+        "subject": _descriptor(subject[1] or OCI_MANIFEST, subject[0]),
+        "annotations": {"dev.lockd.subject": ref.digest},
+    }
+    body = json.dumps(referrer, sort_keys=True, separators=(",", ":")).encode()
+    reg.put_manifest(ref.repository, _sha256(body), body, OCI_MANIFEST)
+    own_tag = f"{ref.tag_stem}.lockd-{layer.removeprefix('sha256:')[:16]}"
+    reg.put_manifest(ref.repository, own_tag, body, OCI_MANIFEST)
+    return {"image": str(ref), "bundle": layer, "referrer": _sha256(body), "tags": [own_tag]}
+
+
 def _merge_att_tag(reg: Registry, ref: ImageRef, layer: dict[str, Any]) -> int:
     """Add ``layer`` to cosign's ``.att`` tag: read, merge, write, read again until it stays."""
     tag = f"{ref.tag_stem}.att"
@@ -328,8 +367,8 @@ def _merge_att_tag(reg: Registry, ref: ImageRef, layer: dict[str, Any]) -> int:
 
 
 def fetch(image: str, *, registry: Registry | None = None) -> list[bytes]:
-    """Every distinct envelope stored next to ``image``: referrers, lockd's own tags, cosign's
-    ``.att`` tag (DSSE layers only), in that order.
+    """Every distinct envelope and Sigstore bundle stored next to ``image``: referrers, lockd's
+    own tags, cosign's ``.att`` tag (DSSE and bundle layers only), in that order.
 
     Raises:
         InputError: the image reference is not pinned or has no registry.
@@ -338,14 +377,12 @@ def fetch(image: str, *, registry: Registry | None = None) -> list[bytes]:
     ref = parse_ref(image)
     reg = registry or Registry(ref.host)
     manifests: list[bytes] = []
-    found = reg.referrers(ref.repository, ref.digest)
-    for descriptor in found or []:
-        if descriptor.get("artifactType") == ARTIFACT_TYPE and isinstance(
-            descriptor.get("digest"), str
-        ):
-            got = reg.manifest(ref.repository, descriptor["digest"])
-            if got is not None:
-                manifests.append(got[0])
+    for kind in (ARTIFACT_TYPE, BUNDLE_MEDIA_TYPE):
+        for descriptor in reg.referrers(ref.repository, ref.digest, kind) or []:
+            if descriptor.get("artifactType") == kind and isinstance(descriptor.get("digest"), str):
+                got = reg.manifest(ref.repository, descriptor["digest"])
+                if got is not None:
+                    manifests.append(got[0])
     prefix = f"{ref.tag_stem}.lockd-"
     for tag in sorted(t for t in reg.tags(ref.repository) if t.startswith(prefix)):
         got = reg.manifest(ref.repository, tag)
@@ -358,7 +395,7 @@ def fetch(image: str, *, registry: Registry | None = None) -> list[bytes]:
     for manifest in manifests:
         for layer in _layers(manifest):
             digest = layer.get("digest")
-            if layer.get("mediaType") != DSSE_MEDIA_TYPE or not isinstance(digest, str):
+            if layer.get("mediaType") not in _READ or not isinstance(digest, str):
                 continue
             if digest not in seen and re.match(r"^sha256:[0-9a-f]{64}$", digest):
                 seen[digest] = reg.blob(ref.repository, digest)

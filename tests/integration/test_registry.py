@@ -626,3 +626,38 @@ def test_verify_attested_against_a_registry_that_answers_garbage(garbage_registr
         verify_attested(observation, [keys.generate_private_key().public_key()], default_policy())
     assert caught.value.exit_code == 3
     assert str(caught.value).endswith(": the registry answered something that is not JSON")
+
+
+def test_cli_attach_bundle_stores_a_sigstore_referrer_beside_the_envelope(
+    pushed_image: str, registry_host: str, tmp_path: Path, lockd: Lockd
+) -> None:
+    from lockd.trust.sigstore_bundle import BUNDLE_MEDIA_TYPE, key_bundle
+
+    own = keys.generate_private_key()
+    pub = tmp_path / "own.pub"
+    pub.write_bytes(keys.public_pem(own))
+    envelope = dsse.parse_envelope(signed(own, pushed_image, note="bundle"), "m")
+    bundle = tmp_path / "m.sigstore.json"
+    bundle.write_bytes(key_bundle(envelope, keys.keyid(own)))
+
+    attached = lockd("attach", pushed_image, bundle, "--bundle")
+    assert attached.returncode == 0, attached.stderr
+    assert "attached as a Sigstore bundle sha256:" in attached.stdout
+
+    repository, _, digest = pushed_image.partition("/")[2].partition("@")
+    tag = f"{digest.replace(':', '-')}.lockd-{hashlib.sha256(bundle.read_bytes()).hexdigest()[:16]}"
+    stored = Registry(registry_host).manifest(repository, tag)
+    assert stored is not None
+    referrer = json.loads(stored[0])
+    assert referrer["artifactType"] == BUNDLE_MEDIA_TYPE
+    assert [layer["mediaType"] for layer in referrer["layers"]] == [BUNDLE_MEDIA_TYPE]
+    assert referrer["subject"]["digest"] == digest
+
+    out = tmp_path / "fetched"
+    assert lockd("fetch", pushed_image, "--output", out).returncode == 0
+    bundles = [f.read_bytes() for f in out.glob("*.sigstore.json")]
+    assert bundle.read_bytes() in bundles  # the bundle as written, beside the envelope
+    assert envelope.to_json() in [f.read_bytes() for f in out.glob("*.dsse.json")]
+
+    passed = lockd("gate", pushed_image, "--registry", "--key", pub, "--json")
+    assert passed.returncode == 0, passed.stdout + passed.stderr

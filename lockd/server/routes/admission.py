@@ -207,7 +207,7 @@ class Gatekeeper:
             found = envelopes_from_registry(image)
         except LockdError as e:
             return ImageVerdict(False, f"no manifest is stored and the registry gave none: {e}")
-        result = judge(image, found, self.service.trusted, policy, policy_name, "its registry")
+        result = judge(image, found, self.service.trust, policy, policy_name, "its registry")
         if result.allowed:
             manifest = (result.manifest or "")[:19]
             return ImageVerdict(True, f"manifest {manifest}… from the registry")

@@ -1,17 +1,20 @@
-"""``/v1/manifests``: signed environments (DSSE envelopes) that verify against a trusted key."""
+"""``/v1/manifests``: signed environments (DSSE envelopes or Sigstore bundles) that verify
+against a trusted key or keyless identity."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Body, Path, Query, Response, status
 
 from lockd.server.deps import ReaderDep, RecorderDep, ServiceDep
 from lockd.server.routes import problems
 from lockd.server.schemas import ManifestDetail, ManifestSummary, SubjectOut
 from lockd.server.service import NotFoundError, check_name, parse_labels
 from lockd.store.repository import ManifestRecord
-from lockd.trust.dsse import Envelope
+from lockd.trust.signed import envelope_of, parse_signed, signed_from
+from lockd.trust.sigstore_bundle import SigstoreBundle
 from lockd.trust.statement import parse_statement
 
 router = APIRouter(prefix="/v1/manifests", tags=["manifests"])
@@ -51,7 +54,10 @@ def summary(record: ManifestRecord) -> ManifestSummary:
     },
 )
 def push_manifest(
-    envelope: Envelope,
+    body: Annotated[
+        dict[str, Any],
+        Body(description="a DSSE envelope, or a Sigstore bundle (mediaType) carrying one"),
+    ],
     service: ServiceDep,
     principal: RecorderDep,
     response: Response,
@@ -61,8 +67,10 @@ def push_manifest(
     ] = None,
     label: LabelQuery = None,
 ) -> ManifestSummary:
-    """Store a DSSE envelope (a lockd in-toto Statement) that verifies against a trusted key.
-    The same envelope again answers 200 and stores nothing new."""
+    """Store a DSSE envelope (a lockd in-toto Statement), or a Sigstore bundle of one, that
+    verifies against a trusted key or keyless identity. The same payload again answers 200 and
+    stores nothing new."""
+    envelope = signed_from(body, json.dumps(body).encode(), "the request body")
     labels = {k: v for k, v in parse_labels(label or [], need_value=True).items() if v}
     record, created = service.accept_manifest(
         envelope, name=name, labels=labels, actor=principal.name
@@ -105,6 +113,12 @@ def get_manifest(
     record = service.store.get_manifest(digest)
     if record is None:
         raise NotFoundError(f"no manifest {digest} is stored")
-    envelope = Envelope.model_validate_json(record.envelope)
-    _subjects, manifest = parse_statement(envelope.payload_bytes(), f"stored manifest {digest}")
-    return ManifestDetail(**summary(record).model_dump(), envelope=envelope, manifest=manifest)
+    signed = parse_signed(record.envelope.encode("utf-8"), f"stored manifest {digest}")
+    _subjects, manifest = parse_statement(signed.payload_bytes(), f"stored manifest {digest}")
+    bundle = json.loads(signed.raw) if isinstance(signed, SigstoreBundle) else None
+    return ManifestDetail(
+        **summary(record).model_dump(),
+        envelope=envelope_of(signed),
+        bundle=bundle,
+        manifest=manifest,
+    )

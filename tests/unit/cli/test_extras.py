@@ -62,14 +62,17 @@ def test_the_bare_install_declares_no_optional_stack() -> None:
     bare = {_name(r) for r in project["dependencies"]}
     optional = project["optional-dependencies"]
     assert not bare & (
-        {_name(r) for r in optional["server"]} | {_name(r) for r in optional["lock"]}
+        {_name(r) for r in optional["server"]}
+        | {_name(r) for r in optional["lock"]}
+        | {_name(r) for r in optional["sigstore"]}
     )
     assert {"fastapi", "uvicorn", "sqlalchemy", "alembic", "psycopg", "jinja2"} <= {
         _name(r) for r in optional["server"]
     }
     assert {"pip-tools", "uv"} == {_name(r) for r in optional["lock"]}
-    assert optional["all"] == ["lockd[lock,server]"]
-    assert set(EXTRA_MODULES) == {"lock", "server"}
+    assert {"sigstore"} == {_name(r) for r in optional["sigstore"]}
+    assert optional["all"] == ["lockd[lock,server,sigstore]"]
+    assert set(EXTRA_MODULES) == {"lock", "server", "sigstore"}
 
 
 def _name(requirement: str) -> str:
