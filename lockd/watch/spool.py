@@ -32,6 +32,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from lockd.errors import InputError
+from lockd.evidence.cache.store import UntrustedFileError, read_own_file, untrusted_directory
 from lockd.fileio import write_atomic
 from lockd.model.fleet import MAX_RESULTS, FleetBatch
 
@@ -89,10 +90,19 @@ class Spool:
         self._lock = threading.Lock()
         self._busy: int | None = None  # the sequence being delivered: not compacted
         try:
-            self.queue.mkdir(parents=True, exist_ok=True)
-            self.quarantined_dir.mkdir(exist_ok=True)
+            self.queue.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.quarantined_dir.mkdir(mode=0o700, exist_ok=True)
         except OSError as e:
             raise SpoolError(f"{directory}: cannot make the spool directory: {e.strerror}") from e
+        for inner in (directory, self.queue, self.quarantined_dir):  # each with the one above
+            distrust = untrusted_directory(inner)
+            if distrust is not None:
+                where, why = distrust
+                raise SpoolError(
+                    f"{where}: not trusted as the spool ({why}): whoever may write there could "
+                    "send verdicts as this agent; make it this user's, writable by nobody else "
+                    "and no symbolic link"
+                )
         self.agent = self._agent_id()
         self._entries: dict[int, _Entry] = {}
         self._scan()
@@ -102,14 +112,11 @@ class Spool:
 
     def _agent_id(self) -> str:
         path = self.directory / "agent"
-        try:
-            text = path.read_text(encoding="ascii").strip()
-        except FileNotFoundError:
+        text = self._state(path, "the agent id")
+        if text is None:
             agent = secrets.token_hex(16)
             self._write(path, agent.encode() + b"\n")
             return agent
-        except (OSError, UnicodeDecodeError) as e:
-            raise SpoolError(f"{path}: cannot read the agent id: {e}") from e
         if not _AGENT.match(text):
             raise SpoolError(
                 f"{path}: corrupt agent id {text[:40]!r} (expected 32 hex digits); the batches "
@@ -120,12 +127,9 @@ class Spool:
 
     def _read_sequence(self) -> int:
         path = self.directory / "sequence"
-        try:
-            text = path.read_text(encoding="ascii").strip()
-        except FileNotFoundError:
+        text = self._state(path, "the last sequence number")
+        if text is None:
             return 0
-        except (OSError, UnicodeDecodeError) as e:
-            raise SpoolError(f"{path}: cannot read the last sequence number: {e}") from e
         if not text.isdigit():
             raise SpoolError(
                 f"{path}: corrupt sequence number {text[:40]!r}; the service would ignore "
@@ -133,6 +137,17 @@ class Spool:
                 "start as a new agent"
             )
         return int(text)
+
+    @staticmethod
+    def _state(path: Path, what: str) -> str | None:
+        """A state file's text; None when there is none."""
+        try:
+            data = read_own_file(path, 64)
+            return None if data is None else data.decode("ascii").strip()
+        except UntrustedFileError as e:
+            raise SpoolError(f"{path}: cannot read {what}: {e.why}") from e
+        except UnicodeDecodeError as e:
+            raise SpoolError(f"{path}: cannot read {what}: {e}") from e
 
     def _write(self, path: Path, data: bytes) -> None:
         try:
@@ -198,15 +213,11 @@ class Spool:
         """The batch, or None after moving a corrupt file to quarantine (logged, counted)."""
         path = self._path(sequence)
         try:
-            with path.open("rb") as f:
-                data = f.read(MAX_BATCH_FILE + 1)
-        except FileNotFoundError:
+            data = read_own_file(path, MAX_BATCH_FILE)
+        except UntrustedFileError as e:
+            self._quarantine(path, f"cannot be read: {e.why}")
             return None
-        except OSError as e:
-            self._quarantine(path, f"cannot be read: {e.strerror}")
-            return None
-        if len(data) > MAX_BATCH_FILE:
-            self._quarantine(path, "larger than 64 MiB")
+        if data is None:
             return None
         try:
             batch = FleetBatch.model_validate_json(data)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import re
 import threading
 from collections.abc import Iterator, Sequence
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from lockd.errors import LockdError, ServerError
+from lockd.evidence.cache.store import UntrustedFileError, read_own_file, untrusted_directory
 from lockd.fileio import write_atomic
 from lockd.judgement.reporting import build_report, manifest_reference, target_summary
 from lockd.model.fleet import MAX_FINDINGS, Verdict
@@ -207,6 +209,7 @@ class ManifestCache:
         self._known: dict[str, Known] = {}
         self._opened: dict[str, Opened] = {}
         self._lock = threading.Lock()
+        self._distrust_said = False
 
     def _path(self, image_id: str) -> Path:
         return self.directory / f"{image_id.removeprefix('sha256:')}.json"
@@ -225,12 +228,14 @@ class ManifestCache:
 
     def _load(self, image_id: str) -> Known | None:
         path = self._path(image_id)
-        try:
-            data = path.read_bytes()[:MAX_CACHE_BYTES]
-        except FileNotFoundError:
+        if not os.path.lexists(path) or not self._trusted_directory():
             return None
-        except OSError as e:
-            log.warning("%s: cannot read the cached manifest (%s); asking the service", path, e)
+        try:
+            data = read_own_file(path, MAX_CACHE_BYTES)
+        except UntrustedFileError as e:
+            log.warning("%s: the cached manifest is not read (%s); asking the service", path, e.why)
+            return None
+        if data is None:
             return None
         try:
             doc = json.loads(data)
@@ -247,6 +252,21 @@ class ManifestCache:
             )
             path.unlink(missing_ok=True)
             return None
+
+    def _trusted_directory(self) -> bool:
+        """Whether the directory (and the one above it) may hold this cache: an entry planted
+        there could hide an image's manifest or put back an older one. Said once."""
+        distrust = untrusted_directory(self.directory)
+        if distrust is not None and not self._distrust_said:
+            self._distrust_said = True
+            where, why = distrust
+            log.warning(
+                "%s: the manifest cache is not used (%s); asking the service each time: make "
+                "it this user's, writable by nobody else and no symbolic link",
+                where,
+                why,
+            )
+        return distrust is None
 
     def refresh(self, image_id: str) -> Known:
         """Ask the service for the newest manifest of ``image_id`` and remember it.
@@ -287,7 +307,9 @@ class ManifestCache:
             "fetched_at": known.fetched_at,
         }
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not self._trusted_directory():
+                return
             write_atomic(
                 self._path(known.image_id),
                 json.dumps(document, sort_keys=True).encode(),

@@ -41,7 +41,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ENTRY_NAME", "Store", "cache_root", "trusted"]
+__all__ = [
+    "ENTRY_NAME",
+    "Store",
+    "UntrustedFileError",
+    "cache_root",
+    "read_own_file",
+    "trusted",
+    "untrusted_directory",
+]
 
 log = logging.getLogger("lockd.cache")
 
@@ -102,6 +110,57 @@ def _distrust(path: Path, *, above: bool) -> str | None:
     return None
 
 
+def untrusted_directory(directory: Path) -> tuple[Path, str] | None:
+    """Which of ``directory`` (a cache's, a spool's) and the one above it is not trusted, and
+    why; None when both are. Each is ``lstat``-ed (a symbolic link is never followed) and must
+    be a directory this user owns that nobody else may write; the one above may also be
+    root's, or writable by others when sticky (as /tmp is)."""
+    why = _distrust(directory.parent, above=True)
+    if why is not None:
+        return directory.parent, why
+    why = _distrust(directory, above=False)
+    return None if why is None else (directory, why)
+
+
+class UntrustedFileError(Exception):
+    """A file lockd keeps for itself is not read: ``why`` (a symbolic link, another user's...)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+def read_own_file(path: Path, max_bytes: int) -> bytes | None:
+    """The bytes of a file lockd keeps for itself (a cache entry, a spooled batch); None when
+    there is none. It is opened without following a symbolic link and read only when it is a
+    regular file this user owns that nobody else may write, of at most ``max_bytes``. The
+    directory is the caller's to check (``untrusted_directory``).
+
+    Raises:
+        UntrustedFileError: it is not read, saying why.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        why = "a symbolic link" if e.errno == errno.ELOOP else e.strerror or str(e)
+        raise UntrustedFileError(why) from e
+    try:
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise UntrustedFileError("not a regular file")
+            if not trusted(st):
+                raise UntrustedFileError("another user's, or writable by others")
+            data = f.read(max_bytes + 1)
+    except OSError as e:
+        raise UntrustedFileError(e.strerror or str(e)) from e
+    if len(data) > max_bytes:
+        raise UntrustedFileError(f"larger than {max_bytes} bytes")
+    return data
+
+
 @dataclass(frozen=True)
 class Store:
     """One cache's entries in ``directory``, in format ``format``: each at most ``max_bytes``
@@ -132,11 +191,10 @@ class Store:
                 return False
         elif not os.path.lexists(self.directory):
             return False
-        where, why = self.directory.parent, _distrust(self.directory.parent, above=True)
-        if why is None:
-            where, why = self.directory, _distrust(self.directory, above=False)
-        if why is None:
+        distrust = untrusted_directory(self.directory)
+        if distrust is None:
             return True
+        where, why = distrust
         _problem(  # once for the directory above, however many caches it holds
             "untrusted",
             where,
@@ -169,28 +227,11 @@ class Store:
         if path is None or not self._ready(make=False):
             return None
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
+            data = read_own_file(path, self.max_bytes)
+        except UntrustedFileError as e:
+            self._unusable(name, e.why)
             return None
-        except OSError as e:
-            why = "a symbolic link" if e.errno == errno.ELOOP else e.strerror or str(e)
-            self._unusable(name, why)
-            return None
-        try:
-            with os.fdopen(fd, "rb") as f:
-                st = os.fstat(f.fileno())
-                if not stat.S_ISREG(st.st_mode):
-                    self._unusable(name, "not a regular file")
-                    return None
-                if not trusted(st):
-                    self._unusable(name, "another user's, or writable by others")
-                    return None
-                data = f.read(self.max_bytes + 1)
-        except OSError as e:
-            self._unusable(name, e.strerror or str(e))
-            return None
-        if len(data) > self.max_bytes:
-            self._unusable(name, f"larger than {self.max_bytes} bytes")
+        if data is None:
             return None
         if data[:1] == _ZLIB:
             try:

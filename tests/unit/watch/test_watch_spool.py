@@ -5,6 +5,7 @@ verdicts."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -197,3 +198,104 @@ def test_merge_keeps_every_container_once_newer_winning() -> None:
         (cid(2), "only old"),
         (cid(1), "new"),
     ]
+
+
+# --- whose spool: whoever may write there could send verdicts as this agent -----------------------
+
+TRUST_HINT = (
+    "whoever may write there could send verdicts as this agent; make it this user's, writable "
+    "by nobody else and no symbolic link"
+)
+
+
+@pytest.mark.parametrize(("inner", "mode"), [("", 0o777), ("", 0o1777), ("queue", 0o770)])
+def test_a_spool_others_can_write_is_refused(tmp_path: Path, inner: str, mode: int) -> None:
+    spool = tmp_path / "spool"
+    Spool(spool)
+    (spool / inner).chmod(mode)
+    with pytest.raises(SpoolError) as raised:
+        Spool(spool)
+    where = spool / inner if inner else spool
+    assert str(raised.value) == (
+        f"{where}: not trusted as the spool ({where} is writable by others (mode "
+        f"{mode:04o})): {TRUST_HINT}"
+    )
+    assert raised.value.exit_code == 2
+
+
+def test_a_spool_that_is_a_symbolic_link_is_refused(tmp_path: Path) -> None:
+    Spool(tmp_path / "real")
+    os.symlink(tmp_path / "real", tmp_path / "spool")
+    with pytest.raises(SpoolError) as raised:
+        Spool(tmp_path / "spool")
+    spool = tmp_path / "spool"
+    assert str(raised.value) == (
+        f"{spool}: not trusted as the spool ({spool} is a symbolic link): {TRUST_HINT}"
+    )
+
+
+@pytest.mark.usefixtures("root_required")  # chown
+def test_a_spool_of_another_user_is_refused(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    Spool(spool)
+    os.chown(spool / "queue", 65534, 65534)
+    with pytest.raises(SpoolError) as raised:
+        Spool(spool)
+    assert str(raised.value) == (
+        f"{spool / 'queue'}: not trusted as the spool ({spool / 'queue'} is owned by uid "
+        f"65534): {TRUST_HINT}"
+    )
+
+
+def test_a_state_file_that_is_a_symbolic_link_is_not_followed(tmp_path: Path) -> None:
+    Spool(tmp_path)
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-agent"
+    elsewhere.write_text("f" * 32 + "\n")
+    (tmp_path / "agent").unlink()
+    os.symlink(elsewhere, tmp_path / "agent")
+    with pytest.raises(SpoolError) as raised:
+        Spool(tmp_path)
+    assert str(raised.value) == f"{tmp_path}/agent: cannot read the agent id: a symbolic link"
+
+
+def _planted(spool: Spool, tmp_path: Path, how: str) -> Path:
+    """A well-formed batch of this agent placed in the queue as a link, or with an unsafe
+    owner or mode."""
+    good = spool.queue / f"{add(spool, [1], [result(1)]):019d}.json"
+    if how == "symbolic link":
+        target = tmp_path / "elsewhere.json"
+        os.replace(good, target)
+        os.symlink(target, good)
+    elif how == "writable by others":
+        good.chmod(0o666)
+    else:
+        os.chown(good, 65534, 65534)
+    return good
+
+
+@pytest.mark.parametrize(
+    ("how", "why"),
+    [
+        ("symbolic link", "a symbolic link"),
+        ("writable by others", "another user's, or writable by others"),
+    ],
+)
+def test_a_batch_file_that_is_a_link_or_writable_by_others_is_quarantined_unsent(
+    tmp_path: Path, how: str, why: str
+) -> None:
+    _quarantined_unsent(tmp_path, how, why)
+
+
+@pytest.mark.usefixtures("root_required")  # chown
+def test_a_batch_file_of_another_user_is_quarantined_unsent(tmp_path: Path) -> None:
+    _quarantined_unsent(tmp_path, "another user's", "another user's, or writable by others")
+
+
+def _quarantined_unsent(tmp_path: Path, how: str, why: str) -> None:
+    spool = Spool(tmp_path / "spool")
+    path = _planted(spool, tmp_path, how)
+    again = Spool(tmp_path / "spool")
+    assert again.sequences() == []
+    assert again.quarantined == 1
+    note = (tmp_path / "spool" / "quarantine" / (path.name + ".why")).read_text()
+    assert note == f"cannot be read: {why}\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +237,69 @@ def test_a_corrupt_cached_manifest_is_dropped_and_asked_again(
     known = cache.get(IMAGE)
     assert known is not None and known.digest is None
     assert cache.opened(known) is None
+
+
+def _none_recorded(image: str = IMAGE) -> str:
+    """A cache entry saying the service holds no manifest for ``image`` (what a planted entry
+    would claim to hide the image's manifest)."""
+    return json.dumps({"image_id": image, "digest": None, "envelope": None, "fetched_at": "t"})
+
+
+def _cache(directory: Path) -> ManifestCache:
+    return ManifestCache(directory, Client("http://127.0.0.1:1"), [], "http://127.0.0.1:1")
+
+
+def test_a_cached_manifest_that_is_a_symbolic_link_is_not_followed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "cache").mkdir(mode=0o700)
+    elsewhere = tmp_path / "planted.json"
+    elsewhere.write_text(_none_recorded())
+    path = tmp_path / "cache" / f"{IMAGE.removeprefix('sha256:')}.json"
+    os.symlink(elsewhere, path)
+    assert _cache(tmp_path / "cache").get(IMAGE) is None
+    assert f"{path}: the cached manifest is not read (a symbolic link)" in caplog.text
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o1777])
+def test_a_manifest_cache_others_can_write_is_neither_read_nor_written(
+    tmp_path: Path, mode: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "cache"
+    directory.mkdir()
+    path = directory / f"{IMAGE.removeprefix('sha256:')}.json"
+    path.write_text(_none_recorded())
+    assert _cache(directory).get(IMAGE) is not None  # trusted as it is
+    directory.chmod(mode)
+    cache = _cache(directory)
+    assert cache.get(IMAGE) is None
+    assert cache.get(IMAGE) is None
+    other = "sha256:" + "9" * 64
+    cache._store(Known(other, None, None, "t"))
+    assert not (directory / ("9" * 64 + ".json")).exists()
+    said = [
+        r.getMessage() for r in caplog.records if "manifest cache is not used" in r.getMessage()
+    ]
+    assert said == [
+        f"{directory}: the manifest cache is not used ({directory} is writable by others (mode "
+        f"{mode:04o})); asking the service each time: make it this user's, writable by nobody "
+        "else and no symbolic link"
+    ]
+
+
+@pytest.mark.usefixtures("root_required")  # chown
+def test_a_manifest_cache_of_another_user_is_not_read(tmp_path: Path) -> None:
+    directory = tmp_path / "cache"
+    directory.mkdir(mode=0o700)
+    path = directory / f"{IMAGE.removeprefix('sha256:')}.json"
+    path.write_text(_none_recorded())
+    os.chown(path, 65534, 65534)
+    assert _cache(directory).get(IMAGE) is None
+    os.chown(path, 0, 0)
+    os.chown(directory, 65534, 65534)
+    assert _cache(directory).get(IMAGE) is None
+    os.chown(directory, 0, 0)
+    assert _cache(directory).get(IMAGE) is not None
 
 
 def test_metrics_text() -> None:
