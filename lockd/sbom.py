@@ -1,12 +1,14 @@
 """A CycloneDX 1.6 SBOM of a recorded environment (cyclonedx-python-lib).
 
 Every installed distribution is a ``library`` component with a ``pkg:pypi`` purl, its version and
-the archive hashes lockd knows: the sha256 pip's installation report kept for the archive it
-installed (exact), else the sha256s the manifest's lock allows for that version (one of them was
-installed). The CUDA runtime, cuDNN and NCCL that torch reported are components too, and the
-image (or the local environment) is the metadata component, with its digest. The same manifest
-always gives the same bytes: the serial number derives from the manifest, the timestamp is when
-it was recorded.
+the sha256 of the archive it was installed from where lockd knows it: the one pip's installation
+report kept (exact). Where it does not, the component has no hash and says why (the property
+``lockd:installed-archive``): the archives a lock allows are what may be installed, not what was.
+The CUDA runtime, cuDNN, NCCL and cuBLAS that torch reported are components too, each with the
+purl of where it came from: the ``nvidia-*`` wheel whose RECORD lists the library the process
+loaded (``pkg:pypi``), else ``pkg:generic/nvidia/<name>@<version>``. The image (or the local
+environment) is the metadata component, with its digest. The same manifest always gives the
+same bytes: the serial number derives from the manifest, the timestamp is when it was recorded.
 """
 
 from __future__ import annotations
@@ -18,12 +20,20 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from lockd import __version__
-from lockd.model.environment import Distribution, PipArchive, TorchInfo
+from lockd.model.environment import (
+    Distribution,
+    MappedLibrary,
+    PipArchive,
+    PipReport,
+    ProbeReport,
+    TorchInfo,
+)
 from lockd.model.manifest import LockPin, Manifest
 
 if TYPE_CHECKING:
     from cyclonedx.model.bom import Bom
     from cyclonedx.model.component import Component
+    from packageurl import PackageURL
 
     from lockd.trust.statement import Subject
 
@@ -31,29 +41,44 @@ SBOM_NAMESPACE = uuid.UUID("5f0c1d0e-7a9b-4f3e-9a43-6c0c4b1d2e61")
 """uuid5 namespace of lockd's SBOM serial numbers (fixed: the same manifest, the same serial)."""
 
 
-def _hashes(dist: Distribution, archive: PipArchive | None, pin: LockPin | None) -> list[str]:
-    if archive is not None and archive.sha256 and archive.version == dist.version:
-        return [archive.sha256]
-    if pin is not None and pin.version == dist.version:
-        return list(pin.hashes)
-    return []
+def _installed_archive(
+    dist: Distribution, archive: PipArchive | None, report: PipReport | None, pin: LockPin | None
+) -> tuple[list[str], str]:
+    """The sha256 of the archive ``dist`` was installed from and how lockd knows it, or no hash
+    and why it is unknown."""
+    if report is not None and archive is not None and archive.version == dist.version:
+        if archive.sha256:
+            return [archive.sha256], f"sha256 from pip's installation report ({report.path})"
+        why = "pip's installation report names no archive (a directory or a VCS checkout)"
+    elif report is not None and archive is not None:
+        why = f"pip's installation report names {archive.version}, not {dist.version}"
+    elif report is not None and report.error:
+        why = f"pip's installation report ({report.path}) could not be read"
+    elif report is not None:
+        why = f"pip's installation report ({report.path}) does not name it"
+    else:
+        why = "the target keeps no pip installation report"
+    allowed = len(pin.hashes) if pin is not None and pin.version == dist.version else 0
+    if allowed:
+        why += f"; the lock allows {allowed} archive{'s' if allowed > 1 else ''} for this version"
+    return [], f"unknown: {why}"
 
 
-def _distribution(dist: Distribution, archive: PipArchive | None, pin: LockPin | None) -> Component:
+def _distribution(
+    dist: Distribution, archive: PipArchive | None, report: PipReport | None, pin: LockPin | None
+) -> Component:
     from cyclonedx.model import HashAlgorithm, HashType, Property
     from cyclonedx.model.component import Component, ComponentType
     from packageurl import PackageURL
 
     purl = PackageURL(type="pypi", name=dist.name, version=dist.version)
-    hashes = _hashes(dist, archive, pin)
+    hashes, source = _installed_archive(dist, archive, report, pin)
     properties = [Property(name="lockd:location", value=dist.location)]
     if dist.installer:
         properties.append(Property(name="lockd:installer", value=dist.installer))
     if dist.record_sha256:
         properties.append(Property(name="lockd:record-sha256", value=dist.record_sha256))
-    if hashes:
-        source = "installed archive (pip report)" if len(hashes) == 1 and archive else "lock"
-        properties.append(Property(name="lockd:hashes-source", value=source))
+    properties.append(Property(name="lockd:installed-archive", value=source))
     return Component(
         type=ComponentType.LIBRARY,
         name=dist.name,
@@ -65,25 +90,94 @@ def _distribution(dist: Distribution, archive: PipArchive | None, pin: LockPin |
     )
 
 
-def _cuda_components(torch: TorchInfo) -> list[Component]:
+_CUDA_STACK = (
+    # the component, the TorchInfo field, the library (judgement.libraries.identity), how
+    (
+        "cuda-runtime",
+        "cuda",
+        "libcudart",
+        "the CUDA runtime torch was built for (torch.version.cuda)",
+    ),
+    ("cudnn", "cudnn", "libcudnn", "cuDNN as loaded (torch.backends.cudnn.version())"),
+    ("nccl", "nccl", "libnccl", "NCCL as loaded (torch.cuda.nccl.version())"),
+    (
+        "cublas",
+        "cublas",
+        "libcublas",
+        "cuBLAS as loaded (cublasGetProperty of the mapped libcublas)",
+    ),
+)
+
+
+def _cuda_origin(
+    name: str,
+    version: str,
+    stem: str,
+    files: Sequence[MappedLibrary],
+    installed: Sequence[Distribution],
+) -> tuple[PackageURL, str]:
+    """The purl of a CUDA library torch reported and why: the wheel whose RECORD lists the file
+    the process loaded; without a record of the loaded files, the installed nvidia-* wheel of the
+    same library and version; else a generic NVIDIA purl."""
+    from packageurl import PackageURL
+
+    from lockd.judgement.libraries import NVIDIA_WHEELS, is_wheel_of, leads
+
+    generic = PackageURL(type="generic", namespace="nvidia", name=name, version=version)
+    if files:  # the loaded files are the lockd:loaded-file properties
+        owners = sorted({(f.owner.kind, f.owner.name, f.owner.version) for f in files if f.owner})
+        unowned = ["none"] if any(f.owner is None for f in files) else []
+        if len(owners) + len(unowned) > 1:
+            named = ", ".join([f"{kind} {owner}" for kind, owner, _ in owners] + unowned)
+            return generic, f"the loaded copies have different owners: {named}"
+        if not owners:
+            return generic, "the loaded file belongs to no distribution or package"
+        kind, owner, owner_version = owners[0]
+        owner_version = owner_version or {d.name: d.version for d in installed}.get(owner)
+        if kind != "distribution":
+            return generic, f"the loaded file belongs to the {kind} package {owner}, no wheel"
+        if owner_version is None:
+            return generic, f"the loaded file belongs to {owner}, of no known version"
+        purl = PackageURL(type="pypi", name=owner, version=owner_version)
+        return purl, "the wheel whose RECORD lists the loaded file"
+    wheels = [
+        d
+        for d in installed
+        if is_wheel_of(d.name, NVIDIA_WHEELS[stem]) and leads(version, d.version)
+    ]
+    if len(wheels) == 1:
+        wheel = wheels[0]
+        purl = PackageURL(type="pypi", name=wheel.name, version=wheel.version)
+        return purl, f"the installed {wheel.name} {wheel.version} (no record of the loaded {stem})"
+    return generic, f"no record of the loaded {stem}, no installed wheel of {name} {version}"
+
+
+def _cuda_components(manifest: Manifest, probe: ProbeReport, torch: TorchInfo) -> list[Component]:
     """The CUDA stack as the torch process reported it (what it loaded, not what is on disk)."""
     from cyclonedx.model import Property
     from cyclonedx.model.component import Component, ComponentType
     from cyclonedx.model.contact import OrganizationalEntity
 
+    from lockd.judgement.libraries import identity, manifest_records
+
+    mapped = {lib.path: lib for record in manifest_records(manifest) for lib in record.libraries}
     nvidia = OrganizationalEntity(name="NVIDIA")
-    stack = (
-        ("cuda-runtime", torch.cuda, "the CUDA runtime torch was built for (torch.version.cuda)"),
-        ("cudnn", torch.cudnn, "cuDNN as loaded (torch.backends.cudnn.version())"),
-        ("nccl", torch.nccl, "NCCL as loaded (torch.cuda.nccl.version())"),
-    )
     components = []
-    for name, version, how in stack:
+    for name, field, stem, how in _CUDA_STACK:
+        version = getattr(torch, field)
         if not version:
             continue
+        files = [mapped[path] for path in sorted(mapped) if identity(mapped[path]) == stem]
+        purl, origin = _cuda_origin(name, version, stem, files, probe.distributions)
         properties = [Property(name="lockd:source", value=how)]
         if name == "cuda-runtime" and torch.arch_flags:
             properties.append(Property(name="lockd:arch-flags", value=torch.arch_flags))
+        properties.append(Property(name="lockd:purl-source", value=origin))
+        properties += [
+            Property(name="lockd:loaded-file", value=f"{f.path} sha256:{f.sha256}")
+            for f in files
+            if f.sha256
+        ]
         components.append(
             Component(
                 type=ComponentType.LIBRARY,
@@ -91,6 +185,7 @@ def _cuda_components(torch: TorchInfo) -> list[Component]:
                 group="nvidia",
                 supplier=nvidia,
                 version=version,
+                purl=purl,
                 bom_ref=f"lockd:cuda:{name}@{version}",
                 properties=properties,
             )
@@ -159,12 +254,13 @@ def build_bom(manifest: Manifest, subjects: Sequence[Subject]) -> Bom:
     probe = observation.probe
     lock = manifest.lock
     pins = {p.name: p for p in lock.pins} if lock else {}
-    archives = {a.name: a for a in probe.pip_report.archives} if probe and probe.pip_report else {}
+    report = probe.pip_report if probe else None
+    archives = {a.name: a for a in report.archives} if report else {}
     components = [
-        _distribution(d, archives.get(d.name), pins.get(d.name))
+        _distribution(d, archives.get(d.name), report, pins.get(d.name))
         for d in (probe.distributions if probe else [])
     ]
-    cuda = _cuda_components(probe.torch) if probe and probe.torch else []
+    cuda = _cuda_components(manifest, probe, probe.torch) if probe and probe.torch else []
     subject = _subject_component(manifest, subjects)
     properties = [
         Property(name="lockd:recorded-at", value=manifest.recorded_at),

@@ -43,12 +43,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENV_LIBRARIES",
+    "NVIDIA_WHEELS",
     "compare_records",
     "compare_with_manifest",
     "embed_reader",
     "finding_key",
     "identity",
     "intrinsic_findings",
+    "is_wheel_of",
+    "leads",
     "library_findings",
     "manifest_differences",
     "manifest_records",
@@ -66,7 +69,7 @@ ENV_LIBRARIES = {
 }
 """``*_VERSION`` variables and the library whose reported version they claim to give."""
 
-_DISTRIBUTIONS = {
+NVIDIA_WHEELS = {
     "libcudnn": "nvidia-cudnn",
     "libnccl": "nvidia-nccl",
     "libcublas": "nvidia-cublas",
@@ -74,6 +77,12 @@ _DISTRIBUTIONS = {
     "libcudart": "nvidia-cuda-runtime",
 }
 """Libraries that report their version, and the stem of the nvidia-* wheel that ships them."""
+
+
+def is_wheel_of(name: str, stem: str) -> bool:
+    """Whether distribution ``name`` is the nvidia-* wheel of ``stem`` (NVIDIA_WHEELS' values):
+    ``nvidia-cudnn-cu12`` for CUDA 12, ``nvidia-cublas`` for CUDA 13..."""
+    return name == stem or name.startswith(stem + "-cu")
 
 
 # --- the reader inside targets ----------------------------------------------------------------
@@ -160,7 +169,7 @@ def _label(library: MappedLibrary) -> str:
     return f"{owner.kind} {owner.name} {owner.version or ''}".rstrip()
 
 
-def _leads(reported: str, version: str) -> bool:
+def leads(reported: str, version: str) -> bool:
     """Whether a reported version (9.1.0, 12.4) is the start of another (9.1.0.70, 12.4.1; a
     package revision or local label is ignored: 2.28.3-1, 2.6.0+cu124)."""
     head = re.split(r"[-+~]", reported, maxsplit=1)[0].split(".")
@@ -279,9 +288,9 @@ def _env_findings(libraries: Sequence[MappedLibrary], variables: dict[str, str])
             assert library.version is not None
             reported = library.version
             if stem == "libcudart":  # cudart reports major.minor; CUDA_VERSION=12.4.1
-                agree = _leads(reported, claimed)
+                agree = leads(reported, claimed)
             else:
-                agree = _leads(reported, claimed) or _leads(claimed, reported)
+                agree = leads(reported, claimed) or leads(claimed, reported)
             if not agree:
                 findings.append(
                     Finding(
@@ -306,8 +315,8 @@ def _pins(probe: ProbeReport, lock: LockInfo | None) -> dict[str, tuple[str, str
     if lock is not None:
         sources += [(p.name, p.version, f"pinned in {lock.path}") for p in lock.pins]
     for name, version, where in sources:  # the lock's pins, listed last, win
-        for stem in set(_DISTRIBUTIONS.values()):
-            if name == stem or name.startswith(stem + "-cu"):
+        for stem in set(NVIDIA_WHEELS.values()):
+            if is_wheel_of(name, stem):
                 pins[stem] = (name, version, where)
     return pins
 
@@ -320,11 +329,11 @@ def _pin_findings(
     for library in libraries:
         if library.version_source != "runtime" or library.version is None:
             continue
-        stem = _DISTRIBUTIONS.get(identity(library))
+        stem = NVIDIA_WHEELS.get(identity(library))
         if stem is None or stem not in pins:
             continue
         name, version, where = pins[stem]
-        if _leads(library.version, version):
+        if leads(library.version, version):
             continue
         findings.append(
             Finding(

@@ -122,12 +122,23 @@ def test_an_environment_as_locked_is_signed_with_its_lock_and_verifies(
     assert code == 0, report
     assert lock_check(report)["status"] == "pass"
 
-    sbom = tmp_path / "sbom.json"
-    assert lockd("sbom", out, "-o", sbom).returncode == 0
-    assert validation_error(sbom.read_text()) is None
-    six = next(c for c in json.loads(sbom.read_text())["components"] if c["name"] == "six")
+    six = sbom_component(lockd, out, tmp_path, "six")
     assert six["purl"] == "pkg:pypi/six@1.16.0"
-    assert [h["content"] for h in six["hashes"]] == [wheel_hashes["six==1.16.0"]]
+    assert "hashes" not in six  # no pip report: the lock says what was allowed, not installed
+    assert {p["name"]: p["value"] for p in six["properties"]}["lockd:installed-archive"] == (
+        "unknown: the target keeps no pip installation report; "
+        "the lock allows 1 archive for this version"
+    )
+
+
+def sbom_component(lockd: Lockd, envelope: Path, tmp_path: Path, name: str) -> dict[str, Any]:
+    sbom = tmp_path / "sbom.json"
+    assert lockd("sbom", envelope, "-o", sbom, "--force").returncode == 0
+    assert validation_error(sbom.read_text()) is None
+    found: dict[str, Any] = next(
+        c for c in json.loads(sbom.read_text())["components"] if c["name"] == name
+    )
+    return found
 
 
 @pytest.mark.parametrize(
@@ -183,6 +194,7 @@ def test_pip_report_hashes_are_checked_against_the_lock(
     app: Any,
     keypair: tuple[Path, Path],
     write_lock: LockWriter,
+    wheel_hashes: dict[str, str],
     tmp_path: Path,
     lockd: Lockd,
 ) -> None:
@@ -194,6 +206,8 @@ def test_pip_report_hashes_are_checked_against_the_lock(
     assert result.returncode == 0, result.stdout + result.stderr
     archives = predicate(out)["observation"]["probe"]["pip_report"]["archives"]
     assert sorted(a["name"] for a in archives) == ["idna", "packaging", "six"]
+    six = sbom_component(lockd, out, tmp_path, "six")  # the archive pip installed
+    assert [h["content"] for h in six["hashes"]] == [wheel_hashes["six==1.16.0"]]
 
     other = write_lock(APP_PINS, hashes={"six": ["0" * 64]})
     refused = tmp_path / "refused.dsse.json"

@@ -5,6 +5,7 @@ validation suite's results against the recorded ones)."""
 from __future__ import annotations
 
 from lockd.judgement.checks.interface import changed_fields, skipped, under_policy
+from lockd.judgement.libraries import is_wheel_of
 from lockd.judgement.policy import Policy
 from lockd.model.environment import Distribution, ProbeReport
 from lockd.model.manifest import Manifest, Observation
@@ -21,7 +22,7 @@ _LOADED_VS_INSTALLED = (
 def _installed(probe: ProbeReport, stem: str) -> Distribution | None:
     """The nvidia-* wheel of a library: `nvidia-cudnn-cu12`, `nvidia-cublas` (CUDA 13)…"""
     for d in probe.distributions:
-        if d.name == stem or d.name.startswith(stem + "-cu"):
+        if is_wheel_of(d.name, stem):
             return d
     return None
 
