@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import subprocess
 import sys
 from typing import Any
@@ -12,9 +13,12 @@ from typing import Any
 from reference_manifests import manifest_a
 
 from lockd.bundle import ReportItem, bundle_files
+from lockd.bundle.logproof import LogProof
 from lockd.model.report import Check, Report, ReportManifest
 from lockd.trust import dsse, keys
 from lockd.trust.auditlog import entry_hash
+from lockd.trust.checkpoint import Checkpoint, LogSigner
+from lockd.trust.merkle import MemoryTree, inclusion_proof, tree_root
 from lockd.trust.statement import PAYLOAD_TYPE, make_statement
 
 KEY = keys.generate_private_key()
@@ -81,6 +85,54 @@ def sample_files(**overrides: Any) -> dict[str, bytes]:
         "entries": chain(),
     }
     return bundle_files(**{**parts, **overrides})
+
+
+# --- the transparency log -----------------------------------------------------------------------
+
+LOG_SIGNER = LogSigner.generate("lockd.test/audit")
+RELIED_ON = (5, 7, 9)  # the sample bundle's manifest entry and its two reports' entries
+
+
+def leaf(entry: dict[str, Any]) -> bytes:
+    """RFC 9162's leaf hash of an audit entry, written out here (not lockd's code):
+    SHA-256(0x00 || the canonical JSON of its hashed fields)."""
+    fields = ("seq", "time", "actor", "action", "subject", "body_digest", "prev_hash")
+    data = json.dumps(
+        {k: entry[k] for k in fields}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(b"\0" + data.encode()).digest()
+
+
+def log_entries(segment: list[dict[str, Any]], size: int = 12) -> list[dict[str, Any]]:
+    """A log of ``size`` entries holding ``segment`` at its seqs (the others are fillers)."""
+    by_seq = {e["seq"]: e for e in segment}
+    return [
+        by_seq.get(seq)
+        or {
+            "seq": seq,
+            "time": "2026-11-01T00:00:00Z",
+            "actor": "svc",
+            "action": "token.create:reader",
+            "subject": f"filler {seq}",
+            "body_digest": None,
+            "prev_hash": "0" * 64,
+        }
+        for seq in range(1, size + 1)
+    ]
+
+
+def log_proof(
+    log: list[dict[str, Any]],
+    signer: LogSigner = LOG_SIGNER,
+    seqs: tuple[int, ...] = RELIED_ON,
+) -> LogProof:
+    """What export fetches from a service whose log is ``log``: its checkpoint signed by
+    ``signer``, the signer's verifier key, the proofs of ``seqs``."""
+    tree = MemoryTree(tuple(leaf(e) for e in log))
+    size = len(log)
+    note = Checkpoint(signer.name, size, tree_root(size, tree)).sign(signer)
+    proofs = {seq: inclusion_proof(seq - 1, size, tree) for seq in seqs}
+    return LogProof(note.encode(), signer.verifier(), size, proofs)
 
 
 # --- tar archives byte by byte ----------------------------------------------------------------

@@ -30,7 +30,9 @@ from lockd.errors import InputError, LockdError, ServerError
 from lockd.trust.statement import canonical_json
 
 if TYPE_CHECKING:
+    from lockd.bundle.logproof import LogCheck, LogProof
     from lockd.client import Client
+    from lockd.trust.checkpoint import LogVerifier
     from lockd.trust.keys import PublicKey
 
 __all__ = [
@@ -118,6 +120,19 @@ To check that this segment still belongs to the service's chain, compare the las
 `hash` (seq {head_seq}: `{head_hash}`) with the service's log (`lockd audit verify --server URL`).
 """
 
+README_LOG = """
+## The transparency log
+
+The service's audit log is also a Merkle tree (RFC 9162) whose tree heads its log key signs.
+`log/checkpoint.note` is the checkpoint it served at export (C2SP tlog-checkpoint in a signed
+note: {size} entries), `log/log.vkey` the key it named, and `log/inclusion.json` the inclusion
+proofs of audit entries {seqs} in that tree (entry `seq` is leaf `seq - 1`; a leaf hash is
+SHA-256 of a 0x00 byte and the canonical JSON of the entry's hashed fields). Check them against
+the log key the service's operator published, not only the bundled one:
+
+    lockd audit verify {filename} --log-key KEY
+"""
+
 
 def _json(value: object) -> bytes:
     return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode("utf-8")
@@ -135,11 +150,14 @@ def bundle_files(
     reports: Sequence[ReportItem],
     entries: Sequence[Mapping[str, Any]],
     filename: str = "bundle.tar.gz",
+    log: LogProof | None = None,
 ) -> dict[str, bytes]:
     """Every file of a bundle, ``index.json`` included (pure: the caller fetched the parts).
 
     ``envelope`` is the envelope's JSON exactly as the service stored it; ``entries`` the audit
-    entries from the manifest's own entry to the last report's, contiguous.
+    entries from the manifest's own entry to the last report's, contiguous; ``log`` the
+    transparency log's checkpoint, key and proofs of the relied-on entries (none from a
+    service without a log key).
 
     Raises:
         ManifestError: the envelope does not carry a lockd Statement.
@@ -191,6 +209,10 @@ def bundle_files(
             }
         )
     files["audit.json"] = _json([dict(e) for e in entries])
+    if log is not None:
+        from lockd.bundle.logproof import log_files
+
+        files.update(log_files(log))
     head = entries[-1]
     files["bundle.json"] = _json(
         {
@@ -207,7 +229,7 @@ def bundle_files(
             "reports": listed,
         }
     )
-    files["README.md"] = README.format(
+    readme = README.format(
         name=name,
         digest=digest,
         server=server,
@@ -216,7 +238,12 @@ def bundle_files(
         filename=filename,
         head_seq=head["seq"],
         head_hash=head["hash"],
-    ).encode("utf-8")
+    )
+    if log is not None:
+        readme += README_LOG.format(
+            size=log.size, seqs=", ".join(map(str, sorted(log.proofs))), filename=filename
+        )
+    files["README.md"] = readme.encode("utf-8")
     files[INDEX] = index_of(files)
     return files
 
@@ -419,6 +446,8 @@ class BundleVerdict:
     digest: str | None
     keyids: list[str]
     checks: list[BundleCheck] = field(default_factory=list)
+    log_key: str | None = None  # the key that checked the log's checkpoint; None: no log check
+    log_key_pinned: bool = False  # given by the person checking (--log-key)
 
     @property
     def ok(self) -> bool:
@@ -597,12 +626,21 @@ def _check_chain(files: Mapping[str, bytes], meta: Mapping[str, Any]) -> str:
     )
 
 
-def check_files(files: Mapping[str, bytes], refused: Sequence[str] = ()) -> BundleVerdict:
+def check_files(
+    files: Mapping[str, bytes],
+    refused: Sequence[str] = (),
+    log_key: LogVerifier | None = None,
+) -> BundleVerdict:
     """Check a bundle's files offline: index, signature (against the bundled key), SBOM and
-    lock, audit chain and reports. Every check runs; each failure names its file."""
+    lock, audit chain and reports, and the transparency log's proof when the bundle carries
+    one or ``log_key`` is given (which it then must be signed by). Every check runs; each
+    failure names its file."""
+    from lockd.bundle.logproof import LOG_FILES
+
     checks: list[BundleCheck] = []
     keyids: list[str] = []
     digest: str | None = None
+    log: list[LogCheck] = []
 
     def run(check_id: str, step: Any) -> None:
         try:
@@ -627,32 +665,69 @@ def check_files(files: Mapping[str, bytes], refused: Sequence[str] = ()) -> Bund
         keyids.extend(signers)
         return message
 
+    def transparency_log() -> str:
+        log.append(_check_log(files, meta, log_key))
+        return log[0].message
+
     run("signature", signature)
     if "envelope.dsse.json" in files:
         run("sbom", lambda: _check_sbom(files))
         run("audit", lambda: _check_chain(files, meta))
-    return BundleVerdict(digest, keyids, checks)
+    if log_key is not None or any(name in files for name in LOG_FILES):
+        run("log", transparency_log)
+    return BundleVerdict(
+        digest,
+        keyids,
+        checks,
+        log_key=log[0].key if log else None,
+        log_key_pinned=bool(log) and log[0].pinned,
+    )
 
 
-def verify_bundle(path: Path) -> BundleVerdict:
-    """Read and check a bundle file offline.
+def _check_log(
+    files: Mapping[str, bytes], meta: Mapping[str, Any], log_key: LogVerifier | None
+) -> LogCheck:
+    from lockd.bundle.logproof import check_log, relied_on
+
+    entries = _load_json(files, "audit.json")
+    if not isinstance(entries, list):
+        raise _CheckFailedError("audit.json holds no entries")
+    by_seq = {e["seq"]: e for e in entries if isinstance(e, dict) and isinstance(e.get("seq"), int)}
+    return check_log(files, by_seq, relied_on(meta), log_key)
+
+
+def verify_bundle(path: Path, log_key: LogVerifier | None = None) -> BundleVerdict:
+    """Read and check a bundle file offline (``log_key``: the log's key, pinned).
 
     Raises:
-        InputError: the file cannot be read or is not a gzip-compressed tar archive.
+        InputError: the file cannot be read, is not a gzip-compressed tar archive, is truncated
+            or malformed, or declares a header or member past the limits.
     """
     files, refused = read_bundle(path)
-    return check_files(files, refused)
+    return check_files(files, refused, log_key)
 
 
 def render_verdict(verdict: BundleVerdict, source: str) -> str:
     lines = [f"{source}: audit bundle of {verdict.digest or '(unknown manifest)'}"]
     for check in verdict.checks:
         lines.append(f"  {'ok  ' if check.ok else 'FAIL'} {check.id:<9} {check.message}")
-    if verdict.ok:
-        lines.append(
-            f"the bundle holds: signed by keyid {', '.join(verdict.keyids)}; compare it with "
-            "the signer's published keyid"
-        )
-    else:
+    if not verdict.ok:
         lines.append(f"the bundle does NOT hold: {', '.join(c.id for c in verdict.failed)} failed")
+        return "\n".join(lines) + "\n"
+    lines.append(
+        f"the bundle holds: signed by keyid {', '.join(verdict.keyids)}; compare it with the "
+        "signer's published keyid"
+    )
+    if verdict.log_key is None:
+        lines.append(
+            "no transparency-log proof in it (exported before lockd's log was signed, or from "
+            "a service without a log key): its entries are checked against their chain only"
+        )
+    elif verdict.log_key_pinned:
+        lines.append(f"its audit entries are in the log signed by the pinned key {verdict.log_key}")
+    else:
+        lines.append(
+            f"its audit entries are in a log signed by {verdict.log_key}, the key the bundle "
+            "carries, NOT pinned: compare it with the log's published key, or give --log-key"
+        )
     return "\n".join(lines) + "\n"

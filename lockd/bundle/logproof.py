@@ -1,0 +1,201 @@
+"""The transparency log's part of an audit bundle, checked offline.
+
+An audit entry the bundle relies on (the manifest's own, each report's) is a leaf of the
+service's log: its Merkle tree (RFC 9162, lockd.trust.merkle) whose tree heads the log key signs
+as C2SP checkpoints (lockd.trust.checkpoint). A bundle carries, beside ``audit.json``:
+
+- ``log/checkpoint.note``: the signed checkpoint the service served at export, as served;
+- ``log/log.vkey``: the log's verifier key (``<name>+<key ID>+<base64 key>``) the service
+  named at export;
+- ``log/inclusion.json``: for each relied-on entry, its inclusion proof in that checkpoint's
+  tree (``{"size": N, "proofs": {"<seq>": [hex hashes]}}``; entry ``seq`` is leaf ``seq - 1``,
+  its leaf data the canonical JSON of its hashed fields, as the chain hashes it).
+
+:func:`check_log` checks that the checkpoint is signed by the key it is given (``--log-key``:
+*pinned*), else by the key the bundle carries (said to be *not pinned*: whoever re-made the
+bundle could have made that key too), and that each relied-on entry is in the signed tree.
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lockd.errors import InputError, LockdError
+from lockd.trust.auditlog import HASHED_FIELDS
+from lockd.trust.checkpoint import LogVerifier, NoteError, open_checkpoint
+from lockd.trust.merkle import leaf_hash, verify_inclusion
+from lockd.trust.statement import canonical_json
+
+__all__ = [
+    "CHECKPOINT",
+    "INCLUSION",
+    "KEY",
+    "LOG_FILES",
+    "LogCheck",
+    "LogProof",
+    "LogProofFailedError",
+    "check_log",
+    "log_files",
+    "relied_on",
+]
+
+CHECKPOINT = "log/checkpoint.note"
+KEY = "log/log.vkey"
+INCLUSION = "log/inclusion.json"
+LOG_FILES = (CHECKPOINT, KEY, INCLUSION)
+MAX_PROOF_HASHES = 128  # a tree of 2**63 leaves needs at most 63
+_HEX = re.compile("[0-9a-f]{64}")
+
+
+class LogProofFailedError(LockdError):
+    """The bundle's transparency-log proof does not hold (exit 1: the bundle is refused)."""
+
+    exit_code = 1
+
+
+def entry_leaf(entry: Mapping[str, Any]) -> bytes:
+    """An audit entry's leaf hash: ``SHA-256(0x00 || canonical JSON of its hashed fields)``.
+
+    Raises:
+        KeyError: the entry lacks one of the hashed fields.
+    """
+    return leaf_hash(canonical_json({k: entry[k] for k in HASHED_FIELDS}))
+
+
+def relied_on(meta: Mapping[str, Any]) -> list[int]:
+    """The seqs of the entries a bundle relies on: the manifest's own and each report's."""
+    seqs = {meta.get("manifest_audit_seq")}
+    seqs |= {r.get("audit_seq") for r in meta.get("reports") or [] if isinstance(r, dict)}
+    return sorted(s for s in seqs if isinstance(s, int) and not isinstance(s, bool))
+
+
+@dataclass(frozen=True)
+class LogProof:
+    """What export fetched: the signed checkpoint as served, the key the service named, and
+    the proofs (hashes) of the relied-on entries in the checkpoint's tree, by seq."""
+
+    note: bytes
+    key: LogVerifier
+    size: int
+    proofs: Mapping[int, Sequence[bytes]]
+
+
+def log_files(proof: LogProof) -> dict[str, bytes]:
+    """The bundle's log files (pure)."""
+    inclusion = {
+        "size": proof.size,
+        "proofs": {str(seq): [h.hex() for h in hashes] for seq, hashes in proof.proofs.items()},
+    }
+    return {
+        CHECKPOINT: proof.note,
+        KEY: f"{proof.key}\n".encode(),
+        INCLUSION: (json.dumps(inclusion, indent=2, sort_keys=True) + "\n").encode(),
+    }
+
+
+@dataclass(frozen=True)
+class LogCheck:
+    message: str
+    key: str  # the verifier key that checked the checkpoint's signature
+    pinned: bool  # given by the person checking (--log-key), not taken from the bundle
+
+
+def _bundled_key(files: Mapping[str, bytes]) -> LogVerifier:
+    try:
+        return LogVerifier.parse(files[KEY].decode("utf-8").strip())
+    except UnicodeDecodeError:
+        raise InputError(f"{KEY} is not a log verifier key (not UTF-8)") from None
+    except NoteError as e:
+        raise InputError(f"{KEY}: {e}") from e
+
+
+def _proofs(files: Mapping[str, bytes], size: int) -> dict[int, list[bytes]]:
+    try:
+        doc = json.loads(files[INCLUSION])
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise InputError(f"{INCLUSION} is not JSON ({e})") from e
+    proofs = doc.get("proofs") if isinstance(doc, dict) else None
+    if not isinstance(proofs, dict) or doc.get("size") != size:
+        raise InputError(
+            f"{INCLUSION} does not hold proofs in the checkpoint's tree of size {size} "
+            '({"size": N, "proofs": {"<seq>": [hex hashes]}})'
+        )
+    found: dict[int, list[bytes]] = {}
+    for seq, hashes in proofs.items():
+        if (
+            not re.fullmatch("[1-9][0-9]{0,18}", seq)
+            or not isinstance(hashes, list)
+            or len(hashes) > MAX_PROOF_HASHES
+            or not all(isinstance(h, str) and _HEX.fullmatch(h) for h in hashes)
+        ):
+            raise InputError(
+                f"{INCLUSION}: the proof of {seq[:40]!r} is not a list of at most "
+                f"{MAX_PROOF_HASHES} hex SHA-256 hashes under an entry's seq"
+            )
+        found[int(seq)] = [bytes.fromhex(h) for h in hashes]
+    return found
+
+
+def check_log(
+    files: Mapping[str, bytes],
+    entries: Mapping[int, Mapping[str, Any]],
+    seqs: Sequence[int],
+    pinned: LogVerifier | None,
+) -> LogCheck:
+    """Check the bundle's log files: the checkpoint is signed by ``pinned`` (else by the key
+    the bundle carries) and each entry of ``seqs`` (from ``entries``, by seq) is in its tree.
+
+    Raises:
+        LockdError: what does not hold, naming the file or entry (an InputError for a
+            malformed file, NoteVerificationError for a signature, ProofError for a proof).
+    """
+    missing = [name for name in LOG_FILES if name not in files]
+    if missing:
+        raise InputError(
+            f"{', '.join(missing)} missing: the bundle carries no whole transparency-log proof"
+        )
+    bundled = _bundled_key(files)
+    key = pinned or bundled
+    try:
+        checkpoint = open_checkpoint(files[CHECKPOINT], key)
+    except LockdError as e:
+        raise LogProofFailedError(f"{CHECKPOINT}: {e}") from e
+    proofs = _proofs(files, checkpoint.size)
+    for seq in seqs:
+        entry = entries.get(seq)
+        if entry is None:
+            raise InputError(f"audit entry {seq} is not in audit.json: nothing to prove")
+        if seq not in proofs:
+            raise InputError(f"{INCLUSION} holds no proof for audit entry {seq}")
+        if seq > checkpoint.size:
+            raise LogProofFailedError(
+                f"audit entry {seq} is past the checkpoint's tree of {checkpoint.size} entries"
+            )
+        try:
+            leaf = entry_leaf(entry)
+        except KeyError as e:
+            raise InputError(f"audit.json: entry {seq} lacks the field {e.args[0]}") from e
+        try:
+            verify_inclusion(seq - 1, checkpoint.size, leaf, proofs[seq], checkpoint.root)
+        except LockdError as e:
+            raise LogProofFailedError(f"audit entry {seq}: {e}") from e
+    listed = ", ".join(map(str, seqs))
+    if pinned is not None:
+        signer = f"signed by the pinned key {pinned}"
+        if str(bundled) != str(pinned):
+            signer += f" (the bundle names another key, {bundled}: ignored)"
+    else:
+        signer = (
+            f"signed by {bundled}, the key the bundle carries, NOT pinned: compare it with the "
+            "log's published key, or give --log-key"
+        )
+    message = (
+        f"audit entries {listed} are in the log {checkpoint.origin!r} of {checkpoint.size} "
+        f"entries (root {checkpoint.root.hex()}), its checkpoint {signer}"
+    )
+    return LogCheck(message, str(key), pinned is not None)
