@@ -5,12 +5,16 @@ and re-check the audit chain from outside. Standard library HTTP only, so ``lock
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from lockd.errors import ServerError
@@ -23,6 +27,7 @@ if TYPE_CHECKING:
     from lockd.model.manifest import Observation
     from lockd.model.report import Report
     from lockd.trust.auditlog import ChainCheck
+    from lockd.trust.checkpoint import Checkpoint, LogVerifier
     from lockd.trust.keys import PublicKey
     from lockd.trust.signed import Signed, Trust
 
@@ -31,7 +36,7 @@ TIMEOUT_S = 30.0
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 AUDIT_PAGE = 1000
 
-__all__ = ["Client", "check_remote_audit", "verify_remote"]
+__all__ = ["Client", "LogVerdict", "check_remote_audit", "follow_log", "verify_remote"]
 
 
 class Client:
@@ -52,18 +57,26 @@ class Client:
         """A client with the token from ``LOCKD_TOKEN`` (none when unset)."""
         return cls(base_url, os.environ.get("LOCKD_TOKEN") or None)
 
-    def _request(
+    def _fetch(
         self,
         method: str,
         path: str,
         *,
         query: Sequence[tuple[str, str]] = (),
         body: bytes | None = None,
-    ) -> tuple[int, Any]:
+        accept: str = "application/json",
+        limit: int = MAX_ANSWER_BYTES,
+    ) -> tuple[int, bytes]:
+        """One request: the status and the answer's bytes (at most ``limit``).
+
+        Raises:
+            ServerError: the service cannot be reached, answers an error status (with its
+                detail), breaks the connection, or answers more than ``limit`` bytes.
+        """
         url = self.base_url + path
         if query:
             url += "?" + urllib.parse.urlencode(list(query))
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": accept}
         if body is not None:
             headers["Content-Type"] = "application/json"
         if self._token:
@@ -73,22 +86,41 @@ class Client:
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as answer:  # noqa: S310
                 status = answer.status
-                data = answer.read(MAX_ANSWER_BYTES + 1)
+                data = answer.read(limit + 1)
         except urllib.error.HTTPError as e:
-            detail = _detail(e.read(64 * 1024), e.reason)
+            try:
+                detail = _detail(e.read(64 * 1024), e.reason)
+            except (OSError, http.client.HTTPException):
+                detail = str(e.reason)
             raise ServerError(f"{where}: {e.code} {detail}", status=e.code) from e
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
+            reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
             raise ServerError(
                 f"{where}: cannot reach the lockd service ({reason}); check --server and that "
                 "the service is running"
             ) from e
-        if len(data) > MAX_ANSWER_BYTES:
-            raise ServerError(f"{where}: the answer is larger than 64 MiB")
+        if len(data) > limit:
+            size = f"{limit // (1024 * 1024)} MiB" if limit >= 1024 * 1024 else f"{limit} bytes"
+            raise ServerError(f"{where}: the answer is larger than {size}")
+        return status, data
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        body: bytes | None = None,
+    ) -> tuple[int, Any]:
+        status, data = self._fetch(method, path, query=query, body=body)
         try:
             return status, json.loads(data) if data else None
-        except json.JSONDecodeError as e:
-            raise ServerError(f"{where}: the answer is not JSON ({e.msg})") from e
+        except ValueError as e:  # not JSON, or not UTF-8
+            why = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8"
+            raise ServerError(
+                f"{method} {self.base_url}{path}: the answer is not JSON ({why}); is --server "
+                "a lockd service?"
+            ) from e
 
     # --- manifests --------------------------------------------------------------------------
 
@@ -173,22 +205,89 @@ class Client:
     # --- audit ------------------------------------------------------------------------------
 
     def audit_entries(self, page: int = AUDIT_PAGE) -> Iterator[dict[str, Any]]:
+        """Every audit entry, in seq order, page by page.
+
+        Raises:
+            ServerError: a page is not a list of entries (JSON objects with an integer seq)
+                in seq order.
+        """
         after = 0
+        where = f"{self.base_url}/v1/audit"
         while True:
             _, entries = self._request(
                 "GET", "/v1/audit", query=[("after", str(after)), ("limit", str(page))]
             )
+            if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+                raise ServerError(
+                    f"{where}: the answer is not a list of audit entries (JSON objects); is "
+                    "--server a lockd service?"
+                )
             if not entries:
                 return
             yield from entries
             last = entries[-1].get("seq")
-            if not isinstance(last, int) or last <= after:
-                raise ServerError(f"{self.base_url}/v1/audit: entries are not in seq order")
+            if not isinstance(last, int) or isinstance(last, bool) or last <= after:
+                raise ServerError(f"{where}: entries are not in seq order")
             after = last
 
     def audit_verdict(self) -> dict[str, Any]:
         _, answer = self._request("GET", "/v1/audit/verify")
         return dict(answer)
+
+    def audit_checkpoint(self) -> bytes:
+        """The service's signed checkpoint, as served (``GET /v1/audit/checkpoint``)."""
+        from lockd.trust.checkpoint import MAX_NOTE_BYTES
+
+        _, note = self._fetch(
+            "GET", "/v1/audit/checkpoint", accept="text/plain", limit=MAX_NOTE_BYTES
+        )
+        return note
+
+    def audit_log_key(self) -> LogVerifier:
+        """The key the service says signs its checkpoints (``GET /v1/audit/log-key``): pin
+        it instead where it matters.
+
+        Raises:
+            ServerError: the answer is not a verifier key.
+        """
+        from lockd.trust.checkpoint import LogVerifier, NoteError
+
+        _, data = self._fetch("GET", "/v1/audit/log-key", accept="text/plain", limit=4096)
+        try:
+            return LogVerifier.parse(data.decode("utf-8"))
+        except (NoteError, UnicodeDecodeError) as e:
+            raise ServerError(
+                f"{self.base_url}/v1/audit/log-key: the answer is not a log verifier key ({e})"
+            ) from e
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """Leaf ``index``'s inclusion proof in the tree of ``size`` (the hashes, unverified)."""
+        query = [("index", str(index)), ("size", str(size))]
+        _, answer = self._request("GET", "/v1/audit/proof/inclusion", query=query)
+        return _proof_hashes(answer, f"{self.base_url}/v1/audit/proof/inclusion")
+
+    def consistency_proof(self, first: int, second: int) -> list[bytes]:
+        """The consistency proof between two sizes (the hashes, unverified)."""
+        query = [("from", str(first)), ("to", str(second))]
+        _, answer = self._request("GET", "/v1/audit/proof/consistency", query=query)
+        return _proof_hashes(answer, f"{self.base_url}/v1/audit/proof/consistency")
+
+
+MAX_PROOF_HASHES = 128  # a proof of a tree of 2**63 leaves has at most 126
+
+
+def _proof_hashes(answer: Any, where: str) -> list[bytes]:
+    hashes = answer.get("hashes") if isinstance(answer, dict) else None
+    if (
+        not isinstance(hashes, list)
+        or len(hashes) > MAX_PROOF_HASHES
+        or not all(isinstance(h, str) and re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes)
+    ):
+        raise ServerError(
+            f"{where}: the answer is not a proof (a JSON object whose 'hashes' is a list of at "
+            f"most {MAX_PROOF_HASHES} hex SHA-256 hashes)"
+        )
+    return [bytes.fromhex(h) for h in hashes]
 
 
 def _parsed(model: type[M], answer: Any, where: str) -> M:
@@ -251,12 +350,102 @@ def verify_remote(
     return report
 
 
-def check_remote_audit(client: Client) -> ChainCheck:
+def check_remote_audit(client: Client, checkpoint: Checkpoint | None = None) -> ChainCheck:
     """Re-hash the service's whole audit log here, independently of the service's own verdict
-    (entries are checked as they are fetched, page by page)."""
-    from lockd.trust.auditlog import ChainChecker
+    (entries are checked as they are fetched, page by page); with a signed ``checkpoint``, the
+    first ``checkpoint.size`` entries must also make its root (the entries served are the log
+    the service signed).
+
+    Raises:
+        ServerError: the service cannot be reached or answers something that is not entries.
+    """
+    from lockd.trust.auditlog import ChainCheck, ChainChecker, entry_leaf_hash
+    from lockd.trust.merkle import Frontier
 
     checker = ChainChecker()
+    tree = Frontier()
     for entry in client.audit_entries():
         checker.add(entry)
-    return checker.result()
+        if checkpoint is not None and tree.size < checkpoint.size:
+            with contextlib.suppress(KeyError, ValueError):  # the chain's check names it
+                tree.append(entry_leaf_hash(entry))
+    chain = checker.result()
+    if not chain.ok or checkpoint is None:
+        return chain
+    if tree.size < checkpoint.size:
+        reason = (
+            f"the service serves {checker.entries} entries but its checkpoint signs "
+            f"{checkpoint.size}: entries were removed"
+        )
+    elif tree.root() != checkpoint.root:
+        reason = (
+            f"the first {checkpoint.size} entries served do not make the root of the service's "
+            "signed checkpoint: the entries served are not the log it signed"
+        )
+    else:
+        return chain
+    return ChainCheck(ok=False, entries=chain.entries, first_bad=checkpoint.size, reason=reason)
+
+
+@dataclass(frozen=True)
+class LogVerdict:
+    """What ``lockd audit verify --checkpoint`` found: the service's signed checkpoint now, the
+    saved one it was checked against (None on the first run), the note to save when it holds;
+    ``failed_at``, the size at which consistency fails."""
+
+    ok: bool
+    key: str  # the verifier key that checked the signatures
+    pinned: bool  # the key was given (--log-key), not taken from the service
+    checkpoint: Checkpoint
+    note: bytes
+    saved: Checkpoint | None
+    failed_at: int | None = None
+    reason: str | None = None
+
+
+def follow_log(client: Client, saved: bytes | None, key: LogVerifier | None) -> LogVerdict:
+    """Fetch the service's checkpoint, check its signature with ``key`` (else the key the
+    service serves), and check that the log is a consistent extension of the ``saved``
+    checkpoint (a signed note, as a previous run saved it).
+
+    Raises:
+        ServerError: the service cannot be reached, or its checkpoint or proof is malformed.
+        NoteError: the saved checkpoint is malformed.
+        NoteVerificationError: a checkpoint is not signed by the key (exit 1).
+    """
+    from lockd.trust.checkpoint import (
+        LogRewrittenError,
+        NoteError,
+        NoteVerificationError,
+        check_extension,
+        open_checkpoint,
+    )
+
+    verifier = key if key is not None else client.audit_log_key()
+    note = client.audit_checkpoint()
+    where = f"{client.base_url}/v1/audit/checkpoint"
+    try:
+        now = open_checkpoint(note, verifier)
+    except NoteError as e:
+        raise ServerError(f"{where}: the answer is not a signed checkpoint ({e})") from e
+    except NoteVerificationError as e:
+        raise NoteVerificationError(f"{where}: {e}") from e
+    verdict = LogVerdict(True, str(verifier), key is not None, now, note, None)
+    if saved is None:
+        return verdict
+    try:
+        before = open_checkpoint(saved, verifier)
+    except NoteVerificationError as e:
+        raise NoteVerificationError(
+            f"the saved checkpoint is not signed by the log key {verifier.name}+"
+            f"{verifier.id.hex()} ({e}); the log's key changed: another log answers, or the "
+            "key was replaced"
+        ) from e
+    proof: list[bytes] = []
+    if 0 < before.size < now.size:
+        proof = client.consistency_proof(before.size, now.size)
+    try:
+        check_extension(before, now, proof)
+    except LogRewrittenError as e:
+        return LogVerdict(False, str(verifier), key is not None, now, note, before, e.size, str(e))
+    return LogVerdict(True, str(verifier), key is not None, now, note, before)

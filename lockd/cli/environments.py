@@ -35,17 +35,50 @@ if TYPE_CHECKING:
 
 def keygen(
     output_key_prefix: Annotated[
-        str, typer.Option("--output-key-prefix", help="writes PREFIX.key and PREFIX.pub")
-    ] = "lockd",
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--output-key-prefix",
+            help="writes PREFIX.key and PREFIX.pub (default lockd), or with --log-key PREFIX.key "
+            "and PREFIX.vkey (default lockd-log)",
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option(help="replace existing key files")] = False,
+    log_key: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--log-key",
+            metavar="NAME",
+            help="make the audit log's checkpoint key instead (Ed25519, signed-note format) "
+            "named NAME, e.g. lockd.example.com/audit: for LOCKD_LOG_KEY",
+        ),
+    ] = None,
 ) -> None:
-    """Make an ECDSA P-256 key pair in cosign's formats (encrypted PREFIX.key, PREFIX.pub)."""
+    """Make an ECDSA P-256 key pair in cosign's formats (encrypted PREFIX.key, PREFIX.pub), or
+    with --log-key NAME the service's audit-log key (PREFIX.key, secret, for LOCKD_LOG_KEY;
+    PREFIX.vkey, the verifier key to give everyone who checks the log)."""
     from lockd.trust import keys
 
+    if log_key is not None:
+        _log_keygen(log_key, Path(output_key_prefix or "lockd-log"), force)
+        return
+    output_key_prefix = output_key_prefix or "lockd"
     password = keys.read_password(confirm=True, purpose=f"{output_key_prefix}.key")
     private, public = keys.write_keypair(Path(output_key_prefix), password, force=force)
     pub = keys.load_public_key(public)
     console().print(f"wrote {private} and {public} (keyid {keys.keyid(pub)})")
+
+
+def _log_keygen(name: str, prefix: Path, force: bool) -> None:
+    from lockd.trust.checkpoint import LogSigner
+    from lockd.trust.logkey import write_log_key
+
+    signer = LogSigner.generate(name)
+    key, vkey = write_log_key(prefix, signer, force=force)
+    console(stderr=True).print(
+        f"wrote {key} (the log's signing key: keep it secret, set LOCKD_LOG_KEY={key}) and "
+        f"{vkey} (give it to verifiers: lockd audit verify --log-key {vkey})"
+    )
+    sys.stdout.write(f"{signer.verifier()}\n")
 
 
 def record(

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from lockd.cli.shared import ServerOpt, console
+
+if TYPE_CHECKING:
+    from lockd.client import Client
+    from lockd.trust.auditlog import ChainCheck
 
 
 def serve(
@@ -94,10 +98,27 @@ def audit_verify(
         typer.Argument(help="an audit bundle (lockd audit export) to check offline"),
     ] = None,
     server: ServerOpt = None,
+    checkpoint: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            help="with --server: a signed checkpoint saved by an earlier run (made when "
+            "absent); the log must be a consistent extension of it, and the new one is saved",
+        ),
+    ] = None,
+    log_key: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="the log's verifier key (NAME+ID+KEY, or a file holding it, e.g. the .vkey "
+            "of lockd keygen --log-key); default: the key the service serves",
+        ),
+    ] = None,
     json: Annotated[bool, typer.Option("--json", help="print the verdict as JSON")] = False,
 ) -> None:
     """Check an audit bundle offline (BUNDLE), or fetch a service's whole audit log and
-    re-check its hash chain here (--server); exit 0 when it holds, 1 naming what failed."""
+    re-check its hash chain here (--server); with --checkpoint FILE, also check that the log
+    is a consistent extension of the checkpoint saved in FILE by an earlier run (a rewritten
+    history or a replaced database fails, naming the size), then save the new one. Exit 0
+    when it holds, 1 naming what failed, 2 for an unusable answer or file."""
     from dataclasses import asdict
 
     from lockd.client import Client, check_remote_audit
@@ -107,19 +128,89 @@ def audit_verify(
         _verify_bundle(bundle, json)
     if server is None:
         raise InputError("give a bundle file, or --server URL (or set LOCKD_SERVER)")
-    verdict = check_remote_audit(Client.from_env(server))
+    if log_key is not None and checkpoint is None:
+        raise InputError("--log-key checks checkpoints: give --checkpoint FILE with it")
+    client = Client.from_env(server)
+    if checkpoint is not None:
+        _follow_log(client, checkpoint, log_key, json)
+    verdict = check_remote_audit(client)
     if json:
         import json as json_module
 
         sys.stdout.write(json_module.dumps(asdict(verdict), sort_keys=True) + "\n")
-    elif verdict.ok:
+    else:
+        _print_chain(verdict)
+    raise typer.Exit(0 if verdict.ok else 1)
+
+
+def _print_chain(verdict: ChainCheck) -> None:
+    if verdict.ok:
         console().print(f"the audit chain holds: {verdict.entries} entries")
     else:
         console().print(
             f"[bold red]the audit chain is broken[/] at entry {verdict.first_bad} "
             f"({verdict.entries} entries read): {verdict.reason}"
         )
-    raise typer.Exit(0 if verdict.ok else 1)
+
+
+def _follow_log(client: Client, path: Path, log_key: str | None, json: bool) -> None:
+    """--checkpoint: the log against the saved checkpoint, and its entries against the new
+    one; the new checkpoint saved when both hold."""
+    from dataclasses import asdict
+
+    from lockd.client import check_remote_audit, follow_log
+    from lockd.fileio import read_capped, write_atomic
+    from lockd.trust.checkpoint import MAX_NOTE_BYTES, NoteError
+    from lockd.trust.logkey import load_log_verifier
+
+    key = load_log_verifier(log_key) if log_key is not None else None
+    saved = None
+    if path.exists():
+        saved = read_capped(path, limit=MAX_NOTE_BYTES, what="checkpoint")
+    try:
+        log = follow_log(client, saved, key)
+    except NoteError as e:  # the saved file's (the service's are ServerErrors)
+        raise NoteError(f"{path}: not a checkpoint lockd saved ({e})") from e
+    chain = check_remote_audit(client, log.checkpoint)
+    ok = log.ok and chain.ok
+    if ok:
+        write_atomic(path, log.note, force=True)
+    now = log.checkpoint
+    if json:
+        import json as json_module
+
+        body = {
+            "ok": ok,
+            "size": now.size,
+            "root": now.root.hex(),
+            "saved_size": None if log.saved is None else log.saved.size,
+            "failed_at": log.failed_at,
+            "reason": log.reason,
+            "key": log.key,
+            "key_pinned": log.pinned,
+            "saved": ok,
+            "chain": asdict(chain),
+        }
+        sys.stdout.write(json_module.dumps(body, sort_keys=True) + "\n")
+        raise typer.Exit(0 if ok else 1)
+    out = console()
+    unpinned = "" if log.pinned else " (the key the service serves: pin it with --log-key)"
+    if not log.ok:
+        out.print(f"[bold red]the log was rewritten[/]: {log.reason}")
+    elif log.saved is None:
+        out.print(
+            f"the log's checkpoint verifies: {now.size} entries, signed by {log.key}{unpinned}; "
+            f"no earlier checkpoint in {path} to compare with"
+        )
+    else:
+        out.print(
+            f"the log is a consistent extension of the checkpoint saved at {log.saved.size} "
+            f"entries: now {now.size}, signed by {log.key}{unpinned}"
+        )
+    _print_chain(chain)
+    if ok:
+        out.print(f"saved the checkpoint of {now.size} entries to {path}")
+    raise typer.Exit(0 if ok else 1)
 
 
 def _verify_bundle(path: Path, json: bool) -> None:

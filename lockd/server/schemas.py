@@ -102,6 +102,24 @@ class AuditVerifyOut(_Out):
     reason: str | None = None
 
 
+class InclusionProofOut(_Out):
+    """RFC 9162 inclusion proof: leaf ``index`` (the entry of seq ``index + 1``) is in the tree
+    of ``size`` leaves; check it against a signed checkpoint of that size."""
+
+    index: int
+    size: int
+    hashes: list[str] = Field(description="the audit path, hex SHA-256, the leaf's sibling first")
+
+
+class ConsistencyProofOut(_Out):
+    """RFC 9162 consistency proof: the tree of ``first`` leaves is a prefix of the tree of
+    ``second``; check it against two signed checkpoints."""
+
+    first: int
+    second: int
+    hashes: list[str] = Field(description="hex SHA-256, as RFC 9162 section 2.1.4.1 orders them")
+
+
 class TokenCreate(_In):
     name: TokenName
     role: RoleName

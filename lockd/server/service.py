@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from starlette.concurrency import run_in_threadpool
@@ -32,6 +33,8 @@ from lockd.server.groupcommit import GroupCommit
 from lockd.server.metrics import Metrics
 from lockd.store.engine import is_sqlite
 from lockd.store.repository import NewVerification, VerificationRecord
+from lockd.trust.checkpoint import Checkpoint, LogSigner, LogVerifier
+from lockd.trust.logkey import load_log_signer, log_signer_at
 from lockd.trust.signed import (
     Signed,
     Trust,
@@ -157,6 +160,8 @@ class Service:
         self.commits: GroupCommit[NewVerification, VerificationRecord] = GroupCommit(
             store.add_verifications, self.run
         )
+        self.log_signer = log_signer_for(settings, store)
+        self._checkpoint: tuple[int, bytes, str] | None = None  # size, root, signed note
 
     async def run(self, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run blocking database work from an async route. On SQLite it runs right here on the
@@ -377,3 +382,56 @@ class Service:
                 self._tokens.clear()
             self._tokens[key] = (now + TOKEN_TTL_S, principal)
         return principal
+
+    # --- the audit log's checkpoints ---------------------------------------------------------
+
+    def log_key(self) -> LogVerifier:
+        """The log's public key.
+
+        Raises:
+            NotFoundError: the service has no log key.
+        """
+        if self.log_signer is None:
+            raise NotFoundError(NO_LOG_KEY)
+        return self.log_signer.verifier()
+
+    def checkpoint(self) -> str:
+        """The audit log's Merkle tree now, as a signed checkpoint (C2SP tlog-checkpoint). The
+        signature is deterministic (Ed25519): a size and root always give the same note.
+
+        Raises:
+            NotFoundError: the service has no log key.
+        """
+        if self.log_signer is None:
+            raise NotFoundError(NO_LOG_KEY)
+        size, root = self.store.tree_head()
+        cached = self._checkpoint
+        if cached is not None and cached[:2] == (size, root):
+            return cached[2]
+        note = Checkpoint(self.log_signer.name, size, root).sign(self.log_signer)
+        self._checkpoint = (size, root, note)
+        return note
+
+
+NO_LOG_KEY = (
+    "this service signs no audit checkpoints: it has no log key. Set LOCKD_LOG_KEY to a key "
+    "file made by `lockd keygen --log-key NAME` (a service on PostgreSQL never makes one "
+    "itself: its replicas must share one key)"
+)
+LOG_KEY_FILE = "lockd-log.key"
+
+
+def log_signer_for(settings: Settings, store: Store) -> LogSigner | None:
+    """The key the service signs checkpoints with: LOCKD_LOG_KEY's; else, for a SQLite file,
+    the one kept beside it (made on first start); else none (PostgreSQL's replicas must share
+    one key, which only the operator can hand out).
+
+    Raises:
+        KeyFileError: the key file cannot be read, or made.
+    """
+    if settings.log_key is not None:
+        return load_log_signer(settings.log_key)
+    database = store.engine.url.database
+    if is_sqlite(store.engine) and database and database != ":memory:":
+        return log_signer_at(Path(database).parent / LOG_KEY_FILE)
+    return None

@@ -65,6 +65,9 @@ class Settings(BaseModel):
     admission_config: Path | None = (
         None  # YAML: namespaces -> policy + mode (lockd.judgement.admission)
     )
+    # The audit log's checkpoint signing key (lockd keygen --log-key); None: a SQLite file's
+    # service keeps one beside its database, others sign no checkpoints (lockd.server.service).
+    log_key: Path | None = None
     # The fleet (lockd.model.fleet): a host is stale when it has not reported for this long.
     stale_after_s: int = Field(default=STALE_AFTER_S, gt=0)
     # Transition events that wait for nothing (delivered, given up, never to be sent) are
@@ -99,7 +102,8 @@ class Settings(BaseModel):
         ``{"issuer", "identity" or "identity_regexp"}``), ``LOCKD_TRUSTED_ROOT`` (their
         trusted_root.json), ``LOCKD_POLICIES`` (folders searched before the shipped policies,
         separated likewise), ``LOCKD_ALLOW_ANONYMOUS_READ`` (a flag),
-        ``LOCKD_ADMISSION_CONFIG`` (the admission webhook's YAML, see lockd.judgement.admission);
+        ``LOCKD_ADMISSION_CONFIG`` (the admission webhook's YAML, see lockd.judgement.admission),
+        ``LOCKD_LOG_KEY`` (the audit log's checkpoint key, lockd keygen --log-key);
         the fleet's ``LOCKD_STALE_AFTER_S``, ``LOCKD_FLEET_EVENT_RETENTION_S``,
         ``LOCKD_FLEET_FORGET_AFTER_S`` (seconds), ``LOCKD_WEBHOOK_URL``,
         ``LOCKD_WEBHOOK_SECRET``, ``LOCKD_WEBHOOK_MAX_ATTEMPTS``, ``LOCKD_WEBHOOK_BACKOFF_S``,
@@ -124,6 +128,7 @@ class Settings(BaseModel):
         admission = env.get("LOCKD_ADMISSION_CONFIG")
         identities = identities_from_env(env.get("LOCKD_TRUSTED_IDENTITIES", ""))
         root = env.get("LOCKD_TRUSTED_ROOT")
+        log_key = env.get("LOCKD_LOG_KEY")
         try:
             return cls(
                 **fleet,
@@ -134,6 +139,7 @@ class Settings(BaseModel):
                 policies=search_dirs(env),
                 allow_anonymous_read=anonymous,
                 admission_config=Path(admission) if admission else None,
+                log_key=Path(log_key) if log_key else None,
             )
         except ValidationError as e:
             error = e.errors()[0]

@@ -12,7 +12,7 @@ import secrets
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Literal, get_args
 
@@ -38,10 +38,13 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.sql.selectable import ExecutableReturnsRows
 
 from lockd.errors import InputError
+from lockd.store import audit
 from lockd.store import tables as t
+from lockd.store.audit import AuditEntry, TreeDamagedError, parse_frontier
 from lockd.store.engine import WRITE, is_postgres, make_engine
 from lockd.store.writelock import WriteLock
-from lockd.trust.auditlog import ChainCheck, ChainChecker, entry_hash
+from lockd.trust.auditlog import ChainCheck, entry_bytes
+from lockd.trust.merkle import Frontier, leaf_hash
 
 Role = Literal["reader", "recorder", "admin"]
 ROLES: tuple[Role, ...] = get_args(Role)
@@ -128,61 +131,38 @@ class NewVerification:
     report: str
 
 
-@dataclass(frozen=True)
-class AuditEntry:
-    seq: int
-    time: str
-    actor: str
-    action: str
-    subject: str | None
-    body_digest: str | None
-    prev_hash: str
-    hash: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-_AUDIT_COLUMNS = (
-    t.audit_log.c.seq,
-    t.audit_log.c.time,
-    t.audit_log.c.actor,
-    t.audit_log.c.action,
-    t.audit_log.c.subject,
-    t.audit_log.c.body_digest,
-    t.audit_log.c.prev_hash,
-    t.audit_log.c.hash,
-)
-
-
 MAX_IDLE_READERS = 4  # SQLite read connections kept out of the pool between reads
 
 Parameters = Mapping[str, Any] | Sequence[Mapping[str, Any]]  # one row's, or many rows'
 
 _HEAD = (
-    select(t.audit_head.c.seq, t.audit_head.c.hash)
+    select(t.audit_head.c.seq, t.audit_head.c.hash, t.audit_head.c.frontier)
     .where(t.audit_head.c.id == 1)
     .with_for_update()  # PostgreSQL's row lock; SQLite renders none (BEGIN IMMEDIATE locks)
 )
 _MOVE_HEAD = (
     update(t.audit_head)
     .where(t.audit_head.c.id == 1)
-    .values(seq=bindparam("head_seq"), hash=bindparam("head_hash"))
+    .values(seq=bindparam("head_seq"), hash=bindparam("head_hash"), frontier=bindparam("tree"))
 )
 _INSERT_AUDIT = insert(t.audit_log)
+_INSERT_NODES = insert(t.audit_nodes)
 _INSERT_VERIFICATIONS = insert(t.verifications).returning(t.verifications.c.id)
 
 
 class Transaction:
     """One write transaction (:meth:`Store.write`): SQLAlchemy Core statements on its
-    connection, and the audit entries chained onto the head it holds, stored with them."""
+    connection, and the audit entries chained onto the head it holds and added to the log's
+    Merkle tree, stored with them."""
 
-    def __init__(self, connection: Connection, seq: int, last: str) -> None:
+    def __init__(self, connection: Connection, seq: int, last: str, tree: Frontier) -> None:
         self._connection = connection
         self.seq = seq
         self.last = last
         self._start = seq
+        self._tree = tree
         self._entries: list[dict[str, Any]] = []  # audit rows, written by finish()
+        self._nodes: list[dict[str, Any]] = []  # the tree's subtrees the entries complete
 
     def execute(
         self, statement: ExecutableReturnsRows, parameters: Parameters | None = None
@@ -200,7 +180,7 @@ class Transaction:
     def append(
         self, *, time: str, actor: str, action: str, subject: str | None, body_digest: str | None
     ) -> AuditEntry:
-        """Chain an entry onto the head this transaction holds."""
+        """Chain an entry onto the head this transaction holds, and add it to the tree."""
         entry: dict[str, Any] = {
             "seq": self.seq + 1,
             "time": time,
@@ -210,8 +190,14 @@ class Transaction:
             "body_digest": body_digest,
             "prev_hash": self.last,
         }
-        digest = entry_hash(entry)
-        self._entries.append({**entry, "hash": digest})
+        data = entry_bytes(entry)
+        digest = hashlib.sha256(data).hexdigest()
+        leaf = leaf_hash(data)
+        self._entries.append({**entry, "hash": digest, "leaf_hash": leaf.hex()})
+        self._nodes += [
+            {"level": level, "idx": index, "hash": value.hex()}
+            for (level, index), value in self._tree.append(leaf)
+        ]
         self.seq, self.last = entry["seq"], digest
         return AuditEntry(**entry, hash=digest)
 
@@ -254,8 +240,14 @@ class Transaction:
         if self._entries:
             self._connection.execute(_INSERT_AUDIT, self._entries)
             self._entries = []
+        if self._nodes:
+            self._connection.execute(_INSERT_NODES, self._nodes)
+            self._nodes = []
         if self.seq != self._start:
-            self._connection.execute(_MOVE_HEAD, {"head_seq": self.seq, "head_hash": self.last})
+            tree = "".join(h.hex() for h in self._tree.hashes)
+            self._connection.execute(
+                _MOVE_HEAD, {"head_seq": self.seq, "head_hash": self.last, "tree": tree}
+            )
 
 
 @cache
@@ -360,16 +352,16 @@ class Store:
         """
         with self._writer:
             try:
-                transaction, connection, (seq, last) = self._begin()
+                transaction, connection, (seq, last, tree) = self._begin()
                 with transaction:
-                    tx = Transaction(connection, seq, last)
+                    tx = Transaction(connection, seq, last, tree)
                     yield tx
                     tx.finish()
             except BaseException:
                 self._drop_connection()  # in whatever state the failure left it: a new one next
                 raise
 
-    def _begin(self) -> tuple[RootTransaction, Connection, tuple[int, str]]:
+    def _begin(self) -> tuple[RootTransaction, Connection, tuple[int, str, Frontier]]:
         """A transaction begun on the writers' connection, and the audit head it holds."""
         if self._connection is None or self._connection_pid != os.getpid():
             self._connection = self.engine.connect().execution_options(**{WRITE: True})
@@ -392,7 +384,12 @@ class Store:
                 "the database has no audit head: lockd did not migrate it (lockd serve "
                 "migrates; or check LOCKD_DATABASE_URL)"
             )
-        return transaction, connection, (head.seq, head.hash)
+        try:
+            tree = parse_frontier(head.seq, head.frontier)
+        except TreeDamagedError:
+            transaction.rollback()
+            raise
+        return transaction, connection, (head.seq, head.hash, tree)
 
     def _drop_connection(self) -> None:
         """Give the writers' connection back to the pool (one another process opened is left
@@ -733,33 +730,27 @@ class Store:
 
     def audit_entries(self, *, after: int = 0, limit: int = 1000) -> list[AuditEntry]:
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(*_AUDIT_COLUMNS)
-                .where(t.audit_log.c.seq > after)
-                .order_by(t.audit_log.c.seq)
-                .limit(limit)
-            ).all()
-        return [AuditEntry(*row) for row in rows]
+            return audit.read_entries(conn, after=after, limit=limit)
 
     def verify_audit(self, *, batch: int = 5000) -> ChainCheck:
-        """Re-hash the whole log, in seq order, against itself and the head."""
-        checker = ChainChecker()
+        """Re-hash the whole log against itself and the head: its chain and Merkle tree."""
         with self.snapshot() as conn:
-            head = conn.execute(
-                select(t.audit_head.c.seq, t.audit_head.c.hash).where(t.audit_head.c.id == 1)
-            ).one()
-            last = None
-            while True:
-                query = select(*_AUDIT_COLUMNS).order_by(t.audit_log.c.seq).limit(batch)
-                if last is not None:
-                    query = query.where(t.audit_log.c.seq > last)
-                rows = conn.execute(query).mappings().all()
-                for row in rows:
-                    checker.add(dict(row))
-                if len(rows) < batch:
-                    break
-                last = rows[-1]["seq"]
-        return checker.result((head.seq, head.hash))
+            return audit.check_log(conn, batch=batch)
+
+    def tree_head(self) -> tuple[int, bytes]:
+        """The audit log's Merkle tree now: its size and root hash."""
+        with self.engine.connect() as conn:
+            return audit.tree_head(conn)
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """Raises InputError for an index or size outside the log (lockd.store.audit)."""
+        with self.snapshot() as conn:
+            return audit.inclusion_proof(conn, index, size)
+
+    def consistency_proof(self, first: int, second: int) -> list[bytes]:
+        """Raises InputError for sizes out of order or beyond the log (lockd.store.audit)."""
+        with self.snapshot() as conn:
+            return audit.consistency_proof(conn, first, second)
 
     # --- health -----------------------------------------------------------------------------
 

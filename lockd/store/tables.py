@@ -14,6 +14,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -102,17 +103,33 @@ audit_log = Table(
     Column("body_digest", String(DIGEST), nullable=True),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    # hex RFC 9162 leaf hash of the entry's canonical bytes: entry seq is leaf seq - 1
+    Column("leaf_hash", String(64), nullable=False),
 )
 
-# One row (id 1): the last entry's seq and hash. Appends lock it (SELECT ... FOR UPDATE on
-# PostgreSQL; SQLite has one writer at a time), so concurrent writers never fork the chain; it
-# also shows when the newest entries were deleted.
+# The Merkle tree's perfect subtrees above the leaves (lockd.trust.merkle): the node over
+# leaves [idx * 2**level, (idx + 1) * 2**level), written by the append that completes it, so
+# any root or proof is a few reads.
+audit_nodes = Table(
+    "audit_nodes",
+    metadata,
+    Column("level", SmallInteger, primary_key=True, autoincrement=False),
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", String(64), nullable=False),
+)
+
+# One row (id 1): the last entry's seq and hash, and the Merkle tree's frontier. Appends lock
+# it (SELECT ... FOR UPDATE on PostgreSQL; SQLite has one writer at a time), so concurrent
+# writers, replicas included, never fork the chain or the tree; it also shows when the newest
+# entries were deleted.
 audit_head = Table(
     "audit_head",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("seq", Integer, nullable=False),
     Column("hash", String(64), nullable=False),
+    # the tree's frontier at size seq: its perfect subtrees' hashes, hex, largest first
+    Column("frontier", Text, nullable=False, server_default=""),
 )
 
 # --- the fleet (lockd.model.fleet): what the watch agents report --------------------------------

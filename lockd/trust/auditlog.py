@@ -1,5 +1,7 @@
 """The audit chain: every write and decision of the service, each entry holding the hash of the
-one before it, so editing or deleting an entry breaks the chain from that entry on.
+one before it, so editing or deleting an entry breaks the chain from that entry on. The same
+entries are the leaves of the log's Merkle tree (:func:`entry_leaf_hash`), whose signed
+checkpoints make a rewrite of the whole chain visible too (lockd.trust.merkle, .checkpoint).
 
 An entry is ``{seq, time, actor, action, subject, body_digest, prev_hash}``; its ``hash`` is the
 sha256 of the canonical JSON of those fields (``prev_hash`` included). The first entry's
@@ -13,21 +15,51 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from lockd.trust.merkle import leaf_hash
 from lockd.trust.statement import canonical_json
 
 GENESIS = "0" * 64
 HASHED_FIELDS = ("seq", "time", "actor", "action", "subject", "body_digest", "prev_hash")
 
-__all__ = ["GENESIS", "HASHED_FIELDS", "ChainCheck", "ChainChecker", "check_chain", "entry_hash"]
+__all__ = [
+    "GENESIS",
+    "HASHED_FIELDS",
+    "ChainCheck",
+    "ChainChecker",
+    "check_chain",
+    "entry_bytes",
+    "entry_hash",
+    "entry_leaf_hash",
+]
 
 
-def entry_hash(entry: Mapping[str, object]) -> str:
-    """The hex sha256 of the canonical JSON of the entry's hashed fields.
+def entry_bytes(entry: Mapping[str, object]) -> bytes:
+    """The canonical JSON of the entry's hashed fields: what its chain hash covers, and its
+    leaf's data in the log's Merkle tree (lockd.trust.merkle).
 
     Raises:
         KeyError: the entry lacks one of :data:`HASHED_FIELDS`.
     """
-    return hashlib.sha256(canonical_json({k: entry[k] for k in HASHED_FIELDS})).hexdigest()
+    return canonical_json({k: entry[k] for k in HASHED_FIELDS})
+
+
+def entry_hash(entry: Mapping[str, object]) -> str:
+    """The hex sha256 of :func:`entry_bytes` (the chain's hash).
+
+    Raises:
+        KeyError: the entry lacks one of :data:`HASHED_FIELDS`.
+    """
+    return hashlib.sha256(entry_bytes(entry)).hexdigest()
+
+
+def entry_leaf_hash(entry: Mapping[str, object]) -> bytes:
+    """The entry's leaf hash in the log's Merkle tree: RFC 9162's ``SHA-256(0x00 ||
+    entry_bytes)``; entry ``seq`` is leaf ``seq - 1``.
+
+    Raises:
+        KeyError: the entry lacks one of :data:`HASHED_FIELDS`.
+    """
+    return leaf_hash(entry_bytes(entry))
 
 
 @dataclass(frozen=True)
@@ -79,6 +111,9 @@ class ChainChecker:
             computed = entry_hash(entry)
         except KeyError as e:
             self._bad = (seq, f"entry {seq} lacks the field {e.args[0]}")
+            return
+        except ValueError:  # text that is no Unicode (a lone surrogate): it hashes to nothing
+            self._bad = (seq, f"entry {seq} holds text that is not Unicode")
             return
         if entry.get("hash") != computed:
             self._bad = (seq, f"entry {seq} was edited: its content no longer matches its hash")

@@ -31,7 +31,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from lockd.errors import InputError, LockdError
-from lockd.trust.merkle import HASH_SIZE, MAX_SIZE
+from lockd.trust.merkle import HASH_SIZE, MAX_SIZE, ProofError, verify_consistency
 
 ALG_ED25519 = 0x01
 SIGNATURE_PREFIX = "— "  # U+2014 EM DASH, then a space
@@ -43,12 +43,14 @@ __all__ = [
     "ALG_ED25519",
     "MAX_NOTE_BYTES",
     "Checkpoint",
+    "LogRewrittenError",
     "LogSigner",
     "LogVerifier",
     "NoteError",
     "NoteSignature",
     "NoteVerificationError",
     "OpenedNote",
+    "check_extension",
     "key_id",
     "open_checkpoint",
     "open_note",
@@ -410,3 +412,49 @@ def open_checkpoint(data: bytes, verifier: LogVerifier, origin: str | None = Non
             "log's checkpoint"
         )
     return checkpoint
+
+
+class LogRewrittenError(ProofError):
+    """The log now is not a consistent extension of a checkpoint saved before: its history was
+    rewritten, or another log answers. ``size``: the size at which consistency fails (exit 1)."""
+
+    def __init__(self, message: str, *, size: int) -> None:
+        super().__init__(message)
+        self.size = size
+
+
+def check_extension(saved: Checkpoint, now: Checkpoint, proof: Sequence[bytes]) -> None:
+    """Check that the log of checkpoint ``now`` extends the log of the ``saved`` one: the same
+    origin, no fewer entries, and (when it grew) a consistency proof between their roots.
+
+    Raises:
+        LogRewrittenError: it does not, naming the size at which consistency fails.
+    """
+    fails = f"consistency fails at size {saved.size}"
+    if now.origin != saved.origin:
+        raise LogRewrittenError(
+            f"the log's origin is {now.origin!r}, not {saved.origin!r} as in the saved "
+            f"checkpoint: another log answers (a replaced service or database); {fails}",
+            size=saved.size,
+        )
+    if now.size < saved.size:
+        raise LogRewrittenError(
+            f"the log has {now.size} entries, fewer than the {saved.size} of the saved "
+            f"checkpoint: entries were removed or the database was replaced; {fails}",
+            size=saved.size,
+        )
+    if now.size == saved.size and now.root != saved.root:
+        raise LogRewrittenError(
+            f"the log of {now.size} entries has another root than the saved checkpoint "
+            f"({saved.root.hex()}, now {now.root.hex()}): its history was rewritten; {fails}",
+            size=saved.size,
+        )
+    try:
+        verify_consistency(saved.size, now.size, saved.root, now.root, proof)
+    except ProofError as e:
+        raise LogRewrittenError(
+            f"the log of {now.size} entries is not a consistent extension of the saved "
+            f"checkpoint of {saved.size}: its first {saved.size} entries were rewritten, or "
+            f"the database was replaced ({e}); {fails}",
+            size=saved.size,
+        ) from e

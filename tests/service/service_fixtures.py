@@ -33,6 +33,7 @@ TABLES = (
     "verifications",
     "tokens",
     "audit_log",
+    "audit_nodes",
     "fleet_hosts",
     "fleet_agents",
     "fleet_containers",
@@ -96,7 +97,10 @@ def _empty_postgres(url: str) -> None:
     engine = make_engine(url)
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY"))
-        conn.execute(text("UPDATE audit_head SET seq = 0, hash = :genesis"), {"genesis": "0" * 64})
+        conn.execute(
+            text("UPDATE audit_head SET seq = 0, hash = :genesis, frontier = ''"),
+            {"genesis": "0" * 64},
+        )
     engine.dispose()
 
 
