@@ -544,16 +544,65 @@ def _check_sbom(files: Mapping[str, bytes]) -> str:
         metadata = doc.get("metadata") or {}
         return (doc.get("serialNumber"), metadata.get("component"), doc.get("components"))
 
+    older = ""
     if essence(bundled) != essence(expected):
-        raise _CheckFailedError("sbom.cdx.json does not match the signed manifest's components")
+        older = _older_sbom(bundled, expected)
     lock = manifest.lock
     if lock is None:
         if "lock.json" in files:
             raise _CheckFailedError("lock.json is bundled but the signed manifest has no lock")
     elif _load_json(files, "lock.json") != lock.model_dump(mode="json"):
         raise _CheckFailedError("lock.json does not match the signed manifest's lock")
-    components = len(expected.get("components") or [])
-    return f"sbom.cdx.json ({components} components) and the lock match the signed manifest"
+    components = len(bundled.get("components") or [])
+    return f"sbom.cdx.json ({components} components) and the lock match the signed manifest{older}"
+
+
+# Components an SBOM derives from facts of the manifest (not its distributions): a newer lockd
+# may derive more of them, or more about them, than the lockd that wrote a bundle's SBOM.
+_DERIVED = "lockd:cuda:"
+
+
+def _older_sbom(bundled: Any, expected: Mapping[str, Any]) -> str:
+    """Whether an SBOM that is not this lockd's for the manifest is an older lockd's that
+    agrees with it: the same serial number and subject; each component it lists is one this
+    lockd derives, with the same name, version, group, type (and purl where it gives one); it
+    leaves out none of the manifest's distributions. The note to add; raises when not."""
+
+    def components(doc: Any) -> dict[str, dict[str, Any]]:
+        listed = doc.get("components") if isinstance(doc, dict) else None
+        found = [
+            c for c in listed or [] if isinstance(c, dict) and isinstance(c.get("bom-ref"), str)
+        ]
+        return {c["bom-ref"]: c for c in found}
+
+    def identity(c: Mapping[str, Any]) -> tuple[Any, ...]:
+        return (c.get("name"), c.get("version"), c.get("group"), c.get("type"))
+
+    mismatch = "sbom.cdx.json does not match the signed manifest's components"
+    if not isinstance(bundled, dict) or (
+        bundled.get("serialNumber"),
+        (bundled.get("metadata") or {}).get("component"),
+    ) != (expected.get("serialNumber"), expected["metadata"]["component"]):
+        raise _CheckFailedError(mismatch)
+    have, want = components(bundled), components(expected)
+    if len(have) != len(bundled.get("components") or []):
+        raise _CheckFailedError(mismatch + ": a component without a bom-ref")
+    for ref, component in sorted(have.items()):
+        derived = want.get(ref)
+        if derived is None:
+            raise _CheckFailedError(f"{mismatch}: it lists {ref}, which the manifest does not hold")
+        purl = component.get("purl")
+        if identity(component) != identity(derived) or (purl and purl != derived.get("purl")):
+            raise _CheckFailedError(f"{mismatch}: {ref} is not the manifest's")
+    left_out = sorted(ref for ref in want if ref not in have)
+    hidden = [ref for ref in left_out if not ref.startswith(_DERIVED)]
+    if hidden:
+        raise _CheckFailedError(f"{mismatch}: it leaves out {', '.join(hidden)}")
+    return (
+        " (an older lockd's SBOM: it agrees on every component it lists"
+        + (f", and leaves out {', '.join(left_out)}, which this lockd derives" if left_out else "")
+        + "; their properties were not compared)"
+    )
 
 
 def _check_chain(files: Mapping[str, bytes], meta: Mapping[str, Any]) -> str:

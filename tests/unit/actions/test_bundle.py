@@ -8,6 +8,7 @@ import io
 import json
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from bundles import DIGEST, ENVELOPE, KEY, chain, run_lockd, sample_files
@@ -225,3 +226,59 @@ def test_audit_verify_text_names_the_keyid(tmp_path: Path) -> None:
     result = run_lockd("audit", "verify", path)
     assert result.returncode == 0
     assert f"the bundle holds: signed by keyid {keys.keyid(KEY)}" in result.stdout
+
+
+def _sbom_changed(change: Any) -> dict[str, bytes]:
+    from lockd.bundle import index_of
+
+    sbom = json.loads(FILES["sbom.cdx.json"])
+    change(sbom["components"])
+    files = {k: v for k, v in FILES.items() if k != "index.json"}
+    files["sbom.cdx.json"] = json.dumps(sbom).encode()
+    return {**files, "index.json": index_of(files)}
+
+
+def _drop(ref: str) -> Any:
+    return lambda components: components.remove(next(c for c in components if c["bom-ref"] == ref))
+
+
+def _bump(ref: str) -> Any:
+    return lambda components: next(c for c in components if c["bom-ref"] == ref).update(
+        version="9.9"
+    )
+
+
+def _extra(components: list[dict[str, Any]]) -> None:
+    components.append({"bom-ref": "pkg:pypi/evil@1", "name": "evil", "version": "1"})
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_drop("pkg:pypi/numpy@2.3.4"), "it leaves out pkg:pypi/numpy@2.3.4"),
+        (_bump("pkg:pypi/numpy@2.3.4"), "pkg:pypi/numpy@2.3.4 is not the manifest's"),
+        (_extra, "it lists pkg:pypi/evil@1, which the manifest does not hold"),
+    ],
+)
+def test_an_sbom_that_misstates_the_manifest_fails(change: Any, message: str) -> None:
+    verdict = check_files(_sbom_changed(change))
+    assert [c.id for c in verdict.failed] == ["sbom"]
+    assert verdict.failed[0].message == (
+        f"sbom.cdx.json does not match the signed manifest's components: {message}"
+    )
+
+
+def test_an_older_lockds_sbom_without_a_component_it_did_not_derive_holds() -> None:
+    """An SBOM written before lockd derived cuBLAS (or gave CUDA components purls): what it
+    lists agrees with the manifest, so the bundle holds, and the check says what it lacks."""
+    cublas = next(
+        c["bom-ref"]
+        for c in json.loads(FILES["sbom.cdx.json"])["components"]
+        if "cublas" in c["bom-ref"]
+    )
+    verdict = check_files(_sbom_changed(_drop(cublas)))
+    assert verdict.ok, verdict.checks
+    assert verdict.checks[2].message.endswith(
+        f"(an older lockd's SBOM: it agrees on every component it lists, and leaves out "
+        f"{cublas}, which this lockd derives; their properties were not compared)"
+    )

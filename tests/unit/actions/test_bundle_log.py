@@ -172,6 +172,11 @@ def test_a_bundle_exported_before_the_log_still_verifies_as_it_did(
     verdict = verify_bundle(path)
     assert verdict.ok
     assert [c.id for c in verdict.checks] == ["files", "signature", "sbom", "audit"]
+    assert verdict.checks[2].message == (  # written before lockd derived cuBLAS (7eb1277)
+        "sbom.cdx.json (10 components) and the lock match the signed manifest (an older lockd's "
+        "SBOM: it agrees on every component it lists, and leaves out lockd:cuda:cublas@12.8.4, "
+        "which this lockd derives; their properties were not compared)"
+    )
     assert verdict.log_key is None
     result = run_lockd("audit", "verify", path)
     assert result.returncode == 0, result.stdout + result.stderr
