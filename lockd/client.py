@@ -142,21 +142,12 @@ class Client:
         return dict(answer)
 
     def signed_manifest(self, digest: str, where: str) -> Signed:
-        """The stored manifest as it was pushed: its Sigstore bundle when it came as one (a
-        keyless one cannot be checked without it), else its envelope.
+        """The stored manifest as it was pushed (see :func:`signed_of`).
 
         Raises:
             ServerError: the service cannot be reached or the answer carries neither.
         """
-        from lockd.errors import ManifestError
-        from lockd.trust.signed import signed_from
-
-        detail = self.manifest(digest)
-        doc = detail.get("bundle") or detail.get("envelope")
-        try:
-            return signed_from(doc, json.dumps(doc).encode(), where)
-        except ManifestError as e:
-            raise ServerError(f"{where}: the answer carries no valid envelope ({e})") from e
+        return signed_of(self.manifest(digest), where)
 
     def public_key(self, keyid: str) -> dict[str, Any]:
         """``{"keyid", "pem"}``: a key the service trusts (``GET /keys/{keyid}``)."""
@@ -299,6 +290,23 @@ def _parsed(model: type[M], answer: Any, where: str) -> M:
         raise ServerError(
             f"{where}: the answer is not a {model.__name__} ({e.errors()[0]['msg']})"
         ) from e
+
+
+def signed_of(detail: dict[str, Any], where: str) -> Signed:
+    """A stored manifest's answer as it was pushed: its Sigstore bundle when it came as one (a
+    keyless one cannot be checked without it), else its envelope.
+
+    Raises:
+        ServerError: the answer carries neither.
+    """
+    from lockd.errors import ManifestError
+    from lockd.trust.signed import signed_from
+
+    doc = detail.get("bundle") or detail.get("envelope")
+    try:
+        return signed_from(doc, where)
+    except ManifestError as e:
+        raise ServerError(f"{where}: the answer carries no valid envelope ({e})") from e
 
 
 def _detail(data: bytes, reason: str) -> str:

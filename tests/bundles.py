@@ -45,10 +45,11 @@ def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def chain() -> list[dict[str, Any]]:
-    """Entries 5..9 of a chain (the first four are not in the bundle)."""
+def chain(stored: bytes = ENVELOPE) -> list[dict[str, Any]]:
+    """Entries 5..9 of a chain (the first four are not in the bundle); ``stored``: the
+    manifest's text as the service stored it."""
     bodies = [
-        ("manifest.create", DIGEST, "sha256:" + hashlib.sha256(ENVELOPE).hexdigest()),
+        ("manifest.create", DIGEST, "sha256:" + hashlib.sha256(stored).hexdigest()),
         ("token.create:reader", "bob", None),
         ("verification.create", "sha256:" + "1a" * 32, "sha256:" + sha(REPORTS[0].text)),
         ("verification.create", "sha256:" + "3c" * 32, "sha256:" + "0" * 64),

@@ -165,10 +165,10 @@ def bundle_files(
     """
     from lockd.sbom import sbom_json
     from lockd.trust import keys
-    from lockd.trust.dsse import parse_envelope
+    from lockd.trust.signed import parse_signed
     from lockd.trust.statement import parse_statement
 
-    parsed = parse_envelope(envelope, f"manifest {digest}")
+    parsed = parse_signed(envelope, f"manifest {digest}")  # as pushed: envelope or bundle
     subjects, manifest = parse_statement(parsed.payload_bytes(), f"manifest {digest}")
     manifest_seq = _entry_for(entries, "manifest.create", digest, "sha256:" + sha256_hex(envelope))
     if manifest_seq is None:
@@ -320,17 +320,17 @@ def export_bundle(
         SignatureError: the envelope does not verify against the service's keys.
         OutputExistsError: ``output`` exists and ``force`` is false.
     """
+    from lockd.client import signed_of
     from lockd.fileio import refuse_existing, write_atomic
     from lockd.trust import dsse, keys
+    from lockd.trust.signed import envelope_of
 
     refuse_existing(output, force=force)
     where = f"{client.base_url}/v1/manifests/{digest}"
     detail = client.manifest(digest)
-    try:
-        envelope = dsse.Envelope.model_validate(detail["envelope"])
-    except (KeyError, ValueError) as e:
-        raise ServerError(f"{where}: the answer carries no valid envelope ({e})") from e
-    stored = envelope.to_json()
+    signed = signed_of(detail, where)  # a Sigstore bundle when pushed as one
+    envelope = envelope_of(signed)
+    stored = signed.to_json()
     found = list(extra_keys)
     for keyid in detail.get("keyids") or []:
         if any(keys.keyid(k) == keyid for k in found):
@@ -497,6 +497,7 @@ def _check_index(files: Mapping[str, bytes], refused: Sequence[str]) -> str:
 
 def _check_signature(files: Mapping[str, bytes], meta: Mapping[str, Any]) -> tuple[str, list[str]]:
     from lockd.trust import dsse, keys
+    from lockd.trust.signed import envelope_of, parse_signed
 
     found: list[PublicKey] = []
     for name in sorted(n for n in files if n.startswith("keys/")):
@@ -513,13 +514,13 @@ def _check_signature(files: Mapping[str, bytes], meta: Mapping[str, Any]) -> tup
     if not found:
         raise _CheckFailedError("the bundle holds no public key (keys/<keyid>.pub)")
     try:
-        envelope = dsse.parse_envelope(files["envelope.dsse.json"], "envelope.dsse.json")
-        signers = dsse.verify(envelope, found, source="envelope.dsse.json")
+        signed = parse_signed(files["envelope.dsse.json"], "envelope.dsse.json")
+        signers = dsse.verify(envelope_of(signed), found, source="envelope.dsse.json")
     except KeyError:
         raise _CheckFailedError("envelope.dsse.json is missing from the bundle") from None
     except LockdError as e:
         raise _CheckFailedError(str(e)) from e
-    digest = "sha256:" + sha256_hex(envelope.payload_bytes())
+    digest = "sha256:" + sha256_hex(signed.payload_bytes())
     if digest != meta.get("digest"):
         raise _CheckFailedError(
             f"envelope.dsse.json's payload is {digest}, not the {meta.get('digest')} "
@@ -530,10 +531,10 @@ def _check_signature(files: Mapping[str, bytes], meta: Mapping[str, Any]) -> tup
 
 def _check_sbom(files: Mapping[str, bytes]) -> str:
     from lockd.sbom import sbom_json
-    from lockd.trust.dsse import parse_envelope
+    from lockd.trust.signed import parse_signed
     from lockd.trust.statement import parse_statement
 
-    envelope = parse_envelope(files["envelope.dsse.json"], "envelope.dsse.json")
+    envelope = parse_signed(files["envelope.dsse.json"], "envelope.dsse.json")
     subjects, manifest = parse_statement(envelope.payload_bytes(), "envelope.dsse.json")
     bundled = _load_json(files, "sbom.cdx.json")
     expected = json.loads(sbom_json(manifest, subjects))

@@ -11,7 +11,9 @@ import typer
 from lockd.cli.shared import console, read_manifest
 
 
-def show(file: Annotated[Path, typer.Argument(help="a manifest envelope or Statement")]) -> None:
+def show(
+    file: Annotated[Path, typer.Argument(help="a manifest envelope, Sigstore bundle or Statement")],
+) -> None:
     """Show a manifest for people (the signature is not checked: use verify for that)."""
     from lockd.cli.render import print_manifest
 

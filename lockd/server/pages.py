@@ -63,11 +63,12 @@ def _page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
 
 
 def _manifest_of(record: ManifestRecord) -> Manifest:
-    from lockd.trust.dsse import Envelope
+    from lockd.trust.signed import parse_signed
     from lockd.trust.statement import parse_statement
 
-    envelope = Envelope.model_validate_json(record.envelope)
-    _, manifest = parse_statement(envelope.payload_bytes(), f"stored manifest {record.digest}")
+    source = f"stored manifest {record.digest}"
+    envelope = parse_signed(record.envelope.encode("utf-8"), source)  # or a Sigstore bundle
+    _, manifest = parse_statement(envelope.payload_bytes(), source)
     return manifest
 
 
@@ -265,13 +266,13 @@ def manifest_page(
 ) -> HTMLResponse:
     """Everything a manifest records, at a URL that stays: ``/m/sha256:<hex>``."""
     from lockd.judgement.gpucompare import describe
-    from lockd.trust.dsse import Envelope
+    from lockd.trust.signed import parse_signed
     from lockd.trust.statement import parse_statement
 
     record = service.store.get_manifest(digest)
     if record is None:
         return _page("missing.html", status=404, what=f"no manifest {digest} is stored")
-    envelope = Envelope.model_validate_json(record.envelope)
+    envelope = parse_signed(record.envelope.encode("utf-8"), f"stored manifest {digest}")
     subjects, manifest = parse_statement(envelope.payload_bytes(), f"stored manifest {digest}")
     probe = manifest.observation.probe
     driver = probe.driver.version if probe and probe.driver else None

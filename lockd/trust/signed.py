@@ -5,6 +5,7 @@ either against what is trusted (:func:`verify_signed`).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,15 +49,17 @@ def as_trust(trusted: Trust | Sequence[PublicKey]) -> Trust:
     return trusted if isinstance(trusted, Trust) else Trust(keys=tuple(trusted))
 
 
-def signed_from(doc: Any, raw: bytes, source: str) -> Signed:
-    """A decoded JSON value as an envelope, or as a bundle when it says it is one (mediaType);
-    ``raw`` is its JSON text (kept for a bundle).
+def signed_from(doc: Any, source: str, raw: bytes | None = None) -> Signed:
+    """A decoded JSON value as an envelope, or as a bundle when it says it is one (mediaType).
+    A bundle keeps ``raw``, the JSON text it was decoded from; without it, ``json.dumps(doc)``:
+    what the service stores for a bundle pushed to it, so that a client reading the bundle back
+    has the stored bytes (their digest is in the audit log).
 
     Raises:
         ManifestError: naming ``source``: neither, or a malformed one.
     """
     if isinstance(doc, dict) and is_bundle(doc):
-        return bundle_from(doc, raw, source)
+        return bundle_from(doc, json.dumps(doc).encode() if raw is None else raw, source)
     return dsse.envelope_from(doc, source)
 
 
@@ -67,7 +70,7 @@ def parse_signed(data: bytes, source: str) -> Signed:
         ManifestError: ``"<source>: not a DSSE envelope: …"`` or ``"<source>: not a Sigstore
             bundle lockd reads: …"``.
     """
-    return signed_from(dsse.json_object(data, source, "a DSSE envelope"), data, source)
+    return signed_from(dsse.json_object(data, source, "a DSSE envelope"), source, data)
 
 
 def envelope_of(signed: Signed) -> Envelope:

@@ -70,7 +70,7 @@ def push_manifest(
     """Store a DSSE envelope (a lockd in-toto Statement), or a Sigstore bundle of one, that
     verifies against a trusted key or keyless identity. The same payload again answers 200 and
     stores nothing new."""
-    envelope = signed_from(body, json.dumps(body).encode(), "the request body")
+    envelope = signed_from(body, "the request body")
     labels = {k: v for k, v in parse_labels(label or [], need_value=True).items() if v}
     record, created = service.accept_manifest(
         envelope, name=name, labels=labels, actor=principal.name
