@@ -16,10 +16,10 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
-from lockd.model.manifest import PREDICATE_TYPE, PREDICATE_TYPES
+from lockd.model.manifest import PREDICATE_SCHEMA, PREDICATE_TYPES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SCHEMA = REPO_ROOT / "lockd" / "schemas" / f"predicate-{PREDICATE_TYPE.rsplit('/', 1)[-1]}.json"
+SCHEMA = REPO_ROOT / "lockd" / PREDICATE_SCHEMA
 
 
 @functools.cache

@@ -29,6 +29,7 @@ commands: tuple[Callable[..., None], ...] = (
     manifests.compat,
     manifests.lock,
     manifests.sbom,
+    manifests.schema,
     service.serve,
 )
 for command in commands:

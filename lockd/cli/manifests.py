@@ -128,6 +128,13 @@ def lock(
     )
 
 
+def schema() -> None:
+    """The JSON Schema (draft 2020-12) of the manifest predicate lockd signs."""
+    from lockd.trust.statement import predicate_schema
+
+    sys.stdout.write(predicate_schema())
+
+
 def sbom(
     manifest: Annotated[Path, typer.Argument(help="a manifest envelope or Statement")],
     output: Annotated[

@@ -33,6 +33,9 @@ class Observation(Frozen):
 PREDICATE_TYPE = "https://lockd.dev/manifest/v3"
 """v3: the Observation carries the running workload (``workload``, #17); v2: FileChange carries
 content (type, mode, owner, sha256, link target)."""
+PREDICATE_SCHEMA = "schemas/predicate-v3.json"
+"""The JSON Schema of the predicate of PREDICATE_TYPE, a file of the package (written from these
+models by scripts/predicate-schema; a new predicate type, a new file)."""
 PREDICATE_TYPES = (
     PREDICATE_TYPE,
     "https://lockd.dev/manifest/v2",

@@ -11,7 +11,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lockd.errors import ManifestError
-from lockd.model.manifest import PREDICATE_TYPE, PREDICATE_TYPES, Manifest, Observation
+from lockd.model.manifest import (
+    PREDICATE_SCHEMA,
+    PREDICATE_TYPE,
+    PREDICATE_TYPES,
+    Manifest,
+    Observation,
+)
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -61,6 +67,13 @@ def make_statement(manifest: Manifest) -> bytes:
         "predicate": manifest.model_dump(mode="json", exclude_none=True),
     }
     return canonical_json(statement)
+
+
+def predicate_schema() -> str:
+    """The JSON Schema (draft 2020-12) of the predicate ``make_statement`` writes, as shipped."""
+    from importlib.resources import files
+
+    return files("lockd").joinpath(PREDICATE_SCHEMA).read_text(encoding="utf-8")
 
 
 def parse_statement(payload: bytes, source: str) -> tuple[list[Subject], Manifest]:

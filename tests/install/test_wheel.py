@@ -1,8 +1,9 @@
 """lockd installed as a user installs it: the wheel built from this checkout, into a fresh
 virtual environment, its dependencies resolved from the package index (hence ``network``).
 
-The bare wheel must work on its own (the shipped policies inside it) and pull no server stack;
-``lockd[server]`` must serve from what the wheel carries (migrations, templates)."""
+The bare wheel must work on its own (the shipped policies and the predicate schema inside it)
+and pull no server stack; ``lockd[server]`` must serve from what the wheel carries (migrations,
+templates)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from child_processes import lockd_serve
+from predicates import SCHEMA, assert_valid
 
 pytestmark = pytest.mark.network
 
@@ -110,6 +112,9 @@ def test_bare_wheel_records_and_verifies_local_with_the_shipped_audit_policy(
         lockd, "record", "local", "--key", tmp_path / "team.key", "-o", manifest, env=env
     )
     assert recorded.returncode == 0, recorded.stderr
+    assert_valid(manifest)  # what the installed wheel signs, against the repository's schema
+    printed = _run(lockd, "schema")  # the schema is in the wheel, as committed
+    assert (printed.returncode, printed.stdout) == (0, SCHEMA.read_text())
     verified = _run(
         lockd,
         "verify",

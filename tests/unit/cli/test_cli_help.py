@@ -16,7 +16,7 @@ from lockd.cli import app
 COMMANDS = [
     [],
     *[[name] for name in ("keygen", "record", "verify", "observe", "show", "diff", "compat")],
-    *[[name] for name in ("lock", "sbom", "serve", "push", "status", "attach", "fetch")],
+    *[[name] for name in ("lock", "sbom", "schema", "serve", "push", "status", "attach", "fetch")],
     ["gate"],
     ["watch"],
     ["token", "create"],

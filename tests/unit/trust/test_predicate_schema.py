@@ -1,8 +1,8 @@
-"""The published predicate schema (lockd/schemas/predicate-v3.json, JSON Schema draft 2020-12):
-it is the models' (scripts/predicate-schema --check), every manifest in tests/assets and every
-predicate lockd's tests build validate against it with ``jsonschema`` (and every envelope a
-test's ``record`` writes: tests/conftest.py), and hostile predicates are refused by it and by
-lockd's reader alike (#19)."""
+"""The published predicate schema (lockd/schemas/predicate-v3.json, JSON Schema draft 2020-12,
+printed by ``lockd schema``): it is the models' (scripts/predicate-schema --check), every
+manifest in tests/assets and every predicate lockd's tests build validate against it with
+``jsonschema`` (and every envelope a test's ``record`` writes: tests/conftest.py), and hostile
+predicates are refused by it and by lockd's reader alike (#19)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from lockd.trust.statement import make_statement, parse_statement
 REPO_ROOT = Path(__file__).resolve().parents[3]
 GENERATOR = REPO_ROOT / "scripts" / "predicate-schema"
 ASSETS = REPO_ROOT / "tests" / "assets"
+Lockd = Callable[..., subprocess.CompletedProcess[str]]  # the `lockd` fixture (tests/conftest.py)
 
 
 def everything() -> Manifest:
@@ -118,6 +120,14 @@ def test_the_schema_names_its_dialect_and_predicate_type() -> None:
     assert PREDICATE_TYPE in schema["description"]
     assert schema["additionalProperties"] is False
     assert schema["required"] == ["lockd_version", "recorded_at", "observation"]
+
+
+def test_lockd_schema_prints_the_shipped_schema(lockd: Lockd) -> None:
+    printed = lockd("schema")
+    assert (printed.returncode, printed.stdout, printed.stderr) == (0, SCHEMA.read_text(), "")
+    extra = lockd("schema", "v2")
+    assert extra.returncode == 2
+    assert "Got unexpected extra argument(s) (v2)" in extra.stderr
 
 
 def test_every_manifest_in_the_assets_validates() -> None:
