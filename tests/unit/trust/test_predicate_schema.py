@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from observations import host, manifest, observation
+from observations import host, manifest, observation, probe
 from predicates import SCHEMA, check_recorded, predicate_of, schema_errors, statement_of
+from pydantic import BaseModel
 from reference_manifests import manifest_a, manifest_b
 
 from lockd.errors import ManifestError
-from lockd.model.host import FileChange, ForeignRoot, Integrity, KernelMount, KernelView
+from lockd.model.environment import FamilyImport, FamilyImports, PipArchive, PipReport
+from lockd.model.host import FileChange, ForeignRoot, Integrity, KernelMount, KernelView, Mount
 from lockd.model.manifest import PREDICATE_TYPE, Manifest
 from lockd.model.report import Finding
 from lockd.model.workload import MappedFile, SkippedProcess, Special, Workload, WorkloadProcess
@@ -34,8 +36,9 @@ Lockd = Callable[..., subprocess.CompletedProcess[str]]  # the `lockd` fixture (
 
 
 def everything() -> Manifest:
-    """A v3 manifest with every part the host reads filled in: content-carrying changes, the
-    kernel's view, --deep's integrity findings and the workload (#15, #17)."""
+    """A v3 manifest with every part filled in that the reference manifests leave out:
+    content-carrying changes, the kernel's view, --deep's integrity findings and import test,
+    pip's report, this run's GPU suite and the workload (#15, #17)."""
     work = Workload(
         files=[
             MappedFile(
@@ -57,8 +60,16 @@ def everything() -> Manifest:
         skipped=[SkippedProcess(pid=9, reason="vanished", message="exited while read")],
         hashed=1, bytes=10,
     )  # fmt: skip
+    recorded = manifest_a()
     seen = observation(
+        report=probe(
+            pip_report=PipReport(
+                path="/etc/lockd/pip-report.json",
+                archives=[PipArchive(name="six", version="1.16.0", sha256="d" * 64)],
+            ),
+        ),
         host_evidence=host(
+            mounts=[Mount(destination="/data", source="/srv/data", type="bind", rw=False)],
             changes=[
                 FileChange(
                     path="/etc/ld.so.cache", kind="changed", type="file", mode=0o644, uid=0,
@@ -79,9 +90,15 @@ def everything() -> Manifest:
             source="overlay", evidence="host", distributions=2, files=20, bytes=400,
             findings=[Finding(kind="modified", name="six", path="six.py", message="changed")],
         ),
+        family_imports=FamilyImports(
+            python="/opt/venv/bin/python3",
+            results=[FamilyImport(name="torchvision", version="0.21.0", module="torchvision",
+                                  op="torchvision.ops.nms", ok=True)],
+        ),
+        gpu_suite=recorded.gpu_suites[0],
         workload=work,
     )  # fmt: skip
-    return manifest_a().model_copy(update={"observation": seen})
+    return recorded.model_copy(update={"observation": seen})
 
 
 def predicate(m: Manifest) -> dict[str, Any]:
@@ -141,6 +158,27 @@ def test_every_manifest_in_the_assets_validates() -> None:
     ]  # a new envelope asset is validated here: add it to this list
     for path in envelopes:
         assert schema_errors(predicate_of(path)) == [], path
+
+
+def _models(value: Any) -> set[str]:
+    """The names of the models in a parsed value, at any depth."""
+    if isinstance(value, BaseModel):
+        return {type(value).__name__}.union(*(_models(v) for _, v in value))
+    if isinstance(value, (list, tuple)):
+        return set().union(*(_models(v) for v in value))
+    if isinstance(value, dict):
+        return set().union(*(_models(v) for v in value.values()))
+    return set()
+
+
+def test_the_validated_predicates_exercise_every_definition_of_the_schema() -> None:
+    """everything() and the H200 manifest of tests/assets hold each model the schema defines,
+    so each definition is checked against a real predicate by the tests here."""
+    h200 = Manifest.model_validate(
+        predicate_of(ASSETS / "manifests" / "h200-torch-2.11-gpu.dsse.json")
+    )
+    defined = set(json.loads(SCHEMA.read_text())["$defs"]) | {"Manifest"}
+    assert _models(everything()) | _models(h200) == defined
 
 
 @pytest.mark.parametrize(
