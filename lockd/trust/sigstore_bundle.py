@@ -34,6 +34,7 @@ MAX_CERTIFICATE_BYTES = 16 * 1024  # a Fulcio leaf is about 1-3 KiB
 MAX_CHAIN = 10
 MAX_ENTRIES = 16  # one per log the bundle was entered in (sigstore clients write one)
 MAX_TIMESTAMPS = 16
+_ENVELOPE_FIELDS = frozenset({"payload", "payloadType", "signatures"})
 
 __all__ = [
     "BUNDLE_MEDIA_TYPE",
@@ -139,6 +140,17 @@ def bundle_from(doc: dict[str, Any], raw: bytes, source: str) -> SigstoreBundle:
         raise ManifestError(
             f"{prefix}: mediaType {str(media)[:80]!r} is none of {', '.join(MEDIA_TYPES)}"
         )
+    envelope_doc = doc.get("dsseEnvelope")
+    if isinstance(envelope_doc, dict):  # the envelope model ignores unknown fields: not here
+        unknown = sorted(set(envelope_doc) - _ENVELOPE_FIELDS)
+        signatures = envelope_doc.get("signatures")
+        for item in signatures if isinstance(signatures, list) else []:
+            if isinstance(item, dict):
+                unknown += sorted(f"signatures.{k}" for k in set(item) - {"sig", "keyid"})
+        if unknown:
+            raise ManifestError(
+                f"{prefix}: dsseEnvelope.{unknown[0]}: not a field of a Sigstore bundle"
+            )
     try:
         model = _BundleModel.model_validate(doc)
     except ValidationError as e:

@@ -136,3 +136,28 @@ def test_client_errors_name_the_server_and_what_to_do(
         "lockd: error: give --manifest FILE, --server URL to fetch it from a lockd service, or "
         "--registry to take it from the image's registry"
     )
+
+
+def test_a_sigstore_bundle_pushed_verified_and_exported_against_a_server(
+    server: Server,
+    server_env: dict[str, str],
+    keypair: tuple[Path, Path],
+    tmp_path: Path,
+    lockd: Lockd,
+) -> None:
+    bundle = tmp_path / "local.sigstore.json"
+    assert lockd("record", "local", "--key", keypair[0], "--bundle", "-o", bundle).returncode == 0
+    token = lockd("token", "create", "ci", "--role", "recorder", env=server_env).stdout.strip()
+    client_env = {"LOCKD_TOKEN": token}
+
+    pushed = lockd("push", bundle, "--server", server.url, env=client_env)
+    assert pushed.returncode == 0, pushed.stderr
+    digest = pushed.stdout.split("stored as ")[1].split()[0]
+    verified = lockd("verify", "local", "--server", server.url, "--key", keypair[1], env=client_env)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+    exported = tmp_path / "audit.tar.gz"
+    made = lockd("audit", "export", digest, "-o", exported, "--server", server.url, env=client_env)
+    assert made.returncode == 0, made.stdout + made.stderr
+    checked = lockd("audit", "verify", exported)
+    assert checked.returncode == 0, checked.stdout + checked.stderr

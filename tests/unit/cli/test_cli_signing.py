@@ -85,3 +85,12 @@ def test_verify_without_a_signer_is_a_usage_error(
     result = lockd("verify", "local", "--manifest", KEYLESS, *args)
     assert result.returncode == 2
     assert message in " ".join(result.stderr.split())
+
+
+def test_gate_without_a_signer_is_a_usage_error(lockd: Lockd) -> None:
+    result = lockd("gate", "reg.example:5000/app@sha256:" + "0" * 64, "--registry")
+    assert result.returncode == 2
+    assert (
+        "give --key PUB (or a keyless signer's --certificate-identity and "
+        "--certificate-oidc-issuer): the gate checks signatures itself"
+    ) in " ".join(result.stderr.split())

@@ -147,6 +147,18 @@ BAD: dict[str, tuple[Any, str]] = {
         lambda d: d["verificationMaterial"].update(secret="x"),
         "verificationMaterial.secret: not a field of a Sigstore bundle",
     ),
+    "an unknown envelope field": (
+        lambda d: d["dsseEnvelope"].update(note="x"),
+        "dsseEnvelope.note: not a field of a Sigstore bundle",
+    ),
+    "an unknown signature field": (
+        lambda d: d["dsseEnvelope"]["signatures"][0].update(cert="x"),
+        "dsseEnvelope.signatures.cert: not a field of a Sigstore bundle",
+    ),
+    "a signature that is not an object": (
+        lambda d: d["dsseEnvelope"].update(signatures=["MEUC"]),
+        "dsseEnvelope.signatures.0: Input should be a valid dictionary or instance of Signature",
+    ),
     "no material": (
         _material,
         "verificationMaterial needs exactly one of publicKey, certificate, "
