@@ -51,6 +51,7 @@ class Client:
         self.base_url = base_url.rstrip("/")
         self._token = token
         self.timeout = timeout
+        self._opener = urllib.request.build_opener(_TokenStaysHome)
 
     @classmethod
     def from_env(cls, base_url: str) -> Client:
@@ -84,7 +85,7 @@ class Client:
         request = urllib.request.Request(url, data=body, method=method, headers=headers)  # noqa: S310 (scheme checked)
         where = f"{method} {self.base_url}{path}"
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as answer:  # noqa: S310
+            with self._opener.open(request, timeout=self.timeout) as answer:
                 status = answer.status
                 data = answer.read(limit + 1)
         except urllib.error.HTTPError as e:
@@ -279,6 +280,36 @@ def _proof_hashes(answer: Any, where: str) -> list[bytes]:
             f"most {MAX_PROOF_HASHES} hex SHA-256 hashes)"
         )
     return [bytes.fromhex(h) for h in hashes]
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port of ``url`` (the default port filled in)."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port
+
+
+class _TokenStaysHome(urllib.request.HTTPRedirectHandler):
+    """Follow redirects, but send the bearer token to the origin it was given for only: a
+    redirect to another scheme, host or port goes there without ``Authorization``."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and origin(newurl) != origin(req.full_url):
+            new.remove_header("Authorization")
+        return new
 
 
 def _parsed(model: type[M], answer: Any, where: str) -> M:

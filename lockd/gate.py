@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from lockd.client import Client
     from lockd.judgement.policy import Policy
     from lockd.trust.keys import PublicKey
+    from lockd.trust.registry import Registry
     from lockd.trust.signed import Signed, Trust
 
 _PINNED = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
@@ -110,8 +111,11 @@ def envelopes_from_server(client: Client, digest: str) -> list[tuple[str, Signed
     return found
 
 
-def envelopes_from_registry(image: str) -> list[tuple[str, Signed]]:
-    """Every envelope stored next to ``image`` in its registry (lockd.trust.registry.fetch).
+def envelopes_from_registry(
+    image: str, *, registry: Registry | None = None
+) -> list[tuple[str, Signed]]:
+    """Every envelope stored next to ``image`` in its registry (lockd.trust.registry.fetch;
+    ``registry``: the client to ask it through, e.g. one with a deadline).
 
     Raises:
         InputError: no registry host in the reference.
@@ -121,7 +125,7 @@ def envelopes_from_registry(image: str) -> list[tuple[str, Signed]]:
     from lockd.trust.signed import parse_signed
 
     found = []
-    for data in fetch(image):
+    for data in fetch(image, registry=registry):
         where = f"{image} (registry attestation sha256:{hashlib.sha256(data).hexdigest()[:12]}…)"
         try:
             found.append((where, parse_signed(data, where)))

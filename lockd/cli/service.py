@@ -26,23 +26,60 @@ def serve(
     access_log: Annotated[
         bool, typer.Option(help="log a line per request (writes are in the audit log anyway)")
     ] = False,
+    tls_cert: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="serve HTTPS with this certificate (PEM chain) [LOCKD_TLS_CERT]"),
+    ] = None,
+    tls_key: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="the certificate's unencrypted key (PEM) [LOCKD_TLS_KEY]"),
+    ] = None,
+    admission_port: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            min=1,
+            max=65535,
+            help="answer /v1/admission on this port only, to clients with a certificate "
+            "from --client-ca [LOCKD_ADMISSION_PORT]",
+        ),
+    ] = None,
+    client_ca: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            help="the CA whose client certificates the admission listener requires (the "
+            "Kubernetes API server's) [LOCKD_CLIENT_CA]"
+        ),
+    ] = None,
+    insecure_admission: Annotated[
+        bool,
+        typer.Option(
+            help="answer /v1/admission without a client certificate or token on a non-loopback "
+            "address [LOCKD_INSECURE_ADMISSION]"
+        ),
+    ] = False,
 ) -> None:
     """Run the lockd service (settings from LOCKD_DATABASE_URL, LOCKD_TRUSTED_KEYS,
-    LOCKD_POLICIES, LOCKD_ALLOW_ANONYMOUS_READ)."""
+    LOCKD_POLICIES, LOCKD_ALLOW_ANONYMOUS_READ, LOCKD_ADMISSION_CONFIG; an option given here
+    wins over its variable)."""
+    import os
+
     from lockd.cli.extras import require_extra
 
     require_extra("server", "serve")
     from lockd.server.run import serve as run
     from lockd.server.settings import Settings
 
-    run(
-        Settings.from_env(),
-        host=host,
-        port=port,
-        workers=workers,
-        migrate=migrate,
-        access_log=access_log,
-    )
+    # The options go through the environment: worker processes build their settings from it.
+    given = {
+        "LOCKD_HOST": host,
+        "LOCKD_TLS_CERT": tls_cert,
+        "LOCKD_TLS_KEY": tls_key,
+        "LOCKD_ADMISSION_PORT": admission_port,
+        "LOCKD_CLIENT_CA": client_ca,
+        "LOCKD_INSECURE_ADMISSION": "1" if insecure_admission else None,
+    }
+    os.environ.update({name: str(value) for name, value in given.items() if value is not None})
+    run(Settings.from_env(), port=port, workers=workers, migrate=migrate, access_log=access_log)
 
 
 def token_create(

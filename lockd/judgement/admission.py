@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lockd.errors import InputError, PolicyError
 from lockd.trust.statement import canonical_json
@@ -37,6 +37,7 @@ CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
 GATED_OPERATIONS = ("CREATE", "UPDATE")
 MAX_CONTAINERS = 256
 MAX_WARNINGS = 20
+MAX_WARNING = 256  # Kubernetes truncates (and may reject) longer admission warnings
 MAX_TEXT = 512
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _POLICY_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -65,8 +66,13 @@ __all__ = [
 
 
 class ReviewError(InputError):
-    """The body is not an AdmissionReview lockd can answer (HTTP 400: there is no uid to answer
-    to, or the apiVersion is one lockd does not speak)."""
+    """The body is not an AdmissionReview lockd can answer. With ``answer_to`` (the body's
+    apiVersion and request.uid were readable) the caller denies it as an AdmissionReview;
+    without, there is nothing to answer to (HTTP 400)."""
+
+    def __init__(self, message: str, answer_to: tuple[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.answer_to = answer_to
 
 
 class UnsupportedObjectError(InputError):
@@ -90,8 +96,9 @@ class Rule(_Strict):
 class AdmissionConfig(_Strict):
     """``LOCKD_ADMISSION_CONFIG``: namespaces → rules, the cache, the deadline, what to do when
     the store does not answer in time (``closed``: deny, the default; ``open``: allow with a
-    warning), optionally the only registries images may come from, and whether to take
-    manifests from an image's registry when the store has none."""
+    warning), optionally the only registries images may come from, and the registries whose
+    attestations are read when the store has no manifest for an image (none by default: lockd
+    asks no host an anonymous caller names)."""
 
     namespaces: dict[str, Rule] = {}
     default: Rule = Rule()
@@ -99,7 +106,17 @@ class AdmissionConfig(_Strict):
     deadline_s: float = Field(default=2.0, gt=0, le=30)
     failure: Literal["closed", "open"] = "closed"
     registries: list[str] = []
-    registry_fallback: bool = False
+    registry_fallback: list[str] = []
+
+    @field_validator("registry_fallback", mode="before")
+    @classmethod
+    def _hosts_not_a_flag(cls, value: object) -> object:
+        if isinstance(value, bool):
+            raise ValueError(
+                "list the registries to read attestations from (e.g. [reg.example:5000]); "
+                "a yes/no is not accepted: images name any host they like"
+            )
+        return value
 
     def rule_for(self, namespace: str) -> Rule:
         return self.namespaces.get(namespace, self.default)
@@ -124,7 +141,11 @@ def parse_config(text: str, source: str) -> AdmissionConfig:
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        why = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        why = (
+            "unknown key"
+            if first["type"] == "extra_forbidden"
+            else str(first["msg"]).removeprefix("Value error, ")
+        )
         raise PolicyError(
             f"{source}: {where}: {why}; see deploy/kubernetes/admission.yaml for an example"
         ) from e
@@ -152,8 +173,9 @@ class Review:
     namespace: str
     name: str
     operation: str
-    username: str
+    claimed_user: str  # userInfo.username: what the caller says, not who called
     object: dict[str, Any] | None
+    dry_run: bool = False
 
 
 def _text(value: object, limit: int = 253) -> str:
@@ -164,7 +186,8 @@ def parse_review(data: bytes) -> Review:
     """The parts of an AdmissionReview that admission needs.
 
     Raises:
-        ReviewError: not JSON, not an AdmissionReview of a known apiVersion, no request.uid.
+        ReviewError: not JSON, not an AdmissionReview of a known apiVersion, no request.uid
+            (``answer_to`` None); a readable uid with a malformed rest (``answer_to`` set).
     """
     try:
         doc = json.loads(data)
@@ -176,28 +199,47 @@ def parse_review(data: bytes) -> Review:
     if version not in API_VERSIONS:
         raise ReviewError(
             f"apiVersion {str(version)[:64]!r} is not spoken here; the webhook configuration must "
-            f"send admissionReviewVersions {API_VERSIONS[0]}"
+            f"send admissionReviewVersions v1 or v1beta1 ({' or '.join(API_VERSIONS)})"
         )
-    if doc.get("kind") != "AdmissionReview":
-        raise ReviewError(f"kind {str(doc.get('kind'))[:64]!r}: an AdmissionReview is expected")
     request = doc.get("request")
     if not isinstance(request, dict):
         raise ReviewError("the AdmissionReview has no 'request' object")
     uid = request.get("uid")
     if not isinstance(uid, str) or not uid or len(uid) > 128:
         raise ReviewError("request.uid is missing or not a string of 1-128 characters")
+    answer_to = (str(version), uid)
+
+    def malformed(why: str) -> ReviewError:
+        return ReviewError(f"a malformed AdmissionReview: {why}", answer_to)
+
+    if doc.get("kind") != "AdmissionReview":
+        raise malformed(f"kind {str(doc.get('kind'))[:64]!r}: an AdmissionReview is expected")
     kind = request.get("kind")
-    obj = request.get("object")
+    if not isinstance(kind, dict) or not isinstance(kind.get("kind"), str):
+        raise malformed("request.kind is not an object with a string 'kind'")
+    operation = request.get("operation")
+    if not isinstance(operation, str):
+        raise malformed("request.operation is not a string")
+    for name in ("namespace", "name"):
+        if not isinstance(request.get(name, ""), str | None):
+            raise malformed(f"request.{name} is not a string")
     user = request.get("userInfo")
+    if user is not None and not isinstance(user, dict):
+        raise malformed("request.userInfo is not an object")
+    dry_run = request.get("dryRun", False)
+    if not isinstance(dry_run, bool | None):
+        raise malformed("request.dryRun is not a boolean")
+    obj = request.get("object")
     return Review(
         api_version=str(version),
         uid=uid,
-        kind=_text(kind.get("kind") if isinstance(kind, dict) else None, 64),
+        kind=_text(kind.get("kind"), 64),
         namespace=_text(request.get("namespace")),
         name=_text(request.get("name")) or _name_of(obj),
-        operation=_text(request.get("operation"), 16),
-        username=_text(user.get("username") if isinstance(user, dict) else None, 128),
+        operation=_text(operation, 16),
+        claimed_user=_text(user.get("username") if user else None, 128),
         object=obj if isinstance(obj, dict) else None,
+        dry_run=dry_run is True,
     )
 
 
@@ -308,13 +350,17 @@ class Decision:
     problems: list[str]
     warnings: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
+    unchecked: str | None = None  # allowed although the images could not be checked: why
 
     @property
     def action(self) -> str:
-        """``admission.allow``, ``admission.deny``, or ``admission.warn`` (allowed in audit
-        mode or with the store unavailable and the failure mode open, problems found)."""
+        """``admission.allow``, ``admission.deny``, ``admission.allow_unchecked`` (the images
+        could not be checked in time and the failure mode, or audit mode, allowed it), or
+        ``admission.warn`` (allowed in audit mode with problems found)."""
         if not self.allowed:
             return "admission.deny"
+        if self.unchecked is not None:
+            return "admission.allow_unchecked"
         return "admission.warn" if self.problems or self.warnings else "admission.allow"
 
 
@@ -379,8 +425,9 @@ def decide(
             found.append(f"lockd could not check the images ({unavailable}); failing closed")
     if rule.mode == "audit":
         warnings = [f"lockd audit ({rule.policy}): {p}" for p in found] + warnings
-        return Decision(True, rule.mode, rule.policy, found, warnings[:MAX_WARNINGS], names)
-    return Decision(not found, rule.mode, rule.policy, found, warnings[:MAX_WARNINGS], names)
+        return Decision(True, rule.mode, rule.policy, found, warnings, names, unavailable)
+    unchecked = unavailable if not found else None
+    return Decision(not found, rule.mode, rule.policy, found, warnings, names, unchecked)
 
 
 def review_response(review: Review, decision: Decision) -> dict[str, Any]:
@@ -394,16 +441,35 @@ def review_response(review: Review, decision: Decision) -> dict[str, Any]:
             "message": message + "; ".join(decision.problems),
         }
     if decision.warnings:
-        response["warnings"] = [w[:MAX_TEXT] for w in decision.warnings]
+        response["warnings"] = cut_warnings(decision.warnings)
     return {"apiVersion": review.api_version, "kind": "AdmissionReview", "response": response}
 
 
-def plain_response(review: Review, allowed: bool, message: str | None = None) -> dict[str, Any]:
+def cut_warnings(warnings: Sequence[str]) -> list[str]:
+    """At most :data:`MAX_WARNINGS` warnings of at most :data:`MAX_WARNING` characters each
+    (Kubernetes' limit), the last saying how many were left out."""
+    if len(warnings) > MAX_WARNINGS:
+        more = len(warnings) - (MAX_WARNINGS - 1)
+        warnings = [*warnings[: MAX_WARNINGS - 1], f"lockd: {more} more warnings left out"]
+    return [w if len(w) <= MAX_WARNING else w[: MAX_WARNING - 1] + "…" for w in warnings]
+
+
+def plain_response(review: Review, allowed: bool) -> dict[str, Any]:
     """An answer with no images judged (an operation lockd does not gate)."""
     response: dict[str, Any] = {"uid": review.uid, "allowed": allowed}
-    if message is not None:
-        response["warnings"] = [message[:MAX_TEXT]]
     return {"apiVersion": review.api_version, "kind": "AdmissionReview", "response": response}
+
+
+def malformed_response(error: ReviewError) -> dict[str, Any]:
+    """The deny for a malformed review whose apiVersion and uid were readable."""
+    assert error.answer_to is not None
+    version, uid = error.answer_to
+    response = {
+        "uid": uid,
+        "allowed": False,
+        "status": {"code": 400, "reason": "BadRequest", "message": str(error)[:MAX_TEXT]},
+    }
+    return {"apiVersion": version, "kind": "AdmissionReview", "response": response}
 
 
 def decision_digest(review: Review, decision: Decision) -> str:
@@ -414,13 +480,15 @@ def decision_digest(review: Review, decision: Decision) -> str:
         "kind": review.kind,
         "name": review.name,
         "operation": review.operation,
-        "user": review.username,
+        "claimed_user": review.claimed_user,
+        "dry_run": review.dry_run,
         "allowed": decision.allowed,
         "mode": decision.mode,
         "policy": decision.policy,
         "images": decision.images,
         "problems": decision.problems,
         "warnings": decision.warnings,
+        "unchecked": decision.unchecked,
     }
     return "sha256:" + hashlib.sha256(canonical_json(body)).hexdigest()
 

@@ -14,7 +14,8 @@ from fastapi.responses import JSONResponse
 
 from lockd import __version__
 from lockd.errors import InputError, LockdError, SignatureError
-from lockd.server.middleware import BodyLimit, RequestMetrics
+from lockd.server.deps import AdmissionChannel
+from lockd.server.middleware import BodyLimit, ListenerRoutes, RequestMetrics
 from lockd.server.routes import admission, audit, fleet, health, manifests, tokens, verifications
 from lockd.server.service import NotFoundError, Service
 from lockd.server.settings import Settings
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from lockd.server.metrics import FleetCounts
     from lockd.server.webhook import WebhookWorker
 
+ADMISSION_LISTENER_PATHS = frozenset({"/v1/admission", "/healthz", "/readyz"})
 DESCRIPTION = """Signed environments (DSSE envelopes of lockd manifests), the verification
 reports made against them, and a hash-chained audit log of every write and decision."""
 
@@ -94,19 +96,27 @@ def _document_raw_bodies(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, *, store: Store | None = None, client_certs_checked: bool = False
+) -> FastAPI:
     """The lockd service for ``settings``. Trusted keys are read now (a bad key file fails here,
     naming the file); the database is opened lazily and closed at shutdown unless ``store`` was
     handed in. Migrations are not run here: ``lockd serve`` runs them before it starts.
 
+    Who may send admission reviews is decided here, for every way the app is served
+    (:class:`AdmissionChannel`): ``client_certs_checked`` says the caller serves
+    ``settings.admission_port`` with client certificates required (``lockd serve`` does).
+
     Raises:
         KeyFileError: a trusted key file cannot be read.
-        InputError: a bad database URL, or an unreadable trusted root (LOCKD_TRUSTED_ROOT).
+        InputError: a bad database URL, or an unreadable trusted root (LOCKD_TRUSTED_ROOT); an
+            admission port nobody checks certificates on.
         PolicyError: a bad admission config (LOCKD_ADMISSION_CONFIG).
     """
     from lockd.trust import keys
     from lockd.trust.keyless import load_trusted_root
 
+    channel = AdmissionChannel.from_settings(settings, client_certs_checked=client_certs_checked)
     trusted = [keys.load_public_key(path) for path in settings.trusted_keys]
     root = settings.trusted_root
     owned = store is None
@@ -136,6 +146,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
     )
     app.state.service = service
     app.state.admission = admission.Gatekeeper.from_service(service)
+    app.state.admission_channel = channel
     app.state.upkeep = Upkeep()  # the fleet's: pruning events, forgetting silent hosts
     _document_raw_bodies(app)
     for module in (health, manifests, verifications, audit, tokens, admission, fleet):
@@ -148,6 +159,10 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
     verifications.install_fast_path(app, service)  # innermost: inside the two below
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=service.metrics)
+    if settings.admission_port is not None:  # outermost: the admission listener serves it only
+        app.add_middleware(
+            ListenerRoutes, port=settings.admission_port, paths=ADMISSION_LISTENER_PATHS
+        )
     return app
 
 

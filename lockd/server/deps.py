@@ -1,14 +1,18 @@
-"""FastAPI dependencies: the service, and who is calling (bearer tokens with roles)."""
+"""FastAPI dependencies: the service, and who is calling (bearer tokens with roles; the
+admission webhook's channel)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, NamedTuple
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from lockd.errors import InputError
 from lockd.server.service import Service
+from lockd.server.settings import Settings
 from lockd.store.repository import RANK, Principal, Role
 
 bearer = HTTPBearer(
@@ -106,3 +110,88 @@ def require(role: Role) -> Callable[[ServiceDep, CredentialsDep], Awaitable[Prin
 ReaderDep = Annotated[Principal, Depends(require("reader"))]
 RecorderDep = Annotated[Principal, Depends(require("recorder"))]
 AdminDep = Annotated[Principal, Depends(require("admin"))]
+
+
+# --- who sends admission reviews -----------------------------------------------------------
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """``host`` (an address to listen on) reaches this machine only; None (not told) is not."""
+    import ipaddress
+
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class AdmissionChannel:
+    """How ``/v1/admission`` authenticates its caller, decided once by the app factory from the
+    settings: on the admission listener (``tls_port``: its TLS handshake already required a
+    client certificate from LOCKD_CLIENT_CA) only, the actor being the certificate's subject
+    (``tls:CN=…``) where the server puts it in the scope, else ``tls:`` and the configured
+    identity; else a bearer token of a recorder or admin (``token:NAME``); else, only where
+    the service listens on loopback or was told ``--insecure-admission``, anonymously."""
+
+    tls_port: int | None
+    tls_actor: str
+    anonymous_actor: str | None
+    where: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, client_certs_checked: bool) -> AdmissionChannel:
+        """Raises InputError for an admission port whose client certificates no one checks
+        (the app built by uvicorn started by hand: only `lockd serve` opens that listener)."""
+        port = settings.admission_port
+        if port is not None and not client_certs_checked:
+            raise InputError(
+                f"LOCKD_ADMISSION_PORT={port}: only `lockd serve` opens the admission listener "
+                "(it requires client certificates from LOCKD_CLIENT_CA there); this app cannot "
+                "tell that its server checks them. Unset it and give the webhook a bearer "
+                "token, or run `lockd serve --admission-port`"
+            )
+        anonymous = None
+        if settings.insecure_admission:
+            anonymous = "anonymous:insecure-admission"
+        elif is_loopback_host(settings.listen_host):
+            anonymous = "anonymous:loopback"
+        return cls(
+            tls_port=port,
+            tls_actor=f"tls:{settings.admission_identity}",
+            anonymous_actor=anonymous,
+            where=settings.listen_host or "an address it was not told (LOCKD_HOST)",
+        )
+
+    def caller(self, service: Service, request: Request) -> str | Refusal:
+        """The audit actor of a review arriving as ``request``, or why it is refused (before
+        its body is read; a token is looked up, nothing else touches the store)."""
+        server = request.scope.get("server")
+        port = server[1] if server else None
+        if self.tls_port is not None:
+            if port == self.tls_port and request.url.scheme == "https":
+                tls = request.scope.get("extensions", {}).get("tls", {})
+                name = tls.get("client_cert_name")  # the ASGI TLS extension (lockd serve's)
+                return f"tls:{name}" if isinstance(name, str) and name else self.tls_actor
+            return Refusal(
+                status.HTTP_403_FORBIDDEN,
+                f"admission reviews are answered on the admission listener (port "
+                f"{self.tls_port}) only, to callers with a client certificate",
+            )
+        token = bearer_token(request.headers.get("authorization"))
+        if token is not None:
+            decided = admit(service, token, "recorder")
+            return decided if isinstance(decided, Refusal) else f"token:{decided.name}"
+        if self.anonymous_actor is not None:
+            return self.anonymous_actor
+        return Refusal(
+            status.HTTP_401_UNAUTHORIZED,
+            f"this service listens on {self.where}: /v1/admission needs a client certificate "
+            "(lockd serve --admission-port with --client-ca) or a bearer token of a recorder "
+            "(lockd token create NAME --role recorder); --insecure-admission (or "
+            "LOCKD_INSECURE_ADMISSION=1) allows anonymous reviews",
+        )

@@ -56,6 +56,13 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.admission_unchecked = Counter(
+            "lockd_admission_allowed_unchecked",
+            "Admission reviews allowed although their images could not be checked in time (the "
+            "store or a registry too slow or failing, under failure: open or an audit-mode rule)",
+            registry=self.registry,
+        )
+
     def watch_fleet(self, counts: FleetCounts) -> None:
         """Report the fleet's gauges from ``counts()`` (read from the database at each scrape,
         so every service process reports the same figures)."""

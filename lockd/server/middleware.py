@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: a cap on request bodies, and request metrics."""
+"""Pure ASGI middleware: a cap on request bodies, request metrics, the admission listener's
+few routes."""
 
 from __future__ import annotations
 
@@ -116,3 +117,27 @@ class RequestMetrics:
             template = getattr(route, "path", None) or "(unmatched)"
             self.metrics.requests.labels(scope["method"], template, str(status)).inc()
             self.metrics.latency.labels(template).observe(time.perf_counter() - start)
+
+
+class ListenerRoutes:
+    """On the listener at ``port`` (the admission listener) answer only ``paths``; 404 for the
+    rest, before the app sees them."""
+
+    def __init__(self, app: ASGIApp, port: int, paths: frozenset[str]) -> None:
+        self.app = app
+        self.port = port
+        self.paths = paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server")
+        if (
+            scope["type"] == "http"
+            and server is not None
+            and server[1] == self.port
+            and scope["path"] not in self.paths
+        ):
+            await _problem(
+                send, 404, f"the admission listener answers {', '.join(sorted(self.paths))} only"
+            )
+            return
+        await self.app(scope, receive, send)

@@ -8,7 +8,7 @@ import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lockd.errors import InputError
 from lockd.judgement.policy import search_dirs
@@ -82,6 +82,36 @@ class Settings(BaseModel):
     webhook_backoff_s: float = Field(default=1.0, gt=0, le=3600)  # first retry; doubles
     webhook_backoff_max_s: float = Field(default=300.0, gt=0, le=86_400)
     webhook_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    # Where the service listens (`lockd serve --host` sets it; LOCKD_HOST under uvicorn started
+    # by hand). None: not told, so taken as reachable from other machines (fail closed).
+    listen_host: str | None = None
+    # Answer /v1/admission without a client certificate or token off loopback (never needed in
+    # a cluster: the API server presents a certificate or a token).
+    insecure_admission: bool = False
+    tls_cert: Path | None = None  # the serving certificate (PEM, chain) and its key
+    tls_key: Path | None = None
+    # The admission listener: its own port, TLS with a client certificate required from
+    # client_ca; its decisions are audited as tls:<admission_identity>.
+    admission_port: int | None = Field(default=None, ge=1, le=65535)
+    client_ca: Path | None = None
+    admission_identity: str = Field(
+        default="kube-apiserver", pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,47}$"
+    )
+
+    @model_validator(mode="after")
+    def _listeners(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give both --tls-cert and --tls-key (LOCKD_TLS_CERT, LOCKD_TLS_KEY)")
+        if self.admission_port is not None and (self.tls_cert is None or self.client_ca is None):
+            raise ValueError(
+                "--admission-port needs --tls-cert, --tls-key and --client-ca: the admission "
+                "listener requires a client certificate (LOCKD_ADMISSION_PORT, LOCKD_CLIENT_CA)"
+            )
+        if self.client_ca is not None and self.admission_port is None:
+            raise ValueError(
+                "--client-ca is used by the admission listener only: give --admission-port too"
+            )
+        return self
 
     @field_validator("webhook_url")
     @classmethod
@@ -107,11 +137,14 @@ class Settings(BaseModel):
         the fleet's ``LOCKD_STALE_AFTER_S``, ``LOCKD_FLEET_EVENT_RETENTION_S``,
         ``LOCKD_FLEET_FORGET_AFTER_S`` (seconds), ``LOCKD_WEBHOOK_URL``,
         ``LOCKD_WEBHOOK_SECRET``, ``LOCKD_WEBHOOK_MAX_ATTEMPTS``, ``LOCKD_WEBHOOK_BACKOFF_S``,
-        ``LOCKD_WEBHOOK_BACKOFF_MAX_S``, ``LOCKD_WEBHOOK_TIMEOUT_S``.
+        ``LOCKD_WEBHOOK_BACKOFF_MAX_S``, ``LOCKD_WEBHOOK_TIMEOUT_S``; the listeners'
+        ``LOCKD_HOST``, ``LOCKD_INSECURE_ADMISSION`` (a flag), ``LOCKD_TLS_CERT``,
+        ``LOCKD_TLS_KEY``, ``LOCKD_ADMISSION_PORT``, ``LOCKD_CLIENT_CA``,
+        ``LOCKD_ADMISSION_IDENTITY``.
 
         Raises:
             InputError: a flag that is not a boolean, a number that is not one or out of
-                range, a webhook URL that is not http(s).
+                range, a webhook URL that is not http(s), listener settings that do not fit.
         """
         env = os.environ if environ is None else environ
         keys = tuple(Path(p) for p in env.get("LOCKD_TRUSTED_KEYS", "").split(os.pathsep) if p)
@@ -129,9 +162,11 @@ class Settings(BaseModel):
         identities = identities_from_env(env.get("LOCKD_TRUSTED_IDENTITIES", ""))
         root = env.get("LOCKD_TRUSTED_ROOT")
         log_key = env.get("LOCKD_LOG_KEY")
+        listeners = _listener_settings(env)
         try:
             return cls(
                 **fleet,
+                **listeners,
                 database_url=env.get("LOCKD_DATABASE_URL") or default_database_url(env),
                 trusted_keys=keys,
                 trusted_identities=identities,
@@ -145,10 +180,33 @@ class Settings(BaseModel):
             error = e.errors()[0]
             field = str(error["loc"][0]) if error["loc"] else ""
             message = str(error["msg"]).removeprefix("Value error, ")
-            if field == "webhook_url":
+            if field in ("webhook_url", ""):
                 raise InputError(message) from None
-            raise InputError(f"{_FLEET_ENV.get(field, field)}: {message}") from None
+            raise InputError(f"{_ENV_NAMES.get(field, field)}: {message}") from None
 
+
+def _listener_settings(env: Mapping[str, str]) -> dict[str, object]:
+    found: dict[str, object] = {}
+    for field, name in _PATH_ENV.items():
+        if value := env.get(name, "").strip():
+            found[field] = Path(value)
+    if host := env.get("LOCKD_HOST", "").strip():
+        found["listen_host"] = host
+    if identity := env.get("LOCKD_ADMISSION_IDENTITY", "").strip():
+        found["admission_identity"] = identity
+    port = _number(env, "LOCKD_ADMISSION_PORT")
+    if port is not None:
+        found["admission_port"] = port
+    raw = env.get("LOCKD_INSECURE_ADMISSION", "")
+    found["insecure_admission"] = _flag("LOCKD_INSECURE_ADMISSION", raw)
+    return found
+
+
+_PATH_ENV = {
+    "tls_cert": "LOCKD_TLS_CERT",
+    "tls_key": "LOCKD_TLS_KEY",
+    "client_ca": "LOCKD_CLIENT_CA",
+}
 
 _FLEET_ENV = {
     "stale_after_s": "LOCKD_STALE_AFTER_S",
@@ -158,4 +216,9 @@ _FLEET_ENV = {
     "webhook_backoff_s": "LOCKD_WEBHOOK_BACKOFF_S",
     "webhook_backoff_max_s": "LOCKD_WEBHOOK_BACKOFF_MAX_S",
     "webhook_timeout_s": "LOCKD_WEBHOOK_TIMEOUT_S",
+}
+_ENV_NAMES = {
+    **_FLEET_ENV,
+    "admission_port": "LOCKD_ADMISSION_PORT",
+    "admission_identity": "LOCKD_ADMISSION_IDENTITY",
 }

@@ -20,10 +20,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import http.client
+import ipaddress
 import json
 import random
 import re
+import socket
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -56,14 +60,23 @@ TIMEOUT_S = 30.0
 MAX_MANIFEST = 4 * 1024 * 1024
 MAX_BLOB = 16 * 1024 * 1024
 ATTACH_TRIES = 20
+MAX_TAG_PAGES = 20  # of up to 1000 tags each: a registry whose Link never ends is cut off
 _REF = re.compile(
     r"^(?P<host>[A-Za-z0-9.-]+(?::[0-9]+)?|\[[0-9a-fA-F:]+\](?::[0-9]+)?)/"
     r"(?P<repo>[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*)"
     r"(?::[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?@(?P<digest>sha256:[0-9a-f]{64})$"
 )
-_LOOPBACK = ("127.", "localhost", "[::1]")
 
-__all__ = ["ImageRef", "Registry", "RegistryError", "attach", "attach_bundle", "fetch", "parse_ref"]
+__all__ = [
+    "Deadline",
+    "ImageRef",
+    "Registry",
+    "RegistryError",
+    "attach",
+    "attach_bundle",
+    "fetch",
+    "parse_ref",
+]
 
 
 class RegistryError(LockdError):
@@ -119,13 +132,95 @@ def _json(data: bytes, where: str) -> dict[str, Any]:
     return doc
 
 
-class Registry:
-    """One registry host; plain HTTP on loopback, HTTPS elsewhere. No authentication."""
+def is_loopback(host: str) -> bool:
+    """``HOST[:PORT]`` names this machine: exactly ``localhost``, an address of 127.0.0.0/8 or
+    ``[::1]`` (never a name that merely starts like one: ``localhost.evil.example``,
+    ``127.evil.example``)."""
+    name = host[1:].partition("]")[0] if host.startswith("[") else host.partition(":")[0]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
-    def __init__(self, host: str, *, timeout: float = TIMEOUT_S) -> None:
-        scheme = "http" if host.startswith(_LOOPBACK) else "https"
+
+class Deadline:
+    """When a lookup is given up: every request gets the time left as its socket timeout, and
+    :meth:`abandon` (called from another thread when the caller stops waiting) shuts down the
+    connections in use, so a registry that sends a byte now and then cannot keep the lookup,
+    its thread or its connection alive past the deadline."""
+
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        self.abandoned = False
+
+    def left(self, where: str) -> float:
+        """Seconds left; raises RegistryError naming ``where`` once none are."""
+        left = self.at - time.monotonic()
+        if self.abandoned or left <= 0:
+            raise RegistryError(f"{where}: the lookup's deadline passed; it was abandoned")
+        return left
+
+    def track(self, sock: socket.socket, where: str) -> None:
+        with self._lock:
+            if not self.abandoned:
+                self._sockets.add(sock)
+                return
+        _shut(sock)
+        raise RegistryError(f"{where}: the lookup's deadline passed; it was abandoned")
+
+    def abandon(self) -> None:
+        """Close every connection of the lookup (a blocked read returns at once)."""
+        with self._lock:
+            self.abandoned = True
+            sockets, self._sockets = self._sockets, set()
+        for sock in sockets:
+            _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _opener(deadline: Deadline, where: str) -> urllib.request.OpenerDirector:
+    """urllib with connections whose sockets ``deadline`` can shut down."""
+
+    class Plain(http.client.HTTPConnection):
+        def connect(self) -> None:
+            super().connect()
+            deadline.track(self.sock, where)
+
+    class Secure(http.client.HTTPSConnection):
+        def connect(self) -> None:
+            super().connect()
+            deadline.track(self.sock, where)
+
+    class PlainHandler(urllib.request.HTTPHandler):
+        def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(Plain, req)
+
+    class SecureHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(Secure, req)
+
+    return urllib.request.build_opener(PlainHandler, SecureHandler)
+
+
+class Registry:
+    """One registry host; plain HTTP on loopback (:func:`is_loopback`), HTTPS elsewhere. No
+    authentication. With a ``deadline`` every request ends by it (see :class:`Deadline`)."""
+
+    def __init__(
+        self, host: str, *, timeout: float = TIMEOUT_S, deadline: Deadline | None = None
+    ) -> None:
+        scheme = "http" if is_loopback(host) else "https"
         self.base = f"{scheme}://{host}"
         self.timeout = timeout
+        self.deadline = deadline
 
     def request(
         self,
@@ -145,12 +240,18 @@ class Registry:
         full = url if url.startswith(("http://", "https://")) else self.base + url
         request = urllib.request.Request(full, data=body, method=method, headers=headers or {})  # noqa: S310 (scheme fixed above)
         where = f"{method} {full}"
+        timeout, opener = self.timeout, None
+        if self.deadline is not None:
+            timeout = min(timeout, self.deadline.left(where))
+            opener = _opener(self.deadline, where)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as answer:  # noqa: S310
+            with (opener or urllib.request.build_opener()).open(request, timeout=timeout) as answer:
                 status, got, data = answer.status, dict(answer.headers), answer.read(limit + 1)
         except urllib.error.HTTPError as e:
             status, got, data = e.code, dict(e.headers or {}), e.read(64 * 1024)
-        except (urllib.error.URLError, OSError) as e:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            if self.deadline is not None:
+                self.deadline.left(where)  # the deadline's doing: say so
             reason = getattr(e, "reason", e)
             raise RegistryError(
                 f"{where}: cannot reach the registry ({reason}); check the image's registry"
@@ -225,16 +326,34 @@ class Registry:
         return [m for m in manifests if isinstance(m, dict)] if isinstance(manifests, list) else []
 
     def tags(self, repo: str) -> Iterator[str]:
-        url: str | None = f"/v2/{repo}/tags/list?n=1000"
-        while url:
+        """Every tag of ``repo``, following ``Link`` headers only to this registry's own origin
+        and for at most :data:`MAX_TAG_PAGES` pages.
+
+        Raises:
+            RegistryError: a Link to another origin, or more pages than the cap.
+        """
+        url: str | None = f"{self.base}/v2/{repo}/tags/list?n=1000"
+        origin = urllib.parse.urlsplit(self.base)[:2]
+        for _ in range(MAX_TAG_PAGES):
+            assert url is not None
             status, headers, data = self.request("GET", url, ok=(200, 404))
             if status == 404:
                 return
             found = _json(data, f"{repo} tags").get("tags") or []
             yield from (t for t in found if isinstance(t, str))
-            link = headers.get("link", "")
-            match = re.match(r"<([^>]+)>", link)
-            url = match.group(1) if match else None
+            match = re.match(r"\s*<([^>]+)>", headers.get("link", ""))
+            if match is None:
+                return
+            url = urllib.parse.urljoin(url, match.group(1))
+            if urllib.parse.urlsplit(url)[:2] != origin:
+                raise RegistryError(
+                    f"{self.base}/v2/{repo}/tags/list: the next page's Link points to another "
+                    f"origin ({url[:200]}); only {self.base} is followed"
+                )
+        raise RegistryError(
+            f"{self.base}/v2/{repo}/tags/list: more than {MAX_TAG_PAGES} pages of tags; lockd "
+            "reads no more"
+        )
 
 
 def _descriptor(media_type: str, data: bytes, **extra: Any) -> dict[str, Any]:

@@ -292,12 +292,14 @@ def test_admission_takes_manifests_from_the_registry_when_the_store_has_none(
 
     def decide(fallback: bool) -> dict[str, Any]:
         config = tmp_path / f"admission-{fallback}.yaml"
-        config.write_text(f"registry_fallback: {str(fallback).lower()}\n")
+        host = pushed_image.split("/", 1)[0]
+        config.write_text(f"registry_fallback: [{host if fallback else ''}]\n")
         settings = Settings(
             database_url=f"sqlite:///{database}",
             trusted_keys=(public,),
             policies=(REPO / "lockd" / "policies",),
             admission_config=config,
+            listen_host="127.0.0.1",  # anonymous reviews are answered on loopback only
         )
         review = {
             "apiVersion": "admission.k8s.io/v1",

@@ -14,6 +14,7 @@ from lockd.trust import dsse, keys
 from lockd.trust.statement import PAYLOAD_TYPE, make_statement
 
 SITE = "/opt/venv/lib/python3.11/site-packages"
+UID = "705ab4f5-6393-11e8-b7cc-42010a800002"
 
 
 def image(n: int) -> str:
@@ -79,6 +80,78 @@ def observation_json(obs: Observation) -> dict[str, Any]:
     return doc
 
 
+# --- AdmissionReviews ------------------------------------------------------------------------
+
+
+def pod_spec(containers: list[str], init: list[str], ephemeral: list[str]) -> dict[str, Any]:
+    def listed(prefix: str, images: list[str]) -> list[dict[str, Any]]:
+        return [{"name": f"{prefix}{i}", "image": im} for i, im in enumerate(images)]
+
+    spec: dict[str, Any] = {"containers": listed("c", containers)}
+    if init:
+        spec["initContainers"] = listed("i", init)
+    if ephemeral:
+        spec["ephemeralContainers"] = listed("e", ephemeral)
+    return spec
+
+
+def review(
+    kind: str,
+    containers: list[str],
+    *,
+    init: list[str] | None = None,
+    ephemeral: list[str] | None = None,
+    namespace: str = "prod",
+    **request: Any,
+) -> dict[str, Any]:
+    """An AdmissionReview as the API server sends it, for a ``kind`` with these images."""
+    spec = pod_spec(containers, init or [], ephemeral or [])
+    meta = {"name": "web", "namespace": namespace}
+    template = {"metadata": {"labels": {"app": "web"}}, "spec": spec}
+    obj: dict[str, Any]
+    if kind == "Pod":
+        obj = {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+    elif kind == "CronJob":
+        obj = {
+            "apiVersion": "batch/v1",
+            "kind": kind,
+            "metadata": meta,
+            "spec": {"schedule": "0 * * * *", "jobTemplate": {"spec": {"template": template}}},
+        }
+    else:
+        group = "batch/v1" if kind == "Job" else "apps/v1"
+        obj = {
+            "apiVersion": group,
+            "kind": kind,
+            "metadata": meta,
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": template,
+            },
+        }
+    group = {"Pod": "", "Job": "batch", "CronJob": "batch"}.get(kind, "apps")
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": UID,
+            "kind": {"group": group, "version": "v1", "kind": kind},
+            "resource": {"group": group, "version": "v1", "resource": kind.lower() + "s"},
+            "requestKind": {"group": group, "version": "v1", "kind": kind},
+            "name": "web",
+            "namespace": namespace,
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:ci:deployer", "groups": ["ci"]},
+            "object": obj,
+            "oldObject": None,
+            "dryRun": False,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+            **request,
+        },
+    }
+
+
 # --- a real `lockd serve` process ---------------------------------------------------------
 
 
@@ -95,13 +168,27 @@ class Server:
     """``lockd serve`` in a child process on loopback; ``start()`` waits for /readyz."""
 
     def __init__(
-        self, env: dict[str, str], port: int | None = None, log: Any = None, workers: int = 1
+        self,
+        env: dict[str, str],
+        port: int | None = None,
+        log: Any = None,
+        workers: int = 1,
+        args: tuple[str, ...] = (),
+        ca: Any = None,
     ) -> None:
+        """``args``: more options of `lockd serve`; ``ca``: the CA file of its TLS certificate
+        (the URL is then https://localhost)."""
         self.env = env
         self.workers = workers
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https://localhost' if ca else 'http://127.0.0.1'}:{self.port}"
         self.log = log
+        self.args = args
+        self.context: Any = None
+        if ca is not None:
+            import ssl
+
+            self.context = ssl.create_default_context(cafile=str(ca))
         self.process: Any = None
 
     def start(self, timeout: float = 60.0) -> Server:
@@ -122,6 +209,7 @@ class Server:
                     str(self.port),
                     "--workers",
                     str(self.workers),
+                    *self.args,
                 ]
             ),
             env={**os.environ, **self.env},
@@ -133,7 +221,8 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"lockd serve exited {self.process.returncode}")
             try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=2) as answer:
+                ready_url = self.url + "/readyz"
+                with urllib.request.urlopen(ready_url, timeout=2, context=self.context) as answer:
                     ready = answer.status == 200
                 if ready:
                     time.sleep(0.2)  # a server of another process on this port: ours exits

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from service_fixtures import Signer, Tokens
-from service_helpers import envelope_json, free_port, image, observation
+from service_helpers import UID, envelope_json, free_port, image, observation, review
 
 from lockd.model.host import Integrity
 from lockd.model.manifest import Observation
@@ -22,78 +22,9 @@ from lockd.model.report import Finding
 from lockd.store.repository import Store
 
 KINDS = ("Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob")
-UID = "705ab4f5-6393-11e8-b7cc-42010a800002"
 REG = "reg.example:5000/team/app"
 LOOKUPS = 64  # four times the SQLite pool (8, and 8 overflow)
-
-
-def pod_spec(containers: list[str], init: list[str], ephemeral: list[str]) -> dict[str, Any]:
-    def listed(prefix: str, images: list[str]) -> list[dict[str, Any]]:
-        return [{"name": f"{prefix}{i}", "image": im} for i, im in enumerate(images)]
-
-    spec: dict[str, Any] = {"containers": listed("c", containers)}
-    if init:
-        spec["initContainers"] = listed("i", init)
-    if ephemeral:
-        spec["ephemeralContainers"] = listed("e", ephemeral)
-    return spec
-
-
-def review(
-    kind: str,
-    containers: list[str],
-    *,
-    init: list[str] | None = None,
-    ephemeral: list[str] | None = None,
-    namespace: str = "prod",
-    **request: Any,
-) -> dict[str, Any]:
-    """An AdmissionReview as the API server sends it, for a ``kind`` with these images."""
-    spec = pod_spec(containers, init or [], ephemeral or [])
-    meta = {"name": "web", "namespace": namespace}
-    template = {"metadata": {"labels": {"app": "web"}}, "spec": spec}
-    obj: dict[str, Any]
-    if kind == "Pod":
-        obj = {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
-    elif kind == "CronJob":
-        obj = {
-            "apiVersion": "batch/v1",
-            "kind": kind,
-            "metadata": meta,
-            "spec": {"schedule": "0 * * * *", "jobTemplate": {"spec": {"template": template}}},
-        }
-    else:
-        group = "batch/v1" if kind == "Job" else "apps/v1"
-        obj = {
-            "apiVersion": group,
-            "kind": kind,
-            "metadata": meta,
-            "spec": {
-                "replicas": 2,
-                "selector": {"matchLabels": {"app": "web"}},
-                "template": template,
-            },
-        }
-    group = {"Pod": "", "Job": "batch", "CronJob": "batch"}.get(kind, "apps")
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": UID,
-            "kind": {"group": group, "version": "v1", "kind": kind},
-            "resource": {"group": group, "version": "v1", "resource": kind.lower() + "s"},
-            "requestKind": {"group": group, "version": "v1", "kind": kind},
-            "name": "web",
-            "namespace": namespace,
-            "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:ci:deployer", "groups": ["ci"]},
-            "object": obj,
-            "oldObject": None,
-            "dryRun": False,
-            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
-            **request,
-        },
-    }
+LOOPBACK = {"listen_host": "127.0.0.1"}  # where anonymous reviews are answered (see the auth tests)
 
 
 def pinned(n: int) -> str:
@@ -139,7 +70,7 @@ def gate(
     signer: Signer,
 ) -> TestClient:
     """A service with images 1-3 recorded and pushed, 4 recorded with integrity findings."""
-    client = make_client(admission_config=admission_config)
+    client = make_client(**LOOPBACK, admission_config=admission_config)
     for n in (1, 2, 3):
         doc = envelope_json(signer.key, observation(image(n)))
         answer = client.post("/v1/manifests", json=doc, headers=tokens.header("recorder"))
@@ -209,7 +140,9 @@ def test_an_untrusted_manifest_is_denied(
     stranger: Signer,
 ) -> None:
     # The same database, served by a service that trusts another key only.
-    other = make_client(admission_config=admission_config, trusted_keys=(stranger.public,))
+    other = make_client(
+        **LOOPBACK, admission_config=admission_config, trusted_keys=(stranger.public,)
+    )
     response = admit(other, review("Pod", [pinned(1)]))
     assert response["allowed"] is False
     assert "is not signed by a trusted key" in response["status"]["message"]
@@ -222,11 +155,13 @@ def test_every_decision_is_in_the_audit_log(gate: TestClient, store: Store) -> N
     admit(gate, review("Deployment", ["app:1"], namespace="lab"))
     admit(gate, review("Deployment", [pinned(1)], operation="DELETE", object=None))
     entries = store.audit_entries()[before:]
+    # The actor is the channel (anonymous on loopback here); the review's user only claimed.
+    claimed = " claimed_user=system:serviceaccount:ci:deployer"
     assert [(e.action, e.actor, e.subject) for e in entries] == [
-        ("admission.allow", "k8s:system:serviceaccount:ci:deployer", "prod/Deployment/web"),
-        ("admission.deny", "k8s:system:serviceaccount:ci:deployer", "prod/Deployment/web"),
-        ("admission.warn", "k8s:system:serviceaccount:ci:deployer", "lab/Deployment/web"),
-        ("admission.allow", "k8s:system:serviceaccount:ci:deployer", "prod/Deployment/web"),
+        ("admission.allow", "anonymous:loopback", "prod/Deployment/web" + claimed),
+        ("admission.deny", "anonymous:loopback", "prod/Deployment/web" + claimed),
+        ("admission.warn", "anonymous:loopback", "lab/Deployment/web" + claimed),
+        ("admission.allow", "anonymous:loopback", "prod/Deployment/web" + claimed),
     ]
     assert all(e.body_digest and e.body_digest.startswith("sha256:") for e in entries)
     assert store.verify_audit().ok
@@ -247,7 +182,7 @@ def test_a_zero_ttl_rechecks_every_time(
 ) -> None:
     config = tmp_path / "nocache.yaml"
     config.write_text("cache_ttl_s: 0\n")
-    client = make_client(admission_config=config)
+    client = make_client(**LOOPBACK, admission_config=config)
     assert admit(client, review("Pod", [pinned(8)]))["allowed"] is False
     doc = envelope_json(signer.key, observation(image(8)))
     assert client.post("/v1/manifests", json=doc, headers=tokens.header("recorder")).is_success
@@ -262,7 +197,7 @@ def test_lookup_threads_never_drain_the_store(
     17th lookup on every review was denied: 'the store did not answer within 2 s')."""
     config = tmp_path / "nocache.yaml"
     config.write_text("cache_ttl_s: 0\n")
-    client = make_client(admission_config=config)
+    client = make_client(**LOOPBACK, admission_config=config)
     recorded = (1, 2, 3, 4)
     for n in recorded:
         doc = envelope_json(signer.key, observation(image(n)))
@@ -340,7 +275,7 @@ def test_store_down_gives_a_decision_under_the_failure_mode(
         why = "the store failed (OperationalError"
     config = tmp_path / "admission.yaml"
     config.write_text(f"deadline_s: 0.3\nfailure: {failure}\n")
-    client = make_client(admission_config=config, database_url=url)
+    client = make_client(**LOOPBACK, admission_config=config, database_url=url)
     response = admit(client, review("Deployment", [pinned(1)]))
     assert response["allowed"] is allowed
     if allowed:
@@ -356,7 +291,7 @@ def test_tag_only_is_denied_without_the_store(
     config = tmp_path / "admission.yaml"
     config.write_text("deadline_s: 0.3\nfailure: open\n")
     url = f"postgresql://lockd@127.0.0.1:{free_port()}/lockd"
-    client = make_client(admission_config=config, database_url=url)
+    client = make_client(**LOOPBACK, admission_config=config, database_url=url)
     response = admit(client, review("Pod", ["app:latest"]))
     assert response["allowed"] is False
     assert "not pinned by digest" in response["status"]["message"]
@@ -388,7 +323,7 @@ def test_image_from_an_unknown_registry_is_denied(
 ) -> None:
     config = tmp_path / "admission.yaml"
     config.write_text("registries: [reg.example:5000]\n")
-    client = make_client(admission_config=config)
+    client = make_client(**LOOPBACK, admission_config=config)
     doc = envelope_json(signer.key, observation(image(1)))
     assert client.post("/v1/manifests", json=doc, headers=tokens.header("recorder")).is_success
     assert admit(client, review("Pod", [pinned(1)]))["allowed"] is True
@@ -440,4 +375,4 @@ def test_bad_admission_config_fails_at_start(
     config = tmp_path / "admission.yaml"
     config.write_text("failure: maybe\n")
     with pytest.raises(PolicyError, match="admission.yaml: failure"):
-        make_client(admission_config=config)
+        make_client(**LOOPBACK, admission_config=config)

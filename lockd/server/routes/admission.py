@@ -2,10 +2,14 @@
 AdmissionReview; every image of the object must be pinned by digest and have a stored manifest
 for that digest, signed by a trusted key, whose recorded checks pass the namespace's policy.
 
-Verdicts are cached per (digest, policy) for ``cache_ttl_s``. Store lookups run in a thread and
-are waited for at most ``deadline_s``: a slow or failing store gives a decision in time under
-the failure mode (``closed`` by default). Every decision is chained into the audit log after
-the answer is sent. No bearer token: the API server calls webhooks over TLS without one.
+Verdicts are cached per (digest, policy) for ``cache_ttl_s``. Each review has one deadline,
+``deadline_s``: waiting for one of the lookup slots, the store lookup (on a thread) and the
+registry fallback (only to the registries the config lists) all count against it; at the
+deadline a registry's connections are shut down, so the lookup ends and frees its slot, and the
+review is decided under the failure mode (``closed`` by default; an allow under ``open`` is
+audited as ``admission.allow_unchecked`` and counted in /metrics). Every decision but a dry
+run's is chained into the audit log after the answer is sent, its actor the authenticated
+channel (lockd.server.admission_auth), the review's user recorded only as claimed.
 """
 
 from __future__ import annotations
@@ -38,12 +42,16 @@ from lockd.judgement.admission import (
     digests_to_check,
     images_of,
     load_config,
+    malformed_response,
+    parse_image,
     parse_review,
     plain_response,
     review_response,
     static_problems,
 )
+from lockd.server.deps import AdmissionChannel, Refusal
 from lockd.server.routes import problems
+from lockd.trust.registry import Deadline
 
 if TYPE_CHECKING:
     from lockd.judgement.policy import Policy
@@ -54,6 +62,7 @@ T = TypeVar("T")
 log = logging.getLogger("lockd.server.admission")
 router = APIRouter(tags=["admission"])
 MAX_IN_FLIGHT = 32
+SLOT_POLL_S = 0.005
 AUDIT_BATCH = 256
 MAX_AUDIT_BACKLOG = 10_000
 CACHE_ENTRIES = 10_000
@@ -142,9 +151,16 @@ class Gatekeeper:
 
     # --- verdicts ---------------------------------------------------------------------------
 
-    def verdict(self, digest: str, policy_name: str, image: str | None = None) -> ImageVerdict:
-        """What the store holds for an image digest under a policy (blocking: store I/O); with
-        ``registry_fallback`` on, the image's registry is asked when the store has nothing.
+    def verdict(
+        self,
+        digest: str,
+        policy_name: str,
+        image: str | None = None,
+        deadline: Deadline | None = None,
+    ) -> ImageVerdict:
+        """What the store holds for an image digest under a policy (blocking: store I/O); when
+        the store has nothing and the image's registry is one ``registry_fallback`` lists, that
+        registry is asked (until ``deadline``).
 
         Raises:
             Exception: whatever the database raises when it cannot be reached.
@@ -155,8 +171,8 @@ class Gatekeeper:
         except LockdError as e:
             return ImageVerdict(False, f"the namespace's policy cannot be used: {e}")
         manifest_digest = service.store.latest_manifest_digest([digest])
-        if manifest_digest is None and self.config.registry_fallback and image is not None:
-            return self._registry_verdict(image, policy, policy_name)
+        if manifest_digest is None and image is not None and self._may_ask(image):
+            return self._registry_verdict(image, policy, policy_name, deadline)
         if manifest_digest is None:
             return ImageVerdict(
                 False,
@@ -200,11 +216,20 @@ class Gatekeeper:
             f"manifest {_short(manifest_digest)}… signed by {', '.join(trusted.keyids)}",
         )
 
-    def _registry_verdict(self, image: str, policy: Policy, policy_name: str) -> ImageVerdict:
-        from lockd.gate import envelopes_from_registry, judge
+    def _may_ask(self, image: str) -> bool:
+        """Only the registries the admission config lists are ever asked: an anonymous image
+        reference must not make the service connect wherever it names."""
+        return parse_image(image).registry in self.config.registry_fallback
 
+    def _registry_verdict(
+        self, image: str, policy: Policy, policy_name: str, deadline: Deadline | None
+    ) -> ImageVerdict:
+        from lockd.gate import envelopes_from_registry, judge
+        from lockd.trust.registry import Registry
+
+        host = parse_image(image).registry
         try:
-            found = envelopes_from_registry(image)
+            found = envelopes_from_registry(image, registry=Registry(host, deadline=deadline))
         except LockdError as e:
             return ImageVerdict(False, f"no manifest is stored and the registry gave none: {e}")
         result = judge(image, found, self.service.trust, policy, policy_name, "its registry")
@@ -233,19 +258,37 @@ class Gatekeeper:
         with self._cache_lock:
             self._cache.clear()
 
-    def _lookup(self, digests: Mapping[str, str], policy: str) -> dict[str, ImageVerdict]:
-        return {digest: self.verdict(digest, policy, image) for digest, image in digests.items()}
+    def _lookup(
+        self, digests: Mapping[str, str], policy: str, deadline: Deadline
+    ) -> dict[str, ImageVerdict]:
+        return {
+            digest: self.verdict(digest, policy, image, deadline)
+            for digest, image in digests.items()
+        }
 
-    async def _in_thread(self, work: Callable[..., T], *args: Any) -> T:
-        """Run blocking work on a daemon thread (a hung database never blocks exit) and wait
-        at most the deadline.
+    async def _slot(self, deadline: Deadline) -> None:
+        """Wait for a lookup slot until the deadline (part of the review's own time).
 
         Raises:
-            StoreUnavailableError: too many lookups hang already, the deadline passed, or the
-                work failed.
+            StoreUnavailableError: no slot came free in time.
         """
-        if not self._in_flight.acquire(blocking=False):
-            raise StoreUnavailableError(f"{MAX_IN_FLIGHT} store lookups are still waiting")
+        while not self._in_flight.acquire(blocking=False):
+            if time.monotonic() + SLOT_POLL_S >= deadline.at:
+                raise StoreUnavailableError(
+                    f"no lookup slot came free within {self.config.deadline_s:g} s "
+                    f"({MAX_IN_FLIGHT} lookups in flight)"
+                )
+            await asyncio.sleep(SLOT_POLL_S)
+
+    async def _in_thread(self, work: Callable[..., T], *args: Any, deadline: Deadline) -> T:
+        """Run blocking work on a daemon thread (a hung database never blocks exit) and wait
+        until ``deadline``; then abandon it (its registry connections are shut down, so its
+        thread ends and frees the slot).
+
+        Raises:
+            StoreUnavailableError: no slot came free, the deadline passed, or the work failed.
+        """
+        await self._slot(deadline)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
 
@@ -268,11 +311,14 @@ class Gatekeeper:
                 self._in_flight.release()
 
         threading.Thread(target=run, name="lockd-admission", daemon=True).start()
-        deadline = self.config.deadline_s
         try:
-            return await asyncio.wait_for(future, timeout=deadline)
+            return await asyncio.wait_for(future, timeout=max(0.0, deadline.at - time.monotonic()))
         except asyncio.TimeoutError as e:
-            raise StoreUnavailableError(f"the store did not answer within {deadline:g} s") from e
+            deadline.abandon()
+            asked = " or a registry" if self.config.registry_fallback else ""
+            raise StoreUnavailableError(
+                f"the store{asked} did not answer within {self.config.deadline_s:g} s"
+            ) from e
         except LockdError:
             raise
         except Exception as e:
@@ -283,6 +329,7 @@ class Gatekeeper:
     # --- decisions --------------------------------------------------------------------------
 
     async def review(self, review: Review) -> tuple[dict[str, Any], Decision]:
+        deadline = Deadline(self.config.deadline_s)
         rule = self.config.rule_for(review.namespace)
         if review.operation not in ("CREATE", "UPDATE"):
             decision = Decision(True, rule.mode, rule.policy, [])
@@ -306,7 +353,9 @@ class Gatekeeper:
         unavailable = None
         if missing:
             try:
-                fresh = await self._in_thread(self._lookup, missing, rule.policy)
+                fresh = await self._in_thread(
+                    self._lookup, missing, rule.policy, deadline, deadline=deadline
+                )
             except StoreUnavailableError as e:
                 unavailable = str(e)
                 log.warning("admission %s: %s", review.uid, unavailable)
@@ -316,20 +365,30 @@ class Gatekeeper:
         decision = decide(
             rule, images, found, verdicts, unavailable=unavailable, failure=self.config.failure
         )
+        if decision.unchecked is not None:
+            self.service.metrics.admission_unchecked.inc()
         return review_response(review, decision), decision
 
-    async def audit(self, review: Review, decision: Decision) -> None:
-        """Chain the decision into the audit log (after the answer is sent); a store that
-        cannot take it within the deadline is logged, not retried."""
+    async def audit(self, review: Review, decision: Decision, actor: str) -> None:
+        """Chain the decision into the audit log (after the answer is sent) under ``actor``,
+        the authenticated channel; the review's user goes in as claimed. A dry run is logged
+        only (the webhook declares sideEffects NoneOnDryRun). A store that cannot take it
+        within the deadline is logged, not retried."""
         subject = f"{review.namespace}/{review.kind}/{review.name}"
-        actor = f"k8s:{review.username}" if review.username else "k8s"
         log.info(
-            "admission %s %s %s: %s",
+            "admission %s %s %s%s (by %s, claimed user %r): %s",
             review.uid,
             subject,
             decision.action,
-            "; ".join(decision.problems) or "ok",
+            " (dry run: not audited)" if review.dry_run else "",
+            actor,
+            review.claimed_user,
+            "; ".join(decision.problems) or decision.unchecked or "ok",
         )
+        if review.dry_run:
+            return
+        if review.claimed_user:
+            subject += f" claimed_user={review.claimed_user}"
         row = (actor, decision.action, subject, decision_digest(review, decision))
         deadline = self.config.deadline_s
         try:
@@ -349,16 +408,24 @@ class Gatekeeper:
     "/v1/admission",
     responses={
         200: {"description": "an AdmissionReview with the response (allowed, status, warnings)"},
-        **problems(400, 413),
+        **problems(400, 401, 403, 413),
     },
 )
 async def admission(request: Request) -> Response:
-    """A ValidatingAdmissionWebhook: answers an AdmissionReview (admission.k8s.io/v1) with the
-    same apiVersion and the request's uid. 400 only for a body that is no AdmissionReview."""
+    """A ValidatingAdmissionWebhook: answers an AdmissionReview (admission.k8s.io/v1 or v1beta1)
+    with the same apiVersion and the request's uid. A malformed review whose uid is readable is
+    denied; 400 only for a body with no uid to answer to."""
     gate: Gatekeeper = request.app.state.admission
+    channel: AdmissionChannel = request.app.state.admission_channel
+    actor = channel.caller(gate.service, request)
+    if isinstance(actor, Refusal):
+        headers = {"WWW-Authenticate": "Bearer"} if actor.status == 401 else None
+        return JSONResponse({"detail": actor.detail}, status_code=actor.status, headers=headers)
     try:
         review = parse_review(await request.body())
     except ReviewError as e:
+        if e.answer_to is not None:
+            return JSONResponse(malformed_response(e))
         return JSONResponse({"detail": e.diagnostics()}, status_code=400)
     answer, decision = await gate.review(review)
-    return JSONResponse(answer, background=BackgroundTask(gate.audit, review, decision))
+    return JSONResponse(answer, background=BackgroundTask(gate.audit, review, decision, actor))

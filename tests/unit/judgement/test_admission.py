@@ -16,10 +16,12 @@ from lockd.judgement.admission import (
     ReviewError,
     Rule,
     UnsupportedObjectError,
+    cut_warnings,
     decide,
     digests_to_check,
     images_of,
     load_config,
+    malformed_response,
     parse_config,
     parse_image,
     parse_review,
@@ -207,7 +209,11 @@ def test_decide_store_unavailable_follows_the_failure_mode(failure: Any, allowed
     assert decision.allowed is allowed
     if allowed:
         assert decision.warnings == ["lockd could not check the images: timed out"]
+        assert decision.unchecked == "timed out"
+        assert decision.action == "admission.allow_unchecked"
     else:
+        assert decision.unchecked is None
+        assert decision.action == "admission.deny"
         assert decision.problems == ["lockd could not check the images (timed out); failing closed"]
 
 
@@ -232,13 +238,16 @@ def test_review_response_carries_uid_and_api_version() -> None:
 def test_parse_review_reads_the_request() -> None:
     doc = review_doc("Deployment", workload("Deployment", pod_spec(["a:1"])))
     review = parse_review(json.dumps(doc).encode())
-    assert (review.kind, review.namespace, review.name, review.operation, review.username) == (
-        "Deployment",
-        "prod",
-        "web",
-        "CREATE",
-        "alice",
-    )
+    assert (
+        review.kind,
+        review.namespace,
+        review.name,
+        review.operation,
+        review.claimed_user,
+        review.dry_run,
+    ) == ("Deployment", "prod", "web", "CREATE", "alice", False)
+    dry = parse_review(json.dumps({**doc, "request": {**doc["request"], "dryRun": True}}).encode())
+    assert dry.dry_run is True
 
 
 def _without_uid() -> dict[str, Any]:
@@ -252,15 +261,89 @@ def _without_uid() -> dict[str, Any]:
     [
         (b"{not json", "not valid JSON"),
         (b"[]", "a JSON object is expected"),
-        (json.dumps({**review_doc("Pod", {}), "apiVersion": "v1"}).encode(), "'v1' is not spoken"),
-        (json.dumps({**review_doc("Pod", {}), "kind": "Pod"}).encode(), "an AdmissionReview is"),
         (json.dumps({**review_doc("Pod", {}), "request": None}).encode(), "no 'request' object"),
         (json.dumps(_without_uid()).encode(), "request.uid is missing"),
     ],
 )
 def test_parse_review_bad_bodies(body: bytes, fragment: str) -> None:
-    with pytest.raises(ReviewError, match=fragment):
+    with pytest.raises(ReviewError, match=fragment) as raised:
         parse_review(body)
+    assert raised.value.answer_to is None  # no uid to answer to: HTTP 400
+
+
+def test_an_unknown_version_names_both_spoken() -> None:
+    body = json.dumps({**review_doc("Pod", {}), "apiVersion": "admission.k8s.io/v2"}).encode()
+    with pytest.raises(ReviewError) as raised:
+        parse_review(body)
+    assert str(raised.value) == (
+        "apiVersion 'admission.k8s.io/v2' is not spoken here; the webhook configuration must "
+        "send admissionReviewVersions v1 or v1beta1 (admission.k8s.io/v1 or "
+        "admission.k8s.io/v1beta1)"
+    )
+    assert raised.value.answer_to is None
+
+
+UID = "705ab4f5-6393-11e8-b7cc-42010a800002"
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"kind": "Pod"}, "kind 'Pod': an AdmissionReview is expected"),
+        ({"request": {"kind": "Pod"}}, "request.kind is not an object with a string 'kind'"),
+        ({"request": {"kind": {"kind": 7}}}, "request.kind is not an object with a string 'kind'"),
+        ({"request": {"operation": ["CREATE"]}}, "request.operation is not a string"),
+        ({"request": {"namespace": {"x": 1}}}, "request.namespace is not a string"),
+        ({"request": {"userInfo": "admin"}}, "request.userInfo is not an object"),
+        ({"request": {"dryRun": "yes"}}, "request.dryRun is not a boolean"),
+    ],
+)
+def test_a_malformed_review_with_a_readable_uid_is_denied_as_a_review(
+    change: dict[str, Any], why: str
+) -> None:
+    doc = review_doc("Pod", workload("Pod", pod_spec(["app:1"])))
+    doc["apiVersion"] = "admission.k8s.io/v1beta1"
+    doc["request"].update(change.pop("request", {}))
+    doc.update(change)
+    with pytest.raises(ReviewError) as raised:
+        parse_review(json.dumps(doc).encode())
+    assert raised.value.answer_to == ("admission.k8s.io/v1beta1", UID)
+    assert malformed_response(raised.value) == {
+        "apiVersion": "admission.k8s.io/v1beta1",
+        "kind": "AdmissionReview",
+        "response": {
+            "uid": UID,
+            "allowed": False,
+            "status": {
+                "code": 400,
+                "reason": "BadRequest",
+                "message": f"a malformed AdmissionReview: {why}",
+            },
+        },
+    }
+
+
+def test_warnings_are_cut_to_kubernetes_limit_and_a_sane_count() -> None:
+    long = "w" * 300
+    assert cut_warnings([long, "short"]) == ["w" * 255 + "…", "short"]
+    assert len(cut_warnings([long])[0]) == 256
+    assert cut_warnings(["x" * 256]) == ["x" * 256]
+    many = [f"warning {i}" for i in range(30)]
+    assert cut_warnings(many) == [*many[:19], "lockd: 11 more warnings left out"]
+    assert cut_warnings(many[:20]) == many[:20]
+
+
+def test_an_audit_mode_answer_carries_at_most_20_warnings_of_256_characters() -> None:
+    images = [ContainerImage(f"spec.containers[{i}] ({'n' * 60})", "x" * 300) for i in range(40)]
+    decision = decide(Rule(mode="audit"), images, static_problems(images, []), {})
+    doc = review_doc("Pod", workload("Pod", pod_spec(["app:1"])))
+    warnings = review_response(parse_review(json.dumps(doc).encode()), decision)["response"][
+        "warnings"
+    ]
+    assert len(decision.warnings) == 40
+    assert len(warnings) == 20
+    assert max(len(w) for w in warnings) == 256
+    assert warnings[-1] == "lockd: 21 more warnings left out"
 
 
 def test_config_parses_and_rules_by_namespace(tmp_path: Path) -> None:
@@ -285,6 +368,11 @@ def test_config_parses_and_rules_by_namespace(tmp_path: Path) -> None:
         ("namespaces: {prod: {mode: block}}", "namespaces.prod.mode"),
         ("deadline_s: 60", "deadline_s"),
         ("namespaces: {prod: {policy: ../x}}", "namespaces.prod.policy"),
+        (
+            "registry_fallback: true",
+            "admission.yaml: registry_fallback: list the registries to read attestations from "
+            r"\(e.g. \[reg.example:5000\]\); a yes/no is not accepted",
+        ),
     ],
 )
 def test_config_bad(text: str, fragment: str) -> None:
@@ -297,12 +385,15 @@ def test_config_unreadable(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.yaml")
 
 
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy" / "kubernetes"
+
+
 def test_the_shipped_kubernetes_configs_parse() -> None:
     import yaml
 
-    folder = Path(__file__).resolve().parents[3] / "deploy" / "kubernetes"
-    assert load_config(folder / "admission.yaml").failure == "closed"
-    docs = list(yaml.safe_load_all((folder / "lockd.yaml").read_text()))
+    assert load_config(DEPLOY / "admission.yaml").failure == "closed"
+    assert load_config(DEPLOY / "admission.yaml").registry_fallback == []
+    docs = list(yaml.safe_load_all((DEPLOY / "lockd.yaml").read_text()))
     kinds = [d["kind"] for d in docs]
     assert kinds == [
         "Namespace",
@@ -317,3 +408,91 @@ def test_the_shipped_kubernetes_configs_parse() -> None:
     assert hook["timeoutSeconds"] > config.deadline_s
     assert hook["clientConfig"]["service"]["path"] == "/v1/admission"
     assert hook["admissionReviewVersions"] == ["v1"]
+    # dry runs are not audited; every other decision is (a side effect)
+    assert hook["sideEffects"] == "NoneOnDryRun"
+
+
+def test_the_shipped_deployment_runs_lockd_serve_with_tls_and_the_admission_listener() -> None:
+    """The container's command parses as `lockd serve` options naming the mounted secrets, and
+    the webhook calls the admission listener's port through the Service."""
+    import typer
+    import yaml
+
+    from lockd.cli.app import app
+
+    docs = {d["kind"]: d for d in yaml.safe_load_all((DEPLOY / "lockd.yaml").read_text())}
+    [container] = docs["Deployment"]["spec"]["template"]["spec"]["containers"]
+    command = container["command"]
+    assert command[:2] == ["/opt/lockd/bin/lockd", "serve"]
+    group = typer.main.get_command(app)
+    serve = group.commands["serve"]  # type: ignore[attr-defined]
+    params = serve.make_context("serve", list(command[2:])).params
+    assert params["host"] == "0.0.0.0"
+    assert (params["tls_cert"], params["tls_key"]) == (Path("/tls/tls.crt"), Path("/tls/tls.key"))
+    assert params["client_ca"] == Path("/client-ca/ca.crt")
+    assert params["insecure_admission"] is False
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {
+        v["name"]: v["secret"]["secretName"]
+        for v in docs["Deployment"]["spec"]["template"]["spec"]["volumes"]
+        if "secret" in v
+    }
+    assert (mounts["tls"], volumes["tls"]) == ("/tls", "lockd-webhook-tls")
+    assert (mounts["client-ca"], volumes["client-ca"]) == ("/client-ca", "lockd-apiserver-ca")
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"https": params["port"], "admission": params["admission_port"]}
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS"
+        assert container[probe]["httpGet"]["port"] == "https"
+    service_ports = {p["port"]: p["targetPort"] for p in docs["Service"]["spec"]["ports"]}
+    [hook] = docs["ValidatingWebhookConfiguration"]["webhooks"]
+    assert service_ports[hook["clientConfig"]["service"]["port"]] == "admission"
+    # The API server's kubeconfig names the webhook's service DNS name and port.
+    apiserver = DEPLOY / "apiserver"
+    admission = yaml.safe_load((apiserver / "admission-configuration.yaml").read_text())
+    [plugin] = admission["plugins"]
+    assert plugin["name"] == "ValidatingAdmissionWebhook"
+    kubeconfig = yaml.safe_load((apiserver / "webhook-kubeconfig.yaml").read_text())
+    assert plugin["configuration"]["kubeConfigFile"].endswith("/webhook-kubeconfig.yaml")
+    [user] = kubeconfig["users"]
+    service = hook["clientConfig"]["service"]
+    assert user["name"] == f"{service['name']}.{service['namespace']}.svc:{service['port']}"
+
+
+def test_the_readmes_openssl_steps_make_certificates_lockd_serves_with(tmp_path: Path) -> None:
+    """The openssl lines of deploy/kubernetes/README.md, run as written (real openssl): lockd
+    loads the serving certificate and the client CA, the serving certificate names the
+    Service, and the API server's certificate verifies against the CA for client auth."""
+    import re
+    import subprocess
+
+    from cryptography import x509
+
+    from lockd.server.run import check_tls
+    from lockd.server.settings import Settings
+
+    readme = (DEPLOY / "README.md").read_text()
+    block = re.search(r"\*\*openssl\*\*.*?```sh\n(.*?)```", readme, re.S)
+    assert block is not None
+    script = block.group(1)
+    assert script.count("openssl ") == 5
+    subprocess.run(["sh", "-e", "-c", script], cwd=tmp_path, check=True, capture_output=True)
+    settings = Settings(
+        database_url="sqlite://",
+        tls_cert=tmp_path / "tls.crt",
+        tls_key=tmp_path / "tls.key",
+        admission_port=8443,
+        client_ca=tmp_path / "ca.crt",
+    )
+    check_tls(settings)
+    served = x509.load_pem_x509_certificate((tmp_path / "tls.crt").read_bytes())
+    names = served.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName)[0] == "lockd.lockd-system.svc"
+    verified = subprocess.run(
+        ["openssl", "verify", "-CAfile", "ca.crt", "-purpose", "sslclient", "apiserver.crt"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stderr
