@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select, tuple_
+from sqlalchemy import Connection, select
 
 from lockd.errors import InputError, LockdError
 from lockd.store import tables as t
@@ -101,7 +101,7 @@ def check_log(conn: Connection, *, batch: int = 5000) -> ChainCheck:
     last = 0
     while True:
         query = (
-            select(*COLUMNS, t.audit_log.c.leaf_hash)
+            select(*COLUMNS, t.audit_log.c.tree_nodes)
             .where(t.audit_log.c.seq > last)
             .order_by(t.audit_log.c.seq)
             .limit(batch)
@@ -111,13 +111,13 @@ def check_log(conn: Connection, *, batch: int = 5000) -> ChainCheck:
             entry = dict(row)
             checker.add(entry)
             leaf = entry_leaf_hash(entry)  # every hashed field is selected
-            if tree_fault is None and row["leaf_hash"] != leaf.hex():
+            ended = [leaf, *(value for _, value in tree.append(leaf))]
+            if tree_fault is None and row["tree_nodes"] != b"".join(ended).hex():
                 tree_fault = (
                     row["seq"],
-                    f"entry {row['seq']}'s leaf hash in the Merkle tree does not match its "
-                    "content: the entry or its leaf was edited",
+                    f"entry {row['seq']}'s Merkle tree hashes do not match its content and the "
+                    "entries before it: the entry or its tree hashes were edited",
                 )
-            tree.append(leaf)
         if len(rows) < batch:
             break
         last = rows[-1]["seq"]
@@ -138,44 +138,32 @@ def check_log(conn: Connection, *, batch: int = 5000) -> ChainCheck:
 
 
 class TreeNodes:
-    """The stored tree's perfect subtrees (a :class:`lockd.trust.merkle.NodeSource`): leaves
-    from the entries' leaf hashes, the nodes above them from ``audit_nodes``; one query each."""
+    """The stored tree's perfect subtrees (a :class:`lockd.trust.merkle.NodeSource`), each kept
+    on the row of the entry that ends it (``tree_nodes``): one query for all a proof needs."""
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
     def nodes(self, wanted: Sequence[Node]) -> Mapping[Node, bytes]:
-        found: dict[Node, str] = {}
-        leaves = [index + 1 for level, index in wanted if level == 0]
-        if leaves:
-            for seq, value in self._conn.execute(
-                select(t.audit_log.c.seq, t.audit_log.c.leaf_hash).where(
-                    t.audit_log.c.seq.in_(leaves)
-                )
-            ):
-                found[(0, seq - 1)] = value
-        inner = [node for node in wanted if node[0] > 0]
-        if inner:
-            key = tuple_(t.audit_nodes.c.level, t.audit_nodes.c.idx)
-            for level, index, value in self._conn.execute(
-                select(t.audit_nodes.c.level, t.audit_nodes.c.idx, t.audit_nodes.c.hash).where(
-                    key.in_(inner)
-                )
-            ):
-                found[(level, index)] = value
+        rows = {(index + 1) << level for level, index in wanted}
+        found: dict[int, str] = {}
+        if rows:
+            query = select(t.audit_log.c.seq, t.audit_log.c.tree_nodes).where(
+                t.audit_log.c.seq.in_(sorted(rows))
+            )
+            found = {row.seq: row.tree_nodes for row in self._conn.execute(query)}
         result: dict[Node, bytes] = {}
-        for node in wanted:
-            value = found.get(node)
+        for level, index in wanted:
+            text = found.get((index + 1) << level, "")[64 * level : 64 * (level + 1)]
             try:
-                result[node] = bytes.fromhex(value or "")
+                result[(level, index)] = bytes.fromhex(text)
             except ValueError:
-                result[node] = b""
-            if len(result[node]) != merkle.HASH_SIZE:
-                level, index = node
+                result[(level, index)] = b""
+            if len(result[(level, index)]) != merkle.HASH_SIZE:
                 raise TreeDamagedError(
-                    f"the audit log's Merkle tree lacks the node over leaves {index << level} "
-                    f"to {((index + 1) << level) - 1} (or it is malformed): the database was "
-                    "edited"
+                    f"the audit log's Merkle tree lacks the node over entries "
+                    f"{(index << level) + 1} to {(index + 1) << level} (or it is malformed): "
+                    "the database was edited"
                 )
         return result
 

@@ -146,7 +146,6 @@ _MOVE_HEAD = (
     .values(seq=bindparam("head_seq"), hash=bindparam("head_hash"), frontier=bindparam("tree"))
 )
 _INSERT_AUDIT = insert(t.audit_log)
-_INSERT_NODES = insert(t.audit_nodes)
 _INSERT_VERIFICATIONS = insert(t.verifications).returning(t.verifications.c.id)
 
 
@@ -162,7 +161,6 @@ class Transaction:
         self._start = seq
         self._tree = tree
         self._entries: list[dict[str, Any]] = []  # audit rows, written by finish()
-        self._nodes: list[dict[str, Any]] = []  # the tree's subtrees the entries complete
 
     def execute(
         self, statement: ExecutableReturnsRows, parameters: Parameters | None = None
@@ -193,11 +191,8 @@ class Transaction:
         data = entry_bytes(entry)
         digest = hashlib.sha256(data).hexdigest()
         leaf = leaf_hash(data)
-        self._entries.append({**entry, "hash": digest, "leaf_hash": leaf.hex()})
-        self._nodes += [
-            {"level": level, "idx": index, "hash": value.hex()}
-            for (level, index), value in self._tree.append(leaf)
-        ]
+        ended = [leaf, *(value for _, value in self._tree.append(leaf))]
+        self._entries.append({**entry, "hash": digest, "tree_nodes": b"".join(ended).hex()})
         self.seq, self.last = entry["seq"], digest
         return AuditEntry(**entry, hash=digest)
 
@@ -240,9 +235,6 @@ class Transaction:
         if self._entries:
             self._connection.execute(_INSERT_AUDIT, self._entries)
             self._entries = []
-        if self._nodes:
-            self._connection.execute(_INSERT_NODES, self._nodes)
-            self._nodes = []
         if self.seq != self._start:
             tree = "".join(h.hex() for h in self._tree.hashes)
             self._connection.execute(

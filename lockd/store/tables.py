@@ -14,7 +14,6 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
-    SmallInteger,
     String,
     Table,
     Text,
@@ -103,19 +102,11 @@ audit_log = Table(
     Column("body_digest", String(DIGEST), nullable=True),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
-    # hex RFC 9162 leaf hash of the entry's canonical bytes: entry seq is leaf seq - 1
-    Column("leaf_hash", String(64), nullable=False),
-)
-
-# The Merkle tree's perfect subtrees above the leaves (lockd.trust.merkle): the node over
-# leaves [idx * 2**level, (idx + 1) * 2**level), written by the append that completes it, so
-# any root or proof is a few reads.
-audit_nodes = Table(
-    "audit_nodes",
-    metadata,
-    Column("level", SmallInteger, primary_key=True, autoincrement=False),
-    Column("idx", BigInteger, primary_key=True, autoincrement=False),
-    Column("hash", String(64), nullable=False),
+    # The Merkle tree (lockd.trust.merkle; entry seq is leaf seq - 1): the hex hashes of the
+    # perfect subtrees this entry's leaf ends, its own leaf hash (of the entry's canonical bytes)
+    # first, then each subtree it completes, lowest first. The subtree of 2**level leaves ending
+    # at entry seq is at [64 * level, 64 * (level + 1)): any root or proof is one read.
+    Column("tree_nodes", Text, nullable=False),
 )
 
 # One row (id 1): the last entry's seq and hash, and the Merkle tree's frontier. Appends lock

@@ -33,7 +33,6 @@ TABLES = (
     "verifications",
     "tokens",
     "audit_log",
-    "audit_nodes",
     "fleet_hosts",
     "fleet_agents",
     "fleet_containers",

@@ -17,10 +17,10 @@ import pytest
 from fastapi.testclient import TestClient
 from service_fixtures import Tokens
 from service_helpers import Server
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, select, update
 
 from lockd.store import tables as t
-from lockd.store.audit import AuditEntry
+from lockd.store.audit import AuditEntry, TreeDamagedError
 from lockd.store.repository import Store
 from lockd.trust import merkle
 from lockd.trust.auditlog import GENESIS, entry_bytes, entry_hash
@@ -91,12 +91,20 @@ def test_the_tree_grows_with_every_append_and_its_proofs_verify(store: Store) ->
 def test_a_leaf_or_head_edited_alone_fails_the_services_own_check(store: Store) -> None:
     append(store, 6)
     with store.engine.begin() as conn:
-        conn.execute(update(t.audit_log).where(t.audit_log.c.seq == 3).values(leaf_hash="0" * 64))
+        conn.execute(update(t.audit_log).where(t.audit_log.c.seq == 3).values(tree_nodes="0" * 64))
     verdict = store.verify_audit()
     assert (verdict.ok, verdict.first_bad) == (False, 3)
     assert verdict.reason == (
-        "entry 3's leaf hash in the Merkle tree does not match its content: the entry or its "
-        "leaf was edited"
+        "entry 3's Merkle tree hashes do not match its content and the entries before it: the "
+        "entry or its tree hashes were edited"
+    )
+    with store.engine.begin() as conn:  # a node above the leaves, lost: proofs say so
+        conn.execute(update(t.audit_log).where(t.audit_log.c.seq == 4).values(tree_nodes="ab"))
+    with pytest.raises(TreeDamagedError) as raised:
+        store.inclusion_proof(0, 6)
+    assert str(raised.value) == (
+        "the audit log's Merkle tree lacks the node over entries 3 to 4 (or it is malformed): "
+        "the database was edited"
     )
 
 
@@ -130,8 +138,9 @@ def test_appends_from_two_processes_keep_one_consistent_tree(
     size, root = store.tree_head()
     assert (size, root) == (120, rfc_root([leaf_data(e) for e in entries]))
     with store.engine.connect() as conn:
-        nodes = conn.execute(select(t.audit_nodes.c.level, t.audit_nodes.c.idx)).all()
-    assert len(nodes) == len(set(nodes)) == 60 + 30 + 15 + 7 + 3 + 1  # every perfect subtree once
+        kept = conn.execute(select(t.audit_log.c.tree_nodes)).scalars().all()
+    # every perfect subtree once: 120 leaves, then 60 + 30 + 15 + 7 + 3 + 1 above them
+    assert sum(len(nodes) for nodes in kept) == 64 * (120 + 116)
     assert store.verify_audit().ok
 
 
@@ -146,8 +155,7 @@ def test_the_migration_turns_an_existing_chain_into_the_tree(database_url: str) 
     store = Store.open(database_url)
     try:
         with store.engine.begin() as conn:
-            conn.execute(text("DROP TABLE audit_nodes"))
-            for table, column in (("audit_log", "leaf_hash"), ("audit_head", "frontier")):
+            for table, column in (("audit_log", "tree_nodes"), ("audit_head", "frontier")):
                 conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
             conn.execute(text("UPDATE alembic_version SET version_num = '0002'"))
             old = []
@@ -332,22 +340,17 @@ def rewrite_history(store: Store, seq: int, actor: str) -> None:
     with store.engine.begin() as conn:
         conn.execute(update(t.audit_log).where(t.audit_log.c.seq == seq).values(actor=actor))
         rows = conn.execute(select(t.audit_log).order_by(t.audit_log.c.seq)).mappings().all()
-        prev, tree, nodes = GENESIS, merkle.Frontier(), []
+        prev, tree = GENESIS, merkle.Frontier()
         for row in rows:
             entry = {**row, "prev_hash": prev}
             prev = entry_hash(entry)
             leaf = merkle.leaf_hash(entry_bytes(entry))
-            nodes += [
-                {"level": lv, "idx": ix, "hash": h.hex()} for (lv, ix), h in tree.append(leaf)
-            ]
+            ended = [leaf, *(h for _, h in tree.append(leaf))]
             conn.execute(
                 update(t.audit_log)
                 .where(t.audit_log.c.seq == row["seq"])
-                .values(prev_hash=entry["prev_hash"], hash=prev, leaf_hash=leaf.hex())
+                .values(prev_hash=entry["prev_hash"], hash=prev, tree_nodes=b"".join(ended).hex())
             )
-        conn.execute(delete(t.audit_nodes))
-        if nodes:
-            conn.execute(insert(t.audit_nodes), nodes)
         conn.execute(
             update(t.audit_head).values(
                 seq=len(rows), hash=prev, frontier="".join(h.hex() for h in tree.hashes)
@@ -450,7 +453,6 @@ def test_a_replaced_database_behind_the_same_url_is_reported(
     # the database replaced by a fresh one with fewer entries (same key, same URL)
     with store.engine.begin() as conn:
         conn.execute(delete(t.audit_log))
-        conn.execute(delete(t.audit_nodes))
         conn.execute(update(t.audit_head).values(seq=0, hash=GENESIS, frontier=""))
     append(store, 5, tag="fresh")
     shorter = follow("--json")

@@ -1,7 +1,8 @@
-"""The audit log's Merkle tree (#18): each entry's leaf hash, the tree's perfect subtrees above
-the leaves, and the head's frontier (the compact range: the tree's root without a read). The
-existing chain is converted: its entries, unchanged, become the tree's leaves in seq order, so
-every entry hash, and every bundle exported before, still verifies.
+"""The audit log's Merkle tree (#18): on each entry's row the hashes of the perfect subtrees its
+leaf ends (its own leaf hash first), and on the head the tree's frontier (the compact range: the
+tree's root without a read). The existing chain is converted: its entries, unchanged, become the
+tree's leaves in seq order, so every entry hash, and every bundle exported before, still
+verifies.
 
 Revision ID: 0003
 Revises: 0002
@@ -25,25 +26,17 @@ BATCH = 5000
 _log = sa.table(
     "audit_log",
     *(sa.column(name) for name in HASHED_FIELDS),
-    sa.column("leaf_hash"),
+    sa.column("tree_nodes"),
 )
 _head = sa.table("audit_head", sa.column("id"), sa.column("seq"), sa.column("frontier"))
-_nodes = sa.table("audit_nodes", sa.column("level"), sa.column("idx"), sa.column("hash"))
 
 
 def upgrade() -> None:
-    op.add_column("audit_log", sa.Column("leaf_hash", sa.String(64), nullable=True))
+    op.add_column("audit_log", sa.Column("tree_nodes", sa.Text, nullable=True))
     op.add_column("audit_head", sa.Column("frontier", sa.Text, nullable=False, server_default=""))
-    op.create_table(
-        "audit_nodes",
-        sa.Column("level", sa.SmallInteger, autoincrement=False, nullable=False),
-        sa.Column("idx", sa.BigInteger, autoincrement=False, nullable=False),
-        sa.Column("hash", sa.String(64), nullable=False),
-        sa.PrimaryKeyConstraint("level", "idx", name="pk_audit_nodes"),
-    )
     _convert(op.get_bind())
     with op.batch_alter_table("audit_log") as batch:
-        batch.alter_column("leaf_hash", existing_type=sa.String(64), nullable=False)
+        batch.alter_column("tree_nodes", existing_type=sa.Text, nullable=False)
 
 
 def _convert(connection: sa.Connection) -> None:
@@ -65,7 +58,7 @@ def _convert(connection: sa.Connection) -> None:
         )
         if not rows:
             break
-        leaves, nodes = [], []
+        trees = []
         for row in rows:
             if row["seq"] != frontier.size + 1:
                 raise RuntimeError(
@@ -74,19 +67,14 @@ def _convert(connection: sa.Connection) -> None:
                     "before upgrading"
                 )
             leaf = entry_leaf_hash(dict(row))
-            leaves.append({"key": row["seq"], "leaf": leaf.hex()})
-            nodes += [
-                {"level": level, "idx": index, "hash": value.hex()}
-                for (level, index), value in frontier.append(leaf)
-            ]
+            ended = [leaf, *(value for _, value in frontier.append(leaf))]
+            trees.append({"key": row["seq"], "nodes": b"".join(ended).hex()})
         connection.execute(
             sa.update(_log)
             .where(_log.c.seq == sa.bindparam("key"))
-            .values(leaf_hash=sa.bindparam("leaf")),
-            leaves,
+            .values(tree_nodes=sa.bindparam("nodes")),
+            trees,
         )
-        if nodes:
-            connection.execute(sa.insert(_nodes), nodes)
         last = rows[-1]["seq"]
     if frontier.size != head_seq:
         raise RuntimeError(
@@ -102,8 +90,7 @@ def _convert(connection: sa.Connection) -> None:
 
 
 def downgrade() -> None:
-    op.drop_table("audit_nodes")
     with op.batch_alter_table("audit_head") as batch:
         batch.drop_column("frontier")
     with op.batch_alter_table("audit_log") as batch:
-        batch.drop_column("leaf_hash")
+        batch.drop_column("tree_nodes")
