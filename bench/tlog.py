@@ -122,7 +122,9 @@ def _probe(store: Any, probes: int) -> dict[str, Any]:
     }
 
 
-def _run_side(argv_env: tuple[list[str], dict[str, str]], url: str, args: argparse.Namespace) -> Any:
+def _run_side(
+    argv_env: tuple[list[str], dict[str, str]], url: str, args: argparse.Namespace
+) -> Any:
     argv, env = argv_env
     command = [
         *argv,
