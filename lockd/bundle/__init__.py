@@ -7,30 +7,41 @@ made against the manifest, the audit-chain entries that cover all of them (a con
 of the service's hash chain), a README, ``bundle.json`` (what is where) and ``index.json`` (the
 sha256 of every other file, canonical JSON).
 
+With a log key, the service's signed checkpoint and the inclusion proofs of the entries the
+bundle relies on (:mod:`lockd.bundle.logproof`).
+
 :func:`export_bundle` fetches it all from a service (I/O); :func:`bundle_files` and
 :func:`pack` build it (pure); :func:`read_bundle` opens one safely (every header's declared size
-bounded before it is read; no absolute paths, ``..``, links or oversized members; nothing is
-extracted); :func:`check_files` checks it (pure).
+bounded before it is read, :mod:`lockd.bundle.archive`; no absolute paths, ``..``, links or
+oversized members; nothing is extracted); :func:`check_files` checks it (pure; both in
+:mod:`lockd.bundle.check`).
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import tarfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lockd import __version__
-from lockd.errors import InputError, LockdError, ServerError
-from lockd.trust.statement import canonical_json
+from lockd.bundle.check import (
+    BundleCheck,
+    BundleVerdict,
+    check_files,
+    read_bundle,
+    render_verdict,
+    verify_bundle,
+)
+from lockd.bundle.layout import FORMAT, INDEX, index_of, sha256_hex
+from lockd.errors import InputError, ServerError
 
 if TYPE_CHECKING:
-    from lockd.bundle.logproof import LogCheck, LogProof
+    from lockd.bundle.logproof import LogProof
     from lockd.client import Client
     from lockd.trust.checkpoint import LogVerifier
     from lockd.trust.keys import PublicKey
@@ -51,18 +62,11 @@ __all__ = [
     "verify_bundle",
 ]
 
-FORMAT = "lockd-audit-bundle/1"
-INDEX = "index.json"
-
 
 def _utc_now() -> str:
     import datetime as dt
 
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 # --- building (pure) ------------------------------------------------------------------------
@@ -248,12 +252,6 @@ def bundle_files(
     return files
 
 
-def index_of(files: Mapping[str, bytes]) -> bytes:
-    """``index.json``: canonical JSON of the sha256 of every file but itself."""
-    listed = {n: sha256_hex(d) for n, d in sorted(files.items()) if n != INDEX}
-    return canonical_json({"algorithm": "sha256", "files": listed}) + b"\n"
-
-
 def _entry_for(
     entries: Sequence[Mapping[str, Any]], action: str, subject: str | None, body: str
 ) -> int | None:
@@ -290,6 +288,7 @@ class Exported:
     files: int
     reports: int
     keyids: list[str]
+    log: tuple[int, str] | None = None  # the log checkpoint's size and key; None: no log key
 
 
 def _report_text(report: Mapping[str, Any], source: str) -> str:
@@ -310,16 +309,21 @@ def export_bundle(
     *,
     extra_keys: Sequence[PublicKey] = (),
     force: bool = False,
+    log_key: LogVerifier | None = None,
 ) -> Exported:
     """Fetch manifest ``digest``, its signing keys, its reports and the audit entries covering
-    them from the service, check them here, and write the bundle to ``output``.
+    them from the service, check them here, and write the bundle to ``output``; with the
+    log's checkpoint and the inclusion proofs of the entries it relies on when the service
+    has a log key (checked against ``log_key`` when given, else the one it names).
 
     Raises:
-        ServerError: the service cannot be reached, holds no such manifest, or its audit
-            chain does not hold (a bundle of it would not verify).
+        ServerError: the service cannot be reached, holds no such manifest, its audit
+            chain does not hold, or its log's checkpoint or proofs do not (a bundle of it
+            would not verify).
         SignatureError: the envelope does not verify against the service's keys.
         OutputExistsError: ``output`` exists and ``force`` is false.
     """
+    from lockd.bundle.logproof import fetch_log_proof, relied_on
     from lockd.client import signed_of
     from lockd.fileio import refuse_existing, write_atomic
     from lockd.trust import dsse, keys
@@ -357,20 +361,32 @@ def export_bundle(
                 text=_report_text(report, f"{client.base_url}/v1/verifications/{v['id']}"),
             )
     entries = _covering_entries(client, digest, stored, reports.values())
-    files = bundle_files(
-        digest=digest,
-        name=str(detail.get("name", "")),
-        labels=dict(detail.get("labels") or {}),
-        server=client.base_url,
-        exported_at=_utc_now(),
-        envelope=stored,
-        public_keys=signing,
-        reports=list(reports.values()),
-        entries=entries,
-        filename=output.name,
-    )
+    parts: dict[str, Any] = {
+        "digest": digest,
+        "name": str(detail.get("name", "")),
+        "labels": dict(detail.get("labels") or {}),
+        "server": client.base_url,
+        "exported_at": _utc_now(),
+        "envelope": stored,
+        "public_keys": signing,
+        "reports": list(reports.values()),
+        "entries": entries,
+        "filename": output.name,
+    }
+    files = bundle_files(**parts)
+    seqs = relied_on(json.loads(files["bundle.json"]))
+    log = fetch_log_proof(client, {e["seq"]: e for e in entries}, seqs, log_key)
+    if log is not None:
+        files = bundle_files(**parts, log=log)
     write_atomic(output, pack(files), force=force)
-    return Exported(output, digest, len(files), len(reports), [keys.keyid(k) for k in signing])
+    return Exported(
+        output,
+        digest,
+        len(files),
+        len(reports),
+        [keys.keyid(k) for k in signing],
+        None if log is None else (log.size, str(log.key)),
+    )
 
 
 def _covering_entries(
@@ -413,371 +429,3 @@ def _covering_entries(
         if e.get("action") == "verification.create" and e.get("body_digest") in bodies:
             last = max(last, i)
     return chain[first : last + 1]
-
-
-# --- reading (I/O, refusing unsafe archives) ---------------------------------------------------
-
-
-def read_bundle(path: Path) -> tuple[dict[str, bytes], list[str]]:
-    """The files of a bundle (nothing is written to disk) and the members refused as unsafe,
-    every header's declared size bounded before it is read (:mod:`lockd.bundle.archive`).
-
-    Raises:
-        InputError: the file cannot be read, is not a gzip-compressed tar archive, is truncated
-            or malformed, or declares a header or member past the limits.
-    """
-    from lockd.bundle.archive import read_tar_gz
-
-    return read_tar_gz(path)
-
-
-# --- checking (pure) -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BundleCheck:
-    id: str
-    ok: bool
-    message: str
-
-
-@dataclass(frozen=True)
-class BundleVerdict:
-    digest: str | None
-    keyids: list[str]
-    checks: list[BundleCheck] = field(default_factory=list)
-    log_key: str | None = None  # the key that checked the log's checkpoint; None: no log check
-    log_key_pinned: bool = False  # given by the person checking (--log-key)
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.checks) and all(c.ok for c in self.checks)
-
-    @property
-    def failed(self) -> list[BundleCheck]:
-        return [c for c in self.checks if not c.ok]
-
-
-def _load_json(files: Mapping[str, bytes], name: str) -> Any:
-    try:
-        return json.loads(files[name])
-    except KeyError:
-        raise _CheckFailedError(f"{name} is missing from the bundle") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _CheckFailedError(f"{name} is not JSON ({e})") from e
-
-
-class _CheckFailedError(Exception):
-    """One check failed: its message."""
-
-
-def _check_index(files: Mapping[str, bytes], refused: Sequence[str]) -> str:
-    if refused:
-        raise _CheckFailedError("unsafe archive members refused: " + "; ".join(refused))
-    index = _load_json(files, INDEX)
-    listed = index.get("files") if isinstance(index, dict) else None
-    if not isinstance(listed, dict) or index.get("algorithm") != "sha256":
-        raise _CheckFailedError(f"{INDEX} is not a lockd bundle index (algorithm sha256, files)")
-    problems = []
-    for name, data in sorted(files.items()):
-        if name == INDEX:
-            continue
-        want = listed.get(name)
-        if want is None:
-            problems.append(f"{name} is not listed in {INDEX} (added)")
-        elif sha256_hex(data) != want:
-            problems.append(f"{name} was altered: its sha256 differs from the one {INDEX} lists")
-    problems += [f"{n} is listed in {INDEX} but missing" for n in sorted(listed) if n not in files]
-    if files[INDEX] != canonical_json(index) + b"\n":
-        problems.append(f"{INDEX} was altered: it is not the canonical JSON lockd writes")
-    if problems:
-        raise _CheckFailedError("; ".join(problems))
-    return f"{len(listed)} files match {INDEX}"
-
-
-def _check_signature(files: Mapping[str, bytes], meta: Mapping[str, Any]) -> tuple[str, list[str]]:
-    from lockd.trust import dsse, keys
-    from lockd.trust.signed import envelope_of, parse_signed
-
-    found: list[PublicKey] = []
-    for name in sorted(n for n in files if n.startswith("keys/")):
-        try:
-            key = keys.parse_public_key(files[name], name)
-        except LockdError as e:
-            raise _CheckFailedError(str(e)) from e
-        keyid = keys.keyid(key)
-        if name != f"keys/{keyid}.pub":
-            raise _CheckFailedError(
-                f"{name}: the key's keyid is {keyid}, not the one its name says"
-            )
-        found.append(key)
-    if not found:
-        raise _CheckFailedError("the bundle holds no public key (keys/<keyid>.pub)")
-    try:
-        signed = parse_signed(files["envelope.dsse.json"], "envelope.dsse.json")
-        signers = dsse.verify(envelope_of(signed), found, source="envelope.dsse.json")
-    except KeyError:
-        raise _CheckFailedError("envelope.dsse.json is missing from the bundle") from None
-    except LockdError as e:
-        raise _CheckFailedError(str(e)) from e
-    digest = "sha256:" + sha256_hex(signed.payload_bytes())
-    if digest != meta.get("digest"):
-        raise _CheckFailedError(
-            f"envelope.dsse.json's payload is {digest}, not the {meta.get('digest')} "
-            "bundle.json names"
-        )
-    return f"envelope.dsse.json is signed by keyid {', '.join(signers)} (bundled key)", signers
-
-
-def _check_sbom(files: Mapping[str, bytes]) -> str:
-    from lockd.sbom import sbom_json
-    from lockd.trust.signed import parse_signed
-    from lockd.trust.statement import parse_statement
-
-    envelope = parse_signed(files["envelope.dsse.json"], "envelope.dsse.json")
-    subjects, manifest = parse_statement(envelope.payload_bytes(), "envelope.dsse.json")
-    bundled = _load_json(files, "sbom.cdx.json")
-    expected = json.loads(sbom_json(manifest, subjects))
-
-    def essence(doc: Any) -> Any:
-        if not isinstance(doc, dict):
-            return None
-        metadata = doc.get("metadata") or {}
-        return (doc.get("serialNumber"), metadata.get("component"), doc.get("components"))
-
-    older = ""
-    if essence(bundled) != essence(expected):
-        older = _older_sbom(bundled, expected)
-    lock = manifest.lock
-    if lock is None:
-        if "lock.json" in files:
-            raise _CheckFailedError("lock.json is bundled but the signed manifest has no lock")
-    elif _load_json(files, "lock.json") != lock.model_dump(mode="json"):
-        raise _CheckFailedError("lock.json does not match the signed manifest's lock")
-    components = len(bundled.get("components") or [])
-    return f"sbom.cdx.json ({components} components) and the lock match the signed manifest{older}"
-
-
-# Components an SBOM derives from facts of the manifest (not its distributions): a newer lockd
-# may derive more of them, or more about them, than the lockd that wrote a bundle's SBOM.
-_DERIVED = "lockd:cuda:"
-
-
-def _older_sbom(bundled: Any, expected: Mapping[str, Any]) -> str:
-    """Whether an SBOM that is not this lockd's for the manifest is an older lockd's that
-    agrees with it: the same serial number and subject; each component it lists is one this
-    lockd derives, with the same name, version, group, type (and purl where it gives one); it
-    leaves out none of the manifest's distributions. The note to add; raises when not."""
-
-    def components(doc: Any) -> dict[str, dict[str, Any]]:
-        listed = doc.get("components") if isinstance(doc, dict) else None
-        found = [
-            c for c in listed or [] if isinstance(c, dict) and isinstance(c.get("bom-ref"), str)
-        ]
-        return {c["bom-ref"]: c for c in found}
-
-    def identity(c: Mapping[str, Any]) -> tuple[Any, ...]:
-        return (c.get("name"), c.get("version"), c.get("group"), c.get("type"))
-
-    mismatch = "sbom.cdx.json does not match the signed manifest's components"
-    if not isinstance(bundled, dict) or (
-        bundled.get("serialNumber"),
-        (bundled.get("metadata") or {}).get("component"),
-    ) != (expected.get("serialNumber"), expected["metadata"]["component"]):
-        raise _CheckFailedError(mismatch)
-    have, want = components(bundled), components(expected)
-    if len(have) != len(bundled.get("components") or []):
-        raise _CheckFailedError(mismatch + ": a component without a bom-ref")
-    for ref, component in sorted(have.items()):
-        derived = want.get(ref)
-        if derived is None:
-            raise _CheckFailedError(f"{mismatch}: it lists {ref}, which the manifest does not hold")
-        purl = component.get("purl")
-        if identity(component) != identity(derived) or (purl and purl != derived.get("purl")):
-            raise _CheckFailedError(f"{mismatch}: {ref} is not the manifest's")
-    left_out = sorted(ref for ref in want if ref not in have)
-    hidden = [ref for ref in left_out if not ref.startswith(_DERIVED)]
-    if hidden:
-        raise _CheckFailedError(f"{mismatch}: it leaves out {', '.join(hidden)}")
-    return (
-        " (an older lockd's SBOM: it agrees on every component it lists"
-        + (f", and leaves out {', '.join(left_out)}, which this lockd derives" if left_out else "")
-        + "; their properties were not compared)"
-    )
-
-
-def _check_chain(files: Mapping[str, bytes], meta: Mapping[str, Any]) -> str:
-    from lockd.trust.auditlog import entry_hash
-
-    entries = _load_json(files, "audit.json")
-    if not isinstance(entries, list) or not entries:
-        raise _CheckFailedError("audit.json holds no entries")
-    previous: Mapping[str, Any] | None = None
-    by_seq: dict[int, Mapping[str, Any]] = {}
-    for entry in entries:
-        if not isinstance(entry, dict) or not isinstance(entry.get("seq"), int):
-            raise _CheckFailedError("audit.json: an entry without an integer seq")
-        seq = entry["seq"]
-        try:
-            computed = entry_hash(entry)
-        except KeyError as e:
-            raise _CheckFailedError(f"audit.json: entry {seq} lacks the field {e.args[0]}") from e
-        if entry.get("hash") != computed:
-            raise _CheckFailedError(
-                f"audit.json: entry {seq} was edited: its content no longer matches its hash"
-            )
-        if previous is not None:
-            if seq != previous["seq"] + 1:
-                raise _CheckFailedError(
-                    f"audit.json: entry {previous['seq'] + 1} is missing (next is {seq})"
-                )
-            if entry.get("prev_hash") != previous["hash"]:
-                raise _CheckFailedError(
-                    f"audit.json: entry {seq} does not hold the hash of entry {seq - 1}"
-                )
-        by_seq[seq] = entry
-        previous = entry
-    envelope_body = "sha256:" + sha256_hex(files["envelope.dsse.json"])
-    own = by_seq.get(meta.get("manifest_audit_seq"))  # type: ignore[arg-type]
-    if (
-        own is None
-        or own.get("action") != "manifest.create"
-        or own.get("subject") != meta.get("digest")
-        or own.get("body_digest") != envelope_body
-    ):
-        raise _CheckFailedError(
-            "envelope.dsse.json: no audit entry records its creation (audit.json)"
-        )
-    reports = meta.get("reports")
-    if not isinstance(reports, list):
-        raise _CheckFailedError("bundle.json lists no reports")
-    listed = {r.get("file") for r in reports if isinstance(r, dict)}
-    unlisted = sorted(n for n in files if n.startswith("reports/") and n not in listed)
-    if unlisted:
-        raise _CheckFailedError(f"{', '.join(unlisted)}: not listed in bundle.json")
-    for report in reports:
-        name = str(report.get("file"))
-        if name not in files:
-            raise _CheckFailedError(f"{name} is missing from the bundle")
-        entry = by_seq.get(report.get("audit_seq"))
-        body = "sha256:" + sha256_hex(files[name])
-        if entry is None or entry.get("action") != "verification.create":
-            raise _CheckFailedError(
-                f"{name}: its audit entry {report.get('audit_seq')} is not in audit.json"
-            )
-        if entry.get("body_digest") != body:
-            raise _CheckFailedError(
-                f"{name}: its digest is not the one audit entry {entry['seq']} holds"
-            )
-    first, last = entries[0]["seq"], entries[-1]["seq"]
-    return (
-        f"audit.json entries {first}-{last} chain correctly; they cover the manifest (entry "
-        f"{own['seq']}) and {len(reports)} report(s); last hash {entries[-1]['hash']}"
-    )
-
-
-def check_files(
-    files: Mapping[str, bytes],
-    refused: Sequence[str] = (),
-    log_key: LogVerifier | None = None,
-) -> BundleVerdict:
-    """Check a bundle's files offline: index, signature (against the bundled key), SBOM and
-    lock, audit chain and reports, and the transparency log's proof when the bundle carries
-    one or ``log_key`` is given (which it then must be signed by). Every check runs; each
-    failure names its file."""
-    from lockd.bundle.logproof import LOG_FILES
-
-    checks: list[BundleCheck] = []
-    keyids: list[str] = []
-    digest: str | None = None
-    log: list[LogCheck] = []
-
-    def run(check_id: str, step: Any) -> None:
-        try:
-            checks.append(BundleCheck(check_id, True, step()))
-        except _CheckFailedError as e:
-            checks.append(BundleCheck(check_id, False, str(e)))
-        except LockdError as e:
-            checks.append(BundleCheck(check_id, False, e.diagnostics()))
-
-    run("files", lambda: _check_index(files, refused))
-    try:
-        meta = _load_json(files, "bundle.json")
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise _CheckFailedError(f"bundle.json: not a {FORMAT} description")
-        digest = str(meta.get("digest"))
-    except _CheckFailedError as e:
-        checks.append(BundleCheck("bundle", False, str(e)))
-        return BundleVerdict(digest, keyids, checks)
-
-    def signature() -> str:
-        message, signers = _check_signature(files, meta)
-        keyids.extend(signers)
-        return message
-
-    def transparency_log() -> str:
-        log.append(_check_log(files, meta, log_key))
-        return log[0].message
-
-    run("signature", signature)
-    if "envelope.dsse.json" in files:
-        run("sbom", lambda: _check_sbom(files))
-        run("audit", lambda: _check_chain(files, meta))
-    if log_key is not None or any(name in files for name in LOG_FILES):
-        run("log", transparency_log)
-    return BundleVerdict(
-        digest,
-        keyids,
-        checks,
-        log_key=log[0].key if log else None,
-        log_key_pinned=bool(log) and log[0].pinned,
-    )
-
-
-def _check_log(
-    files: Mapping[str, bytes], meta: Mapping[str, Any], log_key: LogVerifier | None
-) -> LogCheck:
-    from lockd.bundle.logproof import check_log, relied_on
-
-    entries = _load_json(files, "audit.json")
-    if not isinstance(entries, list):
-        raise _CheckFailedError("audit.json holds no entries")
-    by_seq = {e["seq"]: e for e in entries if isinstance(e, dict) and isinstance(e.get("seq"), int)}
-    return check_log(files, by_seq, relied_on(meta), log_key)
-
-
-def verify_bundle(path: Path, log_key: LogVerifier | None = None) -> BundleVerdict:
-    """Read and check a bundle file offline (``log_key``: the log's key, pinned).
-
-    Raises:
-        InputError: the file cannot be read, is not a gzip-compressed tar archive, is truncated
-            or malformed, or declares a header or member past the limits.
-    """
-    files, refused = read_bundle(path)
-    return check_files(files, refused, log_key)
-
-
-def render_verdict(verdict: BundleVerdict, source: str) -> str:
-    lines = [f"{source}: audit bundle of {verdict.digest or '(unknown manifest)'}"]
-    for check in verdict.checks:
-        lines.append(f"  {'ok  ' if check.ok else 'FAIL'} {check.id:<9} {check.message}")
-    if not verdict.ok:
-        lines.append(f"the bundle does NOT hold: {', '.join(c.id for c in verdict.failed)} failed")
-        return "\n".join(lines) + "\n"
-    lines.append(
-        f"the bundle holds: signed by keyid {', '.join(verdict.keyids)}; compare it with the "
-        "signer's published keyid"
-    )
-    if verdict.log_key is None:
-        lines.append(
-            "no transparency-log proof in it (exported before lockd's log was signed, or from "
-            "a service without a log key): its entries are checked against their chain only"
-        )
-    elif verdict.log_key_pinned:
-        lines.append(f"its audit entries are in the log signed by the pinned key {verdict.log_key}")
-    else:
-        lines.append(
-            f"its audit entries are in a log signed by {verdict.log_key}, the key the bundle "
-            "carries, NOT pinned: compare it with the log's published key, or give --log-key"
-        )
-    return "\n".join(lines) + "\n"

@@ -14,7 +14,7 @@ as C2SP checkpoints (lockd.trust.checkpoint). A bundle carries, beside ``audit.j
 :func:`check_log` checks that the checkpoint is signed by the key it is given (``--log-key``:
 *pinned*), else by the key the bundle carries (said to be *not pinned*: whoever re-made the
 bundle could have made that key too), and that each relied-on entry is in the signed tree.
-Pure: no I/O.
+Pure: no I/O, but for :func:`fetch_log_proof` (export's, through the client).
 """
 
 from __future__ import annotations
@@ -23,13 +23,15 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lockd.errors import InputError, LockdError
-from lockd.trust.auditlog import HASHED_FIELDS
+from lockd.errors import InputError, LockdError, ServerError
+from lockd.trust.auditlog import entry_leaf_hash
 from lockd.trust.checkpoint import LogVerifier, NoteError, open_checkpoint
-from lockd.trust.merkle import leaf_hash, verify_inclusion
-from lockd.trust.statement import canonical_json
+from lockd.trust.merkle import verify_inclusion
+
+if TYPE_CHECKING:
+    from lockd.client import Client
 
 __all__ = [
     "CHECKPOINT",
@@ -40,6 +42,7 @@ __all__ = [
     "LogProof",
     "LogProofFailedError",
     "check_log",
+    "fetch_log_proof",
     "log_files",
     "relied_on",
 ]
@@ -56,15 +59,6 @@ class LogProofFailedError(LockdError):
     """The bundle's transparency-log proof does not hold (exit 1: the bundle is refused)."""
 
     exit_code = 1
-
-
-def entry_leaf(entry: Mapping[str, Any]) -> bytes:
-    """An audit entry's leaf hash: ``SHA-256(0x00 || canonical JSON of its hashed fields)``.
-
-    Raises:
-        KeyError: the entry lacks one of the hashed fields.
-    """
-    return leaf_hash(canonical_json({k: entry[k] for k in HASHED_FIELDS}))
 
 
 def relied_on(meta: Mapping[str, Any]) -> list[int]:
@@ -177,9 +171,11 @@ def check_log(
                 f"audit entry {seq} is past the checkpoint's tree of {checkpoint.size} entries"
             )
         try:
-            leaf = entry_leaf(entry)
+            leaf = entry_leaf_hash(entry)
         except KeyError as e:
             raise InputError(f"audit.json: entry {seq} lacks the field {e.args[0]}") from e
+        except ValueError as e:  # text that is no Unicode
+            raise InputError(f"audit.json: entry {seq} cannot be hashed ({e})") from e
         try:
             verify_inclusion(seq - 1, checkpoint.size, leaf, proofs[seq], checkpoint.root)
         except LockdError as e:
@@ -199,3 +195,55 @@ def check_log(
         f"entries (root {checkpoint.root.hex()}), its checkpoint {signer}"
     )
     return LogCheck(message, str(key), pinned is not None)
+
+
+def fetch_log_proof(
+    client: Client,
+    entries: Mapping[int, Mapping[str, Any]],
+    seqs: Sequence[int],
+    pinned: LogVerifier | None = None,
+) -> LogProof | None:
+    """The service's checkpoint and the proofs of ``seqs`` in its tree, each checked here
+    against ``pinned`` (else the key the service names) and the entries fetched; None from a
+    service without a log key (it answers 404).
+
+    Raises:
+        ServerError: the service cannot be reached or answers something unusable, its
+            checkpoint is not signed by the key, does not cover an entry yet, or a proof does
+            not verify (a bundle of it would not).
+    """
+    where = f"{client.base_url}/v1/audit"
+    try:
+        served = client.audit_log_key()
+    except ServerError as e:
+        if e.status == 404:
+            return None
+        raise
+    key = pinned or served
+    note = client.audit_checkpoint()
+    try:
+        checkpoint = open_checkpoint(note, key)
+    except LockdError as e:
+        raise ServerError(f"{where}/checkpoint: {e}; a bundle of it would not verify") from e
+    proofs: dict[int, list[bytes]] = {}
+    for seq in seqs:
+        if seq > checkpoint.size:
+            raise ServerError(
+                f"{where}/checkpoint: the log's checkpoint of {checkpoint.size} entries does not "
+                f"cover audit entry {seq} yet; export again in a moment"
+            )
+        proofs[seq] = client.inclusion_proof(seq - 1, checkpoint.size)
+        try:
+            verify_inclusion(
+                seq - 1,
+                checkpoint.size,
+                entry_leaf_hash(entries[seq]),
+                proofs[seq],
+                checkpoint.root,
+            )
+        except (LockdError, KeyError, ValueError) as e:
+            raise ServerError(
+                f"{where}/proof/inclusion: the proof of audit entry {seq} does not verify "
+                f"({e}); a bundle of it would not"
+            ) from e
+    return LogProof(note, key, checkpoint.size, proofs)

@@ -16,6 +16,16 @@ if TYPE_CHECKING:
     from lockd.trust.auditlog import ChainCheck
 
 
+LogKeyOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        help="the audit log's verifier key (NAME+ID+KEY, or a file holding it, e.g. the .vkey "
+        "of lockd keygen --log-key): its checkpoints must be signed by it; default: the key "
+        "the service (or the bundle) names, said to be not pinned",
+    ),
+]
+
+
 def serve(
     host: Annotated[str, typer.Option(help="the address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="the port to listen on")] = 8080,
@@ -142,13 +152,7 @@ def audit_verify(
             "absent); the log must be a consistent extension of it, and the new one is saved",
         ),
     ] = None,
-    log_key: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(
-            help="the log's verifier key (NAME+ID+KEY, or a file holding it, e.g. the .vkey "
-            "of lockd keygen --log-key); default: the key the service serves",
-        ),
-    ] = None,
+    log_key: LogKeyOpt = None,
     json: Annotated[bool, typer.Option("--json", help="print the verdict as JSON")] = False,
 ) -> None:
     """Check an audit bundle offline (BUNDLE), or fetch a service's whole audit log and
@@ -162,7 +166,7 @@ def audit_verify(
     from lockd.errors import InputError
 
     if bundle is not None:
-        _verify_bundle(bundle, json)
+        _verify_bundle(bundle, log_key, json)
     if server is None:
         raise InputError("give a bundle file, or --server URL (or set LOCKD_SERVER)")
     if log_key is not None and checkpoint is None:
@@ -250,10 +254,12 @@ def _follow_log(client: Client, path: Path, log_key: str | None, json: bool) -> 
     raise typer.Exit(0 if ok else 1)
 
 
-def _verify_bundle(path: Path, json: bool) -> None:
+def _verify_bundle(path: Path, log_key: str | None, json: bool) -> None:
     from lockd.bundle import render_verdict, verify_bundle
+    from lockd.trust.logkey import load_log_verifier
 
-    verdict = verify_bundle(path)
+    pinned = None if log_key is None else load_log_verifier(log_key)
+    verdict = verify_bundle(path, pinned)
     if json:
         import json as json_module
 
@@ -262,6 +268,8 @@ def _verify_bundle(path: Path, json: bool) -> None:
             "digest": verdict.digest,
             "keyids": verdict.keyids,
             "checks": [{"id": c.id, "ok": c.ok, "message": c.message} for c in verdict.checks],
+            "log_key": verdict.log_key,
+            "log_key_pinned": verdict.log_key_pinned,
         }
         sys.stdout.write(json_module.dumps(body, sort_keys=True) + "\n")
     else:
@@ -278,26 +286,39 @@ def audit_export(
         typer.Option(help="a public key to bundle instead of fetching it (repeat for several)"),
     ] = None,
     force: Annotated[bool, typer.Option(help="replace an existing output file")] = False,
+    log_key: LogKeyOpt = None,
 ) -> None:
     """Write a self-contained audit bundle of a stored manifest: the envelope, its public
-    key(s), the lock, an SBOM, its verification reports and the audit entries covering them;
-    check it anywhere with `lockd audit verify BUNDLE`."""
+    key(s), the lock, an SBOM, its verification reports and the audit entries covering them,
+    and, from a service with a log key, its signed checkpoint and the inclusion proofs of those
+    entries; check it anywhere with `lockd audit verify BUNDLE --log-key KEY`."""
     import re
 
     from lockd.bundle import export_bundle
     from lockd.client import Client
     from lockd.errors import InputError
     from lockd.trust import keys
+    from lockd.trust.logkey import load_log_verifier
 
     if server is None:
         raise InputError("give --server URL (or set LOCKD_SERVER)")
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
         raise InputError(f"{digest!r}: give the manifest's digest as sha256:<64 hex digits>")
     extra = [keys.load_public_key(k) for k in key or []]
-    done = export_bundle(Client.from_env(server), digest, output, extra_keys=extra, force=force)
+    pinned = None if log_key is None else load_log_verifier(log_key)
+    done = export_bundle(
+        Client.from_env(server), digest, output, extra_keys=extra, force=force, log_key=pinned
+    )
+    if done.log is None:
+        log = "; no transparency-log proof (the service has no log key)"
+        check = f"lockd audit verify {done.path}"
+    else:
+        size, vkey = done.log
+        log = f"; the log's proof in its checkpoint of {size} entries, signed by {vkey}"
+        check = f"lockd audit verify {done.path} --log-key {vkey}"
     console().print(
         f"wrote {done.path}: {done.files} files, {done.reports} report(s), signed by keyid "
-        f"{', '.join(done.keyids)}; check it with: lockd audit verify {done.path}"
+        f"{', '.join(done.keyids)}{log}; check it with: {check}"
     )
 
 

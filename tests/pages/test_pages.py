@@ -16,6 +16,7 @@ from page_fixtures import Browser, Service, _lockd
 from reference_manifests import manifest_a, manifest_b
 
 from lockd.judgement.diffing import diff_manifests, render_text
+from lockd.trust.checkpoint import LogSigner
 from lockd.trust.statement import subjects_for
 
 
@@ -135,6 +136,11 @@ def test_pages_of_what_is_not_stored_are_404(service: Service) -> None:
             raise AssertionError(f"{path} answered 200")
 
 
+def _name_and_id(verifier_key: str) -> str:
+    """``NAME+ID`` of a verifier key ``NAME+ID+KEY`` (a name holds no '+', the key may)."""
+    return "+".join(verifier_key.split("+")[:2])
+
+
 def test_export_then_verify_offline(service: Service, tmp_path: Path) -> None:
     bundle = tmp_path / "bundle.tar.gz"
     exported = _lockd(
@@ -161,6 +167,9 @@ def test_export_then_verify_offline(service: Service, tmp_path: Path) -> None:
             "index.json",
             f"keys/{service.keyid}.pub",
             "lock.json",
+            "log/checkpoint.note",
+            "log/inclusion.json",
+            "log/log.vkey",
             "sbom.cdx.json",
             *(f"reports/{r['id']}.json" for r in meta["reports"]),
         ]
@@ -169,6 +178,32 @@ def test_export_then_verify_offline(service: Service, tmp_path: Path) -> None:
     verified = _lockd("audit", "verify", str(bundle), env={})
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert f"the bundle holds: signed by keyid {service.keyid}" in verified.stdout
+    # the log's proof, checked offline against the key the service's operator publishes
+    with urllib.request.urlopen(service.url + "/v1/audit/log-key", timeout=10) as answer:
+        log_key = answer.read().decode().strip()
+    assert f"signed by {log_key}; check it with: lockd audit verify" in " ".join(
+        exported.stdout.split()
+    )
+    pinned = _lockd("audit", "verify", str(bundle), "--log-key", log_key, env={})
+    assert pinned.returncode == 0, pinned.stdout + pinned.stderr
+    assert pinned.stdout.splitlines()[-1] == (
+        f"its audit entries are in the log signed by the pinned key {log_key}"
+    )
+    other = str(LogSigner.generate(log_key.split("+")[0]).verifier())
+    refused = _lockd("audit", "verify", str(bundle), "--log-key", other, env={})
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "the bundle does NOT hold: log failed" in refused.stdout
+    unpinned = _lockd(
+        "audit", "export", service.digest_a, "--server", service.url, "-o",
+        str(tmp_path / "other.tar.gz"), "--log-key", other, env={},
+    )  # fmt: skip
+    assert unpinned.returncode == 2, unpinned.stdout + unpinned.stderr
+    assert " ".join(unpinned.stderr.split()) == (
+        f"lockd: error: {service.url}/v1/audit/checkpoint: the note is signed by no trusted key "
+        f"(trusted: {_name_and_id(other)}; signed by: {_name_and_id(log_key)}); a "
+        "bundle of it would not verify"
+    )
+    assert not (tmp_path / "other.tar.gz").exists()
     again = _lockd(
         "audit",
         "export",

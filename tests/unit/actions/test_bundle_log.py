@@ -205,3 +205,40 @@ def test_the_log_files_are_in_the_index(tmp_path: Path) -> None:
     path = tmp_path / "b.tar.gz"
     path.write_bytes(pack(FILES))
     assert verify_bundle(path, PINNED).ok
+
+
+def test_audit_verify_with_log_key_exits_0_pinned_and_1_for_another_key(tmp_path: Path) -> None:
+    path = tmp_path / "b.tar.gz"
+    path.write_bytes(pack(FILES))
+    vkey = tmp_path / "log.vkey"
+    vkey.write_text(f"{PINNED}\n")
+    for given in (str(PINNED), vkey):  # the key's string, or a file holding it
+        result = run_lockd("audit", "verify", path, "--log-key", given)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.splitlines()[-1] == (
+            f"its audit entries are in the log signed by the pinned key {PINNED}"
+        )
+    other = LogSigner.generate("lockd.test/audit").verifier()
+    refused = run_lockd("audit", "verify", path, "--log-key", other, "--json")
+    assert refused.returncode == 1
+    body = json.loads(refused.stdout)
+    assert (body["ok"], body["log_key"], body["log_key_pinned"]) == (False, None, False)
+    assert [c["id"] for c in body["checks"] if not c["ok"]] == ["log"]
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("a+b+c", "verifier key: the key ID 'b' is not 8 lowercase hex digits"),
+        (
+            "/nonexistent/log.vkey",
+            "/nonexistent/log.vkey: no such log verifier key file; check the path",
+        ),
+    ],
+)
+def test_a_bad_log_key_exits_2(given: str, message: str, tmp_path: Path) -> None:
+    path = tmp_path / "b.tar.gz"
+    path.write_bytes(pack(FILES))
+    result = run_lockd("audit", "verify", path, "--log-key", given)
+    assert result.returncode == 2
+    assert " ".join(result.stderr.split()) == f"lockd: error: {message}"
