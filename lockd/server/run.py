@@ -138,6 +138,11 @@ def serve(
     open_store(settings, migrate=migrate).close()
     if not settings.trusted_keys:
         log.warning("LOCKD_TRUSTED_KEYS is empty: every pushed envelope will be refused")
+    if settings.log_key is None and not settings.database_url.startswith("sqlite"):
+        log.warning(
+            "LOCKD_LOG_KEY is not set: the audit log's checkpoints are not signed (make a key "
+            "with `lockd keygen --log-key NAME`, the same for every replica)"
+        )
     common: dict[str, Any] = {"log_level": log_level, "access_log": access_log, **_tls(settings)}
     if workers > 1:
         # Each worker builds its app from the environment (settings cannot cross processes:

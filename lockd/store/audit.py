@@ -13,8 +13,8 @@ from sqlalchemy import Connection, select
 from lockd.errors import InputError, LockdError
 from lockd.store import tables as t
 from lockd.trust import merkle
-from lockd.trust.auditlog import ChainCheck, ChainChecker, entry_leaf_hash
-from lockd.trust.merkle import Frontier, Node
+from lockd.trust.auditlog import ChainCheck, ChainChecker, entry_bytes
+from lockd.trust.merkle import Frontier, Node, leaf_hash
 
 __all__ = [
     "AuditEntry",
@@ -109,8 +109,13 @@ def check_log(conn: Connection, *, batch: int = 5000) -> ChainCheck:
         rows = conn.execute(query).mappings().all()
         for row in rows:
             entry = dict(row)
-            checker.add(entry)
-            leaf = entry_leaf_hash(entry)  # every hashed field is selected
+            try:
+                data = entry_bytes(entry)  # every hashed field is selected
+            except ValueError:  # text that is no Unicode: the chain's check names the entry
+                checker.add(entry)
+                continue
+            checker.add(entry, data)
+            leaf = leaf_hash(data)
             ended = [leaf, *(value for _, value in tree.append(leaf))]
             if tree_fault is None and row["tree_nodes"] != b"".join(ended).hex():
                 tree_fault = (

@@ -82,8 +82,9 @@ class ChainChecker:
         self._prev_hash = GENESIS
         self._bad: tuple[int, str] | None = None
 
-    def add(self, entry: Mapping[str, object]) -> None:
-        """Take the next entry (in seq order); the first fault found is kept."""
+    def add(self, entry: Mapping[str, object], data: bytes | None = None) -> None:
+        """Take the next entry (in seq order); the first fault found is kept. ``data``: its
+        :func:`entry_bytes`, when the caller computed them already (for its Merkle leaf)."""
         self.entries += 1
         if self._bad is not None:
             return
@@ -108,7 +109,7 @@ class ChainChecker:
             )
             return
         try:
-            computed = entry_hash(entry)
+            computed = entry_hash(entry) if data is None else hashlib.sha256(data).hexdigest()
         except KeyError as e:
             self._bad = (seq, f"entry {seq} lacks the field {e.args[0]}")
             return

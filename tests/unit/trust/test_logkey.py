@@ -1,0 +1,122 @@
+"""The audit log's key on disk (lockd.trust.logkey), `lockd keygen --log-key`, and the service's
+LOCKD_LOG_KEY: made as Go's sumdb/note keys, read strictly, bad files named."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from lockd.errors import KeyFileError
+from lockd.server.app import create_app
+from lockd.server.settings import Settings
+from lockd.trust.checkpoint import LogSigner, LogVerifier, NoteError
+from lockd.trust.logkey import load_log_signer, load_log_verifier, log_signer_at, write_log_key
+
+Lockd = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_keygen_log_key_writes_the_signer_and_verifier_keys(lockd: Lockd, tmp_path: Path) -> None:
+    made = lockd("keygen", "--log-key", "lockd.example.com/audit", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    key, vkey = tmp_path / "lockd-log.key", tmp_path / "lockd-log.vkey"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert vkey.stat().st_mode & 0o777 == 0o644
+    signer = load_log_signer(key)
+    assert signer.name == "lockd.example.com/audit"
+    assert made.stdout == vkey.read_text() == f"{signer.verifier()}\n"
+    assert one_line(made.stderr) == (
+        "wrote lockd-log.key (the log's signing key: keep it secret, set "
+        "LOCKD_LOG_KEY=lockd-log.key) and lockd-log.vkey (give it to verifiers: lockd audit "
+        "verify --log-key lockd-log.vkey)"
+    )
+    again = lockd("keygen", "--log-key", "other", cwd=tmp_path)
+    assert (again.returncode, one_line(again.stderr)) == (
+        2,
+        "lockd: error: lockd-log.key exists; pass --force to replace it",
+    )
+    assert load_log_signer(key) == signer  # untouched
+    forced = lockd("keygen", "--log-key", "other", "--force", cwd=tmp_path)
+    assert forced.returncode == 0
+    assert load_log_signer(key).name == "other"
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("a b", "log key name 'a b': give a name without spaces or '+'"),
+        ("a+b", "log key name 'a+b': give a name without spaces or '+'"),
+        ("", "log key name '': give a name without spaces or '+'"),
+    ],
+)
+def test_keygen_refuses_a_name_a_note_cannot_carry(
+    lockd: Lockd, tmp_path: Path, name: str, message: str
+) -> None:
+    made = lockd("keygen", "--log-key", name, "--output-key-prefix", tmp_path / "k")
+    assert made.returncode == 2
+    assert one_line(made.stderr).startswith(f"lockd: error: {message}")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "{path}: no such log key file; check the path"),
+        (b"\xff\xfe", "{path}: not a log key (it is not ASCII text)"),
+        (b"x" * 5000, "{path}: larger than 4 KiB, too large to be a log key file"),
+        (
+            b"lockd.test/audit+7ba77a19+AWIuSsZJo2bvFQFPxevxDMP7kXxw51ayaPUxWGg6V+Q/\n",
+            "{path}: log signer key: give PRIVATE+KEY+<name>+<8 hex digits>+<base64 key>, as "
+            "`lockd keygen --log-key` writes",
+        ),
+    ],
+)
+def test_a_bad_log_key_file_is_named(tmp_path: Path, content: bytes | None, message: str) -> None:
+    path = tmp_path / "log.key"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(KeyFileError) as raised:
+        load_log_signer(path)
+    assert str(raised.value) == message.format(path=path)
+
+
+def test_the_service_refuses_to_start_on_a_bad_log_key(tmp_path: Path) -> None:
+    (tmp_path / "log.key").write_text("PRIVATE+KEY+garbage\n")
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/lockd.db", log_key=tmp_path / "log.key")
+    with pytest.raises(KeyFileError, match=r"log\.key: log signer key: give PRIVATE\+KEY"):
+        create_app(settings)
+
+
+def test_lockd_log_key_is_read_from_the_environment(tmp_path: Path) -> None:
+    settings = Settings.from_env({"LOCKD_LOG_KEY": str(tmp_path / "k.key"), "HOME": str(tmp_path)})
+    assert settings.log_key == tmp_path / "k.key"
+    assert Settings.from_env({"HOME": str(tmp_path)}).log_key is None
+
+
+def test_a_key_kept_beside_the_database_is_made_once_and_kept(tmp_path: Path) -> None:
+    path = tmp_path / "lockd-log.key"
+    first = log_signer_at(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert log_signer_at(path) == first
+    assert first.name.split("/")[1:2] == ["lockd-audit"]
+
+
+def test_a_verifier_key_is_given_as_text_or_as_a_file(tmp_path: Path) -> None:
+    signer = LogSigner.generate("lockd.test/audit")
+    _, vkey = write_log_key(tmp_path / "log", signer)
+    assert (
+        load_log_verifier(str(vkey))
+        == signer.verifier()
+        == load_log_verifier(str(signer.verifier()))
+    )
+    with pytest.raises(NoteError, match="^verifier key: give <name>"):
+        load_log_verifier("a+b")
+    with pytest.raises(KeyFileError, match="no such log verifier key file"):
+        load_log_verifier(str(tmp_path / "missing.vkey"))
+    assert isinstance(load_log_verifier(str(vkey)), LogVerifier)
