@@ -1,12 +1,13 @@
 """The service image (top-level Dockerfile): it builds here without the network (wheels
 installed with --require-hashes from the lock), runs as a non-root user, reports healthy, serves
-the API, and is recorded and verified with lockd itself."""
+the API over HTTPS, and is recorded and verified with lockd itself."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from certificates import Certificates, make_certificates
 
 pytestmark = pytest.mark.integration
 
@@ -116,8 +118,22 @@ def service_image(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture
-def container(service_image: str, keypair: tuple[Path, Path]) -> Iterator[tuple[str, str]]:
-    """The service running from the image: (container name, base URL on loopback)."""
+def certificates(tmp_path: Path) -> Certificates:
+    """The serving certificate, as the image expects it: /etc/lockd/tls/tls.crt and tls.key,
+    readable by the image's user."""
+    made = make_certificates(tmp_path / "tls")
+    shutil.copy(made.server.cert, tmp_path / "tls" / "tls.crt")
+    shutil.copy(made.server.key, tmp_path / "tls" / "tls.key")
+    for path in (tmp_path / "tls", tmp_path / "tls" / "tls.crt", tmp_path / "tls" / "tls.key"):
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    return made
+
+
+@pytest.fixture
+def container(
+    service_image: str, keypair: tuple[Path, Path], certificates: Certificates
+) -> Iterator[tuple[str, str]]:
+    """The service running from the image: (container name, base URL on loopback, HTTPS)."""
     name = f"lockd-test-service-{uuid.uuid4().hex[:8]}"
     keys_dir = keypair[1].parent
     os.chmod(keys_dir, 0o755)
@@ -133,13 +149,15 @@ def container(service_image: str, keypair: tuple[Path, Path]) -> Iterator[tuple[
         "127.0.0.1::8080",
         "-v",
         f"{keys_dir}:/keys:ro",
+        "-v",
+        f"{certificates.server.cert.parent}:/etc/lockd/tls:ro",
         "-e",
         f"LOCKD_TRUSTED_KEYS=/keys/{keypair[1].name}",
         service_image,
     )
     try:
         port = run("docker", "port", name, "8080/tcp").splitlines()[0].rsplit(":", 1)[1]
-        yield name, f"http://127.0.0.1:{port}"
+        yield name, f"https://127.0.0.1:{port}"
     finally:
         subprocess.run(["docker", "rm", "-f", "-v", name], capture_output=True, check=False)
 
@@ -149,7 +167,11 @@ def _health(name: str) -> str:
 
 
 def test_the_image_serves_and_verifies_itself(
-    container: tuple[str, str], keypair: tuple[Path, Path], tmp_path: Path, lockd: Lockd
+    container: tuple[str, str],
+    keypair: tuple[Path, Path],
+    certificates: Certificates,
+    tmp_path: Path,
+    lockd: Lockd,
 ) -> None:
     name, url = container
     deadline = time.monotonic() + 120
@@ -158,7 +180,8 @@ def test_the_image_serves_and_verifies_itself(
         time.sleep(1)
     uid = run("docker", "exec", name, "id", "-u").strip()
     assert uid != "0"
-    with urllib.request.urlopen(url + "/readyz", timeout=10) as answer:
+    context = ssl.create_default_context(cafile=str(certificates.ca))
+    with urllib.request.urlopen(url + "/readyz", timeout=10, context=context) as answer:
         assert json.loads(answer.read())["status"] == "ready"
 
     token = run(
@@ -180,7 +203,7 @@ def test_the_image_serves_and_verifies_itself(
         envelope,
     )
     assert recorded.returncode == 0, recorded.stderr
-    client_env = {"LOCKD_TOKEN": token}
+    client_env = {"LOCKD_TOKEN": token, "SSL_CERT_FILE": str(certificates.ca)}
     pushed = lockd(
         "push", envelope, "--server", url, "--label", "component=lockd-service", env=client_env
     )
