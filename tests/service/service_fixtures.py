@@ -142,6 +142,19 @@ def stranger(tmp_path_factory: pytest.TempPathFactory) -> Signer:
     return _signer(tmp_path_factory.mktemp("keys"), "stranger")
 
 
+@pytest.fixture(scope="module")
+def local_envelope(
+    keypair: tuple[Path, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+    lockd: Callable[..., subprocess.CompletedProcess[str]],
+) -> Path:
+    """This host's environment recorded and signed with ``keypair`` (`lockd record local`)."""
+    out = tmp_path_factory.mktemp("m") / "local.dsse.json"
+    result = lockd("record", "local", "--key", keypair[0], "--output", out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
 @pytest.fixture
 def settings(database_url: str, signer: Signer) -> Settings:
     return Settings(

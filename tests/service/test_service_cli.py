@@ -27,16 +27,6 @@ def other_pub(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def local_envelope(
-    keypair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory, lockd: Lockd
-) -> Path:
-    out = tmp_path_factory.mktemp("m") / "local.dsse.json"
-    result = lockd("record", "local", "--key", keypair[0], "--output", out)
-    assert result.returncode == 0, result.stderr
-    return out
-
-
 @pytest.fixture
 def server_env(database_url: str, keypair: tuple[Path, Path]) -> dict[str, str]:
     return {"LOCKD_DATABASE_URL": database_url, "LOCKD_TRUSTED_KEYS": str(keypair[1])}
