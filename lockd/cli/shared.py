@@ -140,13 +140,8 @@ def trust_from(
         KeyFileError: a key file cannot be read.
         InputError: a half-given identity, or an unreadable --trusted-root.
     """
-    from lockd.trust import keys
-    from lockd.trust.keyless import identity_from_flags, load_trusted_root
-    from lockd.trust.signed import Trust
+    from lockd.trust.keyless import identity_from_flags
+    from lockd.trust.signed import load_trust
 
     chosen = identity_from_flags(identity, identity_regexp, issuer)
-    return Trust(
-        keys=tuple(keys.load_public_key(k) for k in key),
-        identities=() if chosen is None else (chosen,),
-        trusted_root=None if trusted_root is None else load_trusted_root(trusted_root),
-    )
+    return load_trust(key, () if chosen is None else (chosen,), trusted_root)

@@ -8,7 +8,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from lockd.cli.shared import PythonOpt, ServerOpt, console
+from lockd.cli.shared import (
+    IdentityOpt,
+    IdentityRegexpOpt,
+    IssuerOpt,
+    PythonOpt,
+    ServerOpt,
+    TrustedRootOpt,
+    console,
+)
 
 
 def watch(
@@ -47,20 +55,34 @@ def watch(
     ] = 60.0,
     concurrency: Annotated[int, typer.Option(help="containers probed at the same time")] = 4,
     python: PythonOpt = None,
+    certificate_identity: IdentityOpt = None,
+    certificate_identity_regexp: IdentityRegexpOpt = None,
+    certificate_oidc_issuer: IssuerOpt = None,
+    trusted_root: TrustedRootOpt = None,
 ) -> None:
     """Keep every running container of this host verified against the manifest the service
-    (token: LOCKD_TOKEN) holds for its image, and report to it (docs/watch.md). With --once:
-    exit 0 when every container passes, 1 otherwise."""
+    (token: LOCKD_TOKEN) holds for its image, and report to it (docs/watch.md). With --key or
+    a keyless identity, each manifest's signature is checked here, as verify does; without,
+    the service's word is taken. With --once: exit 0 when every container passes, 1 otherwise."""
     import logging
     import socket
 
     from lockd.errors import InputError
+    from lockd.trust.keyless import identity_from_flags
     from lockd.watch import options as watch_options
     from lockd.watch.run import run_once
     from lockd.watch.run import watch as run_watch
 
     if server is None:
         raise InputError("give --server URL (or set LOCKD_SERVER)")
+    identity = identity_from_flags(
+        certificate_identity, certificate_identity_regexp, certificate_oidc_issuer
+    )
+    if trusted_root is not None and identity is None:
+        raise InputError(
+            "--trusted-root is for keyless signatures: give --certificate-identity (or "
+            "--certificate-identity-regexp) and --certificate-oidc-issuer with it"
+        )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s lockd watch: %(message)s")
     options = watch_options.WatchOptions(
         server=server,
@@ -70,6 +92,8 @@ def watch(
         selectors=watch_options.parse_selectors(label_selector or []),
         policy=policy,
         keys=tuple(key or ()),
+        identities=() if identity is None else (identity,),
+        trusted_root=trusted_root,
         metrics_addr=None if metrics_addr is None else watch_options.parse_address(metrics_addr),
         probe_timeout_s=probe_timeout,
         concurrency=concurrency,

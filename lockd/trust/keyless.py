@@ -42,7 +42,14 @@ _EXTRA = (  # as lockd.cli.extras words it
     "sigstore): pip install 'lockd[sigstore]' (or 'lockd[all]')"
 )
 
-__all__ = ["Identity", "identities_from_env", "identity_from_flags", "load_trusted_root", "verify"]
+__all__ = [
+    "Identity",
+    "check_usable",
+    "identities_from_env",
+    "identity_from_flags",
+    "load_trusted_root",
+    "verify",
+]
 
 
 @dataclass(frozen=True)
@@ -135,6 +142,16 @@ def load_trusted_root(path: Path) -> bytes:
     data = read_capped(path, limit=MAX_TRUSTED_ROOT, what="trusted root")
     _verifier(data, str(path))
     return data
+
+
+def check_usable(trusted_root: bytes | None) -> None:
+    """Whether keyless bundles can be checked here (for a long-running caller to say at start,
+    not at the first keyless manifest).
+
+    Raises:
+        InputError: the sigstore package is not installed, or the trusted root is unusable.
+    """
+    _verifier(trusted_root)
 
 
 @functools.lru_cache(maxsize=8)

@@ -9,6 +9,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from lockd.trust import dsse
@@ -27,6 +28,7 @@ __all__ = [
     "Trust",
     "as_trust",
     "envelope_of",
+    "load_trust",
     "parse_signed",
     "signed_from",
     "signers_text",
@@ -42,6 +44,25 @@ class Trust:
     keys: tuple[PublicKey, ...] = ()
     identities: tuple[Identity, ...] = ()
     trusted_root: bytes | None = None
+
+
+def load_trust(
+    keys: Sequence[Path], identities: Sequence[Identity] = (), trusted_root: Path | None = None
+) -> Trust:
+    """What the ``--key`` files, keyless identities and ``--trusted-root`` file say to trust.
+
+    Raises:
+        KeyFileError: a key file cannot be read.
+        InputError: an unreadable ``--trusted-root`` (or no sigstore package to read it).
+    """
+    from lockd.trust import keyless
+    from lockd.trust import keys as key_files
+
+    return Trust(
+        keys=tuple(key_files.load_public_key(k) for k in keys),
+        identities=tuple(identities),
+        trusted_root=None if trusted_root is None else keyless.load_trusted_root(trusted_root),
+    )
 
 
 def as_trust(trusted: Trust | Sequence[PublicKey]) -> Trust:

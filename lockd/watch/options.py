@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lockd.errors import InputError
+from lockd.trust.keyless import Identity
 
 DEFAULT_INTERVAL_S = 60.0
 DEFAULT_SPOOL = Path("/var/lib/lockd/watch")
@@ -106,7 +107,9 @@ class WatchOptions:
     interval_s: float = DEFAULT_INTERVAL_S
     selectors: tuple[Selector, ...] = ()
     policy: str | None = None
-    keys: tuple[Path, ...] = ()
+    keys: tuple[Path, ...] = ()  # with identities: what verify's --key and identity flags say
+    identities: tuple[Identity, ...] = ()
+    trusted_root: Path | None = None
     metrics_addr: tuple[str, int] | None = None
     probe_timeout_s: float = 60.0
     concurrency: int = DEFAULT_CONCURRENCY

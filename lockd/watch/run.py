@@ -22,24 +22,29 @@ __all__ = ["open_agent", "run_once", "watch"]
 
 @contextmanager
 def open_agent(options: WatchOptions) -> Iterator[Agent]:
-    """An agent for ``options``: daemon checked, spool opened, policy and keys loaded; the
-    metrics server listening when asked for. Closed on exit.
+    """An agent for ``options``: daemon checked, spool opened, policy and trust (keys, keyless
+    identities and their trusted root) loaded; the metrics server listening when asked for.
+    Closed on exit.
 
     Raises:
-        InputError: a bad policy, key, spool directory or metrics address (exit 2).
+        InputError: a bad policy, key, trusted root, spool directory or metrics address, or
+            identities without the sigstore package (exit 2).
         TargetError: the Docker daemon cannot be reached (exit 3).
     """
     from lockd.client import Client
     from lockd.evidence.docker import UnsupportedHostError, connect
     from lockd.judgement.policy import load_policy
-    from lockd.trust import keys
+    from lockd.trust import keyless
+    from lockd.trust.signed import load_trust
     from lockd.watch.metrics import AgentMetrics, MetricsServer
     from lockd.watch.prober import Prober
     from lockd.watch.spool import Spool
     from lockd.watch.verifier import ManifestCache
 
     policy = load_policy(options.policy)
-    trusted = [keys.load_public_key(k) for k in options.keys]
+    trusted = load_trust(options.keys, options.identities, options.trusted_root)
+    if trusted.identities:  # a daemon says at start that it cannot check keyless manifests
+        keyless.check_usable(trusted.trusted_root)
     client = Client(
         options.server, os.environ.get("LOCKD_TOKEN") or None, timeout=options.service_timeout_s
     )

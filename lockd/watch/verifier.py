@@ -1,14 +1,18 @@
-"""Verdicts: the manifest the service holds for an image, kept on disk so verdicts go on while
-the service is away, and :func:`judge` (pure) — the signature, then ``lockd.judgement.compare``
-under the policy, as ``lockd verify --server`` does.
+"""Verdicts: the manifest the service holds for an image (its DSSE envelope, or the Sigstore
+bundle it was pushed as), kept on disk so verdicts go on while the service is away, and
+:func:`judge` (pure) — the signature, then ``lockd.judgement.compare`` under the policy, as
+``lockd verify --server`` does.
 
-Without ``--key`` the agent takes the service's word for the signature (the service only stores
-envelopes that verify against a key it trusts); with ``--key`` it checks every envelope here.
+Without ``--key`` or a keyless identity the agent takes the service's word for the signature
+(the service only stores manifests that verify against a key or identity it trusts); with
+them it checks every manifest here (lockd.trust.signed.verify_signed: keys, or a keyless
+bundle's certificate, log entry and identity).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -20,23 +24,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-
-from lockd.errors import LockdError, ServerError
+from lockd.errors import LockdError, ManifestError, ServerError
 from lockd.evidence.cache.store import UntrustedFileError, read_own_file, untrusted_directory
 from lockd.fileio import write_atomic
 from lockd.judgement.reporting import build_report, manifest_reference, target_summary
 from lockd.model.fleet import MAX_FINDINGS, Verdict
 from lockd.model.manifest import Manifest, Observation
 from lockd.model.report import Check, Finding, Report, ReportManifest
-from lockd.trust.dsse import Envelope
+from lockd.trust.signed import Signed, Trust, envelope_of, parse_signed, signed_from
 from lockd.trust.statement import Subject, parse_statement
 from lockd.verify import check_signature
 
 if TYPE_CHECKING:
     from lockd.client import Client
     from lockd.judgement.policy import Policy
-    from lockd.trust.keys import PublicKey
 
 log = logging.getLogger("lockd.watch")
 
@@ -63,12 +64,12 @@ class ServiceDownError(Exception):
 
 @dataclass(frozen=True)
 class Known:
-    """What the agent knows of the manifest for an image: its digest and envelope, or that the
-    service holds none (``digest`` None)."""
+    """What the agent knows of the manifest for an image: its digest (of the payload) and the
+    envelope or bundle the service stores, or that the service holds none (``digest`` None)."""
 
     image_id: str
     digest: str | None
-    envelope: Envelope | None
+    signed: Signed | None
     fetched_at: str
 
 
@@ -92,6 +93,23 @@ class Judgement:
     error: str | None
 
 
+def _cached_signed(doc: dict[str, object], source: str) -> Signed | None:
+    """The manifest of a cache entry: ``signed``, its JSON text as the service stored it (an
+    entry written before bundles were read here has ``envelope``, a JSON object).
+
+    Raises:
+        ManifestError, KeyError, TypeError: not a well-formed envelope or bundle.
+    """
+    if "signed" not in doc:
+        return None if doc["envelope"] is None else signed_from(doc["envelope"], source)
+    text = doc["signed"]
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise TypeError("signed is not JSON text")
+    return parse_signed(text.encode("utf-8"), source)
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat()
 
@@ -108,28 +126,36 @@ def _asking() -> Iterator[None]:
         raise
 
 
-def open_known(known: Known, trusted: Sequence[PublicKey], source: str) -> Opened:
-    """Check the signature (against ``trusted``; none: the service's word) and parse.
+def open_known(known: Known, trusted: Trust, source: str) -> Opened:
+    """Check the signature (against ``trusted``'s keys and identities; none: the service's
+    word) and parse. A signature not by what is trusted (an unknown key, a keyless identity
+    the policy does not name) is a failed signature check, as for ``lockd verify``.
 
     Raises:
         ManifestError: the payload is not a lockd Statement.
+        InputError: keyless, and the sigstore package is missing.
     """
-    assert known.digest is not None and known.envelope is not None
-    if trusted:
-        signature, keyids = check_signature(known.envelope, trusted)
+    assert known.digest is not None and known.signed is not None
+    if trusted.keys or trusted.identities:
+        signature, keyids = check_signature(known.signed, trusted)
     else:
         signature = Check(
             id="signature",
             status="pass",
             evidence="signature",
-            message="not checked here (no --key): the service checked it against its trusted "
-            "keys when it was pushed",
+            message="not checked here (no --key or keyless identity): the service checked it "
+            "against its trusted keys and identities when it was pushed",
         )
-        keyids = [s.keyid for s in known.envelope.signatures if s.keyid]
+        keyids = [s.keyid for s in envelope_of(known.signed).signatures if s.keyid]
     statement = None
     if signature.status == "pass":
-        statement = parse_statement(known.envelope.payload_bytes(), source)
+        statement = parse_statement(known.signed.payload_bytes(), source)
     return Opened(known.digest, source, signature, tuple(keyids), statement)
+
+
+def payload_digest(signed: Signed) -> str:
+    """``sha256:<hex>`` of the payload: the digest the service names a manifest by."""
+    return "sha256:" + hashlib.sha256(signed.payload_bytes()).hexdigest()
 
 
 def judge(
@@ -197,14 +223,13 @@ def finding_lines(checks: Sequence[Check], limit: int = MAX_FINDINGS) -> tuple[s
 
 class ManifestCache:
     """The newest manifest the service holds per image id, in memory and on disk
-    (``DIR/<image hex>.json``), with signatures checked once per manifest."""
+    (``DIR/<image hex>.json``: the envelope or bundle as the service stores it), with
+    signatures checked once per manifest."""
 
-    def __init__(
-        self, directory: Path, client: Client, trusted: Sequence[PublicKey], server: str
-    ) -> None:
+    def __init__(self, directory: Path, client: Client, trusted: Trust, server: str) -> None:
         self.directory = directory
         self._client = client
-        self._trusted = list(trusted)
+        self._trusted = trusted
         self._server = server.rstrip("/")
         self._known: dict[str, Known] = {}
         self._opened: dict[str, Opened] = {}
@@ -240,13 +265,15 @@ class ManifestCache:
         try:
             doc = json.loads(data)
             digest = doc["digest"]
-            envelope = None if doc["envelope"] is None else Envelope.model_validate(doc["envelope"])
-            if doc["image_id"] != image_id or (digest is None) != (envelope is None):
+            signed = _cached_signed(doc, str(path))
+            if doc["image_id"] != image_id or (digest is None) != (signed is None):
                 raise ValueError("inconsistent entry")
             if digest is not None and not _DIGEST.match(digest):
                 raise ValueError(f"bad digest {digest!r}")
-            return Known(image_id, digest, envelope, str(doc["fetched_at"]))
-        except (ValueError, KeyError, TypeError, ValidationError) as e:
+            if signed is not None and payload_digest(signed) != digest:
+                raise ValueError(f"the payload is not {digest}")
+            return Known(image_id, digest, signed, str(doc["fetched_at"]))
+        except (ValueError, KeyError, TypeError, ManifestError) as e:
             log.warning(
                 "%s: the cached manifest is corrupt (%s); removed, asking the service", path, e
             )
@@ -284,15 +311,12 @@ class ManifestCache:
             digest = str(found[0].get("digest", ""))
             if previous is not None and previous.digest == digest:
                 return previous
+            where = f"{self._server}/v1/manifests/{digest}"
             with _asking():
-                detail = self._client.manifest(digest)
-            try:
-                envelope = Envelope.model_validate(detail["envelope"])
-            except (KeyError, TypeError, ValidationError) as e:
-                raise ServerError(
-                    f"{self._server}/v1/manifests/{digest}: the answer carries no valid envelope"
-                ) from e
-            known = Known(image_id, digest, envelope, _now())
+                signed = self._client.signed_manifest(digest, where)
+            if payload_digest(signed) != digest:
+                raise ServerError(f"{where}: the answer's payload is not {digest}")
+            known = Known(image_id, digest, signed, _now())
         if previous is None or previous.digest != known.digest:
             self._store(known)
         with self._lock:
@@ -303,7 +327,7 @@ class ManifestCache:
         document = {
             "image_id": known.image_id,
             "digest": known.digest,
-            "envelope": None if known.envelope is None else json.loads(known.envelope.to_json()),
+            "signed": None if known.signed is None else known.signed.to_json().decode("utf-8"),
             "fetched_at": known.fetched_at,
         }
         try:

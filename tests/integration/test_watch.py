@@ -28,12 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sigstore_assets import ISSUER, ROOT, WHO
 
 from lockd.client import Client
 from lockd.model.fleet import FleetBatch
+from lockd.trust.signed import Trust
+from lockd.trust.sigstore_bundle import SigstoreBundle
 from lockd.watch.agent import Agent
 from lockd.watch.options import Selector, WatchOptions
 from lockd.watch.run import open_agent
+from lockd.watch.verifier import ManifestCache
 
 Lockd = Callable[..., subprocess.CompletedProcess[str]]
 LABEL = "lockd.watch-test"
@@ -128,22 +132,38 @@ class Service:
 
 
 @pytest.fixture(scope="session")
-def app_envelope(
+def recorded_app(
     app_image: str,
     keypair: tuple[Path, Path],
     lockd: Lockd,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Path:
-    out = tmp_path_factory.mktemp("watch-manifest") / "app.dsse.json"
-    made = lockd("record", f"image:{app_image}", "--key", keypair[0], "--output", out)
-    assert made.returncode == 0, made.stderr
-    return out
+) -> Callable[..., Path]:
+    """``recorded_app(*flags)``: the app image recorded with the session's key and ``flags``
+    (``--bundle``: a Sigstore bundle), once a session for each."""
+    made: dict[tuple[str, ...], Path] = {}
+
+    def _record(*flags: str) -> Path:
+        if flags not in made:
+            name = "app.sigstore.json" if "--bundle" in flags else "app.dsse.json"
+            out = tmp_path_factory.mktemp("watch-manifest") / name
+            ran = lockd("record", f"image:{app_image}", "--key", keypair[0], *flags, "-o", out)
+            assert ran.returncode == 0, ran.stderr
+            made[flags] = out
+        return made[flags]
+
+    return _record
 
 
-@pytest.fixture
-def service(
-    tmp_path: Path, keypair: tuple[Path, Path], app_envelope: Path, lockd: Lockd
+@pytest.fixture(scope="session")
+def app_envelope(recorded_app: Callable[..., Path]) -> Path:
+    return recorded_app()
+
+
+@contextlib.contextmanager
+def serving(
+    tmp_path: Path, keypair: tuple[Path, Path], manifest: Path, lockd: Lockd
 ) -> Iterator[Service]:
+    """`lockd serve` (SQLite, trusting the session's key) holding ``manifest``, pushed to it."""
     helpers = _service_helpers()
     receiver = Receiver()
     env = {
@@ -159,12 +179,20 @@ def service(
             made = lockd("token", "create", "watch-agent", "--role", "recorder", env=env)
             assert made.returncode == 0, made.stderr
             token = made.stdout.strip()
-            pushed = lockd("push", app_envelope, "--server", server.url, env={"LOCKD_TOKEN": token})
+            pushed = lockd("push", manifest, "--server", server.url, env={"LOCKD_TOKEN": token})
             assert pushed.returncode == 0, pushed.stderr
             yield Service(server.url, token, server, receiver, log_path)
         finally:
             server.stop()
             receiver.close()
+
+
+@pytest.fixture
+def service(
+    tmp_path: Path, keypair: tuple[Path, Path], app_envelope: Path, lockd: Lockd
+) -> Iterator[Service]:
+    with serving(tmp_path, keypair, app_envelope, lockd) as running:
+        yield running
 
 
 @pytest.fixture
@@ -686,3 +714,42 @@ def test_a_library_mapped_mid_run_makes_the_container_due_and_fails(
         f"workload: libextra.so.1 sha256:{digest} (not-in-image)",
         "workload: no-record",  # the manifest was recorded from the image
     ]
+
+
+def test_a_manifest_pushed_as_a_bundle_passes_checked_on_the_host(
+    tmp_path: Path,
+    keypair: tuple[Path, Path],
+    recorded_app: Callable[..., Path],
+    app_image: str,
+    start: Callable[[str], Any],
+    label: str,
+    lockd: Lockd,
+) -> None:
+    """`record --bundle`, `push`; `lockd watch --once` with --key and a keyless identity (the
+    trust verify takes) fetches the bundle, checks it here and passes; the cache keeps the
+    bundle as served, and one gone bad is dropped and fetched again."""
+    app_bundle = recorded_app("--bundle")
+    with serving(tmp_path, keypair, app_bundle, lockd) as service:
+        container = start(app_image)
+        spool, host = tmp_path / "spool", f"watch-{label}"
+        trust = [
+            *("--key", keypair[1], "--certificate-identity", WHO),
+            *("--certificate-oidc-issuer", ISSUER, "--trusted-root", ROOT),
+        ]
+        ran = lockd(
+            *("watch", "--once", "--server", service.url, "--host", host, "--spool", spool),
+            *("--label-selector", f"{LABEL}={label}", *trust),
+            env={"LOCKD_TOKEN": service.token},
+        )
+        assert (ran.returncode, ran.stdout) == (0, f"{container.name}\tpass\n"), ran.stderr
+        assert service.verdicts(host) == {container.name: "pass"}
+        [cached] = (spool / "manifests").iterdir()
+        entry = json.loads(cached.read_bytes())
+        assert json.loads(entry["signed"]) == json.loads(app_bundle.read_bytes())
+
+        cached.write_text(json.dumps(dict(entry, signed=entry["signed"][:100])))
+        cache = ManifestCache(spool / "manifests", service.client(), Trust(), service.url)
+        image_id = "sha256:" + cached.stem
+        known = cache.refresh(image_id)  # the entry is dropped: the service is asked again
+        assert isinstance(known.signed, SigstoreBundle)
+        assert json.loads(cached.read_bytes())["signed"] == entry["signed"]

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from sigstore_assets import ISSUER, KEYLESS, ROOT, WHO
 
 from lockd.errors import InputError
 from lockd.watch.options import (
@@ -127,6 +128,30 @@ def test_bad_numbers() -> None:
             "nosuch: no such policy file or policy name",
         ),
         (["--server", "http://127.0.0.1:1", "--key", "/nonexistent.pub"], "/nonexistent.pub"),
+        (
+            ["--server", "http://127.0.0.1:1", "--certificate-identity", "ci@example.org"],
+            "keyless verification: give the OIDC issuer (--certificate-oidc-issuer)",
+        ),
+        (
+            [
+                *("--server", "http://127.0.0.1:1", "--certificate-oidc-issuer", "https://x"),
+                *("--certificate-identity-regexp", "("),
+            ],
+            "keyless verification: '(' is not a regular expression (missing ), unterminated "
+            "subpattern at position 0)",
+        ),
+        (
+            ["--server", "http://127.0.0.1:1", "--key", "/dev/null", "--trusted-root", ROOT],
+            "--trusted-root is for keyless signatures: give --certificate-identity (or "
+            "--certificate-identity-regexp) and --certificate-oidc-issuer with it",
+        ),
+        (
+            [
+                *("--server", "http://127.0.0.1:1", "--certificate-oidc-issuer", ISSUER),
+                *("--certificate-identity", WHO, "--trusted-root", KEYLESS),
+            ],
+            f"{KEYLESS}: not a Sigstore trusted root lockd can use: ",
+        ),
     ],
 )
 def test_bad_command_lines_exit_2_naming_the_option(

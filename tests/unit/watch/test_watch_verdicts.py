@@ -18,6 +18,7 @@ from lockd.judgement.policy import default_policy
 from lockd.model.fleet import FleetResult
 from lockd.model.report import Check, Finding
 from lockd.trust import dsse, keys
+from lockd.trust.signed import Trust
 from lockd.trust.statement import PAYLOAD_TYPE, make_statement
 from lockd.watch.discovery import from_inspect, from_list, selected
 from lockd.watch.metrics import AgentMetrics
@@ -54,7 +55,7 @@ def result_of(judgement: Any) -> FleetResult:
 
 
 def test_the_recorded_environment_passes(signer: keys.PrivateKey) -> None:
-    opened = open_known(known_for(signer), [signer.public_key()], SOURCE)
+    opened = open_known(known_for(signer), Trust(keys=(signer.public_key(),)), SOURCE)
     judgement = judge(observation(), opened, default_policy(), image_id=IMAGE)
     assert judgement.verdict == "pass"
     assert judgement.findings == ()
@@ -64,7 +65,7 @@ def test_the_recorded_environment_passes(signer: keys.PrivateKey) -> None:
 
 
 def test_a_pip_install_fails_with_short_findings(signer: keys.PrivateKey) -> None:
-    opened = open_known(known_for(signer), [], SOURCE)  # no --key: the service's word
+    opened = open_known(known_for(signer), Trust(), SOURCE)  # no --key: the service's word
     assert "no --key" in opened.signature.message
     drifted = observation(
         report=probe(
@@ -82,7 +83,7 @@ def test_a_pip_install_fails_with_short_findings(signer: keys.PrivateKey) -> Non
 
 def test_an_untrusted_signature_fails_without_comparing(signer: keys.PrivateKey) -> None:
     stranger = keys.generate_private_key()
-    opened = open_known(known_for(signer), [stranger.public_key()], SOURCE)
+    opened = open_known(known_for(signer), Trust(keys=(stranger.public_key(),)), SOURCE)
     assert opened.statement is None
     judgement = judge(observation(), opened, default_policy(), image_id=IMAGE)
     assert judgement.verdict == "fail"
@@ -225,14 +226,14 @@ def test_names_and_labels_are_cut_to_the_contract() -> None:
 def test_a_corrupt_cached_manifest_is_dropped_and_asked_again(
     tmp_path: Path, signer: keys.PrivateKey
 ) -> None:
-    cache = ManifestCache(tmp_path, Client("http://127.0.0.1:1"), [], "http://127.0.0.1:1")
+    cache = ManifestCache(tmp_path, Client("http://127.0.0.1:1"), Trust(), "http://127.0.0.1:1")
     path = tmp_path / f"{IMAGE.removeprefix('sha256:')}.json"
     path.write_text('{"image_id": "sha256:')
     assert cache.get(IMAGE) is None
     assert not path.exists()
     # a good entry is read back, including "the service holds none"
     path.write_text(
-        json.dumps({"image_id": IMAGE, "digest": None, "envelope": None, "fetched_at": "t"})
+        json.dumps({"image_id": IMAGE, "digest": None, "signed": None, "fetched_at": "t"})
     )
     known = cache.get(IMAGE)
     assert known is not None and known.digest is None
@@ -242,11 +243,11 @@ def test_a_corrupt_cached_manifest_is_dropped_and_asked_again(
 def _none_recorded(image: str = IMAGE) -> str:
     """A cache entry saying the service holds no manifest for ``image`` (what a planted entry
     would claim to hide the image's manifest)."""
-    return json.dumps({"image_id": image, "digest": None, "envelope": None, "fetched_at": "t"})
+    return json.dumps({"image_id": image, "digest": None, "signed": None, "fetched_at": "t"})
 
 
 def _cache(directory: Path) -> ManifestCache:
-    return ManifestCache(directory, Client("http://127.0.0.1:1"), [], "http://127.0.0.1:1")
+    return ManifestCache(directory, Client("http://127.0.0.1:1"), Trust(), "http://127.0.0.1:1")
 
 
 def test_a_cached_manifest_that_is_a_symbolic_link_is_not_followed(
