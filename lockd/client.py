@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from lockd.trust.signed import Signed, Trust
 
 M = TypeVar("M", bound="BaseModel")
+T = TypeVar("T", list[Any], dict[str, Any])
 TIMEOUT_S = 30.0
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 AUDIT_PAGE = 1000
@@ -136,11 +137,11 @@ class Client:
 
     def manifests_for(self, subject: str) -> list[dict[str, Any]]:
         _, answer = self._request("GET", "/v1/manifests", query=[("subject", subject)])
-        return list(answer)
+        return _shaped(answer, list, f"{self.base_url}/v1/manifests", "a list of manifests")
 
     def manifest(self, digest: str) -> dict[str, Any]:
         _, answer = self._request("GET", f"/v1/manifests/{urllib.parse.quote(digest)}")
-        return dict(answer)
+        return _shaped(answer, dict, f"{self.base_url}/v1/manifests/{digest}", "a manifest")
 
     def signed_manifest(self, digest: str, where: str) -> Signed:
         """The stored manifest as it was pushed (see :func:`signed_of`).
@@ -321,6 +322,20 @@ def _parsed(model: type[M], answer: Any, where: str) -> M:
         raise ServerError(
             f"{where}: the answer is not a {model.__name__} ({e.errors()[0]['msg']})"
         ) from e
+
+
+def _shaped(answer: Any, kind: type[T], where: str, what: str) -> T:
+    """``answer`` when it is a ``kind`` (a list: of JSON objects), else the service said
+    something no lockd service says.
+
+    Raises:
+        ServerError: naming ``where`` and ``what`` was expected.
+    """
+    if not isinstance(answer, kind) or (
+        isinstance(answer, list) and not all(isinstance(item, dict) for item in answer)
+    ):
+        raise ServerError(f"{where}: the answer is not {what}; is --server a lockd service?")
+    return answer
 
 
 def signed_of(detail: dict[str, Any], where: str) -> Signed:

@@ -5,13 +5,12 @@ that answers what each case gives it."""
 
 from __future__ import annotations
 
-import http.server
 import socket
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import loopback
 import pytest
 
 from lockd.trust.checkpoint import Checkpoint, LogSigner
@@ -31,8 +30,8 @@ class Answers:
 def fake() -> Iterator[tuple[str, Answers]]:
     answers = Answers()
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
+    class Handler(loopback.Handler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server calls it so)
             path, _, query = self.path.partition("?")
             found = answers.by_path.get(path, (404, "application/json", b'{"detail": "no"}'))
             if path == "/v1/audit" and "after=0&" not in query + "&":
@@ -42,23 +41,10 @@ def fake() -> Iterator[tuple[str, Answers]]:
                 self.close_connection = True
                 return
             status, kind, body = found
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.send(status, body, kind)
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", answers
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback.loopback_server(Handler) as url:
+        yield url, answers
 
 
 def one_line(text: str) -> str:

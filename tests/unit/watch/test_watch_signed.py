@@ -9,14 +9,17 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 
+import loopback
 import pytest
 from observations import IMAGE, observation, signed
 from sigstore_assets import ISSUER, KEYLESS, PREDICATE, ROOT, WHO
 
 from lockd.client import Client
-from lockd.errors import ManifestError
+from lockd.errors import ManifestError, ServerError
 from lockd.judgement.policy import default_policy
 from lockd.model.report import Check
 from lockd.trust import keys
@@ -34,7 +37,7 @@ from lockd.watch.verifier import (
     payload_digest,
 )
 
-SERVER = "http://127.0.0.1:1"  # nothing listens: asking the service is seen failing
+SERVER = "http://127.0.0.1:1"  # nothing listens
 SOURCE = "http://svc/v1/manifests/sha256:" + "d" * 64
 NOT_LOCKD = f"predicateType is {PREDICATE!r}, not lockd's ({', '.join(PREDICATE_TYPES)})"
 UNTRUSTED_IDENTITY = (
@@ -195,14 +198,50 @@ def _corrupt(signer: keys.PrivateKey) -> dict[str, tuple[object, str]]:
     }
 
 
+@pytest.fixture
+def answering() -> Iterator[tuple[str, dict[str, object]]]:
+    """A real HTTP server on loopback answering, by path, the JSON a test puts in its dict: a
+    lockd service, or one saying what no lockd service says."""
+    answers: dict[str, object] = {}
+
+    class Answering(loopback.Handler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server calls it so)
+            path = urllib.parse.unquote(self.path.partition("?")[0])
+            body = json.dumps(answers.get(path, {"detail": "no"})).encode()
+            self.send(200 if path in answers else 404, body)
+
+    with loopback.loopback_server(Answering) as url:
+        yield url, answers
+
+
+def serve(answers: dict[str, object], bundle: SigstoreBundle, digest: str | None = None) -> str:
+    """Answer as the service does for an image whose newest manifest was pushed as ``bundle``
+    (under ``digest``, default its own); the digest."""
+    digest = digest or payload_digest(bundle)
+    answers["/v1/manifests"] = [{"digest": digest}]
+    answers[f"/v1/manifests/{digest}"] = {
+        "digest": digest,
+        "envelope": json.loads(bundle.envelope.to_json()),
+        "bundle": json.loads(bundle.raw),
+    }
+    return digest
+
+
 @pytest.mark.parametrize("case", ["unknown field", "another payload", "not JSON text", "truncated"])
 def test_a_corrupt_cached_bundle_is_dropped_and_the_service_asked_again(
-    tmp_path: Path, signer: keys.PrivateKey, case: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    signer: keys.PrivateKey,
+    case: str,
+    caplog: pytest.LogCaptureFixture,
+    answering: tuple[str, dict[str, object]],
 ) -> None:
     text, why = _corrupt(signer)[case]
-    cache = cache_in(tmp_path)
+    url, answers = answering
+    good = bundle_of(signer)
+    digest = serve(answers, good)
+    (tmp_path / "cache").mkdir(mode=0o700)
+    cache = ManifestCache(tmp_path / "cache", Client(url), Trust(keys=(signer.public_key(),)), url)
     path = entry(tmp_path)
-    digest = payload_digest(bundle_of(signer))
     path.write_text(
         json.dumps({"image_id": IMAGE, "digest": digest, "signed": text, "fetched_at": "t"})
     )
@@ -212,5 +251,45 @@ def test_a_corrupt_cached_bundle_is_dropped_and_the_service_asked_again(
     [said] = [r.getMessage() for r in caplog.records]
     assert said.startswith(f"{path}: the cached manifest is corrupt ({why.format(path=path)}")
     assert said.endswith("); removed, asking the service")
-    with pytest.raises(ServiceDownError, match=f"^.*{SERVER}"):
-        cache.refresh(IMAGE)  # asked: nothing listens there
+    known = cache.refresh(IMAGE)  # asked again: the bundle it serves is cached
+    assert known.signed == parse_signed(json.dumps(json.loads(good.raw)).encode(), "b")
+    assert json.loads(path.read_bytes())["signed"] == json.dumps(json.loads(good.raw))
+    opened = cache.opened(known)
+    assert opened is not None and opened.signature.status == "pass"
+
+
+def _hostile(signer: keys.PrivateKey, answers: dict[str, object], case: str, url: str) -> str:
+    """What a service that is not lockd's answers, by case; the error it must be refused with."""
+    good = bundle_of(signer)
+    digest = payload_digest(good)
+    where = f"{url}/v1/manifests/{digest}"
+    if case == "another payload":
+        serve(answers, bundle_of(keys.generate_private_key()), digest="sha256:" + "e" * 64)
+        return (
+            f"{url}/v1/manifests/sha256:{'e' * 64}: the answer's payload is not sha256:{'e' * 64}"
+        )
+    serve(answers, good)
+    if case == "a list that is not":
+        answers["/v1/manifests"] = {"digest": digest}
+        return f"{url}/v1/manifests: the answer is not a list of manifests; is --server a lockd service?"
+    if case == "a manifest that is not":
+        answers[f"/v1/manifests/{digest}"] = [1]
+        return f"{where}: the answer is not a manifest; is --server a lockd service?"
+    answers[f"/v1/manifests/{digest}"] = {"digest": digest, "bundle": {"mediaType": "x"}}
+    return f"{where}: the answer carries no valid envelope ({where}: not a DSSE envelope: "
+
+
+@pytest.mark.parametrize(
+    "case", ["another payload", "a list that is not", "a manifest that is not", "no envelope"]
+)
+def test_what_no_lockd_service_answers_is_refused_and_nothing_cached(
+    tmp_path: Path, signer: keys.PrivateKey, case: str, answering: tuple[str, dict[str, object]]
+) -> None:
+    url, answers = answering
+    message = _hostile(signer, answers, case, url)
+    cache = cache_in(tmp_path)
+    cache = ManifestCache(cache.directory, Client(url), Trust(), url)
+    with pytest.raises((ServerError, ServiceDownError)) as refused:  # the agent: as if away
+        cache.refresh(IMAGE)
+    assert str(refused.value).startswith(message)
+    assert cache.get(IMAGE) is None and not entry(tmp_path).exists()
