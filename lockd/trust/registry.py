@@ -157,6 +157,9 @@ class Deadline:
         self._sockets: set[socket.socket] = set()
         self.abandoned = False
 
+    def passed(self) -> bool:
+        return self.abandoned or time.monotonic() >= self.at
+
     def left(self, where: str) -> float:
         """Seconds left; raises RegistryError naming ``where`` once none are."""
         left = self.at - time.monotonic()

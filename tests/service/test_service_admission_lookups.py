@@ -20,8 +20,9 @@ from fastapi.testclient import TestClient
 from service_fixtures import Signer
 from service_helpers import Server, image, review
 
-from lockd.server.routes.admission import MAX_IN_FLIGHT
+from lockd.server.routes.admission import MAX_IN_FLIGHT, StoreUnavailableError
 from lockd.store.repository import Store
+from lockd.trust.registry import Deadline
 
 FLOOD = MAX_IN_FLIGHT + 8
 
@@ -163,3 +164,20 @@ def test_a_flood_against_a_registry_that_never_answers_holds_no_slot_past_its_de
     actions = [e.action for e in store.audit_entries()]
     assert actions.count("admission.allow_unchecked") == FLOOD
     assert actions[-1] == "admission.deny"
+
+
+def test_a_registry_lookup_out_of_time_is_unavailable_never_a_verdict(
+    make_client: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    """A lookup whose deadline passed while it ran says the registry did not answer in time
+    (the failure mode decides), rather than a deny as if the registry had no attestation."""
+    with bad_registry("plain") as registry:
+        client = fallback_to(make_client, tmp_path, registry.host, "deadline_s: 0.5\n")
+        gate = client.app.state.admission  # type: ignore[attr-defined]
+        deadline = Deadline(60.0)
+        deadline.abandon()
+        ref = f"{registry.host}/team/app@{image(9)}"
+        with pytest.raises(StoreUnavailableError) as raised:
+            gate.verdict(image(9), "default", ref, deadline)
+    assert str(raised.value) == "the store or a registry did not answer within 0.5 s"
+    assert registry.seen.paths == []

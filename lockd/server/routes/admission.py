@@ -231,12 +231,20 @@ class Gatekeeper:
         try:
             found = envelopes_from_registry(image, registry=Registry(host, deadline=deadline))
         except LockdError as e:
+            if deadline is not None and deadline.passed():  # not the registry's answer: no time
+                raise self._too_slow() from e
             return ImageVerdict(False, f"no manifest is stored and the registry gave none: {e}")
         result = judge(image, found, self.service.trust, policy, policy_name, "its registry")
         if result.allowed:
             manifest = (result.manifest or "")[:19]
             return ImageVerdict(True, f"manifest {manifest}… from the registry")
         return ImageVerdict(False, "; ".join(result.reasons)[:1000])
+
+    def _too_slow(self) -> StoreUnavailableError:
+        asked = " or a registry" if self.config.registry_fallback else ""
+        return StoreUnavailableError(
+            f"the store{asked} did not answer within {self.config.deadline_s:g} s"
+        )
 
     def _cached(self, digest: str, policy: str, now: float) -> ImageVerdict | None:
         with self._cache_lock:
@@ -315,10 +323,7 @@ class Gatekeeper:
             return await asyncio.wait_for(future, timeout=max(0.0, deadline.at - time.monotonic()))
         except asyncio.TimeoutError as e:
             deadline.abandon()
-            asked = " or a registry" if self.config.registry_fallback else ""
-            raise StoreUnavailableError(
-                f"the store{asked} did not answer within {self.config.deadline_s:g} s"
-            ) from e
+            raise self._too_slow() from e
         except LockdError:
             raise
         except Exception as e:
