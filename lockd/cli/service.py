@@ -229,7 +229,7 @@ def _follow_log(client: Client, path: Path, log_key: str | None, json: bool) -> 
             "reason": log.reason,
             "key": log.key,
             "key_pinned": log.pinned,
-            "saved": ok,
+            "saved_to": str(path) if ok else None,
             "chain": asdict(chain),
         }
         sys.stdout.write(json_module.dumps(body, sort_keys=True) + "\n")

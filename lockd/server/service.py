@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 from starlette.concurrency import run_in_threadpool
 
 from lockd.errors import InputError, LockdError, PolicyError, SignatureError
+from lockd.evidence.cache.store import untrusted_directory
 from lockd.judgement.policy import POLICY_NAME, Policy, default_policy, find_policy, parse_policy
 from lockd.judgement.reporting import build_report, manifest_reference, target_summary
 from lockd.model.manifest import Manifest, Observation
@@ -160,7 +161,7 @@ class Service:
         self.commits: GroupCommit[NewVerification, VerificationRecord] = GroupCommit(
             store.add_verifications, self.run
         )
-        self.log_signer = log_signer_for(settings, store)
+        self.log_signer, self._no_log_key = log_signer_for(settings, store)
         self._checkpoint: tuple[int, bytes, str] | None = None  # size, root, signed note
 
     async def run(self, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -392,7 +393,7 @@ class Service:
             NotFoundError: the service has no log key.
         """
         if self.log_signer is None:
-            raise NotFoundError(NO_LOG_KEY)
+            raise NotFoundError(self._no_log_key)
         return self.log_signer.verifier()
 
     def checkpoint(self) -> str:
@@ -403,7 +404,7 @@ class Service:
             NotFoundError: the service has no log key.
         """
         if self.log_signer is None:
-            raise NotFoundError(NO_LOG_KEY)
+            raise NotFoundError(self._no_log_key)
         size, root = self.store.tree_head()
         cached = self._checkpoint
         if cached is not None and cached[:2] == (size, root):
@@ -413,25 +414,32 @@ class Service:
         return note
 
 
-NO_LOG_KEY = (
-    "this service signs no audit checkpoints: it has no log key. Set LOCKD_LOG_KEY to a key "
-    "file made by `lockd keygen --log-key NAME` (a service on PostgreSQL never makes one "
-    "itself: its replicas must share one key)"
-)
+NO_LOG_KEY = "this service signs no audit checkpoints: it has no log key"
+SET_LOG_KEY = "Set LOCKD_LOG_KEY to a key file made by `lockd keygen --log-key NAME`"
 LOG_KEY_FILE = "lockd-log.key"
 
 
-def log_signer_for(settings: Settings, store: Store) -> LogSigner | None:
-    """The key the service signs checkpoints with: LOCKD_LOG_KEY's; else, for a SQLite file,
-    the one kept beside it (made on first start); else none (PostgreSQL's replicas must share
-    one key, which only the operator can hand out).
+def log_signer_for(settings: Settings, store: Store) -> tuple[LogSigner | None, str]:
+    """The key the service signs checkpoints with, else why it has none: LOCKD_LOG_KEY's; else,
+    for a SQLite file in a directory only this user may write, the one kept beside it (made on
+    first start); else none: PostgreSQL's replicas must share one key, which only the operator
+    can hand out, and a key in a directory others may write could be theirs.
 
     Raises:
         KeyFileError: the key file cannot be read, or made.
     """
     if settings.log_key is not None:
-        return load_log_signer(settings.log_key)
+        return load_log_signer(settings.log_key), ""
     database = store.engine.url.database
-    if is_sqlite(store.engine) and database and database != ":memory:":
-        return log_signer_at(Path(database).parent / LOG_KEY_FILE)
-    return None
+    if not is_sqlite(store.engine) or not database or database == ":memory:":
+        return None, (
+            f"{NO_LOG_KEY}. {SET_LOG_KEY} (a service on PostgreSQL never makes one itself: its "
+            "replicas must share one key)"
+        )
+    directory = Path(database).parent
+    untrusted = untrusted_directory(directory)
+    if untrusted is not None:
+        return None, (
+            f"{NO_LOG_KEY}, and keeps none beside its database: {untrusted[1]}. {SET_LOG_KEY}"
+        )
+    return log_signer_at(directory / LOG_KEY_FILE), ""

@@ -437,6 +437,7 @@ def test_a_rewritten_history_passes_the_chain_checks_but_not_a_saved_checkpoint(
         "first 13 entries were rewritten, or the database was replaced ("
     )
     assert verdict["reason"].endswith("); consistency fails at size 13")
+    assert verdict["saved_to"] is None
     assert open_checkpoint(saved.read_bytes(), log_key[1]).size == 13  # not replaced
     text = follow()
     assert text.returncode == 1
@@ -523,3 +524,13 @@ def test_unpinned_the_services_own_key_is_used_and_said(
         in " ".join(result.stdout.split())
     )
     assert open_checkpoint(saved.read_bytes(), log_key[1]).size == 2
+    again = json.loads(
+        lockd("audit", "verify", "--server", server.url, "--checkpoint", saved, "--json").stdout
+    )
+    assert (again["ok"], again["saved_size"], again["size"], again["key_pinned"]) == (
+        True,
+        2,
+        2,
+        False,
+    )
+    assert (again["saved_to"], again["key"]) == (str(saved), str(log_key[1]))

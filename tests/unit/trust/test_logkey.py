@@ -120,3 +120,23 @@ def test_a_verifier_key_is_given_as_text_or_as_a_file(tmp_path: Path) -> None:
     with pytest.raises(KeyFileError, match="no such log verifier key file"):
         load_log_verifier(str(tmp_path / "missing.vkey"))
     assert isinstance(load_log_verifier(str(vkey)), LogVerifier)
+
+
+def test_no_key_is_kept_in_a_directory_others_may_write(tmp_path: Path) -> None:
+    """Whoever can write there could have planted a key of theirs: the service signs nothing
+    rather than use or make one there, and says why."""
+    from fastapi.testclient import TestClient
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    settings = Settings(database_url=f"sqlite:///{shared}/lockd.db", allow_anonymous_read=True)
+    with TestClient(create_app(settings)) as client:
+        answer = client.get("/v1/audit/log-key")
+    assert answer.status_code == 404
+    assert answer.json()["detail"] == (
+        "this service signs no audit checkpoints: it has no log key, and keeps none beside its "
+        f"database: {shared} is writable by others (mode 0777). Set LOCKD_LOG_KEY to a key file "
+        "made by `lockd keygen --log-key NAME`"
+    )
+    assert not (shared / "lockd-log.key").exists()
