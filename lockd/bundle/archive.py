@@ -65,6 +65,8 @@ class Limits:
     members: int = 10_000  # entries, a PAX global header included
     extended: int = 64 * 1024  # one PAX header's records, one GNU long name or link
     sparse_blocks: int = 16  # an old GNU sparse file's extension headers
+    name: int = 4096  # bytes of one member's name (PATH_MAX); a longer one is refused
+    refusals: int = 100  # unsafe members named; past them the archive is refused whole
 
 
 class _Inflated:
@@ -225,14 +227,29 @@ def _pax_records(data: bytes) -> list[tuple[bytes, bytes]] | None:
     return records
 
 
-def _name(raw: bytes) -> tuple[str | None, str | None]:
-    """The name decoded (UTF-8, no control characters), or why it is refused."""
+_SHOWN = 100  # characters of a name a message quotes
+
+
+def _shown(name: str | bytes | None) -> str:
+    """A name as a message quotes it: repr, cut to its first characters."""
+    if name is None or len(name) <= _SHOWN:
+        return repr(name)
+    return (
+        f"{name[:_SHOWN]!r}… ({len(name)} {'bytes' if isinstance(name, bytes) else 'characters'})"
+    )
+
+
+def _name(raw: bytes, limit: int) -> tuple[str | None, str | None]:
+    """The name decoded (UTF-8, no control characters, at most ``limit`` bytes), or why it is
+    refused."""
+    if len(raw) > limit:
+        return None, f"{_shown(raw)}: a name of {len(raw)} bytes (at most {limit})"
     try:
         name = raw.decode("utf-8")
     except UnicodeDecodeError:
-        return None, f"{raw!r}: a name that is not UTF-8"
+        return None, f"{_shown(raw)}: a name that is not UTF-8"
     if _CONTROL.search(name):
-        return None, f"{name!r}: a control character in the name"
+        return None, f"{_shown(name)}: a control character in the name"
     return name, None
 
 
@@ -326,7 +343,7 @@ class _Reader:
         self.stream.read(-size % BLOCK, f"a {what}")
         if kind in (b"L", b"K"):
             if kind == b"L":
-                self.pending.long_name = _name(data.split(b"\0", 1)[0])
+                self.pending.long_name = _name(data.split(b"\0", 1)[0], self.limits.name)
             return
         records = _pax_records(data)
         if records is None:
@@ -336,7 +353,7 @@ class _Reader:
                 if key in (b"path", b"linkpath", b"size"):
                     raise self.fail(f"a PAX global header setting {key.decode()}")
             elif key == b"path":
-                self.pending.pax_name = _name(value)
+                self.pending.pax_name = _name(value, self.limits.name)
             elif key == b"size":
                 if not value.isdigit():
                     raise self.fail(f"a PAX size that is not a number: {value[:40]!r}")
@@ -351,20 +368,24 @@ class _Reader:
         raw_name = block[0:100].split(b"\0", 1)[0]
         if block[257:263] == b"ustar\0" and block[345] != 0:
             raw_name = block[345:500].split(b"\0", 1)[0] + b"/" + raw_name
-        name, bad = self.pending.pax_name or self.pending.long_name or _name(raw_name)
+        name, bad = (
+            self.pending.pax_name or self.pending.long_name or _name(raw_name, self.limits.name)
+        )
         if kind in _NO_DATA and size:
-            raise self.fail(f"{name!r}, {_NO_DATA[kind]}, declares {size} bytes of data")
+            raise self.fail(f"{_shown(name)}, {_NO_DATA[kind]}, declares {size} bytes of data")
         if kind == b"S":
             self.skip_sparse_map(block)
         if self.stream.offset + size > self.limits.stream:
             raise self.fail(
-                f"{name!r} declares {size} bytes, past the {_size(self.limits.stream)} an "
+                f"{_shown(name)} declares {size} bytes, past the {_size(self.limits.stream)} an "
                 "archive may hold"
             )
         why = bad or self.unsafe(name, kind, size)
-        what = f"the data of {name!r}"
+        what = f"the data of {_shown(name)}"
         if why is not None:
             self.refused.append(why)
+            if len(self.refused) > self.limits.refusals:
+                raise self.fail(f"more than {self.limits.refusals} unsafe members")
             self.stream.skip(size + (-size % BLOCK), what)
             return
         assert name is not None  # a name is None only with why it is refused
@@ -374,16 +395,17 @@ class _Reader:
 
     def unsafe(self, name: str | None, kind: bytes, size: int) -> str | None:
         """Why this member is refused, or None."""
+        shown = _shown(name)
         if kind == b"S" or self.pending.sparse:
-            return f"{name!r}: not a regular file (a sparse file)"
+            return f"{shown}: not a regular file (a sparse file)"
         if kind not in _REGULAR:
-            return f"{name!r}: not a regular file ({_NO_DATA.get(kind, f'of type {kind!r}')})"
+            return f"{shown}: not a regular file ({_NO_DATA.get(kind, f'of type {kind!r}')})"
         if name is None or _unsafe_path(name):
-            return f"{name!r}: an absolute path or a '.'/'..' segment"
+            return f"{shown}: an absolute path or a '.'/'..' segment"
         if size > self.limits.member or self.kept + size > self.limits.total:
-            return f"{name!r}: too large ({size} bytes)"
+            return f"{shown}: too large ({size} bytes)"
         if name in self.files:
-            return f"{name!r}: appears twice"
+            return f"{shown}: appears twice"
         return None
 
     def skip_sparse_map(self, block: bytes) -> None:

@@ -213,6 +213,17 @@ def test_too_many_members_are_refused_at_the_first_past_the_limit(tmp_path: Path
     )
 
 
+def test_past_100_unsafe_members_the_archive_is_refused_whole(tmp_path: Path) -> None:
+    """Each refusal names its member: their number is bounded, so is what the report holds."""
+    links = [header(b"l%d" % i, kind=b"2") for i in range(101)]
+    path = _write(tmp_path, tar_gz(*links))
+    assert _refusal(path) == (
+        f"{path}: more than 100 unsafe members (tar header at byte 51200); refused unread"
+    )
+    files, refused = read_tar_gz(_write(tmp_path, tar_gz(*links[:100])))
+    assert files == {} and len(refused) == 100
+
+
 def test_the_inflated_stream_is_bounded(tmp_path: Path) -> None:
     comment = extended(b"g", pax_record(b"comment", b"y" * 1000))
     path = _write(tmp_path, tar_gz(comment * 20))
@@ -242,7 +253,7 @@ MEMBER_REFUSALS = {
     ),
     "dot-dot by GNU long name": (
         [extended(b"L", b"../" * 40 + b"x\0"), member(b"harmless")],
-        f"'{'../' * 40}x': an absolute path or a '.'/'..' segment",
+        f"'{'../' * 33}.'… (121 characters): an absolute path or a '.'/'..' segment",
     ),
     "dot-dot by ustar prefix": (
         [header(b"x", size=1, prefix=b"..") + member(b"x")[512:]],
@@ -263,6 +274,10 @@ MEMBER_REFUSALS = {
     "not UTF-8": ([member(b"\xff\xfe")], "b'\\xff\\xfe': a name that is not UTF-8"),
     "control character": ([member(b"a\x1bb")], "'a\\x1bb': a control character in the name"),
     "duplicate": ([member(b"a", b"1"), member(b"a", b"2")], "'a': appears twice"),
+    "a name past 4096 bytes": (
+        [extended(b"x", pax_record(b"path", b"n" * 5000)), member(b"harmless")],
+        f"{b'n' * 100!r}… (5000 bytes): a name of 5000 bytes (at most 4096)",
+    ),
 }
 
 
