@@ -68,7 +68,7 @@ def judge(
     trusted key, names the image's digest as a subject and whose recorded checks pass
     ``policy``; reasons for each that does not."""
     from lockd.judgement.compare import compare
-    from lockd.trust.signed import verify_signed
+    from lockd.trust.signed import payload_digest, verify_signed
     from lockd.trust.statement import parse_statement
 
     digest = pinned_digest(image)
@@ -93,8 +93,9 @@ def judge(
             why = ", ".join(c.id + (f" ({c.message})" if c.message else "") for c in failed)
             reasons.append(f"{where}: fails policy {policy_name}: {why}")
             continue
-        payload = "sha256:" + hashlib.sha256(envelope.payload_bytes()).hexdigest()
-        return GateResult(True, image, digest, policy_name, source, payload, keyids, reasons)
+        return GateResult(
+            True, image, digest, policy_name, source, payload_digest(envelope), keyids, reasons
+        )
     return GateResult(False, image, digest, policy_name, source, reasons=reasons)
 
 

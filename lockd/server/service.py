@@ -11,7 +11,6 @@ together share one transaction, and each is answered after that transaction comm
 
 from __future__ import annotations
 
-import hashlib
 import re
 import threading
 import time
@@ -41,6 +40,7 @@ from lockd.trust.signed import (
     Trust,
     envelope_of,
     parse_signed,
+    payload_digest,
     signers_text,
     verify_signed,
 )
@@ -85,10 +85,6 @@ class TrustedManifest:
     def reference(self) -> ReportManifest:
         """How every report on this manifest names it."""
         return manifest_reference(f"/v1/manifests/{self.digest}", self.subjects, self.keyids)
-
-
-def payload_digest(envelope: Signed) -> str:
-    return "sha256:" + hashlib.sha256(envelope.payload_bytes()).hexdigest()
 
 
 def check_name(name: str) -> str:

@@ -5,6 +5,7 @@ either against what is trusted (:func:`verify_signed`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ __all__ = [
     "envelope_of",
     "load_trust",
     "parse_signed",
+    "payload_digest",
     "signed_from",
     "signers_text",
     "verify_signed",
@@ -92,6 +94,12 @@ def parse_signed(data: bytes, source: str) -> Signed:
             bundle lockd reads: …"``.
     """
     return signed_from(dsse.json_object(data, source, "a DSSE envelope"), source, data)
+
+
+def payload_digest(signed: Signed) -> str:
+    """``sha256:<hex>`` of the payload: what the service names a stored manifest by, the same
+    for an envelope and the bundle that carries it."""
+    return "sha256:" + hashlib.sha256(signed.payload_bytes()).hexdigest()
 
 
 def envelope_of(signed: Signed) -> Envelope:

@@ -12,7 +12,6 @@ bundle's certificate, log entry and identity).
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -31,7 +30,14 @@ from lockd.judgement.reporting import build_report, manifest_reference, target_s
 from lockd.model.fleet import MAX_FINDINGS, Verdict
 from lockd.model.manifest import Manifest, Observation
 from lockd.model.report import Check, Finding, Report, ReportManifest
-from lockd.trust.signed import Signed, Trust, envelope_of, parse_signed, signed_from
+from lockd.trust.signed import (
+    Signed,
+    Trust,
+    envelope_of,
+    parse_signed,
+    payload_digest,
+    signed_from,
+)
 from lockd.trust.statement import Subject, parse_statement
 from lockd.verify import check_signature
 
@@ -151,11 +157,6 @@ def open_known(known: Known, trusted: Trust, source: str) -> Opened:
     if signature.status == "pass":
         statement = parse_statement(known.signed.payload_bytes(), source)
     return Opened(known.digest, source, signature, tuple(keyids), statement)
-
-
-def payload_digest(signed: Signed) -> str:
-    """``sha256:<hex>`` of the payload: the digest the service names a manifest by."""
-    return "sha256:" + hashlib.sha256(signed.payload_bytes()).hexdigest()
 
 
 def judge(

@@ -24,7 +24,7 @@ from lockd.judgement.policy import default_policy
 from lockd.model.report import Check
 from lockd.trust import keys
 from lockd.trust.keyless import Identity
-from lockd.trust.signed import Signed, Trust, parse_signed
+from lockd.trust.signed import Signed, Trust, parse_signed, payload_digest
 from lockd.trust.sigstore_bundle import SigstoreBundle, key_bundle
 from lockd.trust.statement import PREDICATE_TYPES
 from lockd.watch.verifier import (
@@ -34,7 +34,6 @@ from lockd.watch.verifier import (
     ServiceDownError,
     judge,
     open_known,
-    payload_digest,
 )
 
 SERVER = "http://127.0.0.1:1"  # nothing listens
