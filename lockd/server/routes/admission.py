@@ -63,6 +63,7 @@ log = logging.getLogger("lockd.server.admission")
 router = APIRouter(tags=["admission"])
 MAX_IN_FLIGHT = 32
 SLOT_POLL_S = 0.005
+SLOT_POLL_MAX_S = 0.05
 AUDIT_BATCH = 256
 MAX_AUDIT_BACKLOG = 10_000
 CACHE_ENTRIES = 10_000
@@ -280,13 +281,16 @@ class Gatekeeper:
         Raises:
             StoreUnavailableError: no slot came free in time.
         """
+        pause = SLOT_POLL_S
         while not self._in_flight.acquire(blocking=False):
-            if time.monotonic() + SLOT_POLL_S >= deadline.at:
+            left = deadline.at - time.monotonic()
+            if left <= 0:
                 raise StoreUnavailableError(
                     f"no lookup slot came free within {self.config.deadline_s:g} s "
                     f"({MAX_IN_FLIGHT} lookups in flight)"
                 )
-            await asyncio.sleep(SLOT_POLL_S)
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 2, SLOT_POLL_MAX_S)  # a flood of waiters must not spin the loop
 
     async def _in_thread(self, work: Callable[..., T], *args: Any, deadline: Deadline) -> T:
         """Run blocking work on a daemon thread (a hung database never blocks exit) and wait
