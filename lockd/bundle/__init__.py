@@ -323,7 +323,8 @@ def export_bundle(
         SignatureError: the envelope does not verify against the service's keys.
         OutputExistsError: ``output`` exists and ``force`` is false.
     """
-    from lockd.bundle.logproof import fetch_log_proof, relied_on
+    from lockd.bundle.layout import relied_on
+    from lockd.bundle.logproof import fetch_log_proof
     from lockd.client import signed_of
     from lockd.fileio import refuse_existing, write_atomic
     from lockd.trust import dsse, keys
@@ -374,7 +375,7 @@ def export_bundle(
         "filename": output.name,
     }
     files = bundle_files(**parts)
-    seqs = relied_on(json.loads(files["bundle.json"]))
+    seqs = relied_on(json.loads(files["bundle.json"])).seqs
     log = fetch_log_proof(client, {e["seq"]: e for e in entries}, seqs, log_key)
     if log is not None:
         files = bundle_files(**parts, log=log)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lockd.bundle.layout import FORMAT, INDEX, sha256_hex
+from lockd.bundle.layout import FORMAT, INDEX, ReliedOn, audit_seq, relied_on, sha256_hex
 from lockd.errors import LockdError
 from lockd.trust.statement import canonical_json
 
@@ -75,7 +75,7 @@ def _load_json(files: Mapping[str, bytes], name: str) -> Any:
         return json.loads(files[name])
     except KeyError:
         raise _CheckFailedError(f"{name} is missing from the bundle") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # not UTF-8 or JSON, too deep, a huge number
         raise _CheckFailedError(f"{name} is not JSON ({e})") from e
 
 
@@ -218,18 +218,30 @@ def _older_sbom(bundled: Any, expected: Mapping[str, Any]) -> str:
     )
 
 
-def _check_chain(files: Mapping[str, bytes], meta: Mapping[str, Any]) -> str:
-    from lockd.trust.auditlog import entry_hash
-
+def _audit_entries(files: Mapping[str, bytes]) -> dict[int, Mapping[str, Any]]:
+    """audit.json's entries by seq, in order, each seq an integer (:func:`audit_seq`)."""
     entries = _load_json(files, "audit.json")
     if not isinstance(entries, list) or not entries:
         raise _CheckFailedError("audit.json holds no entries")
-    previous: Mapping[str, Any] | None = None
     by_seq: dict[int, Mapping[str, Any]] = {}
-    for entry in entries:
-        if not isinstance(entry, dict) or not isinstance(entry.get("seq"), int):
-            raise _CheckFailedError("audit.json: an entry without an integer seq")
-        seq = entry["seq"]
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise _CheckFailedError(f"audit.json: entry [{i}] is not an object")
+        try:
+            by_seq[audit_seq(entry.get("seq"), f"audit.json: entry [{i}]'s seq")] = entry
+        except LockdError as e:
+            raise _CheckFailedError(str(e)) from e
+    if len(by_seq) != len(entries):
+        raise _CheckFailedError("audit.json: two entries hold the same seq")
+    return by_seq
+
+
+def _check_chain(files: Mapping[str, bytes], meta: Mapping[str, Any], relied: ReliedOn) -> str:
+    from lockd.trust.auditlog import entry_hash
+
+    by_seq = _audit_entries(files)
+    previous: Mapping[str, Any] | None = None
+    for seq, entry in by_seq.items():
         try:
             computed = entry_hash(entry)
         except KeyError as e:
@@ -247,10 +259,9 @@ def _check_chain(files: Mapping[str, bytes], meta: Mapping[str, Any]) -> str:
                 raise _CheckFailedError(
                     f"audit.json: entry {seq} does not hold the hash of entry {seq - 1}"
                 )
-        by_seq[seq] = entry
         previous = entry
     envelope_body = "sha256:" + sha256_hex(files["envelope.dsse.json"])
-    own = by_seq.get(meta.get("manifest_audit_seq"))  # type: ignore[arg-type]
+    own = by_seq.get(relied.manifest)
     if (
         own is None
         or own.get("action") != "manifest.create"
@@ -260,31 +271,24 @@ def _check_chain(files: Mapping[str, bytes], meta: Mapping[str, Any]) -> str:
         raise _CheckFailedError(
             "envelope.dsse.json: no audit entry records its creation (audit.json)"
         )
-    reports = meta.get("reports")
-    if not isinstance(reports, list):
-        raise _CheckFailedError("bundle.json lists no reports")
-    listed = {r.get("file") for r in reports if isinstance(r, dict)}
+    listed = {name for name, _ in relied.reports}
     unlisted = sorted(n for n in files if n.startswith("reports/") and n not in listed)
     if unlisted:
         raise _CheckFailedError(f"{', '.join(unlisted)}: not listed in bundle.json")
-    for report in reports:
-        name = str(report.get("file"))
+    for name, seq in relied.reports:
         if name not in files:
             raise _CheckFailedError(f"{name} is missing from the bundle")
-        entry = by_seq.get(report.get("audit_seq"))
+        covering = by_seq.get(seq)
         body = "sha256:" + sha256_hex(files[name])
-        if entry is None or entry.get("action") != "verification.create":
-            raise _CheckFailedError(
-                f"{name}: its audit entry {report.get('audit_seq')} is not in audit.json"
-            )
-        if entry.get("body_digest") != body:
-            raise _CheckFailedError(
-                f"{name}: its digest is not the one audit entry {entry['seq']} holds"
-            )
-    first, last = entries[0]["seq"], entries[-1]["seq"]
+        if covering is None or covering.get("action") != "verification.create":
+            raise _CheckFailedError(f"{name}: its audit entry {seq} is not in audit.json")
+        if covering.get("body_digest") != body:
+            raise _CheckFailedError(f"{name}: its digest is not the one audit entry {seq} holds")
+    first, last = min(by_seq), max(by_seq)
     return (
         f"audit.json entries {first}-{last} chain correctly; they cover the manifest (entry "
-        f"{own['seq']}) and {len(reports)} report(s); last hash {entries[-1]['hash']}"
+        f"{relied.manifest}) and {len(relied.reports)} report(s); last hash "
+        f"{by_seq[last]['hash']}"
     )
 
 
@@ -312,15 +316,17 @@ def check_files(
         except LockdError as e:
             checks.append(BundleCheck(check_id, False, e.diagnostics()))
 
+    pinned = None if log_key is None else str(log_key)
     run("files", lambda: _check_index(files, refused))
     try:
         meta = _load_json(files, "bundle.json")
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise _CheckFailedError(f"bundle.json: not a {FORMAT} description")
         digest = str(meta.get("digest"))
-    except _CheckFailedError as e:
+        relied = relied_on(meta)
+    except (_CheckFailedError, LockdError) as e:  # nothing else can be checked without it
         checks.append(BundleCheck("bundle", False, str(e)))
-        return BundleVerdict(digest, keyids, checks)
+        return BundleVerdict(digest, keyids, checks, pinned, log_key is not None)
 
     def signature() -> str:
         message, signers = _check_signature(files, meta)
@@ -328,34 +334,31 @@ def check_files(
         return message
 
     def transparency_log() -> str:
-        log.append(_check_log(files, meta, log_key))
+        log.append(_check_log(files, relied, log_key))
         return log[0].message
 
     run("signature", signature)
     if "envelope.dsse.json" in files:
         run("sbom", lambda: _check_sbom(files))
-        run("audit", lambda: _check_chain(files, meta))
+        run("audit", lambda: _check_chain(files, meta, relied))
     if log_key is not None or any(name in files for name in LOG_FILES):
         run("log", transparency_log)
     return BundleVerdict(
         digest,
         keyids,
         checks,
-        log_key=log[0].key if log else None,
-        log_key_pinned=bool(log) and log[0].pinned,
+        # the pinned key even where the log check failed: the verdict says what it was held to
+        log_key=log[0].key if log else pinned,
+        log_key_pinned=log_key is not None,
     )
 
 
 def _check_log(
-    files: Mapping[str, bytes], meta: Mapping[str, Any], log_key: LogVerifier | None
+    files: Mapping[str, bytes], relied: ReliedOn, log_key: LogVerifier | None
 ) -> LogCheck:
-    from lockd.bundle.logproof import check_log, relied_on
+    from lockd.bundle.logproof import check_log
 
-    entries = _load_json(files, "audit.json")
-    if not isinstance(entries, list):
-        raise _CheckFailedError("audit.json holds no entries")
-    by_seq = {e["seq"]: e for e in entries if isinstance(e, dict) and isinstance(e.get("seq"), int)}
-    return check_log(files, by_seq, relied_on(meta), log_key)
+    return check_log(files, _audit_entries(files), relied.seqs, log_key)
 
 
 def verify_bundle(path: Path, log_key: LogVerifier | None = None) -> BundleVerdict:

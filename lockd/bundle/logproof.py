@@ -44,7 +44,6 @@ __all__ = [
     "check_log",
     "fetch_log_proof",
     "log_files",
-    "relied_on",
 ]
 
 CHECKPOINT = "log/checkpoint.note"
@@ -59,13 +58,6 @@ class LogProofFailedError(LockdError):
     """The bundle's transparency-log proof does not hold (exit 1: the bundle is refused)."""
 
     exit_code = 1
-
-
-def relied_on(meta: Mapping[str, Any]) -> list[int]:
-    """The seqs of the entries a bundle relies on: the manifest's own and each report's."""
-    seqs = {meta.get("manifest_audit_seq")}
-    seqs |= {r.get("audit_seq") for r in meta.get("reports") or [] if isinstance(r, dict)}
-    return sorted(s for s in seqs if isinstance(s, int) and not isinstance(s, bool))
 
 
 @dataclass(frozen=True)
@@ -148,6 +140,8 @@ def check_log(
         LockdError: what does not hold, naming the file or entry (an InputError for a
             malformed file, NoteVerificationError for a signature, ProofError for a proof).
     """
+    if not seqs:  # a check that proves nothing must not read as one that holds
+        raise InputError("no audit entry to prove in the log: the bundle relies on none")
     missing = [name for name in LOG_FILES if name not in files]
     if missing:
         raise InputError(

@@ -222,7 +222,7 @@ def test_audit_verify_with_log_key_exits_0_pinned_and_1_for_another_key(tmp_path
     refused = run_lockd("audit", "verify", path, "--log-key", other, "--json")
     assert refused.returncode == 1
     body = json.loads(refused.stdout)
-    assert (body["ok"], body["log_key"], body["log_key_pinned"]) == (False, None, False)
+    assert (body["ok"], body["log_key"], body["log_key_pinned"]) == (False, str(other), True)
     assert [c["id"] for c in body["checks"] if not c["ok"]] == ["log"]
 
 
