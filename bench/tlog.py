@@ -7,7 +7,9 @@ consistency proof, and the whole log's re-check, on SQLite and PostgreSQL.
 Each side runs in a child process (``--child``) whose ``lockd`` is that side's code: the
 baseline's from a temporary git worktree (bench/before.py), this checkout's otherwise. Each child
 fills a fresh database to ``--size`` entries in transactions of 1000 (batched appends/s), then
-times ``--appends`` transactions of one entry each at that size (appends/s, p50/p99).
+times ``--appends`` transactions of one entry each at that size (appends/s, p50/p99). The
+baseline's database is then migrated by this checkout (``--migrate``: the chain of ``--size``
+entries turned into the tree, timed).
 
 Usage: .venv/bin/python bench/tlog.py [--size 100000] [--appends 2000] [--probes 300]
        [--before COMMIT] [--backends sqlite,postgresql]   (PostgreSQL: scripts/postgres's server,
@@ -87,6 +89,22 @@ def child(url: str, size: int, appends: int, probes: int) -> dict[str, Any]:
     return result
 
 
+def migrate(url: str) -> dict[str, Any]:
+    """Run by this checkout's lockd on the baseline's filled database: the migration that
+    turns its chain into the tree, timed, then the whole log re-checked."""
+    from lockd.store.migrate import upgrade
+    from lockd.store.repository import Store
+
+    store = Store.open(url)
+    start = time.perf_counter()
+    upgrade(store.engine)
+    took = time.perf_counter() - start
+    check = store.verify_audit()
+    size, _ = store.tree_head()
+    store.close()
+    return {"migrate_s": took, "size": size, "verify_ok": check.ok}
+
+
 def _probe(store: Any, probes: int) -> dict[str, Any]:
     from lockd.trust import merkle
     from lockd.trust.auditlog import entry_leaf_hash
@@ -123,21 +141,15 @@ def _probe(store: Any, probes: int) -> dict[str, Any]:
 
 
 def _run_side(
-    argv_env: tuple[list[str], dict[str, str]], url: str, args: argparse.Namespace
+    argv_env: tuple[list[str], dict[str, str]],
+    url: str,
+    args: argparse.Namespace,
+    task: list[str] | None = None,
 ) -> Any:
     argv, env = argv_env
-    command = [
-        *argv,
-        str(Path(__file__).resolve()),
-        "--child",
-        url,
-        "--size",
-        str(args.size),
-        "--appends",
-        str(args.appends),
-        "--probes",
-        str(args.probes),
-    ]
+    command = [*argv, str(Path(__file__).resolve()), *(task or ["--child", url])]
+    command += ["--size", str(args.size), "--appends", str(args.appends)]
+    command += ["--probes", str(args.probes)]
     done = subprocess.run(
         command, check=False, env={**os.environ, **env}, capture_output=True, text=True
     )
@@ -149,6 +161,7 @@ def _run_side(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--child", metavar="URL")
+    parser.add_argument("--migrate", metavar="URL")
     parser.add_argument("--size", type=int, default=100_000)
     parser.add_argument("--appends", type=int, default=2000)
     parser.add_argument("--probes", type=int, default=300)
@@ -157,6 +170,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.size, args.appends, args.probes)))
+        return
+    if args.migrate:
+        print(json.dumps(migrate(args.migrate)))
         return
     from before import lockd_at, short
 
@@ -179,6 +195,13 @@ def main() -> None:
                     f"append at {args.size}: {got['append_per_s']:6.0f}/s ({got['append']}) | "
                     f"verify whole log {got['verify_s']:.2f} s (ok={got['verify_ok']})"
                 )
+                if name.startswith("before"):  # its database, migrated by this checkout
+                    moved = _run_side(here, url, args, ["--migrate", url])
+                    print(
+                        f"{'':31} migrated to the tree by this checkout: "
+                        f"{moved['migrate_s']:.2f} s for {moved['size']} entries "
+                        f"(re-check ok={moved['verify_ok']})"
+                    )
                 if "checkpoint" in got:
                     print(
                         f"{'':31} signed checkpoint {got['checkpoint']} | inclusion proof "
