@@ -534,3 +534,46 @@ def test_unpinned_the_services_own_key_is_used_and_said(
         False,
     )
     assert (again["saved_to"], again["key"]) == (str(saved), str(log_key[1]))
+
+
+def test_a_new_log_key_behind_the_same_url_is_reported(
+    served: Server, store: Store, lockd: Lockd, tmp_path: Path, log_key: tuple[Path, LogVerifier]
+) -> None:
+    """The service restarted with another key (its data folder wiped and a key made afresh,
+    or the key replaced): unpinned, the saved checkpoint no longer verifies under the key it
+    serves; pinned, the new checkpoint does not verify."""
+    append(store, 4)
+    saved = tmp_path / "audit.checkpoint"
+    assert lockd("audit", "verify", "--server", served.url, "--checkpoint", saved).returncode == 0
+    served.stop()
+    other = LogSigner.generate("lockd.test/audit")
+    other_key, _ = write_log_key(tmp_path / "other", other)
+    env = {**served.env, "LOCKD_LOG_KEY": str(other_key)}
+    with (tmp_path / "restarted.log").open("wb") as log:
+        restarted = Server(env, port=served.port, log=log).start()
+        try:
+            unpinned = lockd("audit", "verify", "--server", served.url, "--checkpoint", saved)
+            pinned = lockd(
+                "audit", "verify", "--server", served.url, "--checkpoint", saved,
+                "--log-key", str(log_key[1]),
+            )  # fmt: skip
+        finally:
+            restarted.stop()
+    new, old = other.verifier(), log_key[1]
+    assert (unpinned.returncode, one_line(unpinned.stderr)) == (
+        1,
+        f"lockd: error: the saved checkpoint is not signed by the log key {new.name}+"
+        f"{new.id.hex()} (the note is signed by no trusted key (trusted: {new.name}+"
+        f"{new.id.hex()}; signed by: {old.name}+{old.id.hex()})); the log's key changed: "
+        "another log answers, or the key was replaced",
+    )
+    assert (pinned.returncode, one_line(pinned.stderr)) == (
+        1,
+        f"lockd: error: {served.url}/v1/audit/checkpoint: the note is signed by no trusted key "
+        f"(trusted: {old.name}+{old.id.hex()}; signed by: {new.name}+{new.id.hex()})",
+    )
+    assert open_checkpoint(saved.read_bytes(), old).size == 4  # kept
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
