@@ -140,3 +140,23 @@ def test_no_key_is_kept_in_a_directory_others_may_write(tmp_path: Path) -> None:
         "made by `lockd keygen --log-key NAME`"
     )
     assert not (shared / "lockd-log.key").exists()
+
+
+def test_the_shipped_deployment_signs_checkpoints_with_one_mounted_key() -> None:
+    """Every replica reads LOCKD_LOG_KEY from the secret `lockd keygen --log-key` makes the file
+    of (README: kubectl create secret generic lockd-log-key --from-file=lockd-log.key), readable
+    by the service's user and no one else."""
+    import yaml
+
+    deploy = Path(__file__).resolve().parents[3] / "deploy" / "kubernetes"
+    docs = {d["kind"]: d for d in yaml.safe_load_all((deploy / "lockd.yaml").read_text())}
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    [volume] = [v for v in pod["volumes"] if v["name"] == "log-key"]
+    assert env["LOCKD_LOG_KEY"] == f"{mounts['log-key']}/lockd-log.key"
+    assert volume["secret"] == {"secretName": "lockd-log-key", "defaultMode": 0o440}
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"]
+    readme = (deploy / "README.md").read_text()
+    assert "create secret generic lockd-log-key --from-file=lockd-log.key" in readme
