@@ -140,6 +140,7 @@ def push(
 
 
 def audit_verify(
+    ctx: typer.Context,
     bundle: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Argument(help="an audit bundle (lockd audit export) to check offline"),
@@ -166,6 +167,7 @@ def audit_verify(
     from lockd.errors import InputError
 
     if bundle is not None:
+        _refuse_service_flags(ctx, checkpoint)
         _verify_bundle(bundle, log_key, json)
     if server is None:
         raise InputError("give a bundle file, or --server URL (or set LOCKD_SERVER)")
@@ -182,6 +184,29 @@ def audit_verify(
     else:
         _print_chain(verdict)
     raise typer.Exit(0 if verdict.ok else 1)
+
+
+def _refuse_service_flags(ctx: typer.Context, checkpoint: Path | None) -> None:
+    """A bundle is checked offline, alone: a --server or --checkpoint given with it would be
+    silently unused, and whoever gave it would think the service's log was checked too
+    (LOCKD_SERVER in the environment is no such request)."""
+    from lockd.errors import InputError
+
+    server = ctx.get_parameter_source("server")  # typer's own click: its enum, by name
+
+    given = [
+        flag
+        for flag, on in (
+            ("--server", server is not None and server.name == "COMMANDLINE"),
+            ("--checkpoint", checkpoint is not None),
+        )
+        if on
+    ]
+    if given:
+        raise InputError(
+            f"{' and '.join(given)} check a service's log, not a bundle: check the bundle alone "
+            "(BUNDLE [--log-key KEY]), and the service's log in another run"
+        )
 
 
 def _print_chain(verdict: ChainCheck) -> None:

@@ -6,6 +6,9 @@ exported before the log was signed still verify as they did."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -242,3 +245,75 @@ def test_a_bad_log_key_exits_2(given: str, message: str, tmp_path: Path) -> None
     result = run_lockd("audit", "verify", path, "--log-key", given)
     assert result.returncode == 2
     assert " ".join(result.stderr.split()) == f"lockd: error: {message}"
+
+
+@pytest.mark.parametrize(
+    ("flags", "given"),
+    [
+        (["--server", "http://127.0.0.1:9"], "--server"),
+        (["--checkpoint", "saved.note"], "--checkpoint"),
+        (
+            ["--server", "http://127.0.0.1:9", "--checkpoint", "saved.note"],
+            "--server and --checkpoint",
+        ),
+    ],
+)
+def test_service_flags_with_a_bundle_are_refused_not_ignored(
+    flags: list[str], given: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "b.tar.gz"
+    path.write_bytes(pack(FILES))
+    result = run_lockd("audit", "verify", path, *flags, "--log-key", PINNED)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert " ".join(result.stderr.split()) == (
+        f"lockd: error: {given} check a service's log, not a bundle: check the bundle alone "
+        "(BUNDLE [--log-key KEY]), and the service's log in another run"
+    )
+    assert not (tmp_path / "saved.note").exists()
+
+
+def test_lockd_server_in_the_environment_does_not_stop_a_bundle_check(tmp_path: Path) -> None:
+    path = tmp_path / "b.tar.gz"
+    path.write_bytes(pack(FILES))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lockd",
+            "audit",
+            "verify",
+            str(path),
+            "--log-key",
+            str(PINNED),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "LOCKD_SERVER": "http://127.0.0.1:9"},
+    )
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert (body["ok"], body["log_key"], body["log_key_pinned"]) == (True, str(PINNED), True)
+
+
+def test_a_bundle_whose_checkpoint_another_key_signed_exits_1_with_the_key_pinned(
+    tmp_path: Path,
+) -> None:
+    """F1 of #18: the CLI once dropped --log-key; the log check must run against it."""
+    mallory = LogSigner.generate("lockd.test/audit")
+    path = tmp_path / "b.tar.gz"
+    path.write_bytes(pack(sample_files(log=log_proof(LOG, mallory))))
+    assert run_lockd("audit", "verify", path).returncode == 0  # its own key: said not pinned
+    result = run_lockd("audit", "verify", path, "--log-key", PINNED, "--json")
+    assert (result.returncode, result.stderr) == (1, "")
+    body = json.loads(result.stdout)
+    assert (body["ok"], body["log_key"], body["log_key_pinned"]) == (False, str(PINNED), True)
+    assert [(c["id"], c["message"]) for c in body["checks"] if not c["ok"]] == [
+        (
+            "log",
+            f"{CHECKPOINT}: the note is signed by no trusted key (trusted: "
+            f"lockd.test/audit+{PINNED.id.hex()}; signed by: lockd.test/audit+"
+            f"{mallory.verifier().id.hex()})",
+        )
+    ]
