@@ -166,6 +166,11 @@ def audit_verify(
     from lockd.client import Client, check_remote_audit
     from lockd.errors import InputError
 
+    if bundle is not None and checkpoint is not None:
+        raise InputError(
+            "--checkpoint FILE checks the live log (--server URL); a bundle carries its own "
+            "checkpoint: give --log-key to check it"
+        )
     if bundle is not None:
         _refuse_service_flags(ctx, checkpoint)
         _verify_bundle(bundle, log_key, json)

@@ -183,3 +183,16 @@ def test_a_checkpoint_key_or_proof_that_is_not_one_is_an_exact_error(
         f"lockd: error: {url}/v1/audit/proof/consistency: the answer is not a proof (a JSON "
         "object whose 'hashes' is a list of at most 128 hex SHA-256 hashes)"
     )
+
+
+def test_a_checkpoint_file_goes_with_a_server_not_a_bundle(lockd: Lockd, tmp_path: object) -> None:
+    from pathlib import Path
+
+    bundle = Path(str(tmp_path)) / "b.tar.gz"
+    bundle.write_bytes(b"not read")
+    result = lockd("audit", "verify", bundle, "--checkpoint", Path(str(tmp_path)) / "c")
+    assert (result.returncode, one_line(result.stderr)) == (
+        2,
+        "lockd: error: --checkpoint FILE checks the live log (--server URL); a bundle carries "
+        "its own checkpoint: give --log-key to check it",
+    )
