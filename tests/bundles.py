@@ -55,12 +55,19 @@ def chain(stored: bytes = ENVELOPE) -> list[dict[str, Any]]:
         ("verification.create", "sha256:" + "3c" * 32, "sha256:" + "0" * 64),
         ("verification.create", "sha256:" + "1a" * 32, "sha256:" + sha(REPORTS[1].text)),
     ]
+    return chained(bodies, 5, hashlib.sha256(b"entry 4").hexdigest())
+
+
+def chained(
+    bodies: list[tuple[str, str, str | None]], first: int, prev: str
+) -> list[dict[str, Any]]:
+    """Audit entries ``first``.. of (action, subject, body_digest), each holding the hash of
+    the one before (``prev``: the hash of entry ``first - 1``)."""
     entries: list[dict[str, Any]] = []
-    prev = hashlib.sha256(b"entry 4").hexdigest()
-    for seq, (action, subject, body) in enumerate(bodies, start=5):
+    for seq, (action, subject, body) in enumerate(bodies, start=first):
         entry: dict[str, Any] = {
             "seq": seq,
-            "time": f"2026-11-2{seq - 5}T10:00:00Z",
+            "time": f"2026-11-2{seq - first}T10:00:00Z",
             "actor": "ci",
             "action": action,
             "subject": subject,

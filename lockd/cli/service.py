@@ -172,7 +172,7 @@ def audit_verify(
             "checkpoint: give --log-key to check it"
         )
     if bundle is not None:
-        _refuse_service_flags(ctx, checkpoint)
+        _refuse_service_flags(ctx)
         _verify_bundle(bundle, log_key, json)
     if server is None:
         raise InputError("give a bundle file, or --server URL (or set LOCKD_SERVER)")
@@ -191,25 +191,16 @@ def audit_verify(
     raise typer.Exit(0 if verdict.ok else 1)
 
 
-def _refuse_service_flags(ctx: typer.Context, checkpoint: Path | None) -> None:
-    """A bundle is checked offline, alone: a --server or --checkpoint given with it would be
-    silently unused, and whoever gave it would think the service's log was checked too
-    (LOCKD_SERVER in the environment is no such request)."""
+def _refuse_service_flags(ctx: typer.Context) -> None:
+    """A bundle is checked offline, alone: a --server given with it would be silently unused,
+    and whoever gave it would think the service's log was checked too (LOCKD_SERVER in the
+    environment is no such request; --checkpoint is refused above)."""
     from lockd.errors import InputError
 
-    server = ctx.get_parameter_source("server")  # typer's own click: its enum, by name
-
-    given = [
-        flag
-        for flag, on in (
-            ("--server", server is not None and server.name == "COMMANDLINE"),
-            ("--checkpoint", checkpoint is not None),
-        )
-        if on
-    ]
-    if given:
+    source = ctx.get_parameter_source("server")  # typer's own click: its enum, by name
+    if source is not None and source.name == "COMMANDLINE":
         raise InputError(
-            f"{' and '.join(given)} check a service's log, not a bundle: check the bundle alone "
+            "--server checks a service's log, not a bundle: check the bundle alone "
             "(BUNDLE [--log-key KEY]), and the service's log in another run"
         )
 

@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bundles import DIGEST, ENVELOPE, KEY, LOG_SIGNER, leaf, run_lockd
+from bundles import DIGEST, ENVELOPE, KEY, LOG_SIGNER, chained, leaf, run_lockd
 from loopback import Handler, loopback_server
 
 from lockd.bundle import export_bundle, verify_bundle
 from lockd.client import Client
 from lockd.errors import ServerError
 from lockd.trust import keys
-from lockd.trust.auditlog import GENESIS, entry_hash
+from lockd.trust.auditlog import GENESIS
 from lockd.trust.checkpoint import Checkpoint, LogSigner
 from lockd.trust.merkle import MemoryTree, inclusion_proof, tree_root
 from lockd.trust.signed import signed_from
@@ -28,31 +28,16 @@ STORED = signed_from(json.loads(ENVELOPE), "e").to_json()  # as the service serv
 KEYID = keys.keyid(KEY)
 
 
-def _log() -> list[dict[str, Any]]:
-    """The service's whole chain: entry 2 records the manifest's creation."""
-    bodies = [
+# the service's whole chain: entry 2 records the manifest's creation
+LOG = chained(
+    [
         ("token.create:writer", "ci", None),
         ("manifest.create", DIGEST, "sha256:" + hashlib.sha256(STORED).hexdigest()),
         ("token.create:reader", "bob", None),
-    ]
-    entries: list[dict[str, Any]] = []
-    prev = GENESIS
-    for seq, (action, subject, body) in enumerate(bodies, start=1):
-        entry = {
-            "seq": seq,
-            "time": f"2026-12-0{seq}T00:00:00Z",
-            "actor": "ci",
-            "action": action,
-            "subject": subject,
-            "body_digest": body,
-            "prev_hash": prev,
-        }
-        entry["hash"] = prev = entry_hash(entry)
-        entries.append(entry)
-    return entries
-
-
-LOG = _log()
+    ],
+    1,
+    GENESIS,
+)
 TREE = MemoryTree(tuple(leaf(e) for e in LOG))
 NOTE = Checkpoint(LOG_SIGNER.name, 3, tree_root(3, TREE)).sign(LOG_SIGNER).encode()
 
