@@ -87,13 +87,15 @@ def key_id(name: str, public_key: bytes) -> bytes:
     ).digest()[:4]
 
 
-def _b64(text: str, what: str) -> bytes:
+def _b64(text: str, what: str, *, secret: bool = False) -> bytes:
+    """``secret``: the text is a private key's, so the error never shows it."""
+    shown = "the key" if secret else repr(text[:80])
     if not re.fullmatch(r"[A-Za-z0-9+/]*={0,2}", text) or len(text) % 4:
-        raise NoteError(f"{what}: {text[:80]!r} is not standard base64")
+        raise NoteError(f"{what}: {shown} is not standard base64")
     try:
         return base64.b64decode(text, validate=True)
-    except binascii.Error as e:
-        raise NoteError(f"{what}: {text[:80]!r} is not standard base64") from e
+    except binascii.Error:
+        raise NoteError(f"{what}: {shown} is not standard base64") from None
 
 
 def _key_fields(text: str, fields: int, what: str) -> list[str]:
@@ -110,16 +112,22 @@ _FORMS = {
 }
 
 
-def _parse_key(name: str, hex_id: str, material: str, what: str) -> tuple[bytes, bytes]:
-    """The key ID and the raw 32 bytes after the algorithm byte."""
+def _parse_key(
+    name: str, hex_id: str, material: str, what: str, *, secret: bool = False
+) -> tuple[bytes, bytes]:
+    """The key ID and the raw 32 bytes after the algorithm byte. ``secret``: a private key's
+    fields, which no error shows: a '+' in its base64 shifts the fields, so any of them may
+    hold part of the seed."""
     if not valid_name(name):
-        raise NoteError(f"{what}: the name {name[:80]!r} is empty or holds a space or a '+'")
+        shown = "" if secret else f" {name[:80]!r}"
+        raise NoteError(f"{what}: the name{shown} is empty or holds a space or a '+'")
     if not re.fullmatch(r"[0-9a-f]{8}", hex_id):
-        raise NoteError(f"{what}: the key ID {hex_id[:80]!r} is not 8 lowercase hex digits")
-    raw = _b64(material, what)
+        shown = "" if secret else f" {hex_id[:80]!r}"
+        raise NoteError(f"{what}: the key ID{shown} is not 8 lowercase hex digits")
+    raw = _b64(material, what, secret=secret)
     if not raw or raw[0] != ALG_ED25519:
-        alg = f"{raw[0]:#04x}" if raw else "none"
-        raise NoteError(f"{what}: algorithm {alg} is not Ed25519 (0x01), the one lockd reads")
+        alg = "" if secret else f" {raw[0]:#04x}" if raw else " none"
+        raise NoteError(f"{what}: algorithm{alg} is not Ed25519 (0x01), the one lockd reads")
     if len(raw) != 33:
         raise NoteError(f"{what}: an Ed25519 key is 32 bytes, not {len(raw) - 1}")
     return bytes.fromhex(hex_id), raw[1:]
@@ -189,16 +197,17 @@ class LogSigner:
         """Read a signer key ``PRIVATE+KEY+<name>+<hex key ID>+<base64(0x01 || seed)>``.
 
         Raises:
-            NoteError: malformed, not Ed25519, or the key ID does not match.
+            NoteError: malformed, not Ed25519, or the key ID does not match; the message shows
+                no part of ``text``.
         """
         what = "log signer key"
         private, key, name, hex_id, material = _key_fields(text, 5, what)
         if (private, key) != ("PRIVATE", "KEY"):
             raise NoteError(f"{what}: give {_FORMS[what]}")
-        kid, seed = _parse_key(name, hex_id, material, what)
+        kid, seed = _parse_key(name, hex_id, material, what, secret=True)
         signer = cls(name, seed)
         if signer.verifier().id != kid:
-            raise NoteError(f"{what} {name}+{hex_id}: the key ID does not match the key")
+            raise NoteError(f"{what}: the key ID does not match the name and the key")
         return signer
 
     def __str__(self) -> str:

@@ -272,7 +272,9 @@ def _decrypt_cosign_body(body: bytes, password: bytes, source: str) -> bytes:
 
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError:  # its message would show a byte of the key
+        raise KeyFileError(f"{source}: the encrypted key's body is not UTF-8 JSON") from None
+    except ValueError as e:  # json's message says where, never what
         raise KeyFileError(f"{source}: the encrypted key's body is not valid JSON: {e}") from e
     kdf = _field(doc, "kdf", dict, source, "")
     kdf_name = _field(kdf, "name", str, source, "kdf.")

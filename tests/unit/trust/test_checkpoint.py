@@ -144,7 +144,7 @@ def test_bad_verifier_keys_are_refused_saying_why(vkey: str, message: str) -> No
         ),
         (
             "PRIVATE+KEY+PeterNeumann+c74f20a4+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz",
-            "log signer key PeterNeumann+c74f20a4: the key ID does not match the key",
+            "log signer key: the key ID does not match the name and the key",
         ),
         (PETER_VKEY, "log signer key: give PRIVATE+KEY+<name>+<8 hex digits>+<base64 key>"),
     ],
@@ -153,6 +153,43 @@ def test_bad_signer_keys_are_refused_saying_why(skey: str, message: str) -> None
     with pytest.raises(NoteError) as raised:
         LogSigner.parse(skey)
     assert str(raised.value).startswith(message)
+
+
+def windows(text: str, width: int = 8) -> set[str]:
+    return {text[i : i + width] for i in range(len(text) - width + 1)}
+
+
+PETER_SEED_B64 = PETER_SKEY.rsplit("+", 2)[-2] + "+" + PETER_SKEY.rsplit("+", 1)[-1]
+
+
+@pytest.mark.parametrize(
+    ("skey", "message"),
+    [
+        (PETER_SKEY + "x", "log signer key: the key is not standard base64"),
+        (PETER_SKEY[:-4], "log signer key: an Ed25519 key is 32 bytes, not 29"),
+        (
+            # no name: the '+' in the seed's base64 shifts the seed into the name and ID fields
+            "PRIVATE+KEY+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz",
+            "log signer key: the key ID is not 8 lowercase hex digits",
+        ),
+        (
+            "PRIVATE+KEY+AYEKFALV FGyNhPJEMzD1QIDr+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr",
+            "log signer key: the name is empty or holds a space or a '+'",
+        ),
+        (
+            "PRIVATE+KEY+PeterNeumann+c74f20a3+" + base64.b64encode(b"\x02" * 33).decode(),
+            "log signer key: algorithm is not Ed25519 (0x01), the one lockd reads",
+        ),
+    ],
+)
+def test_a_bad_signer_key_shows_no_part_of_itself(skey: str, message: str) -> None:
+    """The service's log names the file and what is wrong, never the seed (F6: a key file
+    with one extra character printed the whole seed)."""
+    with pytest.raises(NoteError) as raised:
+        LogSigner.parse(skey)
+    assert str(raised.value) == message
+    assert not windows(PETER_SEED_B64) & windows(str(raised.value))
+    assert "AYEKFALV" not in str(raised.value)
 
 
 def test_the_signer_never_shows_its_seed() -> None:

@@ -539,3 +539,47 @@ def test_write_keypair_failing_midway_leaves_nothing(tmp_path: Path) -> None:
         keys.write_keypair(tmp_path / "lockd", PASSWORD, force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lockd.pub"]
     assert (blocker / "keep").read_text() == "x"
+
+
+def _windows(text: str, width: int = 8) -> set[str]:
+    return {text[i : i + width] for i in range(len(text) - width + 1)}
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (
+            lambda body: body[:40] + "!" + body[40:],
+            "PEM block 'PRIVATE KEY' is not valid base64: Only base64 data is allowed",
+        ),
+        (lambda body: body[:-8] + "AAAA", "the PKCS#8 key is not a valid PKCS#8 private key"),
+    ],
+)
+def test_a_bad_unencrypted_private_key_shows_no_part_of_itself(
+    tmp_path: Path, corrupt: Callable[[str], str], message: str
+) -> None:
+    """The key is secret: an error names the file and what is wrong, never its content."""
+    pem = (
+        ed25519.Ed25519PrivateKey.generate()
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        .decode()
+    )
+    body = "".join(pem.splitlines()[1:-1])
+    path = tmp_path / "plain.key"
+    path.write_text(f"-----BEGIN PRIVATE KEY-----\n{corrupt(body)}\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(KeyFileError) as raised:
+        keys.load_private_key(path, b"")
+    assert str(raised.value) == f"{path}: {message}"
+    assert not _windows(body) & _windows(str(raised.value).removeprefix(str(path)))
+
+
+def test_an_encrypted_key_body_not_utf8_shows_none_of_its_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "bad.key"
+    path.write_bytes(make_pem("ENCRYPTED SIGSTORE PRIVATE KEY", b'{"kdf": "\xc3\x28secret"}'))
+    with pytest.raises(KeyFileError) as raised:
+        keys.load_private_key(path, PASSWORD)
+    assert str(raised.value) == f"{path}: the encrypted key's body is not UTF-8 JSON"

@@ -93,6 +93,25 @@ def test_the_service_refuses_to_start_on_a_bad_log_key(tmp_path: Path) -> None:
         create_app(settings)
 
 
+def test_a_broken_log_key_stops_the_service_without_showing_its_seed(
+    lockd: Lockd, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """F6: one character too many in the key file printed the whole seed in the service's log."""
+    signer = LogSigner.generate("lockd.test/audit")
+    key = tmp_path / "broken.key"
+    key.write_text(f"{signer}x\n")
+    key.chmod(0o600)
+    env = {"LOCKD_LOG_KEY": str(key), "LOCKD_DATABASE_URL": f"sqlite:///{tmp_path}/lockd.db"}
+    served = lockd("serve", "--port", "1", env=env)
+    assert served.returncode == 2
+    assert served.stderr.splitlines()[-1] == (
+        f"lockd: error: {key}: log signer key: the key is not standard base64"
+    )
+    seed = str(signer).split("+", 4)[4]
+    said = served.stdout + served.stderr + caplog.text
+    assert not [seed[i : i + 8] for i in range(len(seed) - 7) if seed[i : i + 8] in said]
+
+
 def test_lockd_log_key_is_read_from_the_environment(tmp_path: Path) -> None:
     settings = Settings.from_env({"LOCKD_LOG_KEY": str(tmp_path / "k.key"), "HOME": str(tmp_path)})
     assert settings.log_key == tmp_path / "k.key"
