@@ -465,7 +465,8 @@ def follow_log(client: Client, saved: bytes | None, key: LogVerifier | None) -> 
     Raises:
         ServerError: the service cannot be reached, or its checkpoint or proof is malformed.
         NoteError: the saved checkpoint is malformed.
-        NoteVerificationError: a checkpoint is not signed by the key (exit 1).
+        NoteVerificationError: a checkpoint is not signed by the key, or with a ``saved``
+            checkpoint the service serves none (exit 1).
     """
     from lockd.trust.checkpoint import (
         LogRewrittenError,
@@ -475,8 +476,18 @@ def follow_log(client: Client, saved: bytes | None, key: LogVerifier | None) -> 
         open_checkpoint,
     )
 
-    verifier = key if key is not None else client.audit_log_key()
-    note = client.audit_checkpoint()
+    try:
+        verifier = key if key is not None else client.audit_log_key()
+        note = client.audit_checkpoint()
+    except ServerError as e:
+        if saved is None or e.status != 404:
+            raise
+        # A log that was checkpointed is now served by a service that signs nothing: it may
+        # have been swapped for another; that is a verdict on the log, not a setup error.
+        raise NoteVerificationError(
+            f"{e}; the log whose checkpoint was saved can no longer be verified here: it was "
+            "signed, this service serves no checkpoint"
+        ) from e
     where = f"{client.base_url}/v1/audit/checkpoint"
     try:
         now = open_checkpoint(note, verifier)

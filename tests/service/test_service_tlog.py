@@ -577,3 +577,57 @@ def test_a_new_log_key_behind_the_same_url_is_reported(
 
 def one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def test_a_saved_checkpoint_against_a_service_that_signs_none_is_a_verdict(
+    served: Server, store: Store, lockd: Lockd, tmp_path: Path, log_key: tuple[Path, LogVerifier]
+) -> None:
+    """F7: the service behind the URL swapped for one without a log key. With a checkpoint
+    saved, the log it checkpointed can no longer be verified: exit 1, not a setup error; with
+    none saved there is nothing to hold it to, and it stays a setup error (exit 2)."""
+    append(store, 3)
+    saved = tmp_path / "audit.checkpoint"
+    assert lockd("audit", "verify", "--server", served.url, "--checkpoint", saved).returncode == 0
+    kept = saved.read_bytes()
+    served.stop()
+    env = {k: v for k, v in served.env.items() if k != "LOCKD_LOG_KEY"}
+    if env["LOCKD_DATABASE_URL"].startswith("sqlite"):  # else it would keep a key beside it
+        shared = tmp_path / "shared"
+        shared.mkdir(mode=0o777)
+        shared.chmod(0o777)
+        env["LOCKD_DATABASE_URL"] = f"sqlite:///{shared}/lockd.db"
+    vkey = str(log_key[1])
+    with (tmp_path / "swapped.log").open("wb") as log:
+        swapped = Server(env, port=served.port, log=log).start()
+        try:
+            runs = {
+                (pin, fresh): lockd(
+                    "audit",
+                    "verify",
+                    "--server",
+                    served.url,
+                    "--checkpoint",
+                    tmp_path / "none.checkpoint" if fresh else saved,
+                    *pin,
+                )
+                for pin in ((), ("--log-key", vkey))
+                for fresh in (False, True)
+            }
+        finally:
+            swapped.stop()
+    for (pin, fresh), run in runs.items():
+        path = "log-key" if not pin else "checkpoint"
+        why = f"lockd: error: GET {served.url}/v1/audit/{path}: 404 this service signs no audit checkpoints"
+        if fresh:
+            assert run.returncode == 2, run.stderr
+            assert one_line(run.stderr).startswith(why)
+            assert "can no longer be verified" not in run.stderr
+        else:
+            assert run.returncode == 1, run.stderr
+            assert one_line(run.stderr).startswith(why)
+            assert one_line(run.stderr).endswith(
+                "; the log whose checkpoint was saved can no longer be verified here: it was "
+                "signed, this service serves no checkpoint"
+            )
+    assert saved.read_bytes() == kept
+    assert not (tmp_path / "none.checkpoint").exists()
