@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from lockd.errors import ServerError
+from lockd.model.base import storable_json
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -166,7 +167,7 @@ class Client:
         return list(answer)
 
     def push_report(self, report: Report) -> None:
-        body = b'{"report":' + report.model_dump_json(exclude_none=True).encode() + b"}"
+        body = b'{"report":' + storable_json(report) + b"}"
         self._request("POST", "/v1/verifications", body=body)
 
     # --- fleet ------------------------------------------------------------------------------
@@ -176,7 +177,7 @@ class Client:
         acknowledged with ``applied: false``."""
         from lockd.model.fleet import FleetAck
 
-        body = batch.model_dump_json(exclude_none=True).encode("utf-8")
+        body = storable_json(batch)
         _, answer = self._request("POST", "/v1/fleet/reports", body=body)
         return _parsed(FleetAck, answer, f"{self.base_url}/v1/fleet/reports")
 

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from lockd import __version__
 from lockd.errors import InputError, LockdError, SignatureError
 from lockd.server.deps import AdmissionChannel
-from lockd.server.middleware import BodyLimit, ListenerRoutes, RequestMetrics
+from lockd.server.middleware import BodyLimit, ListenerRoutes, RequestMetrics, StorableText
 from lockd.server.routes import admission, audit, fleet, health, manifests, tokens, verifications
 from lockd.server.service import NotFoundError, Service
 from lockd.server.settings import Settings
@@ -156,7 +156,8 @@ def create_app(
     app.include_router(pages.router)
     app.add_exception_handler(LockdError, _lockd_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    verifications.install_fast_path(app, service)  # innermost: inside the two below
+    verifications.install_fast_path(app, service)  # innermost: inside the three below
+    app.add_middleware(StorableText)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=service.metrics)
     if settings.admission_port is not None:  # outermost: the admission listener serves it only

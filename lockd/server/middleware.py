@@ -1,13 +1,16 @@
-"""Pure ASGI middleware: a cap on request bodies, request metrics, the admission listener's
-few routes."""
+"""Pure ASGI middleware: a cap on request bodies, text the databases can store, request
+metrics, the admission listener's few routes."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import parse_qsl
 
+from lockd.model.base import unstorable, unstorable_text
 from lockd.server.metrics import Metrics
 
 Scope = MutableMapping[str, Any]
@@ -76,17 +79,79 @@ class BodyLimit:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        body = b"".join(chunks)
-        replayed = False
+        await self.app(scope, replaying(_whole(b"".join(chunks)), receive), send)
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
 
-        await self.app(scope, replay, send)
+def _whole(body: bytes) -> Message:
+    return {"type": "http.request", "body": body, "more_body": False}
+
+
+def replaying(message: Message, receive: Receive) -> Receive:
+    """``receive`` with ``message`` (one already received) given back first."""
+    given = False
+
+    async def again() -> Message:
+        nonlocal given
+        if not given:
+            given = True
+            return message
+        return await receive()
+
+    return again
+
+
+# What a JSON body must hold for one of its strings to be unstorable: a raw NUL byte, or a
+# \u0000 or surrogate escape. Only such (rare) bodies are decoded here to find the string.
+_SUSPECT = re.compile(rb"\x00|\\u(?:0000|[dD][89a-fA-F])")
+
+
+class StorableText:
+    """Answer 422 to a request whose path, query or JSON body holds a string the databases
+    cannot store (a NUL, a lone surrogate: :data:`lockd.model.base.UNSTORABLE`), naming where,
+    before any route sees it: one rule for every route, on SQLite and PostgreSQL alike, rather
+    than a 500 from PostgreSQL half way through a write. It sits inside BodyLimit, which hands
+    the body on whole."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        found = self._in_url(scope)
+        message = await receive()
+        body = message.get("body", b"") if message["type"] == "http.request" else b""
+        if found is None and _SUSPECT.search(body):
+            found = _in_body(body)
+        if found is not None:
+            await _problem(send, 422, f"{found}, which cannot be stored; nothing was stored")
+            return
+        await self.app(scope, replaying(message, receive), send)
+
+    @staticmethod
+    def _in_url(scope: Scope) -> str | None:
+        why = unstorable_text(scope["path"])
+        if why:
+            return f"path holds {why}"
+        query = scope.get("query_string", b"").decode("latin-1")
+        for name, value in parse_qsl(query, keep_blank_values=True):
+            why = unstorable_text(name) or unstorable_text(value)
+            if why:
+                return f"query {name.replace(chr(0), '?')} holds {why}"
+        return None
+
+
+def _in_body(body: bytes) -> str | None:
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return None  # not JSON: the route answers that
+    found = unstorable(doc)
+    if found is None:
+        return None
+    where, why = found
+    return f"body {where} holds {why}" if where else f"body holds {why}"
 
 
 class RequestMetrics:

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lockd.errors import ManifestError
+from lockd.model.base import unstorable
 from lockd.model.manifest import (
     PREDICATE_SCHEMA,
     PREDICATE_TYPE,
@@ -88,6 +89,11 @@ def parse_statement(payload: bytes, source: str) -> tuple[list[Subject], Manifes
         found = data.get("predicateType")
         raise ManifestError(
             f"{source}: predicateType is {found!r}, not lockd's ({', '.join(PREDICATE_TYPES)})"
+        )
+    found = unstorable(data)
+    if found is not None:  # signed or not, it would be stored: refused on either database
+        raise ManifestError(
+            f"{source}: the Statement's {found[0]} holds {found[1]}, which cannot be stored"
         )
     try:
         subjects = [Subject.model_validate(s) for s in data.get("subject") or []]

@@ -408,7 +408,9 @@ def test_bad_bodies_are_refused_naming_the_problem(
 def test_control_characters_from_containers_are_replaced_not_refused(
     client: TestClient, tokens: Tokens
 ) -> None:
-    odd = result(1, "error", error="probe died:\n\x1b[31mboom\x00", findings=[])
+    """A NUL is refused by the service before any route (test_service_storable_text); lockd's
+    own agent replaces it before sending (test_lockds_clients_send_text_the_service_can_store)."""
+    odd = result(1, "error", error="probe died:\n\x1b[31mboom\x01", findings=[])
     odd["container"]["name"] = "web\x1b]0;pwned\x07"
     assert post(client, tokens, batch(1, [1], [odd])).json()["applied"] is True
     [row] = fleet(client, tokens)["hosts"][0]["containers"]

@@ -17,7 +17,7 @@ from pydantic import TypeAdapter, ValidationError
 from lockd.errors import LockdError
 from lockd.model.report import Report
 from lockd.server.deps import ReaderDep, Refusal, ServiceDep, admit, authorize, bearer_token
-from lockd.server.middleware import ASGIApp, Message, Receive, Scope, Send
+from lockd.server.middleware import ASGIApp, Receive, Scope, Send, replaying
 from lockd.server.routes import problems
 from lockd.server.routes.manifests import DigestQuery
 from lockd.server.schemas import VerificationOut, VerificationRequest
@@ -152,7 +152,7 @@ class FastPath:
         if message["type"] == "http.request" and not message.get("more_body", False):
             new = await self._row(scope, message.get("body", b""))
         if new is None:
-            await self.app(scope, _replay(message, receive), send)
+            await self.app(scope, replaying(message, receive), send)
             return
         scope["route"] = self.route
         record = await self.service.commits.submit(new)
@@ -182,20 +182,6 @@ class FastPath:
             return await _row(self.service, _BODY.validate_json(data), principal.name)
         except (ValidationError, LockdError):
             return None
-
-
-def _replay(message: Message, receive: Receive) -> Receive:
-    """``receive`` with ``message`` given back first."""
-    given = False
-
-    async def again() -> Message:
-        nonlocal given
-        if not given:
-            given = True
-            return message
-        return await receive()
-
-    return again
 
 
 def install_fast_path(app: FastAPI, service: Service) -> None:
