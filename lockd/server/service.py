@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 from starlette.concurrency import run_in_threadpool
 
 from lockd.errors import InputError, LockdError, PolicyError, SignatureError
-from lockd.evidence.cache.store import untrusted_directory
+from lockd.fileio import untrusted_directory
 from lockd.judgement.policy import POLICY_NAME, Policy, default_policy, find_policy, parse_policy
 from lockd.judgement.reporting import build_report, manifest_reference, target_summary
 from lockd.model.manifest import Manifest, Observation

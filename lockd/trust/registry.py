@@ -23,10 +23,10 @@ import hashlib
 import http.client
 import ipaddress
 import json
+import os
 import random
 import re
 import socket
-import tempfile
 import threading
 import time
 import urllib.error
@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from lockd.errors import InputError, LockdError
+from lockd.fileio import UntrustedFileError, cache_root, open_own_file, untrusted_directory
 
 DSSE_MEDIA_TYPE = "application/vnd.dsse.envelope.v1+json"
 # A Sigstore bundle's referrer (as cosign stores one): artifactType and layer of this media type.
@@ -370,12 +371,48 @@ def _layers(manifest: bytes | None) -> list[dict[str, Any]]:
     return [x for x in layers if isinstance(x, dict)] if isinstance(layers, list) else []
 
 
-@contextlib.contextmanager
-def _host_lock(ref: ImageRef) -> Iterator[None]:
-    """Serialize read-modify-writes of one repository's tags by the writers of this host."""
+def lock_dir() -> Path:
+    """Where ``attach`` keeps its lock files: ``locks`` in lockd's cache root, a directory only
+    this user may write (a shared one such as /tmp would let another user plant the lock)."""
+    return cache_root() / "locks"
+
+
+def lock_path(ref: ImageRef) -> Path:
+    """The lock file of ``ref``'s repository."""
     name = hashlib.sha256(f"{ref.host}/{ref.repository}".encode()).hexdigest()[:32]
-    path = Path(tempfile.gettempdir()) / f"lockd-attach-{name}.lock"
-    with path.open("a") as handle:
+    return lock_dir() / f"attach-{name}.lock"
+
+
+@contextlib.contextmanager
+def host_lock(ref: ImageRef) -> Iterator[None]:
+    """Serialize read-modify-writes of one repository's tags by the writers of this host.
+
+    Raises:
+        InputError: the lock directory or file is not this user's alone (a symbolic link,
+            another user's, writable by others).
+    """
+    path = lock_path(ref)
+    directory = path.parent
+
+    def refused(why: str) -> InputError:
+        return InputError(
+            f"{path}: the lock for attaching to {ref.host}/{ref.repository} is not used: {why}; "
+            "it must be this user's alone (remove it, or set LOCKD_CACHE_DIR to a directory of "
+            "yours)"
+        )
+
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise refused(e.strerror or str(e)) from e
+    distrust = untrusted_directory(directory)
+    if distrust is not None:
+        raise refused(distrust[1])
+    try:
+        fd = open_own_file(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    except UntrustedFileError as e:
+        raise refused(e.why) from e
+    with os.fdopen(fd, "wb") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -417,7 +454,7 @@ def attach(image: str, envelope: bytes, *, registry: Registry | None = None) -> 
     reg.put_manifest(ref.repository, referrer_digest, referrer_bytes, OCI_MANIFEST)
     own_tag = f"{ref.tag_stem}.lockd-{layer.removeprefix('sha256:')[:16]}"
     reg.put_manifest(ref.repository, own_tag, referrer_bytes, OCI_MANIFEST)
-    with _host_lock(ref):
+    with host_lock(ref):
         tries = _merge_att_tag(reg, ref, layer_descriptor)
     return {
         "image": str(ref),

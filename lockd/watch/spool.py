@@ -32,8 +32,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from lockd.errors import InputError
-from lockd.evidence.cache.store import UntrustedFileError, read_own_file, untrusted_directory
-from lockd.fileio import write_atomic
+from lockd.fileio import UntrustedFileError, read_own_file, untrusted_directory, write_atomic
 from lockd.model.fleet import MAX_RESULTS, FleetBatch
 
 log = logging.getLogger("lockd.watch")

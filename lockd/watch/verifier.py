@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lockd.errors import LockdError, ManifestError, ServerError
-from lockd.evidence.cache.store import UntrustedFileError, read_own_file, untrusted_directory
-from lockd.fileio import write_atomic
+from lockd.fileio import UntrustedFileError, read_own_file, untrusted_directory, write_atomic
 from lockd.judgement.reporting import build_report, manifest_reference, target_summary
 from lockd.model.fleet import MAX_FINDINGS, Verdict
 from lockd.model.manifest import Manifest, Observation

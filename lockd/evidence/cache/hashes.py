@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from lockd.evidence.cache.guard import StatGuard
-from lockd.evidence.cache.store import Store, cache_root
+from lockd.evidence.cache.store import Store
+from lockd.fileio import cache_root
 
 __all__ = [
     "FORMAT",

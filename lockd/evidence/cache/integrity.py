@@ -41,8 +41,9 @@ from typing import TYPE_CHECKING, Any
 from lockd.evidence.cache import fingerprint as fingerprints
 from lockd.evidence.cache.fingerprint import KeyFor, Keys
 from lockd.evidence.cache.guard import StatGuard, guards_digest, paths_digest
-from lockd.evidence.cache.store import Store, cache_root
+from lockd.evidence.cache.store import Store
 from lockd.evidence.hashing import json_sha256
+from lockd.fileio import cache_root
 
 if TYPE_CHECKING:
     from lockd.model.environment import Distribution

@@ -38,8 +38,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lockd.evidence.cache.guard import StatGuard
-from lockd.evidence.cache.store import Store, cache_root
+from lockd.evidence.cache.store import Store
 from lockd.evidence.overlay import is_opaque, is_whiteout
+from lockd.fileio import cache_root
 
 __all__ = [
     "FORMAT",

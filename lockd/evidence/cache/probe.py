@@ -34,8 +34,9 @@ from lockd.evidence.cache.fingerprint import (
     places,
     still_standing,
 )
-from lockd.evidence.cache.store import Store, cache_root
+from lockd.evidence.cache.store import Store
 from lockd.evidence.hashing import json_sha256
+from lockd.fileio import cache_root
 
 __all__ = [
     "FORMAT",

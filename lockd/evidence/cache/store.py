@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import errno
 import json
 import logging
 import os
 import re
-import stat
 import tempfile
 import threading
 import zlib
@@ -41,15 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "ENTRY_NAME",
-    "Store",
-    "UntrustedFileError",
-    "cache_root",
-    "read_own_file",
-    "trusted",
-    "untrusted_directory",
-]
+from lockd.fileio import UntrustedFileError, read_own_file, untrusted_directory
+
+__all__ = ["ENTRY_NAME", "Store"]
 
 log = logging.getLogger("lockd.cache")
 
@@ -70,95 +62,6 @@ def _problem(kind: str, where: Path, message: str) -> None:
             return
         _reported.add((kind, str(where)))
     log.warning("%s", message)
-
-
-def cache_root() -> Path:
-    """``$LOCKD_CACHE_DIR``, else ``/var/cache/lockd`` for root, ``${XDG_CACHE_HOME:-~/.cache}
-    /lockd`` for others."""
-    base = os.environ.get("LOCKD_CACHE_DIR")
-    if not base:
-        if os.geteuid() == 0:
-            base = "/var/cache/lockd"
-        else:
-            xdg = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-            base = os.path.join(xdg, "lockd")
-    return Path(base)
-
-
-def trusted(st: os.stat_result) -> bool:
-    """Whether a file or directory is this user's and nobody else may write it."""
-    return st.st_uid == os.geteuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-
-
-def _distrust(path: Path, *, above: bool) -> str | None:
-    """Why the directory ``path`` is not trusted (``above``: the one above a cache's, which
-    may also be root's, or writable by others when sticky); None when it is."""
-    try:
-        st = os.lstat(path)
-    except OSError as e:
-        return f"{path}: {e.strerror or e}"
-    if stat.S_ISLNK(st.st_mode):
-        return f"{path} is a symbolic link"
-    if not stat.S_ISDIR(st.st_mode):
-        return f"{path} is not a directory"
-    owners = (os.geteuid(), 0) if above else (os.geteuid(),)
-    if st.st_uid not in owners:
-        return f"{path} is owned by uid {st.st_uid}"
-    writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-    if writable and not (above and st.st_mode & stat.S_ISVTX):
-        return f"{path} is writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
-    return None
-
-
-def untrusted_directory(directory: Path) -> tuple[Path, str] | None:
-    """Which of ``directory`` (a cache's, a spool's) and the one above it is not trusted, and
-    why; None when both are. Each is ``lstat``-ed (a symbolic link is never followed) and must
-    be a directory this user owns that nobody else may write; the one above may also be
-    root's, or writable by others when sticky (as /tmp is)."""
-    why = _distrust(directory.parent, above=True)
-    if why is not None:
-        return directory.parent, why
-    why = _distrust(directory, above=False)
-    return None if why is None else (directory, why)
-
-
-class UntrustedFileError(Exception):
-    """A file lockd keeps for itself is not read: ``why`` (a symbolic link, another user's...)."""
-
-    def __init__(self, why: str) -> None:
-        super().__init__(why)
-        self.why = why
-
-
-def read_own_file(path: Path, max_bytes: int) -> bytes | None:
-    """The bytes of a file lockd keeps for itself (a cache entry, a spooled batch); None when
-    there is none. It is opened without following a symbolic link and read only when it is a
-    regular file this user owns that nobody else may write, of at most ``max_bytes``. The
-    directory is the caller's to check (``untrusted_directory``).
-
-    Raises:
-        UntrustedFileError: it is not read, saying why.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        why = "a symbolic link" if e.errno == errno.ELOOP else e.strerror or str(e)
-        raise UntrustedFileError(why) from e
-    try:
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise UntrustedFileError("not a regular file")
-            if not trusted(st):
-                raise UntrustedFileError("another user's, or writable by others")
-            data = f.read(max_bytes + 1)
-    except OSError as e:
-        raise UntrustedFileError(e.strerror or str(e)) from e
-    if len(data) > max_bytes:
-        raise UntrustedFileError(f"larger than {max_bytes} bytes")
-    return data
 
 
 @dataclass(frozen=True)
