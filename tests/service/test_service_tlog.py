@@ -19,6 +19,7 @@ from service_fixtures import Tokens
 from service_helpers import Server
 from sqlalchemy import delete, select, update
 
+from lockd.errors import LockdError
 from lockd.store import tables as t
 from lockd.store.audit import AuditEntry, TreeDamagedError
 from lockd.store.repository import Store
@@ -144,43 +145,54 @@ def test_appends_from_two_processes_keep_one_consistent_tree(
     assert store.verify_audit().ok
 
 
+def old_chain(n: int) -> list[dict[str, object]]:
+    """``n`` entries as lockd 0002 wrote them: a hash chain, no tree."""
+    old: list[dict[str, object]] = []
+    prev = GENESIS
+    for seq in range(1, n + 1):
+        entry: dict[str, object] = {
+            "seq": seq,
+            "time": f"2026-01-01T00:00:{seq:02d}.000000Z",
+            "actor": "old",
+            "action": "manifest.create",
+            "subject": f"s{seq}",
+            "body_digest": None,
+            "prev_hash": prev,
+        }
+        prev = entry_hash(entry)
+        old.append({**entry, "hash": prev})
+    return old
+
+
+def at_revision_0002(store: Store, entries: list[dict[str, object]]) -> None:
+    """Turn ``store`` back into a database of revision 0002 holding ``entries`` (the head on
+    the last one's hash)."""
+    from sqlalchemy import text
+
+    with store.engine.begin() as conn:
+        for table, column in (("audit_log", "tree_nodes"), ("audit_head", "frontier")):
+            conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+        conn.execute(text("UPDATE alembic_version SET version_num = '0002'"))
+        conn.execute(text("DELETE FROM audit_log"))
+        columns = ", ".join(entries[0])
+        values = ", ".join(f":{c}" for c in entries[0])
+        conn.execute(text(f"INSERT INTO audit_log ({columns}) VALUES ({values})"), entries)
+        conn.execute(
+            text("UPDATE audit_head SET seq = :s, hash = :h"),
+            {"s": entries[-1]["seq"], "h": entries[-1]["hash"]},
+        )
+
+
 def test_the_migration_turns_an_existing_chain_into_the_tree(database_url: str) -> None:
     """A database of revision 0002 with a chain written before the tree existed: after the
     upgrade, every entry keeps its hash (bundles exported before still verify) and is a leaf."""
-    from alembic import command
-    from sqlalchemy import text
-
-    from lockd.store.migrate import _config
+    from lockd.store.migrate import upgrade
 
     store = Store.open(database_url)
     try:
-        with store.engine.begin() as conn:
-            for table, column in (("audit_log", "tree_nodes"), ("audit_head", "frontier")):
-                conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
-            conn.execute(text("UPDATE alembic_version SET version_num = '0002'"))
-            old = []
-            prev = GENESIS
-            for seq in range(1, 38):
-                entry = {
-                    "seq": seq,
-                    "time": f"2026-01-01T00:00:{seq:02d}.000000Z",
-                    "actor": "old",
-                    "action": "manifest.create",
-                    "subject": f"s{seq}",
-                    "body_digest": None,
-                    "prev_hash": prev,
-                }
-                prev = entry_hash(entry)
-                old.append({**entry, "hash": prev})
-            conn.execute(text("DELETE FROM audit_log"))
-            columns = ", ".join(old[0])
-            values = ", ".join(f":{c}" for c in old[0])
-            conn.execute(text(f"INSERT INTO audit_log ({columns}) VALUES ({values})"), old)
-            conn.execute(text("UPDATE audit_head SET seq = 37, hash = :h"), {"h": prev})
-        config = _config()
-        with store.engine.begin() as conn:
-            config.attributes["connection"] = conn
-            command.upgrade(config, "head")
+        old = old_chain(37)
+        at_revision_0002(store, old)
+        upgrade(store.engine)
         entries = store.audit_entries()
         assert [e.hash for e in entries] == [o["hash"] for o in old]
         assert store.tree_head() == (37, rfc_root([leaf_data(o) for o in old]))
@@ -189,6 +201,61 @@ def test_the_migration_turns_an_existing_chain_into_the_tree(database_url: str) 
         assert store.tree_head()[1] == rfc_root([leaf_data(e) for e in store.audit_entries()])
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda old: old[4].update(actor="mallory"),
+            "entry 5 was edited: its content no longer matches its hash",
+        ),
+        (lambda old: old.pop(6), "entry 7 is missing (the next entry is 8): an entry was deleted"),
+        (
+            lambda old: old.append({**old[-1], "seq": 38, "prev_hash": "f" * 64}),
+            "entry 38 does not hold the hash of entry 37: entry 37 was edited and re-hashed, or "
+            "the link in entry 38 was changed",
+        ),
+    ],
+)
+def test_the_migration_refuses_a_chain_broken_before_it(
+    database_url: str,
+    edit: Callable[[list[dict[str, object]]], object],
+    message: str,
+) -> None:
+    """F10: the tree built over a chain already broken would make it look whole; the upgrade
+    stops naming the first entry that does not hold, and leaves the database as it was."""
+    from sqlalchemy import inspect, text
+
+    from lockd.store.migrate import upgrade
+
+    store = Store.open(database_url)
+    try:
+        old = old_chain(37)
+        edit(old)
+        at_revision_0002(store, old)
+        with pytest.raises(LockdError) as raised:
+            upgrade(store.engine)
+        with store.engine.connect() as conn:
+            revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        columns = {c["name"] for c in inspect(store.engine).get_columns("audit_log")}
+        with store.engine.begin() as conn:  # the backup restored: the upgrade goes through
+            conn.execute(text("DELETE FROM audit_log"))
+            conn.execute(text("UPDATE audit_head SET seq = 0, hash = :h"), {"h": GENESIS})
+        upgrade(store.engine)
+        assert store.verify_audit().ok
+    finally:
+        store.close()
+    first = message.split()[1]
+    assert str(raised.value) == (
+        f"the audit chain is broken at entry {first if first != '38' else 37}: {message}. "
+        "lockd will not build the Merkle tree over it (its checkpoints would sign the broken "
+        "history as whole); the database is left as it was: restore it from a backup taken "
+        "before the break"
+    )
+    assert raised.value.exit_code == 1
+    assert revision == "0002"
+    assert "tree_nodes" not in columns
 
 
 # --- the routes ---------------------------------------------------------------------------------
@@ -631,3 +698,34 @@ def test_a_saved_checkpoint_against_a_service_that_signs_none_is_a_verdict(
             )
     assert saved.read_bytes() == kept
     assert not (tmp_path / "none.checkpoint").exists()
+
+
+def test_serve_stops_on_a_sqlite_database_whose_chain_was_edited_before_the_upgrade(
+    lockd: Lockd, tmp_path: Path
+) -> None:
+    """F10, as an operator sees it: `lockd serve` upgrading such a file exits 1 naming the
+    entry, and the file stays at revision 0002."""
+    from lockd.store.migrate import schema_state, upgrade
+
+    url = f"sqlite:///{tmp_path}/lockd.db"
+    store = Store.open(url)
+    try:
+        upgrade(store.engine)
+        old = old_chain(12)
+        old[2]["subject"] = "edited"
+        at_revision_0002(store, old)
+    finally:
+        store.close()
+    served = lockd("serve", "--port", "1", env={"LOCKD_DATABASE_URL": url})
+    assert served.returncode == 1, served.stderr
+    assert one_line(served.stderr).endswith(
+        "lockd: error: the audit chain is broken at entry 3: entry 3 was edited: its content no "
+        "longer matches its hash. lockd will not build the Merkle tree over it (its checkpoints "
+        "would sign the broken history as whole); the database is left as it was: restore it "
+        "from a backup taken before the break"
+    )
+    store = Store.open(url)
+    try:
+        assert schema_state(store.engine).revision == "0002"
+    finally:
+        store.close()
