@@ -137,6 +137,17 @@ the log key the service's operator published, not only the bundled one:
     lockd audit verify {filename} --log-key KEY
 """
 
+README_KEYLESS = """
+## A keyless signature
+
+`envelope.dsse.json` is a keyless Sigstore bundle: a short-lived certificate names its signer
+(an OIDC identity), and a transparency-log entry proves when it signed. No key is bundled. Check
+it for the identity you expect (the Sigstore trusted root: the public-good one, or give
+`--trusted-root`):
+
+    lockd audit verify {filename} --certificate-identity WHO --certificate-oidc-issuer ISSUER
+"""
+
 
 def _json(value: object) -> bytes:
     return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode("utf-8")
@@ -170,6 +181,7 @@ def bundle_files(
     from lockd.sbom import sbom_json
     from lockd.trust import keys
     from lockd.trust.signed import parse_signed
+    from lockd.trust.sigstore_bundle import SigstoreBundle
     from lockd.trust.statement import parse_statement
 
     parsed = parse_signed(envelope, f"manifest {digest}")  # as pushed: envelope or bundle
@@ -243,6 +255,8 @@ def bundle_files(
         head_seq=head["seq"],
         head_hash=head["hash"],
     )
+    if isinstance(parsed, SigstoreBundle) and parsed.signer == "certificate":
+        readme += README_KEYLESS.format(filename=filename)
     if log is not None:
         readme += README_LOG.format(
             size=log.size, seqs=", ".join(map(str, sorted(log.proofs))), filename=filename
@@ -287,7 +301,7 @@ class Exported:
     digest: str
     files: int
     reports: int
-    keyids: list[str]
+    keyids: list[str]  # none: a keyless signature (its certificate names the signer)
     log: tuple[int, str] | None = None  # the log checkpoint's size and key; None: no log key
 
 
@@ -329,6 +343,7 @@ def export_bundle(
     from lockd.fileio import refuse_existing, write_atomic
     from lockd.trust import dsse, keys
     from lockd.trust.signed import envelope_of
+    from lockd.trust.sigstore_bundle import SigstoreBundle
 
     refuse_existing(output, force=force)
     where = f"{client.base_url}/v1/manifests/{digest}"
@@ -336,14 +351,20 @@ def export_bundle(
     signed = signed_of(detail, where)  # a Sigstore bundle when pushed as one
     envelope = envelope_of(signed)
     stored = signed.to_json()
-    found = list(extra_keys)
-    for keyid in detail.get("keyids") or []:
-        if any(keys.keyid(k) == keyid for k in found):
-            continue
-        answer = client.public_key(str(keyid))
-        found.append(keys.parse_public_key(str(answer.get("pem", "")).encode(), f"key {keyid}"))
-    signers = dsse.verify(envelope, found, source=where)
-    signing = [k for k in found if keys.keyid(k) in signers]
+    signing: list[PublicKey] = []
+    if not (isinstance(signed, SigstoreBundle) and signed.signer == "certificate"):
+        # A keyless bundle carries its certificate and log entry (the service lists the
+        # identity among its signers: no key to fetch); audit verify checks it under the
+        # identity policy its verifier gives.
+        found = list(extra_keys)
+        for keyid in detail.get("keyids") or []:
+            if any(keys.keyid(k) == keyid for k in found):
+                continue
+            answer = client.public_key(str(keyid))
+            pem = str(answer.get("pem", "")).encode()
+            found.append(keys.parse_public_key(pem, f"key {keyid}"))
+        signers = dsse.verify(envelope, found, source=where)
+        signing = [k for k in found if keys.keyid(k) in signers]
     subjects = [s["digest"]["sha256"] for s in detail.get("subjects") or []]
     reports: dict[int, ReportItem] = {}
     for subject in subjects:

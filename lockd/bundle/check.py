@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from lockd.bundle.logproof import LogCheck
     from lockd.trust.checkpoint import LogVerifier
     from lockd.trust.keys import PublicKey
+    from lockd.trust.signed import Trust
 
 __all__ = [
     "BundleCheck",
@@ -107,12 +108,66 @@ def _check_index(files: Mapping[str, bytes], refused: Sequence[str]) -> str:
     return f"{len(listed)} files match {INDEX}"
 
 
-def _check_signature(files: Mapping[str, bytes], meta: Mapping[str, Any]) -> tuple[str, list[str]]:
-    from lockd.trust import dsse, keys
-    from lockd.trust.signed import envelope_of, parse_signed
+KEYLESS_FLAGS = (
+    "--certificate-identity (or --certificate-identity-regexp) and --certificate-oidc-issuer, "
+    "and --trusted-root for a private Sigstore instance"
+)
+
+
+def _check_signature(
+    files: Mapping[str, bytes], meta: Mapping[str, Any], keyless: Trust | None
+) -> tuple[str, list[str]]:
+    """A keyless Sigstore bundle is checked against the identities (and trusted root) the
+    verifier gives, never against a key; an envelope or a key-based bundle against the
+    bundled keys (its keyid printed to compare). Which is which is the signed file's own
+    content (a certificate or not), the one reading of it: lockd.trust.signed."""
+    from lockd.trust.signed import Trust, parse_signed, verify_signed
+    from lockd.trust.sigstore_bundle import SigstoreBundle
+
+    try:
+        signed = parse_signed(files["envelope.dsse.json"], "envelope.dsse.json")
+    except KeyError:
+        raise _CheckFailedError("envelope.dsse.json is missing from the bundle") from None
+    except LockdError as e:
+        raise _CheckFailedError(str(e)) from e
+    bundled = sorted(n for n in files if n.startswith("keys/"))
+    certified = isinstance(signed, SigstoreBundle) and signed.signer == "certificate"
+    if certified:
+        if bundled:
+            raise _CheckFailedError(
+                f"{', '.join(bundled)}: keys bundled beside a keyless signature (lockd bundles "
+                "none: the certificate names the signer)"
+            )
+        if keyless is None or not keyless.identities:
+            raise _CheckFailedError(
+                "envelope.dsse.json is a keyless Sigstore bundle: its signature was not checked "
+                f"against any identity; give {KEYLESS_FLAGS}"
+            )
+        trust = keyless
+        how = "keyless: its certificate checked against the trusted root and the identity given"
+    else:
+        trust = Trust(keys=tuple(_bundled_keys(files, bundled)))
+        how = "bundled key"
+    try:
+        signers = verify_signed(signed, trust, source="envelope.dsse.json")
+    except LockdError as e:
+        raise _CheckFailedError(str(e)) from e
+    digest = "sha256:" + sha256_hex(signed.payload_bytes())
+    if digest != meta.get("digest"):
+        raise _CheckFailedError(
+            f"envelope.dsse.json's payload is {digest}, not the {meta.get('digest')} "
+            "bundle.json names"
+        )
+    if certified:
+        return f"envelope.dsse.json is signed by {', '.join(signers)} ({how})", signers
+    return f"envelope.dsse.json is signed by keyid {', '.join(signers)} ({how})", signers
+
+
+def _bundled_keys(files: Mapping[str, bytes], names: Sequence[str]) -> list[PublicKey]:
+    from lockd.trust import keys
 
     found: list[PublicKey] = []
-    for name in sorted(n for n in files if n.startswith("keys/")):
+    for name in names:
         try:
             key = keys.parse_public_key(files[name], name)
         except LockdError as e:
@@ -125,20 +180,7 @@ def _check_signature(files: Mapping[str, bytes], meta: Mapping[str, Any]) -> tup
         found.append(key)
     if not found:
         raise _CheckFailedError("the bundle holds no public key (keys/<keyid>.pub)")
-    try:
-        signed = parse_signed(files["envelope.dsse.json"], "envelope.dsse.json")
-        signers = dsse.verify(envelope_of(signed), found, source="envelope.dsse.json")
-    except KeyError:
-        raise _CheckFailedError("envelope.dsse.json is missing from the bundle") from None
-    except LockdError as e:
-        raise _CheckFailedError(str(e)) from e
-    digest = "sha256:" + sha256_hex(signed.payload_bytes())
-    if digest != meta.get("digest"):
-        raise _CheckFailedError(
-            f"envelope.dsse.json's payload is {digest}, not the {meta.get('digest')} "
-            "bundle.json names"
-        )
-    return f"envelope.dsse.json is signed by keyid {', '.join(signers)} (bundled key)", signers
+    return found
 
 
 def _check_sbom(files: Mapping[str, bytes]) -> str:
@@ -296,8 +338,10 @@ def check_files(
     files: Mapping[str, bytes],
     refused: Sequence[str] = (),
     log_key: LogVerifier | None = None,
+    keyless: Trust | None = None,
 ) -> BundleVerdict:
-    """Check a bundle's files offline: index, signature (against the bundled key), SBOM and
+    """Check a bundle's files offline: index, signature (against the bundled key; a keyless
+    one against ``keyless``'s identities and trusted root, failing without them), SBOM and
     lock, audit chain and reports, and the transparency log's proof when the bundle carries
     one or ``log_key`` is given (which it then must be signed by). Every check runs; each
     failure names its file."""
@@ -329,7 +373,7 @@ def check_files(
         return BundleVerdict(digest, keyids, checks, pinned, log_key is not None)
 
     def signature() -> str:
-        message, signers = _check_signature(files, meta)
+        message, signers = _check_signature(files, meta, keyless)
         keyids.extend(signers)
         return message
 
@@ -361,15 +405,22 @@ def _check_log(
     return check_log(files, _audit_entries(files), relied.seqs, log_key)
 
 
-def verify_bundle(path: Path, log_key: LogVerifier | None = None) -> BundleVerdict:
-    """Read and check a bundle file offline (``log_key``: the log's key, pinned).
+def verify_bundle(
+    path: Path, log_key: LogVerifier | None = None, keyless: Trust | None = None
+) -> BundleVerdict:
+    """Read and check a bundle file offline (``log_key``: the log's key, pinned; ``keyless``:
+    the identities and trusted root a keyless signature is checked against).
 
     Raises:
         InputError: the file cannot be read, is not a gzip-compressed tar archive, is truncated
             or malformed, or declares a header or member past the limits.
     """
     files, refused = read_bundle(path)
-    return check_files(files, refused, log_key)
+    return check_files(files, refused, log_key, keyless)
+
+
+def _is_keyid(signer: str) -> bool:
+    return len(signer) == 64 and all(c in "0123456789abcdef" for c in signer)
 
 
 def render_verdict(verdict: BundleVerdict, source: str) -> str:
@@ -379,9 +430,15 @@ def render_verdict(verdict: BundleVerdict, source: str) -> str:
     if not verdict.ok:
         lines.append(f"the bundle does NOT hold: {', '.join(c.id for c in verdict.failed)} failed")
         return "\n".join(lines) + "\n"
+    from lockd.trust.signed import signers_text
+
     lines.append(
-        f"the bundle holds: signed by keyid {', '.join(verdict.keyids)}; compare it with the "
-        "signer's published keyid"
+        f"the bundle holds: signed by {signers_text(verdict.keyids, width=64)}; "
+        + (
+            "compare it with the signer's published keyid"
+            if all(_is_keyid(s) for s in verdict.keyids)
+            else "the identity given"
+        )
     )
     if verdict.log_key is None:
         lines.append(

@@ -9,11 +9,19 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from lockd.cli.shared import ServerOpt, console
+from lockd.cli.shared import (
+    IdentityOpt,
+    IdentityRegexpOpt,
+    IssuerOpt,
+    ServerOpt,
+    TrustedRootOpt,
+    console,
+)
 
 if TYPE_CHECKING:
     from lockd.client import Client
     from lockd.trust.auditlog import ChainCheck
+    from lockd.trust.signed import Trust
 
 
 LogKeyOpt = Annotated[
@@ -154,9 +162,14 @@ def audit_verify(
         ),
     ] = None,
     log_key: LogKeyOpt = None,
+    certificate_identity: IdentityOpt = None,
+    certificate_identity_regexp: IdentityRegexpOpt = None,
+    certificate_oidc_issuer: IssuerOpt = None,
+    trusted_root: TrustedRootOpt = None,
     json: Annotated[bool, typer.Option("--json", help="print the verdict as JSON")] = False,
 ) -> None:
-    """Check an audit bundle offline (BUNDLE), or fetch a service's whole audit log and
+    """Check an audit bundle offline (BUNDLE; a keyless manifest's signer against
+    --certificate-identity and --certificate-oidc-issuer), or fetch a service's whole audit log and
     re-check its hash chain here (--server); with --checkpoint FILE, also check that the log
     is a consistent extension of the checkpoint saved in FILE by an earlier run (a rewritten
     history or a replaced database fails, naming the size), then save the new one. Exit 0
@@ -173,7 +186,16 @@ def audit_verify(
         )
     if bundle is not None:
         _refuse_service_flags(ctx)
-        _verify_bundle(bundle, log_key, json)
+        keyless = _keyless_trust(
+            certificate_identity, certificate_identity_regexp, certificate_oidc_issuer, trusted_root
+        )
+        _verify_bundle(bundle, log_key, keyless, json)
+    keyless_flags = (certificate_identity, certificate_identity_regexp, certificate_oidc_issuer)
+    if any(flag is not None for flag in keyless_flags) or trusted_root is not None:
+        raise InputError(
+            "--certificate-identity, --certificate-oidc-issuer and --trusted-root check a "
+            "bundle's keyless signature: give them with BUNDLE"
+        )
     if server is None:
         raise InputError("give a bundle file, or --server URL (or set LOCKD_SERVER)")
     if log_key is not None and checkpoint is None:
@@ -275,12 +297,28 @@ def _follow_log(client: Client, path: Path, log_key: str | None, json: bool) -> 
     raise typer.Exit(0 if ok else 1)
 
 
-def _verify_bundle(path: Path, log_key: str | None, json: bool) -> None:
+def _keyless_trust(
+    identity: str | None, identity_regexp: str | None, issuer: str | None, root: Path | None
+) -> Trust | None:
+    """The identity (and trusted root) a bundle's keyless signature is checked against."""
+    from lockd.trust.keyless import identity_from_flags, load_trusted_root
+    from lockd.trust.signed import Trust
+
+    chosen = identity_from_flags(identity, identity_regexp, issuer)
+    if chosen is None and root is None:
+        return None
+    return Trust(
+        identities=() if chosen is None else (chosen,),
+        trusted_root=None if root is None else load_trusted_root(root),
+    )
+
+
+def _verify_bundle(path: Path, log_key: str | None, keyless: Trust | None, json: bool) -> None:
     from lockd.bundle import render_verdict, verify_bundle
     from lockd.trust.logkey import load_log_verifier
 
     pinned = None if log_key is None else load_log_verifier(log_key)
-    verdict = verify_bundle(path, pinned)
+    verdict = verify_bundle(path, pinned, keyless)
     if json:
         import json as json_module
 
@@ -337,9 +375,14 @@ def audit_export(
         size, vkey = done.log
         log = f"; the log's proof in its checkpoint of {size} entries, signed by {vkey}"
         check = f"lockd audit verify {done.path} --log-key {vkey}"
+    if done.keyids:
+        signer = f"signed by keyid {', '.join(done.keyids)}"
+    else:
+        signer = "a keyless signature"
+        check += " --certificate-identity WHO --certificate-oidc-issuer ISSUER"
     console().print(
-        f"wrote {done.path}: {done.files} files, {done.reports} report(s), signed by keyid "
-        f"{', '.join(done.keyids)}{log}; check it with: {check}"
+        f"wrote {done.path}: {done.files} files, {done.reports} report(s), {signer}{log}; "
+        f"check it with: {check}"
     )
 
 

@@ -4,14 +4,18 @@ offline against the pinned key; from a service that signs none, export and verif
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from reference_manifests import manifest_a
 from service_helpers import Server
+from sigstore_instance import ISSUER, SigstoreInstance
 
 from lockd.trust.checkpoint import LogSigner
 from lockd.trust.logkey import write_log_key
+from lockd.trust.statement import make_statement
 
 Lockd = Callable[..., subprocess.CompletedProcess[str]]  # the `lockd` fixture (tests/conftest.py)
 
@@ -99,3 +103,56 @@ def test_without_a_log_key_sqlite_bundles_its_own_keys_proof_and_postgresql_none
             "no transparency-log proof in it (exported before lockd's log was signed, or from a "
             "service without a log key): its entries are checked against their chain only"
         )
+
+
+def test_a_keyless_manifest_is_exported_with_its_certificate_and_checked_for_its_identity(
+    database_url: str, tmp_path: Path, lockd: Lockd
+) -> None:
+    """#18 F4: export fetched a key for each stored signer, and a keyless one has none (404).
+    A real keyless lockd manifest (tests/sigstore_instance.py: a private Sigstore instance
+    the service trusts through LOCKD_TRUSTED_ROOT) is exported with its Sigstore bundle and no
+    key, and checked offline under the identity the verifier gives."""
+    instance = SigstoreInstance()
+    root = tmp_path / "trusted_root.json"
+    root.write_bytes(instance.trusted_root())
+    signed = tmp_path / "m.sigstore.json"
+    signed.write_bytes(instance.sign(make_statement(manifest_a()), "alice@example.org"))
+    env = {
+        "LOCKD_DATABASE_URL": database_url,
+        "LOCKD_TRUSTED_IDENTITIES": json.dumps(
+            [{"issuer": ISSUER, "identity": "alice@example.org"}]
+        ),
+        "LOCKD_TRUSTED_ROOT": str(root),
+    }
+    bundle = tmp_path / "audit.tar.gz"
+    with (tmp_path / "server.log").open("wb") as log:
+        server = Server(env, log=log).start()
+        try:
+            token = lockd("token", "create", "ci", "--role", "recorder", env=env).stdout.strip()
+            client = {"LOCKD_TOKEN": token}
+            pushed = lockd("push", signed, "--server", server.url, env=client)
+            assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+            digest = pushed.stdout.split("stored as ")[1].split()[0]
+            made = lockd(
+                "audit", "export", digest, "-o", bundle, "--server", server.url, env=client
+            )
+        finally:
+            server.stop()
+    assert made.returncode == 0, made.stdout + made.stderr
+    said = " ".join(made.stdout.split())
+    assert ", a keyless signature" in said
+    assert said.endswith("--certificate-identity WHO --certificate-oidc-issuer ISSUER")
+    flags = ["--certificate-oidc-issuer", ISSUER, "--trusted-root", root]
+    checked = lockd(
+        "audit", "verify", bundle, "--certificate-identity", "alice@example.org", *flags
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert (
+        f"the bundle holds: signed by alice@example.org (issuer {ISSUER}); the identity given"
+        in (checked.stdout.splitlines())
+    )
+    unchecked = lockd("audit", "verify", bundle)
+    assert unchecked.returncode == 1
+    assert unchecked.stdout.splitlines()[-1] == "the bundle does NOT hold: signature failed"
+    other = lockd("audit", "verify", bundle, "--certificate-identity", "bob@example.org", *flags)
+    assert other.returncode == 1
