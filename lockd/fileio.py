@@ -131,6 +131,23 @@ class UntrustedFileError(Exception):
         self.why = why
 
 
+def _open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
+    """A descriptor of ``path`` itself, never of what a symbolic link there points to (nor a
+    FIFO's writer waited for).
+
+    Raises:
+        FileNotFoundError: there is none (without O_CREAT).
+        UntrustedFileError: a symbolic link, or it cannot be opened, saying why.
+    """
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        why = "a symbolic link" if e.errno == errno.ELOOP else e.strerror or str(e)
+        raise UntrustedFileError(why) from e
+
+
 def open_own_file(path: Path, flags: int, mode: int = 0o600) -> int:
     """A descriptor of a file lockd keeps for itself, opened with ``flags`` (O_CREAT: made
     ``mode``) without following a symbolic link, and kept only when it is a regular file this
@@ -141,13 +158,7 @@ def open_own_file(path: Path, flags: int, mode: int = 0o600) -> int:
         FileNotFoundError: there is none (without O_CREAT).
         UntrustedFileError: it is not opened, saying why.
     """
-    try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
-    except FileNotFoundError:
-        raise
-    except OSError as e:
-        why = "a symbolic link" if e.errno == errno.ELOOP else e.strerror or str(e)
-        raise UntrustedFileError(why) from e
+    fd = _open_nofollow(path, flags, mode)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -178,4 +189,98 @@ def read_own_file(path: Path, max_bytes: int) -> bytes | None:
         raise UntrustedFileError(e.strerror or str(e)) from e
     if len(data) > max_bytes:
         raise UntrustedFileError(f"larger than {max_bytes} bytes")
+    return data
+
+
+# --- secrets (private keys) ----------------------------------------------------------------
+
+
+def _held_directory(path: Path) -> bool:
+    """A real directory (not a link) of this user's or root's that nobody else may write."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return (
+        stat.S_ISDIR(st.st_mode)
+        and st.st_uid in (os.geteuid(), 0)
+        and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    )
+
+
+def secret_volume_file(path: Path) -> Path | None:
+    """The file a Kubernetes secret volume's ``DIR/NAME`` stands for, else None. Kubelet
+    writes each version of a secret into ``DIR/..TIMESTAMP/NAME`` and links ``DIR/..data ->
+    ..TIMESTAMP`` and ``DIR/NAME -> ..data/NAME``: only these two links, exactly so, between
+    directories only root (or this user) may write, are followed; whoever could change them
+    could change the secret itself."""
+    directory = path.parent
+    try:
+        version = os.readlink(directory / "..data")
+        if os.readlink(path) != f"..data/{path.name}":
+            return None
+    except OSError:
+        return None
+    if not version.startswith("..") or "/" in version or version in ("..", "..data"):
+        return None
+    if not (_held_directory(directory) and _held_directory(directory / version)):
+        return None
+    return directory / version / path.name
+
+
+def _secret_problem(st: os.stat_result, path: Path, what: str, *, volume: bool) -> str | None:
+    if not stat.S_ISREG(st.st_mode):
+        return f"the {what} file is not a regular file"
+    if st.st_uid not in (os.geteuid(), 0):
+        return (
+            f"the {what} file is owned by uid {st.st_uid}, not by this user (uid "
+            f"{os.geteuid()}) or root: whoever owns it may have put their own {what} there"
+        )
+    ours = st.st_gid in (os.getegid(), *os.getgroups())
+    allowed = 0o440 if volume and ours else 0o600
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & ~allowed:
+        return (
+            f"the {what} file's mode {mode:04o} lets other users read or change it: "
+            f"chmod 600 {path} (this user alone may read a {what})"
+        )
+    return None
+
+
+def read_secret_file(
+    path: Path, *, limit: int, what: str, error: type[InputError] = InputError
+) -> bytes:
+    """A secret (a private key) from ``path``, read only when no other user can read or change
+    it, as ssh holds private keys: a regular file opened without following a symbolic link,
+    owned by this user or root, mode 0600 or 0400. The one exception is a Kubernetes secret
+    volume (:func:`secret_volume_file`): there its two links are followed, and the file may
+    also be readable by its group when that group is this process's (the pod's ``fsGroup``
+    with ``defaultMode: 0440``). The content is never shown.
+
+    Raises:
+        ``error`` (an InputError) naming the path, saying why and what to do.
+    """
+    volume = secret_volume_file(path)
+    opened = volume or path
+    try:
+        fd = _open_nofollow(opened, os.O_RDONLY)
+    except FileNotFoundError as e:
+        raise error(f"{path}: no such {what} file; check the path") from e
+    except UntrustedFileError as e:
+        if e.why == "a symbolic link":
+            raise error(
+                f"{path}: the {what} file is a symbolic link, which lockd does not follow: give "
+                "the file itself (only a Kubernetes secret volume's own links are followed)"
+            ) from None
+        raise error(f"{path}: cannot read the {what} file: {e.why}") from None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            problem = _secret_problem(os.fstat(f.fileno()), opened, what, volume=bool(volume))
+            if problem is not None:
+                raise error(f"{path}: {problem}")
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise error(f"{path}: cannot read the {what} file: {e.strerror or e}") from None
+    if len(data) > limit:
+        raise error(f"{path}: larger than {limit // 1024} KiB, too large to be a {what} file")
     return data

@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 
 from lockd.errors import KeyFileError, OutputExistsError
-from lockd.fileio import read_capped, refuse_existing, write_atomic
+from lockd.fileio import read_capped, read_secret_file, refuse_existing, write_atomic
 from lockd.trust.checkpoint import LogSigner, LogVerifier, NoteError
 
 MAX_KEY_FILE_BYTES = 4096  # a key string is about 100 bytes
@@ -19,8 +19,10 @@ MAX_KEY_FILE_BYTES = 4096  # a key string is about 100 bytes
 __all__ = ["default_name", "load_log_signer", "load_log_verifier", "log_signer_at", "write_log_key"]
 
 
-def _read_key_text(path: Path, what: str) -> str:
-    data = read_capped(path, limit=MAX_KEY_FILE_BYTES, what=what, error=KeyFileError)
+def _read_key_text(path: Path, what: str, *, secret: bool = False) -> str:
+    """``secret``: read only when no other user may read or change it (read_secret_file)."""
+    read = read_secret_file if secret else read_capped
+    data = read(path, limit=MAX_KEY_FILE_BYTES, what=what, error=KeyFileError)
     try:
         return data.decode("ascii").strip()
     except UnicodeDecodeError:
@@ -28,13 +30,15 @@ def _read_key_text(path: Path, what: str) -> str:
 
 
 def load_log_signer(path: Path) -> LogSigner:
-    """The log's signer key from ``path``.
+    """The log's signer key from ``path``, a file only this user may read (mode 0600 or 0400,
+    not a symbolic link; or a Kubernetes secret volume's: see lockd.fileio.read_secret_file).
 
     Raises:
-        KeyFileError: it cannot be read or is not a signer key (naming the file).
+        KeyFileError: it cannot be read, others may read or change it, or it is not a signer
+            key (naming the file).
     """
     try:
-        return LogSigner.parse(_read_key_text(path, "log key"))
+        return LogSigner.parse(_read_key_text(path, "log key", secret=True))
     except NoteError as e:
         raise KeyFileError(f"{path}: {e}") from e
 

@@ -3,6 +3,7 @@ LOCKD_LOG_KEY: made as Go's sumdb/note keys, read strictly, bad files named."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -81,6 +82,7 @@ def test_a_bad_log_key_file_is_named(tmp_path: Path, content: bytes | None, mess
     path = tmp_path / "log.key"
     if content is not None:
         path.write_bytes(content)
+        path.chmod(0o600)
     with pytest.raises(KeyFileError) as raised:
         load_log_signer(path)
     assert str(raised.value) == message.format(path=path)
@@ -88,6 +90,7 @@ def test_a_bad_log_key_file_is_named(tmp_path: Path, content: bytes | None, mess
 
 def test_the_service_refuses_to_start_on_a_bad_log_key(tmp_path: Path) -> None:
     (tmp_path / "log.key").write_text("PRIVATE+KEY+garbage\n")
+    (tmp_path / "log.key").chmod(0o600)
     settings = Settings(database_url=f"sqlite:///{tmp_path}/lockd.db", log_key=tmp_path / "log.key")
     with pytest.raises(KeyFileError, match=r"log\.key: log signer key: give PRIVATE\+KEY"):
         create_app(settings)
@@ -179,3 +182,157 @@ def test_the_shipped_deployment_signs_checkpoints_with_one_mounted_key() -> None
     assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"]
     readme = (deploy / "README.md").read_text()
     assert "create secret generic lockd-log-key --from-file=lockd-log.key" in readme
+
+
+# --- F5: the key file is read only when no other user may read or change it -------------------
+
+
+def secret_volume(mount: Path, signer: LogSigner, mode: int = 0o440) -> Path:
+    """The layout kubelet makes of a secret volume (atomic writer): the file in a timestamped
+    directory, ``..data`` linked to it, and the file's name linked through ``..data``."""
+    version = mount / "..2026_12_07_14_00_00.123456789"
+    version.mkdir(parents=True)
+    (version / "lockd-log.key").write_text(f"{signer}\n")
+    (version / "lockd-log.key").chmod(mode)
+    (mount / "..data").symlink_to(version.name)
+    (mount / "lockd-log.key").symlink_to("..data/lockd-log.key")
+    return mount / "lockd-log.key"
+
+
+def test_a_key_mounted_as_the_shipped_deployment_mounts_it_is_read(tmp_path: Path) -> None:
+    """The shipped defaultMode (0440, for the pod's fsGroup), through kubelet's own links."""
+    import yaml
+
+    deploy = Path(__file__).resolve().parents[3] / "deploy" / "kubernetes" / "lockd.yaml"
+    docs = {d["kind"]: d for d in yaml.safe_load_all(deploy.read_text())}
+    [volume] = [
+        v
+        for v in docs["Deployment"]["spec"]["template"]["spec"]["volumes"]
+        if v["name"] == "log-key"
+    ]
+    signer = LogSigner.generate("lockd.test/audit")
+    key = secret_volume(tmp_path / "log-key", signer, mode=volume["secret"]["defaultMode"])
+    assert load_log_signer(key) == signer
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/lockd.db", log_key=key)
+    assert create_app(settings).state.service.log_signer == signer
+
+
+def plain(tmp_path: Path, mode: int) -> Path:
+    path = tmp_path / "log.key"
+    path.write_text(f"{LogSigner.generate('lockd.test/audit')}\n")
+    path.chmod(mode)
+    return path
+
+
+def linked(tmp_path: Path) -> Path:
+    target = plain(tmp_path, 0o600)
+    (tmp_path / "link.key").symlink_to(target)
+    return tmp_path / "link.key"
+
+
+def volume_elsewhere(tmp_path: Path) -> Path:
+    """The name's link leads out of the volume, to a file someone else chose."""
+    key = secret_volume(tmp_path / "log-key", LogSigner.generate("lockd.test/audit"))
+    key.unlink()
+    key.symlink_to(plain(tmp_path, 0o600))
+    return key
+
+
+def volume_data_outside(tmp_path: Path) -> Path:
+    (tmp_path / "..outside").mkdir()
+    plain(tmp_path / "..outside", 0o600)
+    (tmp_path / "..outside" / "log.key").rename(tmp_path / "..outside" / "lockd-log.key")
+    mount = tmp_path / "log-key"
+    mount.mkdir()
+    (mount / "..data").symlink_to("../..outside")
+    (mount / "lockd-log.key").symlink_to("..data/lockd-log.key")
+    return mount / "lockd-log.key"
+
+
+def volume_others_may_write(tmp_path: Path) -> Path:
+    key = secret_volume(tmp_path / "log-key", LogSigner.generate("lockd.test/audit"))
+    key.parent.chmod(0o777)
+    return key
+
+
+def fifo(tmp_path: Path) -> Path:
+    os.mkfifo(tmp_path / "log.key", 0o600)
+    return tmp_path / "log.key"
+
+
+TOO_OPEN = (
+    "{path}: the log key file's mode {mode} lets other users read or change it: chmod 600 "
+    "{opened} (this user alone may read a log key)"
+)
+A_LINK = (
+    "{path}: the log key file is a symbolic link, which lockd does not follow: give the file "
+    "itself (only a Kubernetes secret volume's own links are followed)"
+)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: plain(d, 0o644), TOO_OPEN.format(path="{path}", mode="0644", opened="{path}")),
+        (lambda d: plain(d, 0o640), TOO_OPEN.format(path="{path}", mode="0640", opened="{path}")),
+        (lambda d: plain(d, 0o440), TOO_OPEN.format(path="{path}", mode="0440", opened="{path}")),
+        (lambda d: plain(d, 0o620), TOO_OPEN.format(path="{path}", mode="0620", opened="{path}")),
+        (
+            lambda d: secret_volume(d / "log-key", LogSigner.generate("x"), mode=0o444),
+            TOO_OPEN.format(
+                path="{path}",
+                mode="0444",
+                opened="{path.parent}/..2026_12_07_14_00_00.123456789/lockd-log.key",
+            ),
+        ),
+        (linked, A_LINK),
+        (volume_elsewhere, A_LINK),
+        (volume_data_outside, A_LINK),
+        (volume_others_may_write, A_LINK),
+        (fifo, "{path}: the log key file is not a regular file"),
+        (lambda d: d, "{path}: cannot read the log key file: Is a directory"),
+    ],
+    ids=[
+        "0644",
+        "0640",
+        "0440-outside-a-volume",
+        "0620",
+        "volume-0444",
+        "a-link",
+        "volume-link-leads-out",
+        "volume-data-leads-out",
+        "volume-others-may-write",
+        "fifo",
+        "directory",
+    ],
+)
+def test_a_log_key_others_may_read_or_change_is_refused(
+    tmp_path: Path, make: Callable[[Path], Path], message: str
+) -> None:
+    path = make(tmp_path)
+    with pytest.raises(KeyFileError) as raised:
+        load_log_signer(path)
+    assert str(raised.value) == message.format(path=path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
+def test_a_log_key_of_another_user_is_refused(tmp_path: Path) -> None:
+    path = plain(tmp_path, 0o600)
+    os.chown(path, 4242, 4242)
+    with pytest.raises(KeyFileError) as raised:
+        load_log_signer(path)
+    assert str(raised.value) == (
+        f"{path}: the log key file is owned by uid 4242, not by this user (uid {os.geteuid()}) "
+        "or root: whoever owns it may have put their own log key there"
+    )
+
+
+def test_the_service_does_not_start_on_a_key_others_may_read(lockd: Lockd, tmp_path: Path) -> None:
+    key = plain(tmp_path, 0o644)
+    env = {"LOCKD_LOG_KEY": str(key), "LOCKD_DATABASE_URL": f"sqlite:///{tmp_path}/lockd.db"}
+    served = lockd("serve", "--port", "1", env=env)
+    assert (served.returncode, one_line(served.stderr).split("lockd: error: ")[-1]) == (
+        2,
+        f"{key}: the log key file's mode 0644 lets other users read or change "
+        f"it: chmod 600 {key} (this user alone may read a log key)",
+    )
