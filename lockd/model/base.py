@@ -43,9 +43,14 @@ def unstorable(value: object) -> tuple[str, str] | None:
     """The first string (keys included) of a decoded JSON value that cannot be stored: its
     path (``report.target.image_id``; ``""`` for the value itself) and why; None when every
     string can be."""
+    found = _unstorable(value, ())
+    return None if found is None else (".".join(found[0]), found[1])
+
+
+def _unstorable(value: object, path: tuple[str, ...]) -> tuple[tuple[str, ...], str] | None:
     if isinstance(value, str):
         why = unstorable_text(value)
-        return ("", why) if why else None
+        return (path, why) if why else None
     items: Iterable[tuple[object, object]]
     if isinstance(value, dict):
         items = value.items()
@@ -56,10 +61,10 @@ def unstorable(value: object) -> tuple[str, str] | None:
     for key, item in items:
         why = unstorable_text(key) if isinstance(key, str) else None
         if why:
-            return ("", f"a key with {why}")
-        found = unstorable(item)
+            return (path, f"a key with {why}")
+        found = _unstorable(item, (*path, str(key)))
         if found:
-            return (f"{key}.{found[0]}" if found[0] else str(key), found[1])
+            return found
     return None
 
 
