@@ -315,7 +315,7 @@ def test_a_log_key_others_may_read_or_change_is_refused(
     assert str(raised.value) == message.format(path=path)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
+@pytest.mark.usefixtures("root_required")  # only root can give a file to another user
 def test_a_log_key_of_another_user_is_refused(tmp_path: Path) -> None:
     path = plain(tmp_path, 0o600)
     os.chown(path, 4242, 4242)
