@@ -58,6 +58,7 @@ def test_a_symlinked_lock_is_refused_and_its_target_untouched(lock: Path, tmp_pa
     assert victim.read_text() == "precious"
 
 
+@pytest.mark.usefixtures("root_required")  # chown
 def test_a_lock_file_another_user_owns_is_refused(lock: Path) -> None:
     lock.parent.mkdir(mode=0o700, parents=True)
     lock.touch(mode=0o600)
