@@ -186,12 +186,41 @@ class AdmissionChannel:
         if token is not None:
             decided = admit(service, token, "recorder")
             return decided if isinstance(decided, Refusal) else f"token:{decided.name}"
+        if self.anonymous_actor == "anonymous:loopback" and _arrived_off_loopback(request):
+            # LOCKD_HOST is what the operator said; the socket says where the review came in
+            # (uvicorn started by hand with --host 0.0.0.0 and LOCKD_HOST=127.0.0.1).
+            return Refusal(
+                status.HTTP_401_UNAUTHORIZED,
+                f"this review arrived on {request.scope['server'][0]}, not loopback, though "
+                f"LOCKD_HOST is {self.where}: /v1/admission needs" + _CREDENTIALS,
+            )
         if self.anonymous_actor is not None:
             return self.anonymous_actor
         return Refusal(
             status.HTTP_401_UNAUTHORIZED,
-            f"this service listens on {self.where}: /v1/admission needs a client certificate "
-            "(lockd serve --admission-port with --client-ca) or a bearer token of a recorder "
-            "(lockd token create NAME --role recorder); --insecure-admission (or "
-            "LOCKD_INSECURE_ADMISSION=1) allows anonymous reviews",
+            f"this service listens on {self.where}: /v1/admission needs" + _CREDENTIALS,
         )
+
+
+_CREDENTIALS = (
+    " a client certificate (lockd serve --admission-port with --client-ca) or a bearer token "
+    "of a recorder (lockd token create NAME --role recorder); --insecure-admission (or "
+    "LOCKD_INSECURE_ADMISSION=1) allows anonymous reviews"
+)
+
+
+def _arrived_off_loopback(request: Request) -> bool:
+    """The connection's local address (the ASGI scope's ``server``, from the socket: no header
+    changes it) is an IP address off loopback; an IPv4-mapped one counts as its IPv4 address.
+    A server that gives no address (a test client's name, a Unix socket) is taken at its
+    LOCKD_HOST."""
+    import ipaddress
+
+    server = request.scope.get("server")
+    try:
+        address = ipaddress.ip_address(str(server[0]).partition("%")[0]) if server else None
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address is not None and not address.is_loopback

@@ -100,6 +100,34 @@ def test_anonymous_reviews_on_loopback_or_when_told_are_audited_as_anonymous(
     ]
 
 
+@pytest.mark.parametrize("arrived_on", ["10.0.0.7", "[::ffff:10.0.0.7]", "[fd00::2]"])
+def test_an_anonymous_review_arriving_off_loopback_is_refused_whatever_lockd_host_says(
+    settings: Settings, store: Store, arrived_on: str
+) -> None:
+    """uvicorn started by hand with ``--host 0.0.0.0`` and LOCKD_HOST=127.0.0.1: a review sent
+    to the machine's network address was audited as anonymous:loopback. The scope's ``server``
+    (the socket's local address, which the test client takes from the URL) decides."""
+    app = create_app(settings.model_copy(update={"listen_host": "127.0.0.1"}))
+    with TestClient(app, base_url=f"http://{arrived_on}:8080") as client:
+        answer = client.post("/v1/admission", json=hostile_review())
+    assert answer.status_code == 401
+    where = f"this review arrived on {arrived_on.strip('[]')}, not loopback, though LOCKD_HOST is"
+    assert answer.json() == {
+        "detail": NOT_ANSWERED.replace("this service listens on", where).format(where="127.0.0.1")
+    }
+    assert store.audit_entries() == []
+
+
+@pytest.mark.parametrize("arrived_on", ["127.0.0.1", "127.9.9.9", "[::1]", "[::ffff:127.0.0.1]"])
+def test_an_anonymous_review_arriving_on_loopback_is_answered(
+    settings: Settings, store: Store, arrived_on: str
+) -> None:
+    app = create_app(settings.model_copy(update={"listen_host": "127.0.0.1"}))
+    with TestClient(app, base_url=f"http://{arrived_on}:8080") as client:
+        assert client.post("/v1/admission", json=hostile_review()).status_code == 200
+    assert wait_for_audit(store, 1)[0][0] == "anonymous:loopback"
+
+
 def test_a_recorder_token_authenticates_the_webhook_and_is_the_actor(
     make_client: Callable[..., TestClient], store: Store, tokens: Tokens
 ) -> None:
