@@ -190,18 +190,57 @@ def _shut(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-def _opener(deadline: Deadline, where: str) -> urllib.request.OpenerDirector:
-    """urllib with connections whose sockets ``deadline`` can shut down."""
+_BLOB_PATH = re.compile(r"/v2/.+/blobs/sha256:[0-9a-f]{64}")
+
+
+def _redirects(url: str, where: str) -> urllib.request.HTTPRedirectHandler:
+    """Redirects of a request for ``url``: within its origin (scheme, host, port) always; to
+    another origin only for a blob (its content is checked against its digest: registries
+    send blobs to a CDN) and only over HTTPS. urllib alone follows any redirect to any host and
+    scheme (ftp:// and http:// included), so a registry the admission config lists could have
+    made lockd fetch whatever it named (an address inside the cluster) and echo its answer."""
+    origin = urllib.parse.urlsplit(url)[:2]
+    blob = _BLOB_PATH.fullmatch(urllib.parse.urlsplit(url).path) is not None
+
+    class Redirects(urllib.request.HTTPRedirectHandler):
+        def redirect_request(
+            self,
+            req: urllib.request.Request,
+            fp: Any,
+            code: int,
+            msg: str,
+            headers: Any,
+            newurl: str,
+        ) -> urllib.request.Request | None:
+            target = urllib.parse.urlsplit(newurl)
+            if target[:2] != origin and not (blob and target.scheme == "https"):
+                fp.close()
+                raise RegistryError(
+                    f"{where}: the registry redirected to another origin ({newurl[:200]}); "
+                    "lockd follows redirects within the registry's origin, and to another "
+                    "only for a blob, over HTTPS"
+                )
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    return Redirects()
+
+
+def _opener(deadline: Deadline | None, url: str, where: str) -> urllib.request.OpenerDirector:
+    """urllib with :func:`_redirects`' rule, and with connections whose sockets ``deadline``
+    can shut down."""
+    if deadline is None:
+        return urllib.request.build_opener(_redirects(url, where))
+    tracking = deadline
 
     class Plain(http.client.HTTPConnection):
         def connect(self) -> None:
             super().connect()
-            deadline.track(self.sock, where)
+            tracking.track(self.sock, where)
 
     class Secure(http.client.HTTPSConnection):
         def connect(self) -> None:
             super().connect()
-            deadline.track(self.sock, where)
+            tracking.track(self.sock, where)
 
     class PlainHandler(urllib.request.HTTPHandler):
         def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
@@ -211,7 +250,7 @@ def _opener(deadline: Deadline, where: str) -> urllib.request.OpenerDirector:
         def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
             return self.do_open(Secure, req)
 
-    return urllib.request.build_opener(PlainHandler, SecureHandler)
+    return urllib.request.build_opener(PlainHandler, SecureHandler, _redirects(url, where))
 
 
 class Registry:
@@ -244,12 +283,12 @@ class Registry:
         full = url if url.startswith(("http://", "https://")) else self.base + url
         request = urllib.request.Request(full, data=body, method=method, headers=headers or {})  # noqa: S310 (scheme fixed above)
         where = f"{method} {full}"
-        timeout, opener = self.timeout, None
+        timeout = self.timeout
         if self.deadline is not None:
             timeout = min(timeout, self.deadline.left(where))
-            opener = _opener(self.deadline, where)
+        opener = _opener(self.deadline, full, where)
         try:
-            with (opener or urllib.request.build_opener()).open(request, timeout=timeout) as answer:
+            with opener.open(request, timeout=timeout) as answer:
                 status, got, data = answer.status, dict(answer.headers), answer.read(limit + 1)
         except urllib.error.HTTPError as e:
             status, got, data = e.code, dict(e.headers or {}), e.read(64 * 1024)

@@ -96,3 +96,36 @@ def test_a_passed_deadline_makes_no_request() -> None:
         with pytest.raises(RegistryError, match="the lookup's deadline passed; it was abandoned"):
             Registry(registry.host, deadline=deadline).manifest("team/app", "v1")
     assert registry.seen.paths == []
+
+
+MANIFEST = "/v2/team/app/manifests/sha256:" + "0" * 64
+BLOB = "/v2/team/app/blobs/sha256:" + "0" * 64
+
+
+@pytest.mark.parametrize("deadline", [None, 30.0], ids=["cli", "admission"])
+@pytest.mark.parametrize("path", [MANIFEST, BLOB], ids=["manifest", "blob-over-http"])
+def test_a_redirect_to_another_origin_is_not_followed(deadline: float | None, path: str) -> None:
+    """A listed registry's 302 to another host (an address inside the cluster, ftp://) was
+    followed and its answer taken; a blob may leave the origin over HTTPS only."""
+    with (
+        bad_registry("plain") as other,
+        bad_registry("redirect", elsewhere=other.url) as bad,
+    ):
+        client = Registry(bad.host, deadline=None if deadline is None else Deadline(deadline))
+        with pytest.raises(RegistryError) as raised:
+            client.request("GET", path)
+    assert str(raised.value) == (
+        f"GET http://{bad.host}{path}: the registry redirected to another origin "
+        f"({other.url}{path}?moved=1); lockd follows redirects within the registry's origin, "
+        "and to another only for a blob, over HTTPS"
+    )
+    assert other.seen.paths == []
+    assert bad.seen.paths == [path]
+
+
+@pytest.mark.parametrize("deadline", [None, 30.0], ids=["cli", "admission"])
+def test_a_redirect_within_the_origin_is_followed(deadline: float | None) -> None:
+    with bad_registry("redirect") as registry:
+        client = Registry(registry.host, deadline=None if deadline is None else Deadline(deadline))
+        assert client.manifest("team/app", "sha256:" + "0" * 64) == (b"[]", "application/json")
+    assert registry.seen.paths == [MANIFEST, MANIFEST + "?moved=1"]
