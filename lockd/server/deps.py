@@ -129,6 +129,27 @@ def is_loopback_host(host: str | None) -> bool:
         return False
 
 
+ACTOR_LENGTH = 64  # the audit log's actor column
+
+
+def certificate_actor(subject: str) -> str:
+    """``tls:<subject>`` as one line that fits the actor column and names one certificate:
+    control characters (a newline forging a second line where the log is shown) are escaped
+    as RFC 4514 hex pairs (``\\0a``), and a subject too long to fit is cut and ends with
+    ``~`` and 16 hex of its SHA-256 (the column cut at 64 used to give two certificates
+    sharing their first 60 characters one actor)."""
+    import hashlib
+
+    escaped = "".join(
+        "".join(f"\\{b:02x}" for b in ch.encode()) if not ch.isprintable() else ch for ch in subject
+    )
+    actor = f"tls:{escaped}"
+    if len(actor) <= ACTOR_LENGTH:
+        return actor
+    digest = hashlib.sha256(subject.encode()).hexdigest()[:16]
+    return actor[: ACTOR_LENGTH - 17] + "~" + digest
+
+
 @dataclass(frozen=True)
 class AdmissionChannel:
     """How ``/v1/admission`` authenticates its caller, decided once by the app factory from the
@@ -176,7 +197,7 @@ class AdmissionChannel:
             if port == self.tls_port and request.url.scheme == "https":
                 tls = request.scope.get("extensions", {}).get("tls", {})
                 name = tls.get("client_cert_name")  # the ASGI TLS extension (lockd serve's)
-                return f"tls:{name}" if isinstance(name, str) and name else self.tls_actor
+                return certificate_actor(name) if isinstance(name, str) and name else self.tls_actor
             return Refusal(
                 status.HTTP_403_FORBIDDEN,
                 f"admission reviews are answered on the admission listener (port "
