@@ -192,7 +192,8 @@ class RequestMetrics:
 
 class ListenerRoutes:
     """On the listener at ``port`` (the admission listener) answer only ``paths``; 404 for the
-    rest, before the app sees them."""
+    rest, and a WebSocket is closed unaccepted (403 to the client), before the app sees them:
+    the webhook's callers need nothing else there."""
 
     def __init__(self, app: ASGIApp, port: int, paths: frozenset[str]) -> None:
         self.app = app
@@ -201,6 +202,9 @@ class ListenerRoutes:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         server = scope.get("server")
+        if scope["type"] == "websocket" and server is not None and server[1] == self.port:
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if (
             scope["type"] == "http"
             and server is not None
