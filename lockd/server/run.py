@@ -107,6 +107,12 @@ def _tls(settings: Settings) -> dict[str, Any]:
     return {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
 
 
+GRACEFUL_SHUTDOWN_S = 10
+"""How long a stop waits for open connections and requests: without a bound, one idle TLS
+keep-alive connection whose peer never answers the close held the process for asyncio's 30 s
+TLS shutdown timeout, as long as Kubernetes' default grace period before SIGKILL."""
+
+
 def serve(
     settings: Settings,
     *,
@@ -143,7 +149,12 @@ def serve(
             "LOCKD_LOG_KEY is not set: the audit log's checkpoints are not signed (make a key "
             "with `lockd keygen --log-key NAME`, the same for every replica)"
         )
-    common: dict[str, Any] = {"log_level": log_level, "access_log": access_log, **_tls(settings)}
+    common: dict[str, Any] = {
+        "log_level": log_level,
+        "access_log": access_log,
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
+        **_tls(settings),
+    }
     if workers > 1:
         # Each worker builds its app from the environment (settings cannot cross processes:
         # `lockd serve` put its options there).

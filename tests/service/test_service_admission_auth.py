@@ -389,3 +389,26 @@ def test_warnings_in_an_answer_are_cut_to_kubernetes_limit(
     assert max(len(w) for w in warnings) == 256
     assert warnings[0].endswith("…")
     assert warnings[-1] == "lockd: 11 more warnings left out"
+
+
+def test_a_stop_does_not_wait_on_a_tls_peer_that_never_closes(
+    tls_server: tuple[Server, int], certificates: Certificates, tmp_path: Path
+) -> None:
+    """A client that keeps its TLS connection open and never answers the close (a 404 it did
+    not read to the end, a stuck proxy) held `lockd serve` for asyncio's 30 s TLS shutdown
+    timeout; the stop is bounded (GRACEFUL_SHUTDOWN_S) and the process ends by itself."""
+    import socket
+
+    server, port = tls_server
+    context = client_context(certificates, "apiserver")
+    raw = socket.create_connection(("127.0.0.1", port))
+    held = context.wrap_socket(raw, server_hostname="localhost")
+    held.sendall(b"GET /v1/audit HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert held.recv(12) == b"HTTP/1.1 404"  # answered; the connection stays open, unread
+    try:
+        server.process.terminate()
+        assert server.process.wait(timeout=120) == 0
+    finally:
+        held.close()
+    log = (tmp_path / "serve.log").read_text()
+    assert "timeout graceful shutdown exceeded" in log
